@@ -1,0 +1,167 @@
+//! The validated project model: what cutover.toml, workers.toml and each
+//! job.toml mean once every default is resolved. Built by [`crate::project`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// `cutover.toml`.
+#[derive(Debug, Clone)]
+pub struct ProjectConfig {
+    pub name: String,
+    pub main_branch: String,
+    pub remote: String,
+    pub state: StateBackend,
+    pub ssh: SshSettings,
+    pub store_url: Option<String>,
+    pub trust_public_keys: Vec<PathBuf>,
+    pub trust_threshold: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateBackend {
+    Sqlite,
+    Postgres { url: String },
+}
+
+/// `[ssh]`: how every SSH worker is reached.
+#[derive(Debug, Clone)]
+pub struct SshSettings {
+    pub user: Option<String>,
+    pub port: u16,
+    pub identity_file: Option<PathBuf>,
+    pub known_hosts: KnownHostsPolicy,
+    pub known_hosts_file: Option<PathBuf>,
+    pub config_file: Option<PathBuf>,
+    /// Hosts worked on at once.
+    pub max_parallel: usize,
+    pub connect_timeout: Duration,
+    /// The limit on any one remote step (upload, lifecycle target, hook).
+    pub command_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KnownHostsPolicy {
+    Strict,
+    AcceptNew,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportKind {
+    Ssh,
+    Local,
+}
+
+/// One `[[worker]]` of workers.toml.
+#[derive(Debug, Clone)]
+pub struct Worker {
+    pub name: String,
+    pub host: String,
+    pub port: Option<u16>,
+    pub user: Option<String>,
+    pub labels: Vec<String>,
+    /// The deploy root on the worker; for local workers, absolute after loading.
+    pub root: String,
+    pub transport: TransportKind,
+    pub disabled: bool,
+}
+
+impl Worker {
+    pub fn matches(&self, selectors: &[String]) -> bool {
+        selectors.iter().all(|s| self.labels.contains(s))
+    }
+
+    /// Where a job lives on this worker.
+    pub fn job_dir(&self, job: &str) -> String {
+        format!("{}/jobs/{job}", self.root.trim_end_matches('/'))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RestartPolicy {
+    Always,
+    Reload,
+    Never,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    Halt,
+    Revert,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct HealthCheck {
+    pub http: Option<String>,
+    pub expect_status: u16,
+    pub tcp: Option<String>,
+    pub command: Option<String>,
+    pub timeout: Duration,
+    pub attempts: u32,
+    pub interval: Duration,
+}
+
+impl HealthCheck {
+    pub fn is_empty(&self) -> bool {
+        self.http.is_none() && self.tcp.is_none() && self.command.is_none()
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Hooks {
+    pub pre_deploy: Option<String>,
+    pub post_deploy: Option<String>,
+    pub after_allocation_started: Option<String>,
+    pub after_allocation_stopped: Option<String>,
+    pub job_control: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Backup {
+    pub command: String,
+    pub restore: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Build {
+    pub command: Option<String>,
+    pub output: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Canary {
+    pub selectors: Vec<String>,
+    pub count: Option<u32>,
+    pub soak: Duration,
+}
+
+/// `jobs/<job>/job.toml`.
+#[derive(Debug, Clone)]
+pub struct JobManifest {
+    pub version: String,
+    pub selectors: Vec<String>,
+    pub depends_on: Vec<String>,
+    pub watch: Vec<String>,
+    pub restart_policy: RestartPolicy,
+    pub restart_globs: Vec<String>,
+    /// 0 = all at once.
+    pub max_concurrent_starts: usize,
+    pub max_concurrent_upgrades: usize,
+    pub keep_releases: usize,
+    pub on_failure: OnFailure,
+    pub health: HealthCheck,
+    pub backup: Option<Backup>,
+    pub build: Option<Build>,
+    pub canary: Option<Canary>,
+    pub hooks: Hooks,
+}
+
+/// A job: its name, its tree in the project, and its manifest.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub name: String,
+    /// Absolute path of `jobs/<name>/`.
+    pub dir: PathBuf,
+    pub manifest: JobManifest,
+}

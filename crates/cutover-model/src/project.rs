@@ -1,0 +1,808 @@
+//! Loading a project: read cutover.toml, workers.toml and every job.toml,
+//! check them against their schema, resolve defaults, and check what spans
+//! files (selector labels, `depends_on` targets and cycles, duplicates).
+//! Every problem is collected; nothing stops at the first.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::config::*;
+use crate::diag::{Diagnostic, Diagnostics, SourceFile};
+use crate::duration::parse_duration;
+use crate::schema;
+
+pub const PROJECT_FILE: &str = "cutover.toml";
+pub const WORKERS_FILE: &str = "workers.toml";
+pub const JOB_FILE: &str = "job.toml";
+
+/// Facts from outside the project files that loading needs. The CLI fills
+/// this in; nothing in this crate reads the environment.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// For `~/` in paths.
+    pub home: Option<PathBuf>,
+}
+
+/// A loaded, validated project.
+#[derive(Debug, Clone)]
+pub struct Project {
+    pub root: PathBuf,
+    pub config: ProjectConfig,
+    /// In workers.toml order.
+    pub workers: Vec<Worker>,
+    pub jobs: BTreeMap<String, Job>,
+}
+
+impl Project {
+    /// The first directory at or above `start` holding a cutover.toml.
+    pub fn find_root(start: &Path) -> Option<PathBuf> {
+        start
+            .ancestors()
+            .find(|dir| dir.join(PROJECT_FILE).is_file())
+            .map(Path::to_path_buf)
+    }
+
+    pub fn load(root: &Path, opts: &LoadOptions) -> Result<Project, Diagnostics> {
+        Loader {
+            root,
+            opts,
+            diags: Diagnostics::default(),
+        }
+        .load()
+    }
+
+    pub fn worker(&self, name: &str) -> Option<&Worker> {
+        self.workers.iter().find(|w| w.name == name)
+    }
+
+    /// The workers a job runs on: enabled and carrying every selector label.
+    pub fn workers_for<'a>(&'a self, job: &'a Job) -> impl Iterator<Item = &'a Worker> + 'a {
+        self.workers
+            .iter()
+            .filter(move |w| !w.disabled && w.matches(&job.manifest.selectors))
+    }
+
+    /// Jobs grouped into waves: a job's wave comes after every wave holding
+    /// one of its dependencies. Loading has already refused cycles.
+    pub fn waves(&self) -> Vec<Vec<String>> {
+        let mut level: BTreeMap<&str, usize> = BTreeMap::new();
+        fn depth<'a>(
+            p: &'a Project,
+            job: &'a str,
+            level: &mut BTreeMap<&'a str, usize>,
+            seen: &mut BTreeSet<&'a str>,
+        ) -> usize {
+            if let Some(l) = level.get(job) {
+                return *l;
+            }
+            if !seen.insert(job) {
+                return 0; // a cycle; refused at load time
+            }
+            let deps = p
+                .jobs
+                .get(job)
+                .map(|j| j.manifest.depends_on.as_slice())
+                .unwrap_or_default();
+            let l = deps
+                .iter()
+                .filter(|d| p.jobs.contains_key(d.as_str()))
+                .map(|d| depth(p, d, level, seen) + 1)
+                .max()
+                .unwrap_or(0);
+            level.insert(job, l);
+            l
+        }
+        for name in self.jobs.keys() {
+            depth(self, name, &mut level, &mut BTreeSet::new());
+        }
+        let max = level.values().copied().max().map_or(0, |m| m + 1);
+        let mut waves = vec![Vec::new(); max];
+        for (job, l) in level {
+            waves[l].push(job.to_string());
+        }
+        waves
+    }
+}
+
+struct Loader<'a> {
+    root: &'a Path,
+    opts: &'a LoadOptions,
+    diags: Diagnostics,
+}
+
+/// Reads a file and checks it against its schema; `None` when unusable.
+fn read_source(
+    root: &Path,
+    rel: &Path,
+    shape: &schema::Shape,
+    diags: &mut Diagnostics,
+) -> Option<SourceFile> {
+    let text = match std::fs::read_to_string(root.join(rel)) {
+        Ok(t) => t,
+        Err(e) => {
+            diags.push(
+                Diagnostic::file(rel, format!("cannot read: {e}"))
+                    .with_help("run `cutover init` to create a project"),
+            );
+            return None;
+        }
+    };
+    let src = SourceFile::new(rel, text);
+    let found = schema::check(&src, shape);
+    let syntax_error = found.iter().any(|d| !d.message.starts_with("unknown key"));
+    diags.0.extend(found);
+    (!syntax_error).then_some(src)
+}
+
+/// Deserializes a checked source into its raw (spanned) form.
+fn typed<T: for<'de> Deserialize<'de>>(src: &SourceFile, diags: &mut Diagnostics) -> Option<T> {
+    match toml::from_str::<T>(&src.text) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let msg = e.message().trim().to_string();
+            // Unknown keys were reported by the schema pass already.
+            if !msg.starts_with("unknown field") {
+                diags.push(src.diag(e.span().unwrap_or(0..0), msg));
+            }
+            None
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct RawProject {
+    name: Option<String>,
+    main_branch: Option<String>,
+    remote: Option<String>,
+    #[serde(default)]
+    state: RawState,
+    #[serde(default)]
+    ssh: RawSsh,
+    store: Option<RawStore>,
+    trust: Option<RawTrust>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawState {
+    backend: Option<Spanned<String>>,
+    url: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawSsh {
+    user: Option<String>,
+    port: Option<u16>,
+    identity_file: Option<String>,
+    known_hosts: Option<Spanned<String>>,
+    known_hosts_file: Option<String>,
+    config_file: Option<String>,
+    max_parallel: Option<Spanned<u32>>,
+    connect_timeout: Option<Spanned<String>>,
+    command_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+struct RawStore {
+    url: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawTrust {
+    #[serde(default)]
+    public_keys: Vec<String>,
+    threshold: Option<u32>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawWorkers {
+    #[serde(default)]
+    worker: Vec<Spanned<RawWorker>>,
+}
+
+#[derive(Deserialize)]
+struct RawWorker {
+    name: Option<Spanned<String>>,
+    host: Option<String>,
+    port: Option<u16>,
+    user: Option<String>,
+    #[serde(default)]
+    labels: Vec<String>,
+    root: Option<Spanned<String>>,
+    transport: Option<Spanned<String>>,
+    #[serde(default)]
+    disabled: bool,
+}
+
+#[derive(Deserialize, Default)]
+struct RawJob {
+    version: Option<String>,
+    #[serde(default)]
+    selectors: Vec<Spanned<String>>,
+    #[serde(default)]
+    depends_on: Vec<Spanned<String>>,
+    #[serde(default)]
+    watch: Vec<Spanned<String>>,
+    restart_policy: Option<Spanned<String>>,
+    restart_globs: Option<Spanned<Vec<Spanned<String>>>>,
+    max_concurrent_starts: Option<u32>,
+    max_concurrent_upgrades: Option<Spanned<u32>>,
+    keep_releases: Option<Spanned<u32>>,
+    on_failure: Option<Spanned<String>>,
+    health: Option<RawHealth>,
+    backup: Option<RawBackup>,
+    build: Option<RawBuild>,
+    canary: Option<RawCanary>,
+    #[serde(default)]
+    hooks: RawHooks,
+}
+
+#[derive(Deserialize)]
+struct RawHealth {
+    http: Option<String>,
+    expect_status: Option<u16>,
+    tcp: Option<String>,
+    command: Option<String>,
+    timeout: Option<Spanned<String>>,
+    attempts: Option<Spanned<u32>>,
+    interval: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+struct RawBackup {
+    command: Option<String>,
+    restore: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawBuild {
+    command: Option<String>,
+    output: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawCanary {
+    #[serde(default)]
+    selectors: Vec<Spanned<String>>,
+    count: Option<u32>,
+    soak: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawHooks {
+    pre_deploy: Option<String>,
+    post_deploy: Option<String>,
+    after_allocation_started: Option<String>,
+    after_allocation_stopped: Option<String>,
+    job_control: Option<String>,
+}
+
+/// Parses one of a fixed set of words, reporting the choices on a mismatch.
+fn choice<T: Copy>(
+    src: &SourceFile,
+    key: &str,
+    value: &Option<Spanned<String>>,
+    options: &[(&str, T)],
+    default: T,
+    diags: &mut Diagnostics,
+) -> T {
+    let Some(v) = value else { return default };
+    match options.iter().find(|(name, _)| *name == v.get_ref().as_str()) {
+        Some((_, t)) => *t,
+        None => {
+            let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+            diags.push(
+                src.diag(
+                    v.span(),
+                    format!("`{}` is not a valid {key}", v.get_ref()),
+                )
+                .with_help(format!("{key} is one of: {}", names.join(", "))),
+            );
+            default
+        }
+    }
+}
+
+fn duration(
+    src: &SourceFile,
+    key: &str,
+    value: &Option<Spanned<String>>,
+    default: Duration,
+    diags: &mut Diagnostics,
+) -> Duration {
+    let Some(v) = value else { return default };
+    match parse_duration(v.get_ref()) {
+        Ok(d) => d,
+        Err(e) => {
+            diags.push(
+                src.diag(v.span(), format!("{key}: {e}"))
+                    .with_help("write a duration such as \"500ms\", \"5s\", \"10m\" or \"1h30m\""),
+            );
+            default
+        }
+    }
+}
+
+impl Loader<'_> {
+    fn load(mut self) -> Result<Project, Diagnostics> {
+        let config = self.load_config();
+        let workers = self.load_workers();
+        let jobs = self.load_jobs(&workers);
+        match (config, workers) {
+            (Some(config), Some(workers)) if self.diags.is_empty() => Ok(Project {
+                root: self.root.to_path_buf(),
+                config,
+                workers,
+                jobs,
+            }),
+            _ => {
+                if self.diags.is_empty() {
+                    self.diags
+                        .push(Diagnostic::file(PROJECT_FILE, "the project could not be loaded"));
+                }
+                Err(self.diags)
+            }
+        }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        match (p.strip_prefix("~/"), &self.opts.home) {
+            (Some(rest), Some(home)) => home.join(rest),
+            _ => self.root.join(p),
+        }
+    }
+
+    fn load_config(&mut self) -> Option<ProjectConfig> {
+        let src = read_source(
+            self.root,
+            Path::new(PROJECT_FILE),
+            &schema::PROJECT,
+            &mut self.diags,
+        )?;
+        let raw: RawProject = typed(&src, &mut self.diags)?;
+        let d = &mut self.diags;
+        let backend = choice(
+            &src,
+            "state backend",
+            &raw.state.backend,
+            &[("sqlite", 0u8), ("postgres", 1u8)],
+            0,
+            d,
+        );
+        let state = if backend == 1 {
+            match raw.state.url.clone() {
+                Some(url) => StateBackend::Postgres { url },
+                None => {
+                    let span = raw.state.backend.as_ref().map_or(0..0, |b| b.span());
+                    d.push(
+                        src.diag(span, "the postgres backend needs a `url`")
+                            .with_help("add url = \"postgres://user@host/db\" under [state]"),
+                    );
+                    StateBackend::Sqlite
+                }
+            }
+        } else {
+            StateBackend::Sqlite
+        };
+        let known_hosts = choice(
+            &src,
+            "known_hosts policy",
+            &raw.ssh.known_hosts,
+            &[
+                ("strict", KnownHostsPolicy::Strict),
+                ("accept-new", KnownHostsPolicy::AcceptNew),
+            ],
+            KnownHostsPolicy::Strict,
+            d,
+        );
+        let max_parallel = match &raw.ssh.max_parallel {
+            Some(m) if *m.get_ref() == 0 => {
+                d.push(src.diag(m.span(), "max_parallel must be at least 1"));
+                1
+            }
+            Some(m) => *m.get_ref() as usize,
+            None => 64,
+        };
+        let ssh = SshSettings {
+            user: raw.ssh.user.clone(),
+            port: raw.ssh.port.unwrap_or(22),
+            identity_file: raw.ssh.identity_file.as_deref().map(|p| self.path(p)),
+            known_hosts,
+            known_hosts_file: raw.ssh.known_hosts_file.as_deref().map(|p| self.path(p)),
+            config_file: raw.ssh.config_file.as_deref().map(|p| self.path(p)),
+            max_parallel,
+            connect_timeout: duration(
+                &src,
+                "connect_timeout",
+                &raw.ssh.connect_timeout,
+                Duration::from_secs(10),
+                &mut self.diags,
+            ),
+            command_timeout: duration(
+                &src,
+                "command_timeout",
+                &raw.ssh.command_timeout,
+                Duration::from_secs(600),
+                &mut self.diags,
+            ),
+        };
+        let name = raw.name.clone().unwrap_or_else(|| {
+            self.root
+                .file_name()
+                .map_or("project".into(), |n| n.to_string_lossy().into_owned())
+        });
+        let trust = raw.trust.as_ref();
+        Some(ProjectConfig {
+            name,
+            main_branch: raw.main_branch.unwrap_or_else(|| "main".into()),
+            remote: raw.remote.unwrap_or_else(|| "origin".into()),
+            state,
+            ssh,
+            store_url: raw.store.and_then(|s| s.url),
+            trust_public_keys: trust
+                .map(|t| t.public_keys.iter().map(|p| self.path(p)).collect())
+                .unwrap_or_default(),
+            trust_threshold: trust.and_then(|t| t.threshold).unwrap_or(1),
+        })
+    }
+
+    fn load_workers(&mut self) -> Option<Vec<Worker>> {
+        let src = read_source(
+            self.root,
+            Path::new(WORKERS_FILE),
+            &schema::WORKERS,
+            &mut self.diags,
+        )?;
+        let raw: RawWorkers = typed(&src, &mut self.diags)?;
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        let mut workers = Vec::new();
+        for entry in &raw.worker {
+            let w = entry.get_ref();
+            let Some(name) = &w.name else {
+                self.diags.push(
+                    src.diag(entry.span(), "a [[worker]] has no `name`")
+                        .with_help("give every worker a unique name = \"...\""),
+                );
+                continue;
+            };
+            if let Some(first_line) = seen.get(name.get_ref()) {
+                self.diags.push(
+                    src.diag(
+                        name.span(),
+                        format!("duplicate worker name `{}`", name.get_ref()),
+                    )
+                    .with_help(format!(
+                        "worker names must be unique; `{}` is first defined on line {first_line}",
+                        name.get_ref()
+                    )),
+                );
+                continue;
+            }
+            seen.insert(name.get_ref().clone(), src.location(name.span().start).0);
+            let transport = choice(
+                &src,
+                "transport",
+                &w.transport,
+                &[("ssh", TransportKind::Ssh), ("local", TransportKind::Local)],
+                TransportKind::Ssh,
+                &mut self.diags,
+            );
+            let host = match (&w.host, transport) {
+                (Some(h), _) => h.clone(),
+                (None, TransportKind::Local) => "localhost".into(),
+                (None, TransportKind::Ssh) => {
+                    self.diags.push(
+                        src.diag(
+                            name.span(),
+                            format!("worker `{}` has no `host`", name.get_ref()),
+                        )
+                        .with_help("set host = \"address or ssh alias\", or transport = \"local\""),
+                    );
+                    continue;
+                }
+            };
+            let root = match &w.root {
+                None => "/opt/cutover".to_string(),
+                Some(r) if r.get_ref().starts_with('/') => r.get_ref().clone(),
+                Some(r) if transport == TransportKind::Local => {
+                    self.root.join(r.get_ref()).to_string_lossy().into_owned()
+                }
+                Some(r) => {
+                    self.diags.push(
+                        src.diag(r.span(), "the root of an ssh worker must be an absolute path")
+                            .with_help("write root = \"/opt/cutover\" or another absolute path"),
+                    );
+                    continue;
+                }
+            };
+            workers.push(Worker {
+                name: name.get_ref().clone(),
+                host,
+                port: w.port,
+                user: w.user.clone(),
+                labels: w.labels.clone(),
+                root,
+                transport,
+                disabled: w.disabled,
+            });
+        }
+        Some(workers)
+    }
+
+    fn load_jobs(&mut self, workers: &Option<Vec<Worker>>) -> BTreeMap<String, Job> {
+        let mut jobs = BTreeMap::new();
+        let mut sources: BTreeMap<String, (SourceFile, RawJob)> = BTreeMap::new();
+        let jobs_dir = self.root.join("jobs");
+        let Ok(entries) = std::fs::read_dir(&jobs_dir) else {
+            return jobs;
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(Result::ok)
+            .filter(|e| e.path().join(JOB_FILE).is_file())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        for name in names {
+            let rel = PathBuf::from("jobs").join(&name).join(JOB_FILE);
+            let Some(src) = read_source(self.root, &rel, &schema::JOB, &mut self.diags) else {
+                continue;
+            };
+            let Some(raw) = typed::<RawJob>(&src, &mut self.diags) else {
+                continue;
+            };
+            sources.insert(name, (src, raw));
+        }
+
+        let labels: BTreeSet<&str> = workers
+            .iter()
+            .flatten()
+            .flat_map(|w| w.labels.iter().map(String::as_str))
+            .collect();
+        for (name, (src, raw)) in &sources {
+            let manifest = self.manifest(src, raw, &labels, workers.is_some());
+            for dep in &raw.depends_on {
+                if !sources.contains_key(dep.get_ref()) {
+                    let known: Vec<&str> = sources.keys().map(String::as_str).collect();
+                    let mut d = src.diag(
+                        dep.span(),
+                        format!("`depends_on` names `{}`, which is not a job", dep.get_ref()),
+                    );
+                    d = match crate::diag::suggest(dep.get_ref(), known.iter().copied()) {
+                        Some(s) => d.with_help(format!("did you mean `{s}`?")),
+                        None => d.with_help(format!(
+                            "jobs in this project: {}; create jobs/{}/job.toml or remove the entry",
+                            known.join(", "),
+                            dep.get_ref()
+                        )),
+                    };
+                    self.diags.push(d);
+                }
+            }
+            jobs.insert(
+                name.clone(),
+                Job {
+                    name: name.clone(),
+                    dir: self.root.join("jobs").join(name),
+                    manifest,
+                },
+            );
+        }
+        self.check_cycles(&sources);
+        jobs
+    }
+
+    fn manifest(
+        &mut self,
+        src: &SourceFile,
+        raw: &RawJob,
+        labels: &BTreeSet<&str>,
+        labels_known: bool,
+    ) -> JobManifest {
+        let d = &mut self.diags;
+        let check_labels = |sel: &[Spanned<String>], d: &mut Diagnostics| {
+            for s in sel {
+                if labels_known && !labels.contains(s.get_ref().as_str()) {
+                    let mut diag = src.diag(
+                        s.span(),
+                        format!("selector `{}` matches no worker label", s.get_ref()),
+                    );
+                    diag = match crate::diag::suggest(s.get_ref(), labels.iter().copied()) {
+                        Some(l) => diag.with_help(format!("did you mean `{l}`?")),
+                        None => diag.with_help(format!(
+                            "add the label to a worker in workers.toml; labels in use: {}",
+                            labels.iter().copied().collect::<Vec<_>>().join(", ")
+                        )),
+                    };
+                    d.push(diag);
+                }
+            }
+        };
+        check_labels(&raw.selectors, d);
+        let restart_policy = choice(
+            src,
+            "restart_policy",
+            &raw.restart_policy,
+            &[
+                ("always", RestartPolicy::Always),
+                ("reload", RestartPolicy::Reload),
+                ("never", RestartPolicy::Never),
+            ],
+            RestartPolicy::Always,
+            d,
+        );
+        let restart_globs: Vec<String> = raw
+            .restart_globs
+            .as_ref()
+            .map(|g| g.get_ref().iter().map(|s| s.get_ref().clone()).collect())
+            .unwrap_or_default();
+        if let Some(globs) = &raw.restart_globs {
+            if restart_policy != RestartPolicy::Reload && !globs.get_ref().is_empty() {
+                d.push(
+                    src.diag(globs.span(), "`restart_globs` is set but `restart_policy` is not \"reload\"")
+                        .with_help("restart_globs choose restart over reload; set restart_policy = \"reload\" or remove restart_globs"),
+                );
+            }
+            for g in globs.get_ref() {
+                if let Err(e) = globset::Glob::new(g.get_ref()) {
+                    d.push(src.diag(g.span(), format!("bad glob: {e}")));
+                }
+            }
+        }
+        for g in &raw.watch {
+            if let Err(e) = globset::Glob::new(g.get_ref()) {
+                d.push(src.diag(g.span(), format!("bad glob: {e}")));
+            }
+        }
+        let on_failure = choice(
+            src,
+            "on_failure",
+            &raw.on_failure,
+            &[("halt", OnFailure::Halt), ("revert", OnFailure::Revert)],
+            OnFailure::Halt,
+            d,
+        );
+        let max_concurrent_upgrades = match &raw.max_concurrent_upgrades {
+            Some(m) if *m.get_ref() == 0 => {
+                d.push(
+                    src.diag(m.span(), "max_concurrent_upgrades must be at least 1")
+                        .with_help("upgrades are rolled in batches of this size"),
+                );
+                1
+            }
+            Some(m) => *m.get_ref() as usize,
+            None => 1,
+        };
+        let keep_releases = match &raw.keep_releases {
+            Some(k) if *k.get_ref() < 2 => {
+                d.push(
+                    src.diag(k.span(), "keep_releases must be at least 2")
+                        .with_help("the previous release is kept so a failed batch can switch back"),
+                );
+                2
+            }
+            Some(k) => *k.get_ref() as usize,
+            None => 5,
+        };
+        let health = match &raw.health {
+            None => HealthCheck::default(),
+            Some(h) => HealthCheck {
+                http: h.http.clone(),
+                expect_status: h.expect_status.unwrap_or(200),
+                tcp: h.tcp.clone(),
+                command: h.command.clone(),
+                timeout: duration(src, "health.timeout", &h.timeout, Duration::from_secs(5), d),
+                attempts: match &h.attempts {
+                    Some(a) if *a.get_ref() == 0 => {
+                        d.push(src.diag(a.span(), "health.attempts must be at least 1"));
+                        1
+                    }
+                    Some(a) => *a.get_ref(),
+                    None => 10,
+                },
+                interval: duration(src, "health.interval", &h.interval, Duration::from_secs(1), d),
+            },
+        };
+        let backup = raw.backup.as_ref().and_then(|b| match &b.command {
+            Some(c) => Some(Backup {
+                command: c.clone(),
+                restore: b.restore.clone(),
+            }),
+            None => {
+                d.push(
+                    Diagnostic::file(&src.path, "[backup] has no `command`")
+                        .with_help("set command = \"make backup\" (its last stdout line is the backup id)"),
+                );
+                None
+            }
+        });
+        let canary = raw.canary.as_ref().map(|c| {
+            check_labels(&c.selectors, d);
+            Canary {
+                selectors: c.selectors.iter().map(|s| s.get_ref().clone()).collect(),
+                count: c.count,
+                soak: duration(src, "canary.soak", &c.soak, Duration::from_secs(600), d),
+            }
+        });
+        JobManifest {
+            version: raw.version.clone().unwrap_or_else(|| "0".into()),
+            selectors: raw.selectors.iter().map(|s| s.get_ref().clone()).collect(),
+            depends_on: raw.depends_on.iter().map(|s| s.get_ref().clone()).collect(),
+            watch: raw.watch.iter().map(|s| s.get_ref().clone()).collect(),
+            restart_policy,
+            restart_globs,
+            max_concurrent_starts: raw.max_concurrent_starts.unwrap_or(0) as usize,
+            max_concurrent_upgrades,
+            keep_releases,
+            on_failure,
+            health,
+            backup,
+            build: raw.build.as_ref().map(|b| Build {
+                command: b.command.clone(),
+                output: b.output.clone(),
+            }),
+            canary,
+            hooks: Hooks {
+                pre_deploy: raw.hooks.pre_deploy.clone(),
+                post_deploy: raw.hooks.post_deploy.clone(),
+                after_allocation_started: raw.hooks.after_allocation_started.clone(),
+                after_allocation_stopped: raw.hooks.after_allocation_stopped.clone(),
+                job_control: raw.hooks.job_control.clone(),
+            },
+        }
+    }
+
+    /// Reports each dependency cycle once, at the edge that closes it.
+    fn check_cycles(&mut self, sources: &BTreeMap<String, (SourceFile, RawJob)>) {
+        #[derive(Clone, Copy, PartialEq)]
+        enum Mark {
+            Visiting,
+            Done,
+        }
+        fn visit(
+            job: &str,
+            sources: &BTreeMap<String, (SourceFile, RawJob)>,
+            marks: &mut BTreeMap<String, Mark>,
+            stack: &mut Vec<String>,
+            diags: &mut Diagnostics,
+        ) {
+            marks.insert(job.to_string(), Mark::Visiting);
+            stack.push(job.to_string());
+            if let Some((src, raw)) = sources.get(job) {
+                for dep in &raw.depends_on {
+                    let dep_name = dep.get_ref().as_str();
+                    match marks.get(dep_name) {
+                        Some(Mark::Visiting) => {
+                            let start = stack.iter().position(|j| j == dep_name).unwrap_or(0);
+                            let mut cycle: Vec<&str> =
+                                stack[start..].iter().map(String::as_str).collect();
+                            cycle.push(dep_name);
+                            diags.push(
+                                src.diag(
+                                    dep.span(),
+                                    format!("dependency cycle: {}", cycle.join(" -> ")),
+                                )
+                                .with_help("remove one of these depends_on entries"),
+                            );
+                        }
+                        Some(Mark::Done) => {}
+                        None if sources.contains_key(dep_name) => {
+                            visit(dep_name, sources, marks, stack, diags)
+                        }
+                        None => {}
+                    }
+                }
+            }
+            stack.pop();
+            marks.insert(job.to_string(), Mark::Done);
+        }
+        let mut marks = BTreeMap::new();
+        for job in sources.keys() {
+            if !marks.contains_key(job) {
+                visit(job, sources, &mut marks, &mut Vec::new(), &mut self.diags);
+            }
+        }
+    }
+}
