@@ -1,1 +1,15 @@
-//! placeholder
+//! The transport: the one place that builds remote command lines, talks to
+//! workers over the system ssh (one multiplexed connection per worker for a
+//! whole run) or runs locally, and moves trees with rsync.
+//!
+//! Nothing else in cutover spawns `ssh` or `rsync` or quotes for a shell.
+
+mod command;
+mod error;
+mod host;
+mod rsync;
+
+pub use command::{command_line, shell_quote, Command, Output};
+pub use error::TransportError;
+pub use host::{Host, HostSpec, KnownHosts, SshOptions};
+pub use rsync::{Drift, DriftKind};

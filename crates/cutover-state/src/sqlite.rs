@@ -1,0 +1,342 @@
+//! The embedded backend: SQLite at `.cutover/state.db` (WAL, busy timeout).
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use crate::lock::ProjectLock;
+use crate::records::*;
+use crate::{Fut, LockHolder, Result, StateError, StateStore};
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS allocations (
+    job                 TEXT NOT NULL,
+    worker              TEXT NOT NULL,
+    status              TEXT NOT NULL,
+    hash                TEXT,
+    version             TEXT,
+    release_id          TEXT,
+    previous_release_id TEXT,
+    health              TEXT NOT NULL DEFAULT 'unknown',
+    message             TEXT NOT NULL DEFAULT '',
+    updated_at          TEXT NOT NULL,
+    PRIMARY KEY (job, worker)
+);
+CREATE TABLE IF NOT EXISTS trees (
+    job      TEXT NOT NULL,
+    hash     TEXT NOT NULL,
+    manifest TEXT NOT NULL,
+    PRIMARY KEY (job, hash)
+);
+CREATE TABLE IF NOT EXISTS deployments (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    started_at  TEXT NOT NULL,
+    finished_at TEXT,
+    head        TEXT,
+    dirty       INTEGER NOT NULL,
+    command     TEXT NOT NULL,
+    user        TEXT NOT NULL,
+    outcome     TEXT NOT NULL,
+    summary     TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS kv (
+    job        TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    value      BLOB NOT NULL,
+    secret     INTEGER NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (job, key)
+);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '1');
+"#;
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+    path: PathBuf,
+    lock_path: PathBuf,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store in `workspace` (`.cutover/`).
+    pub async fn open(workspace: &Path) -> Result<SqliteStore> {
+        std::fs::create_dir_all(workspace).map_err(|source| StateError::Io {
+            path: workspace.display().to_string(),
+            source,
+        })?;
+        let path = workspace.join("state.db");
+        let db = |source| StateError::Db {
+            path: path.display().to_string(),
+            source,
+        };
+        let opts = SqliteConnectOptions::from_str("sqlite://")
+            .map_err(db)?
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(opts)
+            .await
+            .map_err(db)?;
+        sqlx::raw_sql(SCHEMA).execute(&pool).await.map_err(db)?;
+        Ok(SqliteStore {
+            pool,
+            lock_path: workspace.join("lock"),
+            path,
+        })
+    }
+
+    fn err(&self) -> impl Fn(sqlx::Error) -> StateError + '_ {
+        move |source| StateError::Db {
+            path: self.path.display().to_string(),
+            source,
+        }
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn alloc_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<AllocationRecord> {
+    let status: String = row.get("status");
+    Ok(AllocationRecord {
+        job: row.get("job"),
+        worker: row.get("worker"),
+        status: AllocStatus::parse(&status)
+            .ok_or_else(|| StateError::Corrupt(format!("allocation status `{status}`")))?,
+        hash: row.get("hash"),
+        version: row.get("version"),
+        release_id: row.get("release_id"),
+        previous_release_id: row.get("previous_release_id"),
+        health: row.get("health"),
+        message: row.get("message"),
+        updated_at: row.get("updated_at"),
+    })
+}
+
+impl StateStore for SqliteStore {
+    fn allocations(&self) -> Fut<'_, Vec<AllocationRecord>> {
+        Box::pin(async move {
+            let rows = sqlx::query("SELECT * FROM allocations ORDER BY job, worker")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(self.err())?;
+            rows.iter().map(alloc_from_row).collect()
+        })
+    }
+
+    fn put_allocation<'a>(&'a self, r: &'a AllocationRecord) -> Fut<'a, ()> {
+        Box::pin(async move {
+            sqlx::query(
+                "INSERT INTO allocations (job, worker, status, hash, version, release_id,
+                    previous_release_id, health, message, updated_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                 ON CONFLICT (job, worker) DO UPDATE SET status = excluded.status,
+                    hash = excluded.hash, version = excluded.version,
+                    release_id = excluded.release_id,
+                    previous_release_id = excluded.previous_release_id,
+                    health = excluded.health, message = excluded.message,
+                    updated_at = excluded.updated_at",
+            )
+            .bind(&r.job)
+            .bind(&r.worker)
+            .bind(r.status.as_str())
+            .bind(&r.hash)
+            .bind(&r.version)
+            .bind(&r.release_id)
+            .bind(&r.previous_release_id)
+            .bind(&r.health)
+            .bind(&r.message)
+            .bind(&r.updated_at)
+            .execute(&self.pool)
+            .await
+            .map_err(self.err())?;
+            Ok(())
+        })
+    }
+
+    fn delete_allocation<'a>(&'a self, job: &'a str, worker: &'a str) -> Fut<'a, ()> {
+        Box::pin(async move {
+            sqlx::query("DELETE FROM allocations WHERE job = ? AND worker = ?")
+                .bind(job)
+                .bind(worker)
+                .execute(&self.pool)
+                .await
+                .map_err(self.err())?;
+            Ok(())
+        })
+    }
+
+    fn tree<'a>(&'a self, job: &'a str, hash: &'a str) -> Fut<'a, Option<String>> {
+        Box::pin(async move {
+            let row = sqlx::query("SELECT manifest FROM trees WHERE job = ? AND hash = ?")
+                .bind(job)
+                .bind(hash)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(self.err())?;
+            Ok(row.map(|r| r.get("manifest")))
+        })
+    }
+
+    fn put_tree<'a>(&'a self, job: &'a str, hash: &'a str, manifest: &'a str) -> Fut<'a, ()> {
+        Box::pin(async move {
+            sqlx::query("INSERT OR IGNORE INTO trees (job, hash, manifest) VALUES (?, ?, ?)")
+                .bind(job)
+                .bind(hash)
+                .bind(manifest)
+                .execute(&self.pool)
+                .await
+                .map_err(self.err())?;
+            Ok(())
+        })
+    }
+
+    fn begin_deployment<'a>(&'a self, d: &'a NewDeployment) -> Fut<'a, i64> {
+        Box::pin(async move {
+            let row = sqlx::query(
+                "INSERT INTO deployments (started_at, head, dirty, command, user, outcome)
+                 VALUES (?, ?, ?, ?, ?, 'running') RETURNING seq",
+            )
+            .bind(&d.started_at)
+            .bind(&d.head)
+            .bind(d.dirty)
+            .bind(&d.command)
+            .bind(&d.user)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(self.err())?;
+            Ok(row.get("seq"))
+        })
+    }
+
+    fn finish_deployment<'a>(&'a self, seq: i64, outcome: &'a str, summary: &'a str) -> Fut<'a, ()> {
+        Box::pin(async move {
+            sqlx::query(
+                "UPDATE deployments SET finished_at = ?, outcome = ?, summary = ? WHERE seq = ?",
+            )
+            .bind(crate::now_rfc3339())
+            .bind(outcome)
+            .bind(summary)
+            .bind(seq)
+            .execute(&self.pool)
+            .await
+            .map_err(self.err())?;
+            // Trees no allocation is promoted to are only history.
+            sqlx::query(
+                "DELETE FROM trees WHERE NOT EXISTS (SELECT 1 FROM allocations a
+                   WHERE a.job = trees.job AND a.hash = trees.hash)",
+            )
+            .execute(&self.pool)
+            .await
+            .map_err(self.err())?;
+            Ok(())
+        })
+    }
+
+    fn deployments(&self, limit: i64) -> Fut<'_, Vec<DeploymentRecord>> {
+        Box::pin(async move {
+            let rows = sqlx::query("SELECT * FROM deployments ORDER BY seq DESC LIMIT ?")
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(self.err())?;
+            Ok(rows
+                .iter()
+                .map(|r| DeploymentRecord {
+                    seq: r.get("seq"),
+                    started_at: r.get("started_at"),
+                    finished_at: r.get("finished_at"),
+                    head: r.get("head"),
+                    dirty: r.get("dirty"),
+                    command: r.get("command"),
+                    user: r.get("user"),
+                    outcome: r.get("outcome"),
+                    summary: r.get("summary"),
+                })
+                .collect())
+        })
+    }
+
+    fn kv_list<'a>(&'a self, job: Option<&'a str>) -> Fut<'a, Vec<KvRecord>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT * FROM kv WHERE (? IS NULL OR job = ?) ORDER BY job, key",
+            )
+            .bind(job)
+            .bind(job)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.err())?;
+            Ok(rows
+                .iter()
+                .map(|r| KvRecord {
+                    job: r.get("job"),
+                    key: r.get("key"),
+                    value: r.get("value"),
+                    secret: r.get("secret"),
+                    updated_at: r.get("updated_at"),
+                })
+                .collect())
+        })
+    }
+
+    fn kv_put<'a>(&'a self, r: &'a KvRecord) -> Fut<'a, ()> {
+        Box::pin(async move {
+            sqlx::query(
+                "INSERT INTO kv (job, key, value, secret, updated_at) VALUES (?, ?, ?, ?, ?)
+                 ON CONFLICT (job, key) DO UPDATE SET value = excluded.value,
+                    secret = excluded.secret, updated_at = excluded.updated_at",
+            )
+            .bind(&r.job)
+            .bind(&r.key)
+            .bind(&r.value)
+            .bind(r.secret)
+            .bind(&r.updated_at)
+            .execute(&self.pool)
+            .await
+            .map_err(self.err())?;
+            Ok(())
+        })
+    }
+
+    fn kv_delete<'a>(&'a self, job: &'a str, key: Option<&'a str>) -> Fut<'a, u64> {
+        Box::pin(async move {
+            let done = sqlx::query("DELETE FROM kv WHERE job = ? AND (? IS NULL OR key = ?)")
+                .bind(job)
+                .bind(key)
+                .bind(key)
+                .execute(&self.pool)
+                .await
+                .map_err(self.err())?;
+            Ok(done.rows_affected())
+        })
+    }
+
+    fn lock<'a>(&'a self, holder: &'a LockHolder) -> Fut<'a, ProjectLock> {
+        Box::pin(async move { ProjectLock::acquire(&self.lock_path, holder) })
+    }
+
+    fn lock_status(&self) -> Fut<'_, Option<LockHolder>> {
+        Box::pin(async move { Ok(ProjectLock::status(&self.lock_path)) })
+    }
+
+    fn force_unlock(&self) -> Fut<'_, Option<LockHolder>> {
+        Box::pin(async move {
+            if let Some(live) = ProjectLock::status(&self.lock_path) {
+                return Err(StateError::Locked(live));
+            }
+            Ok(ProjectLock::clear(&self.lock_path))
+        })
+    }
+}

@@ -1,0 +1,242 @@
+//! A worker as something to run commands on and push trees to.
+//!
+//! `Host` is an enum rather than a trait object: there are exactly two
+//! transports, and enum dispatch keeps the async methods free of boxing.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::command::{command_line, Command, Output};
+use crate::error::TransportError;
+use crate::rsync::{self, Drift};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KnownHosts {
+    Strict,
+    AcceptNew,
+}
+
+/// Connection settings shared by every SSH worker of a run.
+#[derive(Debug, Clone)]
+pub struct SshOptions {
+    pub user: Option<String>,
+    pub port: u16,
+    pub identity_file: Option<PathBuf>,
+    pub known_hosts: KnownHosts,
+    pub known_hosts_file: Option<PathBuf>,
+    pub config_file: Option<PathBuf>,
+    pub connect_timeout: Duration,
+    /// Where the control sockets live (a private temporary directory).
+    pub control_dir: PathBuf,
+}
+
+/// One worker's address.
+#[derive(Debug, Clone)]
+pub struct HostSpec {
+    /// The worker's name, for messages.
+    pub name: String,
+    pub host: String,
+    pub port: Option<u16>,
+    pub user: Option<String>,
+    pub local: bool,
+}
+
+pub enum Host {
+    Local { name: String },
+    Ssh(Box<SshHost>),
+}
+
+pub struct SshHost {
+    name: String,
+    host: String,
+    session: openssh::Session,
+}
+
+impl Host {
+    /// Opens the worker's connection: for SSH, the master connection that
+    /// every later command and rsync of this run reuses.
+    pub async fn connect(spec: &HostSpec, opts: &SshOptions) -> Result<Host, TransportError> {
+        if spec.local {
+            return Ok(Host::Local {
+                name: spec.name.clone(),
+            });
+        }
+        let mut b = openssh::SessionBuilder::default();
+        b.known_hosts_check(match opts.known_hosts {
+            KnownHosts::Strict => openssh::KnownHosts::Strict,
+            KnownHosts::AcceptNew => openssh::KnownHosts::Add,
+        })
+        .port(spec.port.unwrap_or(opts.port))
+        .connect_timeout(opts.connect_timeout)
+        .server_alive_interval(Duration::from_secs(15))
+        .control_directory(&opts.control_dir);
+        if let Some(user) = spec.user.as_ref().or(opts.user.as_ref()) {
+            b.user(user.clone());
+        }
+        if let Some(k) = &opts.identity_file {
+            b.keyfile(k);
+        }
+        if let Some(f) = &opts.known_hosts_file {
+            b.user_known_hosts_file(f);
+        }
+        if let Some(f) = &opts.config_file {
+            b.config_file(f);
+        }
+        let session = b
+            .connect(&spec.host)
+            .await
+            .map_err(|e| TransportError::Connect {
+                host: spec.name.clone(),
+                detail: describe_ssh_error(&e),
+            })?;
+        Ok(Host::Ssh(Box::new(SshHost {
+            name: spec.name.clone(),
+            host: spec.host.clone(),
+            session,
+        })))
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            Host::Local { name } => name,
+            Host::Ssh(s) => &s.name,
+        }
+    }
+
+    /// Runs a command; a non-zero exit is an `Ok` output, not an error.
+    pub async fn run(&self, cmd: &Command) -> Result<Output, TransportError> {
+        let line = command_line(cmd);
+        let spawn_err = |detail: String| TransportError::Spawn {
+            host: self.name().to_string(),
+            command: cmd.argv.join(" "),
+            detail,
+        };
+        let fut = async {
+            match self {
+                Host::Local { .. } => tokio::process::Command::new("sh")
+                    .arg("-c")
+                    .arg(&line)
+                    .stdin(Stdio::null())
+                    .kill_on_drop(true)
+                    .output()
+                    .await
+                    .map(Output::from_std)
+                    .map_err(|e| spawn_err(e.to_string())),
+                Host::Ssh(s) => s
+                    .session
+                    .raw_command(&line)
+                    .stdin(openssh::Stdio::null())
+                    .output()
+                    .await
+                    .map(Output::from_std)
+                    .map_err(|e| spawn_err(describe_ssh_error(&e))),
+            }
+        };
+        match tokio::time::timeout(cmd.timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(TransportError::Timeout {
+                host: self.name().to_string(),
+                command: cmd.argv.join(" "),
+                after: cmd.timeout,
+            }),
+        }
+    }
+
+    /// Sends `local` into `remote_dir` (created if missing), hard-linking
+    /// unchanged files to `link_dest` (an absolute path on the host).
+    pub async fn push(
+        &self,
+        local: &Path,
+        remote_dir: &str,
+        link_dest: Option<&str>,
+        timeout: Duration,
+    ) -> Result<(), TransportError> {
+        let out = self
+            .rsync(rsync::push_args(local, &self.rsync_dest(remote_dir), link_dest), timeout)
+            .await?;
+        if out.success() {
+            Ok(())
+        } else {
+            Err(TransportError::Rsync {
+                host: self.name().to_string(),
+                code: out.code.unwrap_or(-1),
+                stderr: out.tail(5),
+            })
+        }
+    }
+
+    /// Compares `local` with `remote_dir` by checksum; lists every difference.
+    pub async fn diff(
+        &self,
+        local: &Path,
+        remote_dir: &str,
+        timeout: Duration,
+    ) -> Result<Vec<Drift>, TransportError> {
+        let out = self
+            .rsync(rsync::diff_args(local, &self.rsync_dest(remote_dir)), timeout)
+            .await?;
+        if out.success() {
+            Ok(rsync::parse_itemized(&out.stdout))
+        } else {
+            Err(TransportError::Rsync {
+                host: self.name().to_string(),
+                code: out.code.unwrap_or(-1),
+                stderr: out.tail(5),
+            })
+        }
+    }
+
+    fn rsync_dest(&self, remote_dir: &str) -> String {
+        match self {
+            Host::Local { .. } => remote_dir.to_string(),
+            Host::Ssh(s) => format!("{}:{remote_dir}", s.host),
+        }
+    }
+
+    async fn rsync(&self, args: Vec<String>, timeout: Duration) -> Result<Output, TransportError> {
+        let mut cmd = tokio::process::Command::new("rsync");
+        if let Host::Ssh(s) = self {
+            // Through the master connection: no new handshake per transfer.
+            let ctl = s.session.control_socket();
+            cmd.arg("-e")
+                .arg(format!("ssh -o BatchMode=yes -S {}", ctl.display()));
+        }
+        cmd.args(&args).stdin(Stdio::null()).kill_on_drop(true);
+        let out = tokio::time::timeout(timeout, cmd.output()).await;
+        match out {
+            Ok(Ok(o)) => Ok(Output::from_std(o)),
+            Ok(Err(e)) => Err(TransportError::Spawn {
+                host: self.name().to_string(),
+                command: "rsync".into(),
+                detail: format!("{e} (is rsync installed on this machine?)"),
+            }),
+            Err(_) => Err(TransportError::Timeout {
+                host: self.name().to_string(),
+                command: "rsync".into(),
+                after: timeout,
+            }),
+        }
+    }
+
+    /// Closes the master connection.
+    pub async fn close(self) {
+        if let Host::Ssh(s) = self {
+            let _ = s.session.close().await;
+        }
+    }
+}
+
+fn describe_ssh_error(e: &openssh::Error) -> String {
+    use std::error::Error as _;
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !msg.contains(&text) {
+            msg = format!("{msg}: {text}");
+        }
+        source = s.source();
+    }
+    msg.trim().to_string()
+}
