@@ -1,1 +1,25 @@
-//! placeholder
+//! The engine: everything cutover does to the world. A fleet deploy
+//! ([`deploy`]), reconcile, drift, ad-hoc lifecycle targets, the KV store,
+//! the audit log. Later: ticket-release phases and channel promotions, which
+//! are fleet deploys with more around them.
+//!
+//! The engine takes a loaded [`cutover_model::Project`], a state store and a
+//! [`Reporter`]; it never parses command lines or reads the environment.
+
+pub mod audit;
+mod context;
+pub mod deploy;
+pub mod drift;
+mod error;
+mod events;
+mod fleet;
+mod health;
+mod hooks;
+pub mod jobrun;
+pub mod kv;
+mod remote;
+mod render;
+
+pub use context::{Context, Operator};
+pub use error::EngineError;
+pub use events::{Event, Quiet, Reporter};

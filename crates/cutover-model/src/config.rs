@@ -45,14 +45,15 @@ pub enum KnownHostsPolicy {
     AcceptNew,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum TransportKind {
     Ssh,
     Local,
 }
 
 /// One `[[worker]]` of workers.toml.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Worker {
     pub name: String,
     pub host: String,

@@ -155,23 +155,8 @@ impl JobSource {
     pub fn render(&self, job: &Job, worker: &Worker, ctx: &RenderContext<'_>) -> Result<Tree, TreeError> {
         let mut entries = self.files.clone();
         if !self.templates.is_empty() {
-            let mut env = minijinja::Environment::new();
-            env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
-            env.set_keep_trailing_newline(true);
-            let vars = minijinja::context! {
-                worker => minijinja::context! {
-                    name => &worker.name,
-                    host => &worker.host,
-                    labels => &worker.labels,
-                    root => &worker.root,
-                },
-                job => minijinja::context! {
-                    name => &job.name,
-                    version => &job.manifest.version,
-                },
-                kv => ctx.kv,
-                env => ctx.env,
-            };
+            let env = environment();
+            let vars = vars(job, worker, ctx);
             for t in &self.templates {
                 let fail = |e: minijinja::Error| TreeError::Template {
                     file: format!("jobs/{}/{}{}", job.name, t.source_path, line_of(&e)),
@@ -203,6 +188,41 @@ impl JobSource {
             entries,
         })
     }
+}
+
+fn environment() -> minijinja::Environment<'static> {
+    let mut env = minijinja::Environment::new();
+    env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    env.set_keep_trailing_newline(true);
+    env
+}
+
+fn vars(job: &Job, worker: &Worker, ctx: &RenderContext<'_>) -> minijinja::Value {
+    minijinja::context! {
+        worker => minijinja::context! {
+            name => &worker.name,
+            host => &worker.host,
+            labels => &worker.labels,
+            root => &worker.root,
+        },
+        job => minijinja::context! {
+            name => &job.name,
+            version => &job.manifest.version,
+        },
+        kv => ctx.kv,
+        env => ctx.env,
+    }
+}
+
+/// Renders one manifest string (a health URL, a restore command) for an
+/// allocation, with the same variables and strictness as `*.tpl` files.
+pub fn render_str(text: &str, job: &Job, worker: &Worker, ctx: &RenderContext<'_>) -> Result<String, String> {
+    if !text.contains("{{") && !text.contains("{%") {
+        return Ok(text.to_string());
+    }
+    environment()
+        .render_str(text, vars(job, worker, ctx))
+        .map_err(|e| describe(&e))
 }
 
 fn line_of(e: &minijinja::Error) -> String {
@@ -270,9 +290,25 @@ impl Tree {
                 }
             }
             std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(e.mode))?;
+            std::fs::File::options()
+                .write(true)
+                .open(&dest)?
+                .set_modified(content_mtime(&e.hash))?;
         }
         Ok(())
     }
+}
+
+/// A modification time derived from the content hash.
+///
+/// rsync's quick check (size and mtime) decides which files `--link-dest`
+/// hard-links from the previous release. Staged files get an mtime that is
+/// a function of their content, so the quick check holds exactly when the
+/// content is the same, without rsync reading every file on both sides.
+fn content_mtime(hash: &blake3::Hash) -> std::time::SystemTime {
+    let b = hash.as_bytes();
+    let n = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) >> 1;
+    std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000 + u64::from(n))
 }
 
 /// Paths whose content or mode differs between two manifests, sorted.

@@ -68,6 +68,12 @@ pub trait StateStore: Send + Sync {
     fn kv_put<'a>(&'a self, rec: &'a KvRecord) -> Fut<'a, ()>;
     fn kv_delete<'a>(&'a self, job: &'a str, key: Option<&'a str>) -> Fut<'a, u64>;
 
+    /// The last known address of every worker that ran an allocation, as
+    /// JSON, so that a worker removed from workers.toml can still be stopped.
+    fn known_workers(&self) -> Fut<'_, Vec<(String, String)>>;
+    fn put_known_worker<'a>(&'a self, name: &'a str, spec: &'a str) -> Fut<'a, ()>;
+    fn forget_worker<'a>(&'a self, name: &'a str) -> Fut<'a, ()>;
+
     /// Takes the project lock or reports who holds it.
     fn lock<'a>(&'a self, holder: &'a LockHolder) -> Fut<'a, ProjectLock>;
     fn lock_status(&self) -> Fut<'_, Option<LockHolder>>;

@@ -323,6 +323,45 @@ impl StateStore for SqliteStore {
         })
     }
 
+    fn known_workers(&self) -> Fut<'_, Vec<(String, String)>> {
+        Box::pin(async move {
+            let rows = sqlx::query("SELECT key, value FROM meta WHERE key LIKE 'worker:%'")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(self.err())?;
+            Ok(rows
+                .iter()
+                .map(|r| {
+                    let k: String = r.get("key");
+                    (k.trim_start_matches("worker:").to_string(), r.get("value"))
+                })
+                .collect())
+        })
+    }
+
+    fn put_known_worker<'a>(&'a self, name: &'a str, spec: &'a str) -> Fut<'a, ()> {
+        Box::pin(async move {
+            sqlx::query("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)")
+                .bind(format!("worker:{name}"))
+                .bind(spec)
+                .execute(&self.pool)
+                .await
+                .map_err(self.err())?;
+            Ok(())
+        })
+    }
+
+    fn forget_worker<'a>(&'a self, name: &'a str) -> Fut<'a, ()> {
+        Box::pin(async move {
+            sqlx::query("DELETE FROM meta WHERE key = ?")
+                .bind(format!("worker:{name}"))
+                .execute(&self.pool)
+                .await
+                .map_err(self.err())?;
+            Ok(())
+        })
+    }
+
     fn lock<'a>(&'a self, holder: &'a LockHolder) -> Fut<'a, ProjectLock> {
         Box::pin(async move { ProjectLock::acquire(&self.lock_path, holder) })
     }

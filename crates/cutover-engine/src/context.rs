@@ -1,0 +1,43 @@
+//! What every engine operation needs: the project, the store, the
+//! workspace, who is operating, and where to report.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use cutover_model::Project;
+use cutover_state::{LockHolder, StateStore};
+
+use crate::events::Reporter;
+
+/// Who runs the command, for the lock, the audit log and deployment records.
+#[derive(Debug, Clone)]
+pub struct Operator {
+    pub user: String,
+    pub host: String,
+    pub pid: u32,
+}
+
+pub struct Context {
+    pub project: Arc<Project>,
+    pub store: Arc<dyn StateStore>,
+    /// `.cutover/` of the project.
+    pub workspace: PathBuf,
+    pub operator: Operator,
+    /// The operator's environment, for templates' `env`.
+    pub env: BTreeMap<String, String>,
+    pub reporter: Arc<dyn Reporter>,
+}
+
+impl Context {
+    pub fn holder(&self, command: &str, ticket: Option<&str>) -> LockHolder {
+        LockHolder {
+            user: self.operator.user.clone(),
+            host: self.operator.host.clone(),
+            pid: self.operator.pid,
+            command: command.to_string(),
+            ticket: ticket.map(str::to_string),
+            since: cutover_state::now_rfc3339(),
+        }
+    }
+}

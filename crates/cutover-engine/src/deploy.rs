@@ -1,0 +1,884 @@
+//! `cutover deploy`: plan, reconcile, then roll each wave out in batches.
+//!
+//! Every allocation moves through explicit steps (prepare, upload, switch,
+//! lifecycle, health, promote), and its state is written to the store after
+//! each batch, before the next batch starts: a crash leaves a store that
+//! the next run plans from, retrying only what did not finish.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cutover_model::plan::{self, Action, AllocPlan, JobPlan, Plan, PlanInput, PlanOptions, StopPlan};
+use cutover_model::tree::RenderContext;
+use cutover_model::{Job, OnFailure, Project, Worker};
+use cutover_state::{AllocStatus, AllocationRecord, NewDeployment, StateStore};
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+use crate::events::{Event, Reporter};
+use crate::fleet::Fleet;
+use crate::health::{self, Checks};
+use crate::hooks::{self, HookEnv};
+use crate::remote::{self, LifecycleEnv};
+use crate::render::{self, Key};
+use crate::{kv, Context, EngineError};
+
+#[derive(Debug, Clone, Default)]
+pub struct DeployOptions {
+    pub jobs: Option<BTreeSet<String>>,
+    pub dry_run: bool,
+    pub force: bool,
+    pub sync_only: bool,
+    /// The command line, for the deployment record and the lock.
+    pub command: String,
+    /// The project's git HEAD and whether the tree was dirty.
+    pub head: Option<String>,
+    pub dirty: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// Everything planned was done.
+    Success,
+    /// Nothing to do.
+    Unchanged,
+    /// Some jobs succeeded, some failed: the next run retries the failures.
+    Partial,
+    Failed,
+    /// A dry run: the plan only.
+    Planned,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Unchanged => "unchanged",
+            Outcome::Partial => "partial",
+            Outcome::Failed => "failed",
+            Outcome::Planned => "planned",
+        }
+    }
+    pub fn ok(self) -> bool {
+        !matches!(self, Outcome::Partial | Outcome::Failed)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AllocResult {
+    pub worker: String,
+    pub action: Action,
+    pub ok: bool,
+    pub release: Option<String>,
+    pub message: String,
+    /// Switched back to the previous release after its batch failed.
+    pub reverted: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    Succeeded,
+    Unchanged,
+    Failed,
+    /// Not started: a job it depends on failed.
+    Blocked,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JobResult {
+    pub job: String,
+    pub status: JobStatus,
+    pub message: String,
+    pub allocations: Vec<AllocResult>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StopResult {
+    pub job: String,
+    pub worker: String,
+    pub why: String,
+    pub ok: bool,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeployReport {
+    pub outcome: Outcome,
+    pub seq: Option<i64>,
+    pub plan: Plan,
+    pub stops: Vec<StopResult>,
+    pub jobs: Vec<JobResult>,
+    /// The holder of a stale lock this run took over.
+    pub took_over_lock: Option<String>,
+}
+
+/// Plans (and unless `dry_run`, executes) a deploy of the working tree.
+pub async fn deploy(ctx: &Context, opts: &DeployOptions) -> Result<DeployReport, EngineError> {
+    let (recorded, records) = render::recorded(ctx).await?;
+    if let Some(jobs) = &opts.jobs {
+        for j in jobs {
+            if !ctx.project.jobs.contains_key(j) && !records.iter().any(|r| &r.job == j) {
+                let known: Vec<&str> = ctx.project.jobs.keys().map(String::as_str).collect();
+                return Err(EngineError::usage(
+                    format!("--jobs names `{j}`, which is not a job of this project"),
+                    format!("jobs: {}", known.join(", ")),
+                ));
+            }
+        }
+    }
+    let lock = if opts.dry_run {
+        None
+    } else {
+        Some(ctx.store.lock(&ctx.holder(&opts.command, None)).await?)
+    };
+
+    let kv = kv::for_templates(ctx).await?;
+    let rollout_order = kv::rollout_order(&kv);
+    let rendered = render::render_all(ctx, opts.jobs.as_ref(), &kv)?;
+    let plan_opts = PlanOptions {
+        jobs: opts.jobs.clone(),
+        force: opts.force,
+        sync_only: opts.sync_only,
+    };
+    let plan = plan::plan(&PlanInput {
+        project: &ctx.project,
+        candidates: &rendered.candidates,
+        recorded: &recorded,
+        rollout_order: &rollout_order,
+        options: &plan_opts,
+    });
+    let mut report = DeployReport {
+        outcome: Outcome::Planned,
+        seq: None,
+        plan: plan.clone(),
+        stops: Vec::new(),
+        jobs: Vec::new(),
+        took_over_lock: lock
+            .as_ref()
+            .and_then(|l| l.took_over.as_ref())
+            .map(|h| h.to_string()),
+    };
+    if opts.dry_run {
+        return Ok(report);
+    }
+    if plan.is_noop() {
+        // Everything is promoted: no connection, no deployment record.
+        report.outcome = Outcome::Unchanged;
+        return Ok(report);
+    }
+
+    let seq = ctx
+        .store
+        .begin_deployment(&NewDeployment {
+            started_at: cutover_state::now_rfc3339(),
+            head: opts.head.clone(),
+            dirty: opts.dirty,
+            command: opts.command.clone(),
+            user: ctx.operator.user.clone(),
+        })
+        .await?;
+    report.seq = Some(seq);
+
+    // Stage what will be uploaded, once per distinct tree.
+    let stage_root = tempfile::Builder::new()
+        .prefix("cutover-stage-")
+        .tempdir()
+        .map_err(EngineError::io("creating the staging directory"))?;
+    let wanted: BTreeSet<Key> = plan
+        .jobs()
+        .flat_map(|j| {
+            j.allocations
+                .iter()
+                .filter(|a| a.action != Action::Skip)
+                .map(move |a| (j.job.clone(), a.worker.clone()))
+        })
+        .collect();
+    let staged = render::stage(stage_root.path(), &rendered.trees, &wanted)?;
+    let manifests = wanted
+        .iter()
+        .filter_map(|k| {
+            let c = rendered.candidates.get(k)?;
+            Some(((k.0.clone(), c.hash.clone()), serde_json::to_string(&c.manifest).ok()?))
+        })
+        .collect();
+
+    // Connect to every worker with work: those in the project, and those
+    // removed from it whose last known address the store remembers.
+    let known: BTreeMap<String, Worker> = ctx
+        .store
+        .known_workers()
+        .await?
+        .into_iter()
+        .filter_map(|(name, json)| Some((name, serde_json::from_str::<Worker>(&json).ok()?)))
+        .collect();
+    let mut needed: BTreeMap<String, Worker> = BTreeMap::new();
+    for (_, worker) in &wanted {
+        if let Some(w) = ctx.project.worker(worker) {
+            needed.insert(worker.clone(), w.clone());
+        }
+    }
+    for s in &plan.stops {
+        if let Some(w) = ctx.project.worker(&s.worker).or(known.get(&s.worker)) {
+            needed.insert(s.worker.clone(), w.clone());
+        }
+    }
+    let fleet = Fleet::connect(&ctx.project.config.ssh, needed.values().cloned().collect(), &ctx.reporter).await?;
+
+    let run = Arc::new(Run {
+        project: ctx.project.clone(),
+        store: ctx.store.clone(),
+        reporter: ctx.reporter.clone(),
+        fleet,
+        staged,
+        manifests,
+        records: records
+            .into_iter()
+            .map(|r| ((r.job.clone(), r.worker.clone()), r))
+            .collect(),
+        workers: needed,
+        seq,
+        timeout: ctx.project.config.ssh.command_timeout,
+        limit: Arc::new(Semaphore::new(ctx.project.config.ssh.max_parallel)),
+        kv,
+        env: ctx.env.clone(),
+    });
+
+    report.stops = reconcile(&run, &plan.stops).await;
+
+    let mut failed_jobs: BTreeSet<String> = BTreeSet::new();
+    for wave in &plan.waves {
+        let mut tasks = tokio::task::JoinSet::new();
+        for jp in &wave.jobs {
+            let job = &run.project.jobs[&jp.job];
+            let failed_dep = job
+                .manifest
+                .depends_on
+                .iter()
+                .find(|d| failed_jobs.contains(*d))
+                .cloned();
+            if let Some(dep) = failed_dep {
+                let because = format!("job `{dep}` it depends on failed");
+                run.reporter.event(&Event::JobBlocked {
+                    job: jp.job.clone(),
+                    because: because.clone(),
+                });
+                report.jobs.push(JobResult {
+                    job: jp.job.clone(),
+                    status: JobStatus::Blocked,
+                    message: because,
+                    allocations: Vec::new(),
+                });
+                continue;
+            }
+            let run = run.clone();
+            let jp = jp.clone();
+            tasks.spawn(async move { run_job(&run, &jp).await });
+        }
+        let mut results = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(r) => results.push(r),
+                Err(e) => return Err(EngineError::usage(format!("internal error: a job task panicked: {e}"), "please report this")),
+            }
+        }
+        results.sort_by(|a, b| a.job.cmp(&b.job));
+        for r in results {
+            if matches!(r.status, JobStatus::Failed) {
+                failed_jobs.insert(r.job.clone());
+            }
+            report.jobs.push(r);
+        }
+        // Blocked jobs block their own dependents too.
+        for r in &report.jobs {
+            if r.status == JobStatus::Blocked {
+                failed_jobs.insert(r.job.clone());
+            }
+        }
+    }
+
+    let any_failed = report.stops.iter().any(|s| !s.ok)
+        || report
+            .jobs
+            .iter()
+            .any(|j| matches!(j.status, JobStatus::Failed | JobStatus::Blocked));
+    let any_done = report.stops.iter().any(|s| s.ok)
+        || report.jobs.iter().any(|j| j.status == JobStatus::Succeeded);
+    report.outcome = match (any_failed, any_done) {
+        (false, _) => Outcome::Success,
+        (true, true) => Outcome::Partial,
+        (true, false) => Outcome::Failed,
+    };
+    let summary = serde_json::json!({ "stops": report.stops, "jobs": report.jobs }).to_string();
+    ctx.store
+        .finish_deployment(seq, report.outcome.as_str(), &summary)
+        .await?;
+    if let Ok(run) = Arc::try_unwrap(run) {
+        run.fleet.close().await;
+    }
+    drop(stage_root);
+    drop(lock);
+    Ok(report)
+}
+
+/// What the tasks of one run share.
+struct Run {
+    project: Arc<Project>,
+    store: Arc<dyn StateStore>,
+    reporter: Arc<dyn Reporter>,
+    fleet: Fleet,
+    staged: BTreeMap<(String, String), PathBuf>,
+    /// (job, hash) -> manifest JSON of each tree being rolled out.
+    manifests: BTreeMap<(String, String), String>,
+    records: BTreeMap<Key, AllocationRecord>,
+    workers: BTreeMap<String, Worker>,
+    seq: i64,
+    timeout: Duration,
+    limit: Arc<Semaphore>,
+    kv: BTreeMap<String, BTreeMap<String, String>>,
+    env: BTreeMap<String, String>,
+}
+
+impl Run {
+    fn step(&self, job: &str, worker: &str, step: &str) {
+        self.reporter.event(&Event::Step {
+            job: job.into(),
+            worker: worker.into(),
+            step: step.into(),
+        });
+    }
+
+    fn hook_env<'a>(&'a self, job: &'a Job, event: &'a str, workers: Vec<String>, current: &'a str) -> HookEnv<'a> {
+        HookEnv {
+            project: &self.project.root,
+            job: &job.name,
+            event,
+            workers,
+            current_version: current,
+            new_version: &job.manifest.version,
+        }
+    }
+
+    async fn hook(&self, job: &Job, name: &str, hook: &Option<String>, workers: Vec<String>) -> Result<(), String> {
+        let Some(h) = hook else { return Ok(()) };
+        let current = workers
+            .first()
+            .and_then(|w| self.records.get(&(job.name.clone(), w.clone())))
+            .and_then(|r| r.version.clone())
+            .unwrap_or_default();
+        let r = hooks::run(h, &self.hook_env(job, name, workers, &current), self.timeout).await;
+        self.reporter.event(&Event::Hook {
+            job: job.name.clone(),
+            hook: name.to_string(),
+            ok: r.is_ok(),
+            message: r.clone().err().unwrap_or_default(),
+        });
+        r
+    }
+}
+
+/// Stops allocations that should no longer run, then cleans up after them.
+async fn reconcile(run: &Arc<Run>, stops: &[StopPlan]) -> Vec<StopResult> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for s in stops.iter().cloned() {
+        let run = run.clone();
+        tasks.spawn(async move {
+            let r = stop_one(&run, &s).await;
+            let ok = r.is_ok();
+            let message = r.err().unwrap_or_default();
+            run.reporter.event(&Event::StopDone {
+                job: s.job.clone(),
+                worker: s.worker.clone(),
+                why: s.why.clone(),
+                ok,
+                message: message.clone(),
+            });
+            StopResult {
+                job: s.job,
+                worker: s.worker,
+                why: s.why,
+                ok,
+                message,
+            }
+        });
+    }
+    let mut out = Vec::new();
+    while let Some(Ok(r)) = tasks.join_next().await {
+        out.push(r);
+    }
+    out.sort_by(|a, b| (&a.job, &a.worker).cmp(&(&b.job, &b.worker)));
+
+    // Forget what is fully gone: KV of removed jobs, addresses of removed workers.
+    for r in out.iter().filter(|r| r.ok) {
+        let job_left = run.project.jobs.contains_key(&r.job)
+            || out.iter().any(|o| o.job == r.job && !o.ok);
+        if !job_left {
+            let _ = run.store.kv_delete(&r.job, None).await;
+        }
+        if run.project.worker(&r.worker).is_none() {
+            let _ = run.store.forget_worker(&r.worker).await;
+        }
+    }
+    out
+}
+
+async fn stop_one(run: &Run, s: &StopPlan) -> Result<(), String> {
+    let _permit = run.limit.acquire().await;
+    let worker = run
+        .workers
+        .get(&s.worker)
+        .ok_or_else(|| format!("no known address for removed worker {}", s.worker))?;
+    let host = run.fleet.get(&s.worker)?;
+    let job_dir = worker.job_dir(&s.job);
+    let rec = run.records.get(&(s.job.clone(), s.worker.clone()));
+    let version = rec.and_then(|r| r.version.clone()).unwrap_or_default();
+    let env = vec![
+        ("CUTOVER_JOB".to_string(), s.job.clone()),
+        ("CUTOVER_WORKER".to_string(), s.worker.clone()),
+        ("CUTOVER_ROOT".to_string(), worker.root.clone()),
+        ("CUTOVER_SHARED".to_string(), format!("{job_dir}/shared")),
+        (
+            "CUTOVER_RELEASE".to_string(),
+            rec.and_then(|r| r.release_id.clone()).unwrap_or_default(),
+        ),
+        ("CURRENT_VERSION".to_string(), version),
+        ("NEW_VERSION".to_string(), String::new()),
+    ];
+    run.step(&s.job, &s.worker, "stop");
+    let out = host
+        .run(&remote::stop(&job_dir, env, run.timeout))
+        .await
+        .map_err(|e| e.to_string())?;
+    if !out.success() {
+        return Err(format!("make stop failed: {}", out.tail(5)));
+    }
+    if let Some(job) = run.project.jobs.get(&s.job) {
+        run.hook(job, "after_allocation_stopped", &job.manifest.hooks.after_allocation_stopped, vec![s.worker.clone()])
+            .await?;
+    }
+    // A disabled worker is stopped and otherwise left alone.
+    let disabled = run.project.worker(&s.worker).is_some_and(|w| w.disabled);
+    if !disabled {
+        let out = host
+            .run(&remote::remove_job(&job_dir, run.timeout))
+            .await
+            .map_err(|e| e.to_string())?;
+        if !out.success() {
+            return Err(format!("removing {job_dir} failed: {}", out.tail(3)));
+        }
+    }
+    run.store
+        .delete_allocation(&s.job, &s.worker)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// An allocation whose new release is in place and switched to.
+struct Switched {
+    release: String,
+    previous: Option<String>,
+}
+
+async fn run_job(run: &Run, jp: &JobPlan) -> JobResult {
+    let job = &run.project.jobs[&jp.job];
+    let mut result = JobResult {
+        job: jp.job.clone(),
+        status: JobStatus::Unchanged,
+        message: String::new(),
+        allocations: Vec::new(),
+    };
+    if !jp.has_work() {
+        return result;
+    }
+    run.reporter.event(&Event::JobStarted {
+        job: jp.job.clone(),
+        wave: jp.wave,
+        batches: jp.batches,
+    });
+    let all_workers: Vec<String> = jp
+        .allocations
+        .iter()
+        .filter(|a| a.action != Action::Skip)
+        .map(|a| a.worker.clone())
+        .collect();
+    if let Err(e) = run.hook(job, "pre_deploy", &job.manifest.hooks.pre_deploy, all_workers.clone()).await {
+        return finish(run, result, JobStatus::Failed, e);
+    }
+
+    for batch in 1..=jp.batches {
+        let members: Vec<&AllocPlan> = jp
+            .allocations
+            .iter()
+            .filter(|a| a.batch == Some(batch))
+            .collect();
+        run.reporter.event(&Event::BatchStarted {
+            job: jp.job.clone(),
+            batch,
+            batches: jp.batches,
+            workers: members.iter().map(|a| a.worker.clone()).collect(),
+        });
+
+        // Upload, switch and run the lifecycle target on every member at once.
+        let outcomes = futures_join(members.iter().map(|a| rollout_one(run, job, a))).await;
+        let mut switched: Vec<(&AllocPlan, Switched)> = Vec::new();
+        let mut failures: Vec<(&AllocPlan, Option<Switched>, String)> = Vec::new();
+        for (a, r) in members.iter().copied().zip(outcomes) {
+            match r {
+                Ok(s) => switched.push((a, s)),
+                Err((s, e)) => failures.push((a, s, e)),
+            }
+        }
+
+        if !switched.is_empty() && failures.is_empty() {
+            let started: Vec<String> = switched.iter().map(|(a, _)| a.worker.clone()).collect();
+            if let Err(e) = run
+                .hook(job, "after_allocation_started", &job.manifest.hooks.after_allocation_started, started)
+                .await
+            {
+                for (a, s) in switched.drain(..) {
+                    failures.push((a, Some(s), e.clone()));
+                }
+            }
+        }
+
+        // Health checks, then promotion of the healthy.
+        let checked = futures_join(switched.iter().map(|(a, s)| check_one(run, job, a, s))).await;
+        let mut healthy: Vec<(&AllocPlan, Switched)> = Vec::new();
+        for ((a, s), r) in switched.into_iter().zip(checked) {
+            match r {
+                Ok(()) => healthy.push((a, s)),
+                Err(e) => failures.push((a, Some(s), e)),
+            }
+        }
+        for (a, s) in &healthy {
+            promote(run, job, a, s).await;
+        }
+
+        if failures.is_empty() {
+            for (a, s) in healthy {
+                result.allocations.push(done(run, job, a, true, Some(s.release), String::new(), false));
+            }
+            continue;
+        }
+
+        // The batch failed: record it, then halt or switch the batch back.
+        let revert = job.manifest.on_failure == OnFailure::Revert;
+        let first_error = format!("{}: {}", failures[0].0.worker, failures[0].2);
+        for (a, s, e) in &failures {
+            record_failure(run, job, a, e).await;
+            let reverted = revert && revert_one(run, job, a, s.as_ref()).await;
+            result.allocations.push(done(run, job, a, false, s.as_ref().map(|s| s.release.clone()), e.clone(), reverted));
+        }
+        for (a, s) in healthy {
+            let reverted = revert && revert_one(run, job, a, Some(&s)).await;
+            if reverted {
+                record_failure(run, job, a, "reverted with its failed batch").await;
+            }
+            result.allocations.push(done(run, job, a, !reverted, Some(s.release), String::new(), reverted));
+        }
+        let verb = if revert { "reverted" } else { "halted" };
+        return finish(
+            run,
+            result,
+            JobStatus::Failed,
+            format!("batch {batch}/{} failed and was {verb}: {first_error}", jp.batches),
+        );
+    }
+
+    if let Err(e) = run.hook(job, "post_deploy", &job.manifest.hooks.post_deploy, all_workers).await {
+        return finish(run, result, JobStatus::Failed, e);
+    }
+    finish(run, result, JobStatus::Succeeded, String::new())
+}
+
+fn finish(run: &Run, mut r: JobResult, status: JobStatus, message: String) -> JobResult {
+    run.reporter.event(&Event::JobDone {
+        job: r.job.clone(),
+        status: format!("{status:?}").to_lowercase(),
+        message: message.clone(),
+    });
+    r.status = status;
+    r.message = message;
+    r
+}
+
+fn done(run: &Run, job: &Job, a: &AllocPlan, ok: bool, release: Option<String>, message: String, reverted: bool) -> AllocResult {
+    run.reporter.event(&Event::AllocDone {
+        job: job.name.clone(),
+        worker: a.worker.clone(),
+        action: a.action.as_str().into(),
+        ok,
+        message: if reverted {
+            format!("{message} (reverted to the previous release)")
+        } else {
+            message.clone()
+        },
+    });
+    AllocResult {
+        worker: a.worker.clone(),
+        action: a.action,
+        ok,
+        release,
+        message,
+        reverted,
+    }
+}
+
+/// Runs futures concurrently on this task and returns their outputs in order.
+async fn futures_join<F, T>(futs: impl Iterator<Item = F>) -> Vec<T>
+where
+    F: std::future::Future<Output = T>,
+{
+    let mut set: Vec<std::pin::Pin<Box<F>>> = futs.map(Box::pin).collect();
+    let mut out: Vec<Option<T>> = (0..set.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in set.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
+}
+
+type RolloutError = (Option<Switched>, String);
+
+async fn rollout_one(run: &Run, job: &Job, a: &AllocPlan) -> Result<Switched, RolloutError> {
+    let _permit = run.limit.acquire().await;
+    let worker = &run.workers[&a.worker];
+    let host = run.fleet.get(&a.worker).map_err(|e| (None, e))?;
+    let job_dir = worker.job_dir(&job.name);
+    let fail = |e: String| (None, e);
+
+    run.step(&job.name, &a.worker, "prepare");
+    let out = host
+        .run(&remote::prepare(&job_dir, run.timeout))
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    if !out.success() {
+        return Err(fail(format!("preparing {job_dir} failed: {}", out.tail(3))));
+    }
+    let previous = out
+        .stdout
+        .trim()
+        .strip_prefix("releases/")
+        .map(str::to_string)
+        .filter(|p| !p.is_empty());
+
+    let release = format!("r{:06}-{}", run.seq, &a.hash[..12.min(a.hash.len())]);
+    let stage = run
+        .staged
+        .get(&(job.name.clone(), a.hash.clone()))
+        .ok_or_else(|| fail("internal error: tree not staged".into()))?;
+    run.step(&job.name, &a.worker, "upload");
+    let link_dest = previous.as_ref().map(|p| format!("{job_dir}/releases/{p}"));
+    host.push(stage, &format!("{job_dir}/releases/{release}"), link_dest.as_deref(), run.timeout)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+
+    run.step(&job.name, &a.worker, "switch");
+    let out = host
+        .run(&remote::switch(&job_dir, &release, run.timeout))
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    if !out.success() {
+        return Err(fail(format!("switching current to {release} failed: {}", out.tail(3))));
+    }
+    let switched = Switched { release, previous };
+
+    if let Some(target) = a.action.target() {
+        run.step(&job.name, &a.worker, target);
+        let r = lifecycle(run, job, worker, &host, target, &switched.release, a).await;
+        if let Err(e) = r {
+            return Err((Some(switched), e));
+        }
+    }
+    Ok(switched)
+}
+
+async fn lifecycle(
+    run: &Run,
+    job: &Job,
+    worker: &Worker,
+    host: &cutover_transport::Host,
+    target: &str,
+    release: &str,
+    a: &AllocPlan,
+) -> Result<(), String> {
+    let current = a.current_version.clone().unwrap_or_default();
+    if let Some(control) = &job.manifest.hooks.job_control {
+        let env = run.hook_env(job, target, vec![worker.name.clone()], &current);
+        return hooks::run(control, &env, run.timeout).await;
+    }
+    let env = LifecycleEnv {
+        job,
+        worker,
+        release,
+        current_version: &current,
+        new_version: &a.new_version,
+    };
+    let out = host
+        .run(&remote::lifecycle(&env, target, run.timeout))
+        .await
+        .map_err(|e| e.to_string())?;
+    if out.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "make {target} exited {}: {}",
+            out.code.map_or("by signal".into(), |c| c.to_string()),
+            out.tail(5)
+        ))
+    }
+}
+
+async fn check_one(run: &Run, job: &Job, a: &AllocPlan, s: &Switched) -> Result<(), String> {
+    let spec = &job.manifest.health;
+    if spec.is_empty() || a.action == Action::Sync {
+        return Ok(());
+    }
+    let _permit = run.limit.acquire().await;
+    let worker = &run.workers[&a.worker];
+    let host = run.fleet.get(&a.worker)?;
+    let empty = BTreeMap::new();
+    let rctx = RenderContext {
+        kv: run.kv.get(&job.name).unwrap_or(&empty),
+        env: &run.env,
+    };
+    let render = |t: &Option<String>| -> Result<Option<String>, String> {
+        t.as_deref()
+            .map(|t| cutover_model::tree::render_str(t, job, worker, &rctx))
+            .transpose()
+    };
+    let checks = Checks {
+        http: render(&spec.http)?,
+        tcp: render(&spec.tcp)?,
+        command: spec.command.clone(),
+    };
+    run.step(&job.name, &a.worker, "health");
+    let current = a.current_version.clone().unwrap_or_default();
+    let env = LifecycleEnv {
+        job,
+        worker,
+        release: &s.release,
+        current_version: &current,
+        new_version: &a.new_version,
+    };
+    health::wait_healthy(&host, &env, spec, &checks).await
+}
+
+async fn promote(run: &Run, job: &Job, a: &AllocPlan, s: &Switched) {
+    let rec = AllocationRecord {
+        job: job.name.clone(),
+        worker: a.worker.clone(),
+        status: AllocStatus::Promoted,
+        hash: Some(a.hash.clone()),
+        version: Some(a.new_version.clone()),
+        release_id: Some(s.release.clone()),
+        previous_release_id: s.previous.clone(),
+        health: if job.manifest.health.is_empty() || a.action == Action::Sync {
+            "unknown".into()
+        } else {
+            "healthy".into()
+        },
+        message: String::new(),
+        updated_at: cutover_state::now_rfc3339(),
+    };
+    if let Some(json) = run.manifests.get(&(job.name.clone(), a.hash.clone())) {
+        let _ = run.store.put_tree(&job.name, &a.hash, json).await;
+    }
+    let _ = run.store.put_allocation(&rec).await;
+    if let Some(w) = run.workers.get(&a.worker) {
+        if let Ok(json) = serde_json::to_string(w) {
+            let _ = run.store.put_known_worker(&w.name, &json).await;
+        }
+    }
+    // Old releases beyond keep_releases go; current and previous stay.
+    if let (Ok(host), Some(w)) = (run.fleet.get(&a.worker), run.workers.get(&a.worker)) {
+        let prev = s.previous.clone().unwrap_or_default();
+        let _ = host
+            .run(&remote::prune(&w.job_dir(&job.name), job.manifest.keep_releases, &s.release, &prev, run.timeout))
+            .await;
+    }
+}
+
+async fn record_failure(run: &Run, job: &Job, a: &AllocPlan, message: &str) {
+    let key = (job.name.clone(), a.worker.clone());
+    let old = run.records.get(&key);
+    let rec = AllocationRecord {
+        job: job.name.clone(),
+        worker: a.worker.clone(),
+        status: AllocStatus::Failed,
+        hash: old.and_then(|o| o.hash.clone()),
+        version: old.and_then(|o| o.version.clone()),
+        release_id: old.and_then(|o| o.release_id.clone()),
+        previous_release_id: old.and_then(|o| o.previous_release_id.clone()),
+        health: "unhealthy".into(),
+        message: message.to_string(),
+        updated_at: cutover_state::now_rfc3339(),
+    };
+    let _ = run.store.put_allocation(&rec).await;
+}
+
+/// Switches one allocation of a failed batch back to the release it ran
+/// before and restarts it; a new allocation is stopped instead.
+async fn revert_one(run: &Run, job: &Job, a: &AllocPlan, s: Option<&Switched>) -> bool {
+    let Some(s) = s else {
+        return false; // never switched: the old release still runs
+    };
+    let worker = &run.workers[&a.worker];
+    let Ok(host) = run.fleet.get(&a.worker) else {
+        return false;
+    };
+    let job_dir = worker.job_dir(&job.name);
+    let (ok, message) = match &s.previous {
+        Some(prev) => {
+            let r = async {
+                let out = host
+                    .run(&remote::switch(&job_dir, prev, run.timeout))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if !out.success() {
+                    return Err(format!("switch back failed: {}", out.tail(3)));
+                }
+                let back = AllocPlan {
+                    current_version: Some(a.new_version.clone()),
+                    new_version: a.current_version.clone().unwrap_or_default(),
+                    ..a.clone()
+                };
+                lifecycle(run, job, worker, &host, "restart", prev, &back).await
+            }
+            .await;
+            (r.is_ok(), r.err().unwrap_or_default())
+        }
+        None => {
+            let back = AllocPlan {
+                current_version: Some(a.new_version.clone()),
+                ..a.clone()
+            };
+            let r = lifecycle(run, job, worker, &host, "stop", &s.release, &back).await;
+            (r.is_ok(), r.err().unwrap_or_default())
+        }
+    };
+    run.reporter.event(&Event::Reverted {
+        job: job.name.clone(),
+        worker: a.worker.clone(),
+        ok,
+        message,
+    });
+    ok
+}

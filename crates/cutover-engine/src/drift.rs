@@ -1,0 +1,130 @@
+//! `cutover drift`: compare what each worker's `current` actually holds
+//! with what is promoted, file by file (rsync's checksum dry run: nothing
+//! is changed on the worker, and it needs nothing there but rsync).
+
+use std::collections::BTreeSet;
+
+use cutover_state::AllocStatus;
+use cutover_transport::Drift;
+use serde::Serialize;
+
+use crate::fleet::Fleet;
+use crate::render;
+use crate::{kv, Context, EngineError};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AllocDrift {
+    pub job: String,
+    pub worker: String,
+    /// clean | drifted | outdated | unreachable | error
+    pub state: String,
+    pub files: Vec<Drift>,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DriftReport {
+    pub allocations: Vec<AllocDrift>,
+}
+
+impl DriftReport {
+    /// Any allocation whose content could not be shown to match.
+    pub fn any_drift(&self) -> bool {
+        self.allocations.iter().any(|a| a.state != "clean")
+    }
+}
+
+pub async fn drift(ctx: &Context, jobs: Option<&BTreeSet<String>>) -> Result<DriftReport, EngineError> {
+    if let Some(jobs) = jobs {
+        for j in jobs {
+            if !ctx.project.jobs.contains_key(j) {
+                return Err(EngineError::usage(
+                    format!("no job named `{j}`"),
+                    "name jobs of this project with --jobs a,b",
+                ));
+            }
+        }
+    }
+    let kv = kv::for_templates(ctx).await?;
+    let rendered = render::render_all(ctx, jobs, &kv)?;
+    let (_, records) = render::recorded(ctx).await?;
+    let records: Vec<_> = records
+        .into_iter()
+        .filter(|r| jobs.is_none_or(|j| j.contains(&r.job)))
+        .filter(|r| r.hash.is_some() && r.status != AllocStatus::Stopped)
+        .collect();
+
+    let mut out = Vec::new();
+    let mut to_check = Vec::new();
+    for r in &records {
+        let key = (r.job.clone(), r.worker.clone());
+        match rendered.trees.get(&key) {
+            Some(t) if Some(&t.hash) == r.hash.as_ref() => to_check.push(key),
+            _ => out.push(AllocDrift {
+                job: r.job.clone(),
+                worker: r.worker.clone(),
+                state: "outdated".into(),
+                files: Vec::new(),
+                message: "the project has changed since this allocation was promoted; `cutover deploy` applies it".into(),
+            }),
+        }
+    }
+
+    let stage_root = tempfile::Builder::new()
+        .prefix("cutover-drift-")
+        .tempdir()
+        .map_err(EngineError::io("creating the staging directory"))?;
+    let wanted: BTreeSet<_> = to_check.iter().cloned().collect();
+    let staged = render::stage(stage_root.path(), &rendered.trees, &wanted)?;
+    let workers: Vec<_> = wanted
+        .iter()
+        .filter_map(|(_, w)| ctx.project.worker(w).map(|w| (w.name.clone(), w.clone())))
+        .collect::<std::collections::BTreeMap<_, _>>()
+        .into_values()
+        .collect();
+    let fleet = Fleet::connect(&ctx.project.config.ssh, workers, &ctx.reporter).await?;
+    let timeout = ctx.project.config.ssh.command_timeout;
+
+    let mut tasks = Vec::new();
+    for (job, worker) in &to_check {
+        let tree = &rendered.trees[&(job.clone(), worker.clone())];
+        let Some(w) = ctx.project.worker(worker) else { continue };
+        let stage = staged[&(job.clone(), tree.hash.clone())].clone();
+        let dir = format!("{}/current", w.job_dir(job));
+        let host = fleet.get(worker);
+        let (job, worker) = (job.clone(), worker.clone());
+        tasks.push(async move {
+            let mut d = AllocDrift {
+                job,
+                worker,
+                state: "clean".into(),
+                files: Vec::new(),
+                message: String::new(),
+            };
+            match host {
+                Err(e) => {
+                    d.state = "unreachable".into();
+                    d.message = e;
+                }
+                Ok(h) => match h.diff(&stage, &dir, timeout).await {
+                    Ok(files) if files.is_empty() => {}
+                    Ok(files) => {
+                        d.state = "drifted".into();
+                        d.files = files;
+                    }
+                    Err(e) => {
+                        d.state = "error".into();
+                        d.message = e.to_string();
+                    }
+                },
+            }
+            d
+        });
+    }
+    for t in tasks {
+        out.push(t.await);
+    }
+    fleet.close().await;
+    out.sort_by(|a, b| (&a.job, &a.worker).cmp(&(&b.job, &b.worker)));
+    Ok(DriftReport { allocations: out })
+}

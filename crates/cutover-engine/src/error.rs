@@ -1,0 +1,49 @@
+//! Engine errors: what failed, where, and the detail the operator needs.
+
+use cutover_model::Diagnostics;
+use cutover_state::{LockHolder, StateError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The project files are invalid.
+    #[error("{0}")]
+    Config(Diagnostics),
+    /// The command asked for something that does not exist or cannot be.
+    #[error("{message}")]
+    Usage { message: String, help: Option<String> },
+    #[error("the project lock is held by {0}")]
+    Locked(LockHolder),
+    #[error(transparent)]
+    State(StateError),
+    #[error("{0}")]
+    Template(#[from] cutover_model::tree::TreeError),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl From<StateError> for EngineError {
+    fn from(e: StateError) -> Self {
+        match e {
+            StateError::Locked(h) => EngineError::Locked(h),
+            other => EngineError::State(other),
+        }
+    }
+}
+
+impl EngineError {
+    pub fn usage(message: impl Into<String>, help: impl Into<String>) -> Self {
+        EngineError::Usage {
+            message: message.into(),
+            help: Some(help.into()),
+        }
+    }
+
+    pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> EngineError {
+        let context = context.into();
+        move |source| EngineError::Io { context, source }
+    }
+}

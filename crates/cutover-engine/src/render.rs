@@ -1,0 +1,120 @@
+//! Rendering every allocation in scope, once, and staging the trees that
+//! will be uploaded into a private temporary directory (never `.cutover/`:
+//! rendered files may hold secrets).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use cutover_model::plan::{Candidate, Recorded};
+use cutover_model::tree::{JobSource, Manifest, RenderContext, Tree};
+use cutover_state::AllocStatus;
+
+use crate::{Context, EngineError};
+
+pub(crate) type Key = (String, String);
+
+pub(crate) struct Rendered {
+    pub trees: BTreeMap<Key, Tree>,
+    pub candidates: BTreeMap<Key, Candidate>,
+    pub bytes: u64,
+    pub files: usize,
+}
+
+/// Renders every allocation of the jobs in `scope` (`None` = all).
+pub(crate) fn render_all(
+    ctx: &Context,
+    scope: Option<&BTreeSet<String>>,
+    kv: &BTreeMap<String, BTreeMap<String, String>>,
+) -> Result<Rendered, EngineError> {
+    let project = &ctx.project;
+    let empty = BTreeMap::new();
+    let mut out = Rendered {
+        trees: BTreeMap::new(),
+        candidates: BTreeMap::new(),
+        bytes: 0,
+        files: 0,
+    };
+    for job in project.jobs.values() {
+        if scope.is_some_and(|s| !s.contains(&job.name)) {
+            continue;
+        }
+        let source = JobSource::scan(job)?;
+        out.bytes += source.bytes;
+        out.files += source.file_count();
+        let rctx = RenderContext {
+            kv: kv.get(&job.name).unwrap_or(&empty),
+            env: &ctx.env,
+        };
+        for w in project.workers_for(job) {
+            let tree = source.render(job, w, &rctx)?;
+            let key = (job.name.clone(), w.name.clone());
+            out.candidates.insert(
+                key.clone(),
+                Candidate {
+                    hash: tree.hash.clone(),
+                    manifest: tree.manifest(),
+                },
+            );
+            out.trees.insert(key, tree);
+        }
+    }
+    Ok(out)
+}
+
+/// What the store says of every allocation, with promoted manifests.
+pub(crate) async fn recorded(
+    ctx: &Context,
+) -> Result<(BTreeMap<Key, Recorded>, Vec<cutover_state::AllocationRecord>), EngineError> {
+    let allocs = ctx.store.allocations().await?;
+    let mut out = BTreeMap::new();
+    let mut manifests: BTreeMap<(String, String), Option<Manifest>> = BTreeMap::new();
+    for a in &allocs {
+        let manifest = match &a.hash {
+            Some(h) => {
+                let k = (a.job.clone(), h.clone());
+                if !manifests.contains_key(&k) {
+                    let m = ctx
+                        .store
+                        .tree(&a.job, h)
+                        .await?
+                        .and_then(|json| serde_json::from_str(&json).ok());
+                    manifests.insert(k.clone(), m);
+                }
+                manifests.get(&k).cloned().flatten()
+            }
+            None => None,
+        };
+        out.insert(
+            (a.job.clone(), a.worker.clone()),
+            Recorded {
+                promoted_hash: a.hash.clone(),
+                promoted_version: a.version.clone(),
+                promoted_manifest: manifest,
+                failed: a.status == AllocStatus::Failed,
+                stopped: a.status == AllocStatus::Stopped,
+            },
+        );
+    }
+    Ok((out, allocs))
+}
+
+/// Stages each distinct (job, hash) once under `root`; returns where.
+pub(crate) fn stage(
+    root: &Path,
+    trees: &BTreeMap<Key, Tree>,
+    wanted: &BTreeSet<Key>,
+) -> Result<BTreeMap<(String, String), PathBuf>, EngineError> {
+    let mut staged: BTreeMap<(String, String), PathBuf> = BTreeMap::new();
+    for key in wanted {
+        let Some(tree) = trees.get(key) else { continue };
+        let by_hash = (key.0.clone(), tree.hash.clone());
+        if staged.contains_key(&by_hash) {
+            continue;
+        }
+        let dir = root.join(&key.0).join(&tree.hash);
+        tree.stage(&dir)
+            .map_err(EngineError::io(format!("staging {} for upload", key.0)))?;
+        staged.insert(by_hash, dir);
+    }
+    Ok(staged)
+}
