@@ -6,7 +6,14 @@ use std::path::Path;
 use crate::Operator;
 
 /// Appends one line: time, user, host, the command, its outcome and exit code.
-pub fn append(workspace: &Path, op: &Operator, command: &str, outcome: &str, rc: i32, detail: &str) -> std::io::Result<()> {
+pub fn append(
+    workspace: &Path,
+    op: &Operator,
+    command: &str,
+    outcome: &str,
+    rc: i32,
+    detail: &str,
+) -> std::io::Result<()> {
     std::fs::create_dir_all(workspace)?;
     let mut line = format!(
         "{} user={} host={} pid={} command={:?} outcome={} rc={}",

@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cutover_model::plan::{self, Action, AllocPlan, JobPlan, Plan, PlanInput, PlanOptions, StopPlan};
+use cutover_model::plan::{
+    self, Action, AllocPlan, JobPlan, Plan, PlanInput, PlanOptions, StopPlan,
+};
 use cutover_model::tree::RenderContext;
 use cutover_model::{Job, OnFailure, Project, Worker};
 use cutover_state::{AllocStatus, AllocationRecord, NewDeployment, StateStore};
@@ -202,7 +204,10 @@ pub async fn deploy(ctx: &Context, opts: &DeployOptions) -> Result<DeployReport,
         .iter()
         .filter_map(|k| {
             let c = rendered.candidates.get(k)?;
-            Some(((k.0.clone(), c.hash.clone()), serde_json::to_string(&c.manifest).ok()?))
+            Some((
+                (k.0.clone(), c.hash.clone()),
+                serde_json::to_string(&c.manifest).ok()?,
+            ))
         })
         .collect();
 
@@ -226,7 +231,12 @@ pub async fn deploy(ctx: &Context, opts: &DeployOptions) -> Result<DeployReport,
             needed.insert(s.worker.clone(), w.clone());
         }
     }
-    let fleet = Fleet::connect(&ctx.project.config.ssh, needed.values().cloned().collect(), &ctx.reporter).await?;
+    let fleet = Fleet::connect(
+        &ctx.project.config.ssh,
+        needed.values().cloned().collect(),
+        &ctx.reporter,
+    )
+    .await?;
 
     let run = Arc::new(Run {
         project: ctx.project.clone(),
@@ -282,7 +292,12 @@ pub async fn deploy(ctx: &Context, opts: &DeployOptions) -> Result<DeployReport,
         while let Some(joined) = tasks.join_next().await {
             match joined {
                 Ok(r) => results.push(r),
-                Err(e) => return Err(EngineError::usage(format!("internal error: a job task panicked: {e}"), "please report this")),
+                Err(e) => {
+                    return Err(EngineError::usage(
+                        format!("internal error: a job task panicked: {e}"),
+                        "please report this",
+                    ))
+                }
             }
         }
         results.sort_by(|a, b| a.job.cmp(&b.job));
@@ -351,7 +366,13 @@ impl Run {
         });
     }
 
-    fn hook_env<'a>(&'a self, job: &'a Job, event: &'a str, workers: Vec<String>, current: &'a str) -> HookEnv<'a> {
+    fn hook_env<'a>(
+        &'a self,
+        job: &'a Job,
+        event: &'a str,
+        workers: Vec<String>,
+        current: &'a str,
+    ) -> HookEnv<'a> {
         HookEnv {
             project: &self.project.root,
             job: &job.name,
@@ -362,14 +383,25 @@ impl Run {
         }
     }
 
-    async fn hook(&self, job: &Job, name: &str, hook: &Option<String>, workers: Vec<String>) -> Result<(), String> {
+    async fn hook(
+        &self,
+        job: &Job,
+        name: &str,
+        hook: &Option<String>,
+        workers: Vec<String>,
+    ) -> Result<(), String> {
         let Some(h) = hook else { return Ok(()) };
         let current = workers
             .first()
             .and_then(|w| self.records.get(&(job.name.clone(), w.clone())))
             .and_then(|r| r.version.clone())
             .unwrap_or_default();
-        let r = hooks::run(h, &self.hook_env(job, name, workers, &current), self.timeout).await;
+        let r = hooks::run(
+            h,
+            &self.hook_env(job, name, workers, &current),
+            self.timeout,
+        )
+        .await;
         self.reporter.event(&Event::Hook {
             job: job.name.clone(),
             hook: name.to_string(),
@@ -413,8 +445,8 @@ async fn reconcile(run: &Arc<Run>, stops: &[StopPlan]) -> Vec<StopResult> {
 
     // Forget what is fully gone: KV of removed jobs, addresses of removed workers.
     for r in out.iter().filter(|r| r.ok) {
-        let job_left = run.project.jobs.contains_key(&r.job)
-            || out.iter().any(|o| o.job == r.job && !o.ok);
+        let job_left =
+            run.project.jobs.contains_key(&r.job) || out.iter().any(|o| o.job == r.job && !o.ok);
         if !job_left {
             let _ = run.store.kv_delete(&r.job, None).await;
         }
@@ -456,8 +488,13 @@ async fn stop_one(run: &Run, s: &StopPlan) -> Result<(), String> {
         return Err(format!("make stop failed: {}", out.tail(5)));
     }
     if let Some(job) = run.project.jobs.get(&s.job) {
-        run.hook(job, "after_allocation_stopped", &job.manifest.hooks.after_allocation_stopped, vec![s.worker.clone()])
-            .await?;
+        run.hook(
+            job,
+            "after_allocation_stopped",
+            &job.manifest.hooks.after_allocation_stopped,
+            vec![s.worker.clone()],
+        )
+        .await?;
     }
     // A disabled worker is stopped and otherwise left alone.
     let disabled = run.project.worker(&s.worker).is_some_and(|w| w.disabled);
@@ -505,7 +542,15 @@ async fn run_job(run: &Run, jp: &JobPlan) -> JobResult {
         .filter(|a| a.action != Action::Skip)
         .map(|a| a.worker.clone())
         .collect();
-    if let Err(e) = run.hook(job, "pre_deploy", &job.manifest.hooks.pre_deploy, all_workers.clone()).await {
+    if let Err(e) = run
+        .hook(
+            job,
+            "pre_deploy",
+            &job.manifest.hooks.pre_deploy,
+            all_workers.clone(),
+        )
+        .await
+    {
         return finish(run, result, JobStatus::Failed, e);
     }
 
@@ -536,7 +581,12 @@ async fn run_job(run: &Run, jp: &JobPlan) -> JobResult {
         if !switched.is_empty() && failures.is_empty() {
             let started: Vec<String> = switched.iter().map(|(a, _)| a.worker.clone()).collect();
             if let Err(e) = run
-                .hook(job, "after_allocation_started", &job.manifest.hooks.after_allocation_started, started)
+                .hook(
+                    job,
+                    "after_allocation_started",
+                    &job.manifest.hooks.after_allocation_started,
+                    started,
+                )
                 .await
             {
                 for (a, s) in switched.drain(..) {
@@ -560,7 +610,15 @@ async fn run_job(run: &Run, jp: &JobPlan) -> JobResult {
 
         if failures.is_empty() {
             for (a, s) in healthy {
-                result.allocations.push(done(run, job, a, true, Some(s.release), String::new(), false));
+                result.allocations.push(done(
+                    run,
+                    job,
+                    a,
+                    true,
+                    Some(s.release),
+                    String::new(),
+                    false,
+                ));
             }
             continue;
         }
@@ -571,25 +629,52 @@ async fn run_job(run: &Run, jp: &JobPlan) -> JobResult {
         for (a, s, e) in &failures {
             record_failure(run, job, a, e).await;
             let reverted = revert && revert_one(run, job, a, s.as_ref()).await;
-            result.allocations.push(done(run, job, a, false, s.as_ref().map(|s| s.release.clone()), e.clone(), reverted));
+            result.allocations.push(done(
+                run,
+                job,
+                a,
+                false,
+                s.as_ref().map(|s| s.release.clone()),
+                e.clone(),
+                reverted,
+            ));
         }
         for (a, s) in healthy {
             let reverted = revert && revert_one(run, job, a, Some(&s)).await;
             if reverted {
                 record_failure(run, job, a, "reverted with its failed batch").await;
             }
-            result.allocations.push(done(run, job, a, !reverted, Some(s.release), String::new(), reverted));
+            result.allocations.push(done(
+                run,
+                job,
+                a,
+                !reverted,
+                Some(s.release),
+                String::new(),
+                reverted,
+            ));
         }
         let verb = if revert { "reverted" } else { "halted" };
         return finish(
             run,
             result,
             JobStatus::Failed,
-            format!("batch {batch}/{} failed and was {verb}: {first_error}", jp.batches),
+            format!(
+                "batch {batch}/{} failed and was {verb}: {first_error}",
+                jp.batches
+            ),
         );
     }
 
-    if let Err(e) = run.hook(job, "post_deploy", &job.manifest.hooks.post_deploy, all_workers).await {
+    if let Err(e) = run
+        .hook(
+            job,
+            "post_deploy",
+            &job.manifest.hooks.post_deploy,
+            all_workers,
+        )
+        .await
+    {
         return finish(run, result, JobStatus::Failed, e);
     }
     finish(run, result, JobStatus::Succeeded, String::new())
@@ -606,7 +691,15 @@ fn finish(run: &Run, mut r: JobResult, status: JobStatus, message: String) -> Jo
     r
 }
 
-fn done(run: &Run, job: &Job, a: &AllocPlan, ok: bool, release: Option<String>, message: String, reverted: bool) -> AllocResult {
+fn done(
+    run: &Run,
+    job: &Job,
+    a: &AllocPlan,
+    ok: bool,
+    release: Option<String>,
+    message: String,
+    reverted: bool,
+) -> AllocResult {
     run.reporter.event(&Event::AllocDone {
         job: job.name.clone(),
         worker: a.worker.clone(),
@@ -686,9 +779,14 @@ async fn rollout_one(run: &Run, job: &Job, a: &AllocPlan) -> Result<Switched, Ro
         .ok_or_else(|| fail("internal error: tree not staged".into()))?;
     run.step(&job.name, &a.worker, "upload");
     let link_dest = previous.as_ref().map(|p| format!("{job_dir}/releases/{p}"));
-    host.push(stage, &format!("{job_dir}/releases/{release}"), link_dest.as_deref(), run.timeout)
-        .await
-        .map_err(|e| fail(e.to_string()))?;
+    host.push(
+        stage,
+        &format!("{job_dir}/releases/{release}"),
+        link_dest.as_deref(),
+        run.timeout,
+    )
+    .await
+    .map_err(|e| fail(e.to_string()))?;
 
     run.step(&job.name, &a.worker, "switch");
     let out = host
@@ -696,7 +794,10 @@ async fn rollout_one(run: &Run, job: &Job, a: &AllocPlan) -> Result<Switched, Ro
         .await
         .map_err(|e| fail(e.to_string()))?;
     if !out.success() {
-        return Err(fail(format!("switching current to {release} failed: {}", out.tail(3))));
+        return Err(fail(format!(
+            "switching current to {release} failed: {}",
+            out.tail(3)
+        )));
     }
     let switched = Switched { release, previous };
 
@@ -811,7 +912,13 @@ async fn promote(run: &Run, job: &Job, a: &AllocPlan, s: &Switched) {
     if let (Ok(host), Some(w)) = (run.fleet.get(&a.worker), run.workers.get(&a.worker)) {
         let prev = s.previous.clone().unwrap_or_default();
         let _ = host
-            .run(&remote::prune(&w.job_dir(&job.name), job.manifest.keep_releases, &s.release, &prev, run.timeout))
+            .run(&remote::prune(
+                &w.job_dir(&job.name),
+                job.manifest.keep_releases,
+                &s.release,
+                &prev,
+                run.timeout,
+            ))
             .await;
     }
 }

@@ -34,7 +34,10 @@ impl DriftReport {
     }
 }
 
-pub async fn drift(ctx: &Context, jobs: Option<&BTreeSet<String>>) -> Result<DriftReport, EngineError> {
+pub async fn drift(
+    ctx: &Context,
+    jobs: Option<&BTreeSet<String>>,
+) -> Result<DriftReport, EngineError> {
     if let Some(jobs) = jobs {
         for j in jobs {
             if !ctx.project.jobs.contains_key(j) {
@@ -88,7 +91,9 @@ pub async fn drift(ctx: &Context, jobs: Option<&BTreeSet<String>>) -> Result<Dri
     let mut tasks = Vec::new();
     for (job, worker) in &to_check {
         let tree = &rendered.trees[&(job.clone(), worker.clone())];
-        let Some(w) = ctx.project.worker(worker) else { continue };
+        let Some(w) = ctx.project.worker(worker) else {
+            continue;
+        };
         let stage = staged[&(job.clone(), tree.hash.clone())].clone();
         let dir = format!("{}/current", w.job_dir(job));
         let host = fleet.get(worker);

@@ -10,7 +10,10 @@ pub enum EngineError {
     Config(Diagnostics),
     /// The command asked for something that does not exist or cannot be.
     #[error("{message}")]
-    Usage { message: String, help: Option<String> },
+    Usage {
+        message: String,
+        help: Option<String>,
+    },
     #[error("the project lock is held by {0}")]
     Locked(LockHolder),
     #[error(transparent)]

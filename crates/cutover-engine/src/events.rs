@@ -6,16 +6,61 @@ use serde::Serialize;
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
-    ConnectFailed { worker: String, error: String },
-    StopDone { job: String, worker: String, why: String, ok: bool, message: String },
-    JobStarted { job: String, wave: usize, batches: usize },
-    JobBlocked { job: String, because: String },
-    BatchStarted { job: String, batch: usize, batches: usize, workers: Vec<String> },
-    Step { job: String, worker: String, step: String },
-    AllocDone { job: String, worker: String, action: String, ok: bool, message: String },
-    Reverted { job: String, worker: String, ok: bool, message: String },
-    Hook { job: String, hook: String, ok: bool, message: String },
-    JobDone { job: String, status: String, message: String },
+    ConnectFailed {
+        worker: String,
+        error: String,
+    },
+    StopDone {
+        job: String,
+        worker: String,
+        why: String,
+        ok: bool,
+        message: String,
+    },
+    JobStarted {
+        job: String,
+        wave: usize,
+        batches: usize,
+    },
+    JobBlocked {
+        job: String,
+        because: String,
+    },
+    BatchStarted {
+        job: String,
+        batch: usize,
+        batches: usize,
+        workers: Vec<String>,
+    },
+    Step {
+        job: String,
+        worker: String,
+        step: String,
+    },
+    AllocDone {
+        job: String,
+        worker: String,
+        action: String,
+        ok: bool,
+        message: String,
+    },
+    Reverted {
+        job: String,
+        worker: String,
+        ok: bool,
+        message: String,
+    },
+    Hook {
+        job: String,
+        hook: String,
+        ok: bool,
+        message: String,
+    },
+    JobDone {
+        job: String,
+        status: String,
+        message: String,
+    },
 }
 
 pub trait Reporter: Send + Sync {

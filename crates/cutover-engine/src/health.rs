@@ -40,7 +40,12 @@ pub(crate) async fn wait_healthy(
     ))
 }
 
-async fn once(host: &Host, env: &LifecycleEnv<'_>, spec: &HealthCheck, checks: &Checks) -> Result<(), String> {
+async fn once(
+    host: &Host,
+    env: &LifecycleEnv<'_>,
+    spec: &HealthCheck,
+    checks: &Checks,
+) -> Result<(), String> {
     if let Some(url) = &checks.http {
         http(url, spec.expect_status, spec.timeout).await?;
     }
@@ -87,11 +92,17 @@ async fn http(url: &str, expect: u16, timeout: Duration) -> Result<(), String> {
     let request = async {
         let mut stream = TcpStream::connect(&addr).await.map_err(|e| e.to_string())?;
         let req = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nUser-Agent: cutover\r\n\r\n");
-        stream.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+        stream
+            .write_all(req.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
         let mut buf = vec![0u8; 256];
         let mut len = 0;
         while len < buf.len() {
-            let n = stream.read(&mut buf[len..]).await.map_err(|e| e.to_string())?;
+            let n = stream
+                .read(&mut buf[len..])
+                .await
+                .map_err(|e| e.to_string())?;
             if n == 0 || buf[..len + n].contains(&b'\n') {
                 len += n;
                 break;
@@ -110,6 +121,9 @@ async fn http(url: &str, expect: u16, timeout: Duration) -> Result<(), String> {
         Ok(Ok(status)) if status == expect => Ok(()),
         Ok(Ok(status)) => Err(format!("GET {url}: HTTP {status}, expected {expect}")),
         Ok(Err(e)) => Err(format!("GET {url}: HTTP 0 ({e})")),
-        Err(_) => Err(format!("GET {url}: timed out after {}s", timeout.as_secs_f32())),
+        Err(_) => Err(format!(
+            "GET {url}: timed out after {}s",
+            timeout.as_secs_f32()
+        )),
     }
 }

@@ -26,7 +26,12 @@ pub async fn run_target(
             format!("no job named `{job_name}`"),
             format!(
                 "jobs: {}",
-                ctx.project.jobs.keys().cloned().collect::<Vec<_>>().join(", ")
+                ctx.project
+                    .jobs
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         )
     })?;
@@ -43,7 +48,10 @@ pub async fn run_target(
             continue;
         }
         let promoted = records.iter().find(|r| {
-            r.job == job.name && r.worker == w.name && r.release_id.is_some() && r.status != AllocStatus::Stopped
+            r.job == job.name
+                && r.worker == w.name
+                && r.release_id.is_some()
+                && r.status != AllocStatus::Stopped
         });
         if let Some(r) = promoted {
             workers.push((w.clone(), r.clone()));

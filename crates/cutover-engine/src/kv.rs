@@ -12,7 +12,9 @@ use crate::{Context, EngineError};
 pub const ROLLOUT_ORDER: &str = "rollout_order";
 
 fn key(ctx: &Context) -> Result<SecretKey, EngineError> {
-    Ok(SecretKey::load_or_create(&ctx.workspace.join("secret.key"))?)
+    Ok(SecretKey::load_or_create(
+        &ctx.workspace.join("secret.key"),
+    )?)
 }
 
 fn check_job(ctx: &Context, job: &str) -> Result<(), EngineError> {
@@ -37,9 +39,19 @@ pub struct KvView {
     pub updated_at: String,
 }
 
-pub async fn put(ctx: &Context, job: &str, k: &str, value: Secret, secret: bool) -> Result<(), EngineError> {
+pub async fn put(
+    ctx: &Context,
+    job: &str,
+    k: &str,
+    value: Secret,
+    secret: bool,
+) -> Result<(), EngineError> {
     check_job(ctx, job)?;
-    if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.') {
+    if k.is_empty()
+        || !k
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+    {
         return Err(EngineError::usage(
             format!("`{k}` is not a valid key"),
             "keys are letters, digits, `_`, `-` and `.`; templates read them as kv.KEY",
@@ -61,7 +73,11 @@ pub async fn put(ctx: &Context, job: &str, k: &str, value: Secret, secret: bool)
     Ok(())
 }
 
-pub async fn list(ctx: &Context, job: Option<&str>, reveal: bool) -> Result<Vec<KvView>, EngineError> {
+pub async fn list(
+    ctx: &Context,
+    job: Option<&str>,
+    reveal: bool,
+) -> Result<Vec<KvView>, EngineError> {
     if let Some(j) = job {
         check_job(ctx, j)?;
     }
@@ -123,7 +139,9 @@ pub async fn delete(ctx: &Context, job: &str, k: &str) -> Result<(), EngineError
 }
 
 /// Every job's keys, decrypted, for rendering templates. Held in memory only.
-pub(crate) async fn for_templates(ctx: &Context) -> Result<BTreeMap<String, BTreeMap<String, String>>, EngineError> {
+pub(crate) async fn for_templates(
+    ctx: &Context,
+) -> Result<BTreeMap<String, BTreeMap<String, String>>, EngineError> {
     let recs = ctx.store.kv_list(None).await?;
     let secret_key = if recs.iter().any(|r| r.secret) {
         Some(key(ctx)?)
@@ -150,7 +168,9 @@ pub(crate) async fn for_templates(ctx: &Context) -> Result<BTreeMap<String, BTre
 }
 
 /// A job's `rollout_order`: worker names separated by commas or whitespace.
-pub(crate) fn rollout_order(kv: &BTreeMap<String, BTreeMap<String, String>>) -> BTreeMap<String, Vec<String>> {
+pub(crate) fn rollout_order(
+    kv: &BTreeMap<String, BTreeMap<String, String>>,
+) -> BTreeMap<String, Vec<String>> {
     kv.iter()
         .filter_map(|(job, keys)| {
             let order = keys.get(ROLLOUT_ORDER)?;

@@ -78,7 +78,13 @@ pub(crate) fn remove_job(job_dir: &str, timeout: Duration) -> Command {
 
 /// Deletes the oldest release dirs beyond `keep`, never `current` or the
 /// release before it (the one a failed batch switches back to).
-pub(crate) fn prune(job_dir: &str, keep: usize, current: &str, previous: &str, timeout: Duration) -> Command {
+pub(crate) fn prune(
+    job_dir: &str,
+    keep: usize,
+    current: &str,
+    previous: &str,
+    timeout: Duration,
+) -> Command {
     let keep = keep.to_string();
     script(
         r#"cd "$1/releases" || exit 0

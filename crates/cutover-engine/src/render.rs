@@ -64,7 +64,13 @@ pub(crate) fn render_all(
 /// What the store says of every allocation, with promoted manifests.
 pub(crate) async fn recorded(
     ctx: &Context,
-) -> Result<(BTreeMap<Key, Recorded>, Vec<cutover_state::AllocationRecord>), EngineError> {
+) -> Result<
+    (
+        BTreeMap<Key, Recorded>,
+        Vec<cutover_state::AllocationRecord>,
+    ),
+    EngineError,
+> {
     let allocs = ctx.store.allocations().await?;
     let mut out = BTreeMap::new();
     let mut manifests: BTreeMap<(String, String), Option<Manifest>> = BTreeMap::new();

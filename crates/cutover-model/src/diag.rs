@@ -168,7 +168,10 @@ mod tests {
 
     #[test]
     fn suggests_close_keys() {
-        assert_eq!(suggest("verison", ["version", "selectors"]), Some("version"));
+        assert_eq!(
+            suggest("verison", ["version", "selectors"]),
+            Some("version")
+        );
         assert_eq!(suggest("zzz", ["version", "selectors"]), None);
     }
 }

@@ -66,6 +66,8 @@ mod tests {
         assert!(parse_duration("5 seconds").is_err());
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("").is_err());
-        assert!(parse_duration("3d").unwrap_err().contains("unknown unit `d`"));
+        assert!(parse_duration("3d")
+            .unwrap_err()
+            .contains("unknown unit `d`"));
     }
 }

@@ -138,7 +138,11 @@ pub struct Plan {
 
 impl Plan {
     pub fn is_noop(&self) -> bool {
-        self.stops.is_empty() && self.waves.iter().all(|w| w.jobs.iter().all(|j| !j.has_work()))
+        self.stops.is_empty()
+            && self
+                .waves
+                .iter()
+                .all(|w| w.jobs.iter().all(|j| !j.has_work()))
     }
 
     pub fn jobs(&self) -> impl Iterator<Item = &JobPlan> {
@@ -271,8 +275,10 @@ fn plan_job(input: &PlanInput<'_>, job: &crate::config::Job, wave: usize) -> Job
                             RestartPolicy::Always => Action::Restart,
                             RestartPolicy::Never => Action::Sync,
                             RestartPolicy::Reload => {
-                                let hits: Vec<&String> =
-                                    changed.iter().filter(|p| restart_globs.is_match(p)).collect();
+                                let hits: Vec<&String> = changed
+                                    .iter()
+                                    .filter(|p| restart_globs.is_match(p))
+                                    .collect();
                                 if hits.is_empty() {
                                     Action::Reload
                                 } else {
@@ -310,7 +316,10 @@ fn plan_job(input: &PlanInput<'_>, job: &crate::config::Job, wave: usize) -> Job
     // then upgrades in batches of max_concurrent_upgrades.
     let mut batch = 0;
     let is_new = |a: &AllocPlan| a.current_version.is_none() && a.action != Action::Skip;
-    for (new, size) in [(true, m.max_concurrent_starts), (false, m.max_concurrent_upgrades)] {
+    for (new, size) in [
+        (true, m.max_concurrent_starts),
+        (false, m.max_concurrent_upgrades),
+    ] {
         let size = if size == 0 { usize::MAX } else { size };
         let mut in_batch = 0;
         for a in allocations.iter_mut() {
@@ -334,7 +343,12 @@ fn plan_job(input: &PlanInput<'_>, job: &crate::config::Job, wave: usize) -> Job
 
 fn summarize(paths: &[String]) -> String {
     const SHOWN: usize = 3;
-    let mut s = paths.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+    let mut s = paths
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
     if paths.len() > SHOWN {
         s.push_str(&format!(" (+{} more)", paths.len() - SHOWN));
     }

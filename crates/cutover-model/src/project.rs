@@ -290,16 +290,16 @@ fn choice<T: Copy>(
     diags: &mut Diagnostics,
 ) -> T {
     let Some(v) = value else { return default };
-    match options.iter().find(|(name, _)| *name == v.get_ref().as_str()) {
+    match options
+        .iter()
+        .find(|(name, _)| *name == v.get_ref().as_str())
+    {
         Some((_, t)) => *t,
         None => {
             let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
             diags.push(
-                src.diag(
-                    v.span(),
-                    format!("`{}` is not a valid {key}", v.get_ref()),
-                )
-                .with_help(format!("{key} is one of: {}", names.join(", "))),
+                src.diag(v.span(), format!("`{}` is not a valid {key}", v.get_ref()))
+                    .with_help(format!("{key} is one of: {}", names.join(", "))),
             );
             default
         }
@@ -340,8 +340,10 @@ impl Loader<'_> {
             }),
             _ => {
                 if self.diags.is_empty() {
-                    self.diags
-                        .push(Diagnostic::file(PROJECT_FILE, "the project could not be loaded"));
+                    self.diags.push(Diagnostic::file(
+                        PROJECT_FILE,
+                        "the project could not be loaded",
+                    ));
                 }
                 Err(self.diags)
             }
@@ -512,8 +514,11 @@ impl Loader<'_> {
                 }
                 Some(r) => {
                     self.diags.push(
-                        src.diag(r.span(), "the root of an ssh worker must be an absolute path")
-                            .with_help("write root = \"/opt/cutover\" or another absolute path"),
+                        src.diag(
+                            r.span(),
+                            "the root of an ssh worker must be an absolute path",
+                        )
+                        .with_help("write root = \"/opt/cutover\" or another absolute path"),
                     );
                     continue;
                 }
@@ -679,7 +684,9 @@ impl Loader<'_> {
             Some(k) if *k.get_ref() < 2 => {
                 d.push(
                     src.diag(k.span(), "keep_releases must be at least 2")
-                        .with_help("the previous release is kept so a failed batch can switch back"),
+                        .with_help(
+                            "the previous release is kept so a failed batch can switch back",
+                        ),
                 );
                 2
             }
@@ -702,7 +709,13 @@ impl Loader<'_> {
                     Some(a) => *a.get_ref(),
                     None => 10,
                 },
-                interval: duration(src, "health.interval", &h.interval, Duration::from_secs(1), d),
+                interval: duration(
+                    src,
+                    "health.interval",
+                    &h.interval,
+                    Duration::from_secs(1),
+                    d,
+                ),
             },
         };
         let backup = raw.backup.as_ref().and_then(|b| match &b.command {
@@ -712,8 +725,9 @@ impl Loader<'_> {
             }),
             None => {
                 d.push(
-                    Diagnostic::file(&src.path, "[backup] has no `command`")
-                        .with_help("set command = \"make backup\" (its last stdout line is the backup id)"),
+                    Diagnostic::file(&src.path, "[backup] has no `command`").with_help(
+                        "set command = \"make backup\" (its last stdout line is the backup id)",
+                    ),
                 );
                 None
             }

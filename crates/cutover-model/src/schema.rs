@@ -36,7 +36,10 @@ pub const PROJECT: Shape = Table(&[
         ]),
     ),
     ("store", Table(&[("url", Value)])),
-    ("trust", Table(&[("public_keys", Value), ("threshold", Value)])),
+    (
+        "trust",
+        Table(&[("public_keys", Value), ("threshold", Value)]),
+    ),
 ]);
 
 pub const WORKERS: Shape = Table(&[(

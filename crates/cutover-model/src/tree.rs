@@ -152,7 +152,12 @@ impl JobSource {
     }
 
     /// Renders the tree for one allocation. An undefined variable is an error.
-    pub fn render(&self, job: &Job, worker: &Worker, ctx: &RenderContext<'_>) -> Result<Tree, TreeError> {
+    pub fn render(
+        &self,
+        job: &Job,
+        worker: &Worker,
+        ctx: &RenderContext<'_>,
+    ) -> Result<Tree, TreeError> {
         let mut entries = self.files.clone();
         if !self.templates.is_empty() {
             let env = environment();
@@ -216,7 +221,12 @@ fn vars(job: &Job, worker: &Worker, ctx: &RenderContext<'_>) -> minijinja::Value
 
 /// Renders one manifest string (a health URL, a restore command) for an
 /// allocation, with the same variables and strictness as `*.tpl` files.
-pub fn render_str(text: &str, job: &Job, worker: &Worker, ctx: &RenderContext<'_>) -> Result<String, String> {
+pub fn render_str(
+    text: &str,
+    job: &Job,
+    worker: &Worker,
+    ctx: &RenderContext<'_>,
+) -> Result<String, String> {
     if !text.contains("{{") && !text.contains("{%") {
         return Ok(text.to_string());
     }

@@ -60,7 +60,8 @@ pub trait StateStore: Send + Sync {
     fn put_tree<'a>(&'a self, job: &'a str, hash: &'a str, manifest: &'a str) -> Fut<'a, ()>;
 
     fn begin_deployment<'a>(&'a self, d: &'a NewDeployment) -> Fut<'a, i64>;
-    fn finish_deployment<'a>(&'a self, seq: i64, outcome: &'a str, summary: &'a str) -> Fut<'a, ()>;
+    fn finish_deployment<'a>(&'a self, seq: i64, outcome: &'a str, summary: &'a str)
+        -> Fut<'a, ()>;
     fn deployments(&self, limit: i64) -> Fut<'_, Vec<DeploymentRecord>>;
 
     /// Raw rows: a secret's value is ciphertext; see [`SecretKey`].

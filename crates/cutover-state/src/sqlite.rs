@@ -220,7 +220,12 @@ impl StateStore for SqliteStore {
         })
     }
 
-    fn finish_deployment<'a>(&'a self, seq: i64, outcome: &'a str, summary: &'a str) -> Fut<'a, ()> {
+    fn finish_deployment<'a>(
+        &'a self,
+        seq: i64,
+        outcome: &'a str,
+        summary: &'a str,
+    ) -> Fut<'a, ()> {
         Box::pin(async move {
             sqlx::query(
                 "UPDATE deployments SET finished_at = ?, outcome = ?, summary = ? WHERE seq = ?",
@@ -270,14 +275,13 @@ impl StateStore for SqliteStore {
 
     fn kv_list<'a>(&'a self, job: Option<&'a str>) -> Fut<'a, Vec<KvRecord>> {
         Box::pin(async move {
-            let rows = sqlx::query(
-                "SELECT * FROM kv WHERE (? IS NULL OR job = ?) ORDER BY job, key",
-            )
-            .bind(job)
-            .bind(job)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(self.err())?;
+            let rows =
+                sqlx::query("SELECT * FROM kv WHERE (? IS NULL OR job = ?) ORDER BY job, key")
+                    .bind(job)
+                    .bind(job)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(self.err())?;
             Ok(rows
                 .iter()
                 .map(|r| KvRecord {

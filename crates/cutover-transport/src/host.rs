@@ -153,7 +153,10 @@ impl Host {
         timeout: Duration,
     ) -> Result<(), TransportError> {
         let out = self
-            .rsync(rsync::push_args(local, &self.rsync_dest(remote_dir), link_dest), timeout)
+            .rsync(
+                rsync::push_args(local, &self.rsync_dest(remote_dir), link_dest),
+                timeout,
+            )
             .await?;
         if out.success() {
             Ok(())
@@ -174,7 +177,10 @@ impl Host {
         timeout: Duration,
     ) -> Result<Vec<Drift>, TransportError> {
         let out = self
-            .rsync(rsync::diff_args(local, &self.rsync_dest(remote_dir)), timeout)
+            .rsync(
+                rsync::diff_args(local, &self.rsync_dest(remote_dir)),
+                timeout,
+            )
             .await?;
         if out.success() {
             Ok(rsync::parse_itemized(&out.stdout))

@@ -103,11 +103,26 @@ cd+++++++++ newdir/
         assert_eq!(
             d,
             vec![
-                Drift { path: "app.conf".into(), kind: DriftKind::Modified },
-                Drift { path: "new.txt".into(), kind: DriftKind::Missing },
-                Drift { path: "newdir".into(), kind: DriftKind::Missing },
-                Drift { path: "bin/run".into(), kind: DriftKind::Modified },
-                Drift { path: "stray.log".into(), kind: DriftKind::Extra },
+                Drift {
+                    path: "app.conf".into(),
+                    kind: DriftKind::Modified
+                },
+                Drift {
+                    path: "new.txt".into(),
+                    kind: DriftKind::Missing
+                },
+                Drift {
+                    path: "newdir".into(),
+                    kind: DriftKind::Missing
+                },
+                Drift {
+                    path: "bin/run".into(),
+                    kind: DriftKind::Modified
+                },
+                Drift {
+                    path: "stray.log".into(),
+                    kind: DriftKind::Extra
+                },
             ]
         );
     }

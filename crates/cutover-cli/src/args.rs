@@ -1,0 +1,174 @@
+//! The command line: every command, flag and its help. Parsing only; no I/O.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::env_vars;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cutover",
+    version,
+    about = "Ship changes from a git repository to the servers that run them, safely.",
+    long_about = "Ship changes from a git repository to the servers that run them, safely.\n\n\
+        cutover pushes each job of a project (jobs/<job>/) to the workers of workers.toml over SSH, \
+        in dependency waves and rolling batches, with lifecycle targets (make start|restart|reload|stop), \
+        hooks, health checks and content-hash skip detection.\n\n\
+        Start with `cutover init DIR --example`, then `cutover check` and `cutover deploy --dry-run`. \
+        `cutover demo` shows the whole flow on this machine.",
+    after_help = "Exit codes: 0 success, 1 the operation failed, 2 bad input, 3 project lock held, \
+        4 verification refused (drift), 5 nothing to release."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    #[command(flatten)]
+    pub global: Global,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// The project directory (default: the first directory at or above the current one with a cutover.toml).
+    #[arg(long, global = true, env = env_vars::CUTOVER_PROJECT, value_name = "DIR")]
+    pub project: Option<PathBuf>,
+    /// Print one JSON document instead of text; its outcome agrees with the exit code.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Live progress per host on a terminal (auto), or plain lines (never).
+    #[arg(long, global = true, value_enum, default_value_t = Progress::Auto)]
+    pub progress: Progress,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Progress {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a project: cutover.toml, workers.toml, jobs/ (with --example: a working example on local workers).
+    Init(InitArgs),
+    /// Validate cutover.toml, workers.toml and every job.toml; report each problem with file:line:column.
+    Check,
+    /// Deploy the working tree to the fleet: plan, reconcile, waves, rolling batches.
+    Deploy(DeployArgs),
+    /// Each allocation: promoted version and hash, health, last change.
+    Status(JobsFilter),
+    /// Compare each worker's files with what is promoted; exit 4 if any differ.
+    Drift(JobsFilter),
+    /// Run lifecycle targets outside a deploy.
+    #[command(subcommand)]
+    Job(JobCommand),
+    /// Print the project's workers, jobs, allocations, deployments or KV entries.
+    Cat(CatArgs),
+    /// The per-job key/value store that templates read as `kv.KEY`.
+    #[command(subcommand)]
+    Kv(KvCommand),
+    /// The project lock that keeps deploys from running at the same time.
+    #[command(subcommand)]
+    Lock(LockCommand),
+    /// Deploy an example project to three local workers, change it, redeploy, and clean up.
+    Demo,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Where to create the project (default: the current directory).
+    pub dir: Option<PathBuf>,
+    /// Add a working example: two jobs on three local workers.
+    #[arg(long)]
+    pub example: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// Only these jobs (comma-separated).
+    #[arg(long, value_delimiter = ',', value_name = "JOB,...")]
+    pub jobs: Option<Vec<String>>,
+    /// Print the exact plan (wave, job, worker, action, why, batch) and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Roll out even allocations whose content and version are unchanged.
+    #[arg(long)]
+    pub force: bool,
+    /// Upload and switch releases without running lifecycle targets.
+    #[arg(long)]
+    pub sync_only: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct JobsFilter {
+    /// Only these jobs (comma-separated).
+    #[arg(long, value_delimiter = ',', value_name = "JOB,...")]
+    pub jobs: Option<Vec<String>>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// Run `make TARGET` in the job's current release on its workers.
+    Run {
+        job: String,
+        /// The Makefile target, e.g. reload.
+        #[arg(long)]
+        target: String,
+        /// Only these workers (comma-separated).
+        #[arg(long, value_delimiter = ',', value_name = "W,...")]
+        workers: Option<Vec<String>>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CatArgs {
+    pub what: CatWhat,
+    /// Only these jobs (comma-separated), where it applies.
+    #[arg(long, value_delimiter = ',', value_name = "JOB,...")]
+    pub jobs: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum CatWhat {
+    Workers,
+    Jobs,
+    Allocations,
+    Deployments,
+    Kv,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KvCommand {
+    /// Print one value (a secret only with --reveal).
+    Get {
+        job: String,
+        key: String,
+        #[arg(long)]
+        reveal: bool,
+    },
+    /// Set a value. With --secret it is encrypted at rest and never printed.
+    /// Give VALUE as `-` to read it from standard input (keeps it out of shell history).
+    Put {
+        job: String,
+        key: String,
+        value: String,
+        #[arg(long)]
+        secret: bool,
+    },
+    /// List a job's keys (or every job's); secrets show as <secret> unless --reveal.
+    List {
+        job: Option<String>,
+        #[arg(long)]
+        reveal: bool,
+    },
+    /// Delete a key.
+    Delete { job: String, key: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LockCommand {
+    /// Who holds the project lock, if anyone.
+    Status,
+    /// Clear the lock record left by a process that is gone.
+    Release,
+}

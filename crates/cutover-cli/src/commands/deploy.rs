@@ -1,0 +1,151 @@
+//! `cutover deploy`.
+
+use cutover_engine::deploy::{self, DeployOptions, DeployReport, Outcome};
+use cutover_model::plan::{Action, Plan};
+
+use super::{command_line, job_set, Session};
+use crate::args::DeployArgs;
+use crate::error::CliError;
+use crate::output;
+
+pub async fn run(s: &Session, a: DeployArgs) -> Result<u8, CliError> {
+    let (head, dirty) = git_head(&s.ctx.project.root);
+    let opts = DeployOptions {
+        jobs: job_set(a.jobs),
+        dry_run: a.dry_run,
+        force: a.force,
+        sync_only: a.sync_only,
+        command: command_line(),
+        head,
+        dirty,
+    };
+    if !s.json && !opts.dry_run {
+        // The plan is computed inside the engine; announce the start only.
+        println!("[deploy] planning {}", s.ctx.project.config.name);
+    }
+    let report = deploy::deploy(&s.ctx, &opts).await?;
+    let rc = if report.outcome.ok() { 0 } else { 1 };
+    if !opts.dry_run {
+        let detail = report
+            .seq
+            .map(|n| format!("deployment {n}"))
+            .unwrap_or_default();
+        s.audit(&opts.command, report.outcome.as_str(), rc, &detail);
+    }
+    if s.json {
+        super::print_json(serde_json::json!({
+            "outcome": report.outcome,
+            "exit_code": rc,
+            "dry_run": opts.dry_run,
+            "report": report,
+        }));
+        return Ok(rc);
+    }
+    if opts.dry_run {
+        print_plan(&report.plan);
+        println!("dry run: nothing was changed");
+    } else {
+        summarize(&report);
+    }
+    Ok(rc)
+}
+
+pub fn print_plan(plan: &Plan) {
+    let mut rows = Vec::new();
+    for s in &plan.stops {
+        rows.push(vec![
+            "-".into(),
+            s.job.clone(),
+            s.worker.clone(),
+            "stop".into(),
+            "-".into(),
+            s.why.clone(),
+        ]);
+    }
+    for j in plan.jobs() {
+        for al in &j.allocations {
+            rows.push(vec![
+                j.wave.to_string(),
+                j.job.clone(),
+                al.worker.clone(),
+                al.action.as_str().into(),
+                al.batch
+                    .map_or("-".into(), |b| format!("{b}/{}", j.batches)),
+                al.why.clone(),
+            ]);
+        }
+    }
+    if rows.is_empty() {
+        println!("plan: no jobs and no allocations");
+        return;
+    }
+    output::table(&["WAVE", "JOB", "WORKER", "ACTION", "BATCH", "WHY"], &rows);
+    println!("plan: {}", counts(plan));
+}
+
+fn counts(plan: &Plan) -> String {
+    let c = plan.counts();
+    if c.is_empty() {
+        return "nothing".into();
+    }
+    c.iter()
+        .map(|(a, n)| match a {
+            Action::Skip => format!("{n} unchanged"),
+            other => format!("{n} {}", other.as_str()),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn summarize(r: &DeployReport) {
+    if let Some(h) = &r.took_over_lock {
+        println!("[deploy] took over a stale lock left by {h}");
+    }
+    match r.outcome {
+        Outcome::Unchanged => println!(
+            "[deploy] nothing to do: every allocation is up to date ({})",
+            counts(&r.plan)
+        ),
+        _ => {
+            let failed: Vec<String> = r
+                .jobs
+                .iter()
+                .filter(|j| {
+                    !matches!(
+                        j.status,
+                        deploy::JobStatus::Succeeded | deploy::JobStatus::Unchanged
+                    )
+                })
+                .map(|j| j.job.clone())
+                .collect();
+            println!(
+                "[deploy] deployment {}: {} ({})",
+                r.seq.unwrap_or_default(),
+                r.outcome.as_str(),
+                counts(&r.plan)
+            );
+            if !failed.is_empty() {
+                println!(
+                    "[deploy] failed: {}; fix the cause and run `cutover deploy` again: only what failed is retried",
+                    failed.join(", ")
+                );
+            }
+        }
+    }
+}
+
+/// HEAD of the project's git repository and whether the tree is dirty.
+pub fn git_head(root: &std::path::Path) -> (Option<String>, bool) {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .current_dir(root)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let head = git(&["rev-parse", "HEAD"]);
+    let dirty = head.is_some() && git(&["status", "--porcelain"]).is_some_and(|s| !s.is_empty());
+    (head, dirty)
+}

@@ -1,0 +1,385 @@
+//! Read commands (`check`, `status`, `drift`, `cat`, `lock status`) and
+//! the small mutating ones (`job run`, `lock release`).
+
+use cutover_engine::{drift, jobrun};
+use cutover_state::StateStore;
+
+use super::{command_line, job_set, load_project, project_root, Session};
+use crate::args::{CatArgs, CatWhat, Global};
+use crate::error::CliError;
+use crate::output::{self, short, table};
+
+pub fn check(g: &Global) -> Result<u8, CliError> {
+    let root = project_root(g)?;
+    let project = load_project(&root)?;
+    let allocations: usize = project
+        .jobs
+        .values()
+        .map(|j| project.workers_for(j).count())
+        .sum();
+    if g.json {
+        super::print_json(serde_json::json!({
+            "outcome": "ok", "exit_code": 0,
+            "jobs": project.jobs.len(), "workers": project.workers.len(), "allocations": allocations,
+        }));
+    } else {
+        println!(
+            "ok: {} job(s), {} worker(s), {} allocation(s), {} wave(s)",
+            project.jobs.len(),
+            project.workers.len(),
+            allocations,
+            project.waves().len()
+        );
+    }
+    Ok(0)
+}
+
+pub async fn status(s: &Session, jobs: Option<Vec<String>>) -> Result<u8, CliError> {
+    let jobs = job_set(jobs);
+    let p = &s.ctx.project;
+    let records = s.store.allocations().await?;
+    let in_scope = |j: &str| jobs.as_ref().is_none_or(|s| s.contains(j));
+    let mut rows = Vec::new();
+    let mut docs = Vec::new();
+    for job in p.jobs.values().filter(|j| in_scope(&j.name)) {
+        for w in p.workers_for(job) {
+            let rec = records
+                .iter()
+                .find(|r| r.job == job.name && r.worker == w.name);
+            let status = rec.map_or("not deployed", |r| r.status.as_str());
+            let pending = rec.and_then(|r| r.version.clone()).as_deref()
+                != Some(job.manifest.version.as_str());
+            rows.push(vec![
+                job.name.clone(),
+                w.name.clone(),
+                status.to_string(),
+                rec.and_then(|r| r.version.clone())
+                    .unwrap_or_else(|| "-".into()),
+                short(&rec.and_then(|r| r.hash.clone())),
+                rec.map_or("-".into(), |r| r.health.clone()),
+                rec.and_then(|r| r.release_id.clone())
+                    .unwrap_or_else(|| "-".into()),
+                rec.map_or(String::new(), |r| r.message.clone()),
+            ]);
+            docs.push(serde_json::json!({
+                "job": job.name, "worker": w.name, "status": status,
+                "version": rec.and_then(|r| r.version.clone()),
+                "manifest_version": job.manifest.version,
+                "version_pending": pending,
+                "hash": rec.and_then(|r| r.hash.clone()),
+                "health": rec.map(|r| r.health.clone()),
+                "release": rec.and_then(|r| r.release_id.clone()),
+                "updated_at": rec.map(|r| r.updated_at.clone()),
+                "message": rec.map(|r| r.message.clone()),
+            }));
+        }
+    }
+    // Allocations the store knows but the project no longer wants.
+    for r in records.iter().filter(|r| in_scope(&r.job)) {
+        let wanted = p
+            .jobs
+            .get(&r.job)
+            .is_some_and(|j| p.workers_for(j).any(|w| w.name == r.worker));
+        if !wanted {
+            rows.push(vec![
+                r.job.clone(),
+                r.worker.clone(),
+                "to stop".into(),
+                r.version.clone().unwrap_or_else(|| "-".into()),
+                short(&r.hash),
+                r.health.clone(),
+                r.release_id.clone().unwrap_or_else(|| "-".into()),
+                "no longer in the project; the next deploy stops it".into(),
+            ]);
+            docs.push(serde_json::json!({"job": r.job, "worker": r.worker, "status": "to stop"}));
+        }
+    }
+    if s.json {
+        super::print_json(
+            serde_json::json!({"outcome": "ok", "exit_code": 0, "allocations": docs}),
+        );
+    } else if rows.is_empty() {
+        println!("no allocations: add jobs under jobs/ and workers to workers.toml");
+    } else {
+        table(
+            &[
+                "JOB", "WORKER", "STATUS", "VERSION", "HASH", "HEALTH", "RELEASE", "NOTE",
+            ],
+            &rows,
+        );
+    }
+    Ok(0)
+}
+
+pub async fn drift(s: &Session, jobs: Option<Vec<String>>) -> Result<u8, CliError> {
+    let jobs = job_set(jobs);
+    let report = drift::drift(&s.ctx, jobs.as_ref()).await?;
+    let rc = if report.any_drift() { 4 } else { 0 };
+    if s.json {
+        super::print_json(serde_json::json!({
+            "outcome": if rc == 0 { "clean" } else { "drift" },
+            "exit_code": rc,
+            "allocations": report.allocations,
+        }));
+        return Ok(rc);
+    }
+    if report.allocations.is_empty() {
+        println!("nothing promoted yet: no drift to check");
+        return Ok(0);
+    }
+    for a in &report.allocations {
+        match a.state.as_str() {
+            "clean" => println!("{}@{}: clean", a.job, a.worker),
+            "drifted" => {
+                println!(
+                    "{}@{}: DRIFT in {} file(s):",
+                    a.job,
+                    a.worker,
+                    a.files.len()
+                );
+                for f in &a.files {
+                    println!("  {:<8} {}", format!("{:?}", f.kind).to_lowercase(), f.path);
+                }
+            }
+            other => println!("{}@{}: {other}: {}", a.job, a.worker, a.message),
+        }
+    }
+    if rc != 0 {
+        println!("drift found: `cutover deploy --force --jobs JOB` puts the promoted content back");
+    }
+    Ok(rc)
+}
+
+pub async fn cat(s: &Session, a: CatArgs) -> Result<u8, CliError> {
+    let p = &s.ctx.project;
+    let jobs = job_set(a.jobs);
+    let in_scope = |j: &str| jobs.as_ref().is_none_or(|s| s.contains(j));
+    let (header, rows, doc): (Vec<&str>, Vec<Vec<String>>, serde_json::Value) =
+        match a.what {
+            CatWhat::Workers => (
+                vec![
+                    "NAME",
+                    "HOST",
+                    "PORT",
+                    "USER",
+                    "LABELS",
+                    "ROOT",
+                    "TRANSPORT",
+                    "DISABLED",
+                ],
+                p.workers
+                    .iter()
+                    .map(|w| {
+                        vec![
+                            w.name.clone(),
+                            w.host.clone(),
+                            w.port.unwrap_or(p.config.ssh.port).to_string(),
+                            w.user
+                                .clone()
+                                .or(p.config.ssh.user.clone())
+                                .unwrap_or_else(|| "-".into()),
+                            w.labels.join(","),
+                            w.root.clone(),
+                            format!("{:?}", w.transport).to_lowercase(),
+                            w.disabled.to_string(),
+                        ]
+                    })
+                    .collect(),
+                serde_json::to_value(&p.workers).unwrap_or_default(),
+            ),
+            CatWhat::Jobs => {
+                let waves = p.waves();
+                let wave_of = |j: &str| {
+                    waves
+                        .iter()
+                        .position(|w| w.iter().any(|n| n == j))
+                        .map_or(0, |i| i + 1)
+                };
+                let list: Vec<_> = p.jobs.values().filter(|j| in_scope(&j.name)).collect();
+                (
+                vec!["NAME", "VERSION", "WAVE", "SELECTORS", "DEPENDS_ON", "POLICY", "WORKERS"],
+                list.iter()
+                    .map(|j| {
+                        let m = &j.manifest;
+                        vec![
+                            j.name.clone(),
+                            m.version.clone(),
+                            wave_of(&j.name).to_string(),
+                            m.selectors.join(","),
+                            m.depends_on.join(","),
+                            format!("{:?}", m.restart_policy).to_lowercase(),
+                            p.workers_for(j).map(|w| w.name.clone()).collect::<Vec<_>>().join(","),
+                        ]
+                    })
+                    .collect(),
+                list.iter()
+                    .map(|j| {
+                        serde_json::json!({
+                            "name": j.name, "version": j.manifest.version, "wave": wave_of(&j.name),
+                            "selectors": j.manifest.selectors, "depends_on": j.manifest.depends_on,
+                            "restart_policy": j.manifest.restart_policy,
+                            "workers": p.workers_for(j).map(|w| w.name.clone()).collect::<Vec<_>>(),
+                        })
+                    })
+                    .collect(),
+            )
+            }
+            CatWhat::Allocations => {
+                let recs: Vec<_> = s
+                    .store
+                    .allocations()
+                    .await?
+                    .into_iter()
+                    .filter(|r| in_scope(&r.job))
+                    .collect();
+                (
+                    vec![
+                        "JOB", "WORKER", "STATUS", "VERSION", "HASH", "RELEASE", "PREVIOUS",
+                        "HEALTH", "UPDATED",
+                    ],
+                    recs.iter()
+                        .map(|r| {
+                            vec![
+                                r.job.clone(),
+                                r.worker.clone(),
+                                r.status.as_str().into(),
+                                r.version.clone().unwrap_or_else(|| "-".into()),
+                                short(&r.hash),
+                                r.release_id.clone().unwrap_or_else(|| "-".into()),
+                                r.previous_release_id.clone().unwrap_or_else(|| "-".into()),
+                                r.health.clone(),
+                                r.updated_at.clone(),
+                            ]
+                        })
+                        .collect(),
+                    serde_json::to_value(&recs).unwrap_or_default(),
+                )
+            }
+            CatWhat::Deployments => {
+                let deps = s.store.deployments(50).await?;
+                (
+                    vec![
+                        "SEQ", "STARTED", "FINISHED", "OUTCOME", "HEAD", "USER", "COMMAND",
+                    ],
+                    deps.iter()
+                        .map(|d| {
+                            vec![
+                                d.seq.to_string(),
+                                d.started_at.clone(),
+                                d.finished_at.clone().unwrap_or_else(|| "-".into()),
+                                d.outcome.clone(),
+                                format!(
+                                    "{}{}",
+                                    short(&d.head),
+                                    if d.dirty { "+dirty" } else { "" }
+                                ),
+                                d.user.clone(),
+                                d.command.clone(),
+                            ]
+                        })
+                        .collect(),
+                    deps.iter()
+                        .map(|d| {
+                            let mut v = serde_json::to_value(d).unwrap_or_default();
+                            v["summary"] = serde_json::from_str(&d.summary).unwrap_or_default();
+                            v
+                        })
+                        .collect(),
+                )
+            }
+            CatWhat::Kv => {
+                let all = cutover_engine::kv::list(&s.ctx, None, false).await?;
+                let list: Vec<_> = all.into_iter().filter(|k| in_scope(&k.job)).collect();
+                (
+                    vec!["JOB", "KEY", "VALUE", "UPDATED"],
+                    list.iter()
+                        .map(|k| {
+                            vec![
+                                k.job.clone(),
+                                k.key.clone(),
+                                k.value.clone().unwrap_or_else(|| "<secret>".into()),
+                                k.updated_at.clone(),
+                            ]
+                        })
+                        .collect(),
+                    serde_json::to_value(&list).unwrap_or_default(),
+                )
+            }
+        };
+    if s.json {
+        super::print_json(serde_json::json!({"outcome": "ok", "exit_code": 0, "items": doc}));
+    } else {
+        table(&header, &rows);
+    }
+    Ok(0)
+}
+
+pub async fn job_run(
+    s: &Session,
+    job: &str,
+    target: &str,
+    workers: Option<Vec<String>>,
+) -> Result<u8, CliError> {
+    let results = jobrun::run_target(&s.ctx, job, target, workers.as_deref()).await?;
+    let rc = if results.iter().all(|r| r.ok) { 0 } else { 1 };
+    s.audit(
+        &command_line(),
+        if rc == 0 { "success" } else { "failed" },
+        rc,
+        "",
+    );
+    if s.json {
+        super::print_json(serde_json::json!({
+            "outcome": if rc == 0 { "success" } else { "failed" }, "exit_code": rc, "results": results,
+        }));
+    } else {
+        for r in &results {
+            let state = if r.ok { "ok" } else { "FAILED" };
+            println!("[job] {job}@{}: make {target}: {state}", r.worker);
+            if !r.ok || !r.output.is_empty() {
+                for line in r.output.lines() {
+                    println!("    {line}");
+                }
+            }
+        }
+    }
+    Ok(rc)
+}
+
+pub async fn lock_status(s: &Session) -> Result<u8, CliError> {
+    let holder = s.store.lock_status().await?;
+    if s.json {
+        super::print_json(
+            serde_json::json!({"outcome": "ok", "exit_code": 0, "locked": holder.is_some(), "holder": holder}),
+        );
+    } else {
+        match holder {
+            Some(h) => println!("locked by {h}"),
+            None => println!("unlocked"),
+        }
+    }
+    Ok(0)
+}
+
+pub async fn lock_release(s: &Session) -> Result<u8, CliError> {
+    let cleared = s.store.force_unlock().await?;
+    s.audit(
+        &command_line(),
+        "success",
+        0,
+        &cleared
+            .as_ref()
+            .map(|h| format!("cleared {h}"))
+            .unwrap_or_default(),
+    );
+    if s.json {
+        super::print_json(serde_json::json!({"outcome": "ok", "exit_code": 0, "cleared": cleared}));
+    } else {
+        match cleared {
+            Some(h) => println!("cleared the lock record left by {h}"),
+            None => println!("the lock was free"),
+        }
+    }
+    let _ = output::short(&None);
+    Ok(0)
+}

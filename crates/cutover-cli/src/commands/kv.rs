@@ -1,0 +1,97 @@
+//! `cutover kv get|put|list|delete`.
+
+use std::io::Read;
+
+use cutover_engine::kv;
+use cutover_state::Secret;
+
+use super::{command_line, Session};
+use crate::args::KvCommand;
+use crate::error::CliError;
+use crate::output::table;
+
+pub async fn run(s: &Session, c: KvCommand) -> Result<u8, CliError> {
+    match c {
+        KvCommand::Get { job, key, reveal } => {
+            let v = kv::get(&s.ctx, &job, &key, reveal).await?;
+            if s.json {
+                super::print_json(serde_json::json!({"outcome": "ok", "exit_code": 0, "entry": v}));
+            } else {
+                match v.value {
+                    Some(value) => println!("{value}"),
+                    None => println!("<secret> (pass --reveal to print it)"),
+                }
+            }
+        }
+        KvCommand::Put {
+            job,
+            key,
+            value,
+            secret,
+        } => {
+            let value = if value == "-" {
+                let mut buf = String::new();
+                std::io::stdin().read_to_string(&mut buf).map_err(|e| {
+                    CliError::usage(
+                        format!("cannot read the value from standard input: {e}"),
+                        "pipe the value in, or give it as an argument",
+                    )
+                })?;
+                buf.trim_end_matches('\n').to_string()
+            } else {
+                value
+            };
+            kv::put(&s.ctx, &job, &key, Secret::new(value), secret).await?;
+            // The audit line names the key, never the value.
+            let cmd = format!(
+                "cutover kv put {job} {key}{}",
+                if secret { " --secret" } else { "" }
+            );
+            s.audit(&cmd, "success", 0, "");
+            if s.json {
+                super::print_json(
+                    serde_json::json!({"outcome": "ok", "exit_code": 0, "job": job, "key": key, "secret": secret}),
+                );
+            } else {
+                println!(
+                    "{job}/{key} set{}",
+                    if secret {
+                        " (secret, encrypted at rest)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+        KvCommand::List { job, reveal } => {
+            let list = kv::list(&s.ctx, job.as_deref(), reveal).await?;
+            if s.json {
+                super::print_json(
+                    serde_json::json!({"outcome": "ok", "exit_code": 0, "entries": list}),
+                );
+            } else {
+                let rows: Vec<Vec<String>> = list
+                    .iter()
+                    .map(|k| {
+                        vec![
+                            k.job.clone(),
+                            k.key.clone(),
+                            k.value.clone().unwrap_or_else(|| "<secret>".into()),
+                        ]
+                    })
+                    .collect();
+                table(&["JOB", "KEY", "VALUE"], &rows);
+            }
+        }
+        KvCommand::Delete { job, key } => {
+            kv::delete(&s.ctx, &job, &key).await?;
+            s.audit(&command_line(), "success", 0, "");
+            if s.json {
+                super::print_json(serde_json::json!({"outcome": "ok", "exit_code": 0}));
+            } else {
+                println!("{job}/{key} deleted");
+            }
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,178 @@
+//! One module per group of commands; `run` dispatches. Each command loads
+//! what it needs once through [`Session`].
+
+mod demo;
+mod deploy;
+mod init;
+mod inspect;
+mod kv;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use cutover_engine::{Context, EngineError, Operator, Reporter};
+use cutover_model::{LoadOptions, Project, StateBackend};
+use cutover_state::SqliteStore;
+
+use crate::args::{Cli, Command, Global, JobCommand, LockCommand, Progress};
+use crate::env_vars;
+use crate::error::CliError;
+use crate::output::{self, LinePrinter, Silent};
+
+pub async fn run(cli: Cli) -> Result<u8, CliError> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Init(a) => init::run(g, a),
+        Command::Check => inspect::check(g),
+        Command::Demo => demo::run(g).await,
+        Command::Deploy(a) => deploy::run(&Session::open(g, "deploy").await?, a).await,
+        Command::Status(f) => inspect::status(&Session::open(g, "status").await?, f.jobs).await,
+        Command::Drift(f) => inspect::drift(&Session::open(g, "drift").await?, f.jobs).await,
+        Command::Cat(a) => inspect::cat(&Session::open(g, "cat").await?, a).await,
+        Command::Kv(c) => kv::run(&Session::open(g, "kv").await?, c).await,
+        Command::Job(JobCommand::Run {
+            job,
+            target,
+            workers,
+        }) => inspect::job_run(&Session::open(g, "job").await?, &job, &target, workers).await,
+        Command::Lock(LockCommand::Status) => {
+            inspect::lock_status(&Session::open(g, "lock").await?).await
+        }
+        Command::Lock(LockCommand::Release) => {
+            inspect::lock_release(&Session::open(g, "lock").await?).await
+        }
+    }
+}
+
+/// A loaded project with its store: what every project command needs.
+pub struct Session {
+    pub ctx: Context,
+    pub json: bool,
+    pub store: Arc<SqliteStore>,
+}
+
+impl Session {
+    pub async fn open(g: &Global, prefix: &'static str) -> Result<Session, CliError> {
+        let root = project_root(g)?;
+        Session::open_at(&root, g, prefix).await
+    }
+
+    pub async fn open_at(
+        root: &Path,
+        g: &Global,
+        prefix: &'static str,
+    ) -> Result<Session, CliError> {
+        let project = load_project(root)?;
+        if let StateBackend::Postgres { .. } = project.config.state {
+            return Err(CliError::usage(
+                "cutover.toml: [state] backend = \"postgres\" is not available in this build yet",
+                "use backend = \"sqlite\" (the default) for now",
+            ));
+        }
+        let workspace = root.join(".cutover");
+        let store = Arc::new(SqliteStore::open(&workspace).await?);
+        let reporter: Arc<dyn Reporter> = if g.json {
+            Arc::new(Silent)
+        } else {
+            let verbose = match g.progress {
+                Progress::Always => true,
+                Progress::Never => false,
+                Progress::Auto => std::io::IsTerminal::is_terminal(&std::io::stdout()),
+            };
+            Arc::new(LinePrinter::new(prefix, verbose))
+        };
+        Ok(Session {
+            ctx: Context {
+                project: Arc::new(project),
+                store: store.clone(),
+                workspace,
+                operator: operator(),
+                env: std::env::vars().collect::<BTreeMap<_, _>>(),
+                reporter,
+            },
+            json: g.json,
+            store,
+        })
+    }
+
+    /// Appends this command to `.cutover/audit.log`.
+    pub fn audit(&self, command: &str, outcome: &str, rc: u8, detail: &str) {
+        if let Err(e) = cutover_engine::audit::append(
+            &self.ctx.workspace,
+            &self.ctx.operator,
+            command,
+            outcome,
+            i32::from(rc),
+            detail,
+        ) {
+            eprintln!("warning: cannot write .cutover/audit.log: {e}");
+        }
+    }
+}
+
+pub fn project_root(g: &Global) -> Result<PathBuf, CliError> {
+    let start = match &g.project {
+        Some(p) => p.clone(),
+        None => std::env::current_dir().map_err(|e| {
+            CliError::usage(
+                format!("cannot read the current directory: {e}"),
+                "pass --project DIR",
+            )
+        })?,
+    };
+    if g.project.is_some() {
+        if start.join(cutover_model::project::PROJECT_FILE).is_file() {
+            return Ok(start);
+        }
+        return Err(CliError::usage(
+            format!("{} has no cutover.toml", start.display()),
+            format!(
+                "create a project there with `cutover init {}`",
+                start.display()
+            ),
+        ));
+    }
+    Project::find_root(&start).ok_or_else(|| {
+        CliError::usage(
+            format!("no cutover.toml in {} or any directory above it", start.display()),
+            "run cutover inside a project, pass --project DIR, or create one with `cutover init DIR --example`",
+        )
+    })
+}
+
+pub fn load_project(root: &Path) -> Result<Project, CliError> {
+    let opts = LoadOptions {
+        home: std::env::var_os(env_vars::HOME).map(PathBuf::from),
+    };
+    Project::load(root, &opts).map_err(|d| CliError::Engine(EngineError::Config(d)))
+}
+
+pub fn operator() -> Operator {
+    let user = std::env::var(env_vars::CUTOVER_USER)
+        .or_else(|_| std::env::var(env_vars::USER))
+        .unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    Operator {
+        user,
+        host,
+        pid: std::process::id(),
+    }
+}
+
+pub fn job_set(jobs: Option<Vec<String>>) -> Option<BTreeSet<String>> {
+    jobs.map(|j| j.into_iter().filter(|s| !s.is_empty()).collect())
+}
+
+/// The command line as typed, for records and the audit log.
+pub fn command_line() -> String {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    format!("cutover {}", args.join(" "))
+}
+
+pub fn print_json(doc: serde_json::Value) {
+    output::json(&doc);
+}

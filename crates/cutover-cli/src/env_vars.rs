@@ -1,0 +1,11 @@
+//! Every environment variable cutover reads, in one place. Only the CLI
+//! reads the environment; the libraries get what they need as arguments.
+
+/// The project directory (same as `--project`).
+pub const CUTOVER_PROJECT: &str = "CUTOVER_PROJECT";
+/// The operator's name for locks, records and the audit log (else `USER`).
+pub const CUTOVER_USER: &str = "CUTOVER_USER";
+/// Who the operator is when CUTOVER_USER is unset.
+pub const USER: &str = "USER";
+/// `~/` in configured paths.
+pub const HOME: &str = "HOME";
