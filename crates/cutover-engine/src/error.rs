@@ -15,7 +15,7 @@ pub enum EngineError {
         help: Option<String>,
     },
     #[error("the project lock is held by {0}")]
-    Locked(LockHolder),
+    Locked(Box<LockHolder>),
     #[error(transparent)]
     State(StateError),
     #[error("{0}")]

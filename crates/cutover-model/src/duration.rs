@@ -36,18 +36,6 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
-/// The inverse of [`parse_duration`] for display.
-pub fn format_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms % 1000 != 0 {
-        format!("{ms}ms")
-    } else if ms % 60_000 != 0 {
-        format!("{}s", ms / 1000)
-    } else {
-        format!("{}m", ms / 60_000)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -35,7 +35,7 @@ pub enum StateError {
         source: std::io::Error,
     },
     #[error("the project lock is held by {0}")]
-    Locked(LockHolder),
+    Locked(Box<LockHolder>),
     #[error("cannot decrypt secret `{job}/{key}`: {reason}")]
     Secret {
         job: String,

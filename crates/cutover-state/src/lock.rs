@@ -70,7 +70,7 @@ impl ProjectLock {
                     ticket: None,
                     since: "?".into(),
                 });
-                return Err(StateError::Locked(holder));
+                return Err(StateError::Locked(Box::new(holder)));
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
         }

@@ -377,7 +377,7 @@ impl StateStore for SqliteStore {
     fn force_unlock(&self) -> Fut<'_, Option<LockHolder>> {
         Box::pin(async move {
             if let Some(live) = ProjectLock::status(&self.lock_path) {
-                return Err(StateError::Locked(live));
+                return Err(StateError::Locked(Box::new(live)));
             }
             Ok(ProjectLock::clear(&self.lock_path))
         })

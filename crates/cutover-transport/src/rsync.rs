@@ -24,9 +24,14 @@ pub enum DriftKind {
 }
 
 /// Flags for a push: archive mode, an exact copy, and hard links to the
-/// previous release for every file that did not change.
+/// previous release for every file that did not change. `--checksum` makes
+/// "did not change" a comparison of content, not of size and mtime.
 pub(crate) fn push_args(local: &Path, dest: &str, link_dest: Option<&str>) -> Vec<String> {
-    let mut args = vec!["-a".to_string(), "--delete".to_string()];
+    let mut args = vec![
+        "-a".to_string(),
+        "--checksum".to_string(),
+        "--delete".to_string(),
+    ];
     if let Some(prev) = link_dest {
         args.push(format!("--link-dest={prev}"));
     }

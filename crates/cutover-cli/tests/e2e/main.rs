@@ -1,0 +1,8 @@
+//! End-to-end tests: the real `cutover` binary against real sshd workers on
+//! loopback addresses, real rsync, and real project directories.
+
+mod support;
+
+mod check;
+mod deploy;
+mod secrets;

@@ -1,0 +1,66 @@
+//! A KV secret reaches the worker's rendered file and nowhere else: not
+//! `.cutover/` in plain text, not any output, not the audit log.
+
+use crate::support::{Fleet, Project};
+
+const POISON: &str = "p0is0n-s3cret-7f1c";
+
+fn grep_tree(dir: &std::path::Path, needle: &[u8]) -> Vec<String> {
+    crate::support::snapshot(dir)
+        .into_iter()
+        .filter(|(_, _, content)| content.windows(needle.len()).any(|w| w == needle))
+        .map(|(p, _, _)| p)
+        .collect()
+}
+
+#[test]
+fn a_secret_is_rendered_on_the_worker_and_never_stored_or_printed_in_plain_text() {
+    let fleet = Fleet::start(1);
+    let p = Project::new();
+    p.write("cutover.toml", &fleet.project_toml());
+    p.write("workers.toml", &fleet.workers_toml(&[("w1", &["web"])]));
+    p.job("api", "version = \"1\"\n");
+    p.write(
+        "jobs/api/db.conf.tpl",
+        "password = {{ kv.db_password }}\nhost = {{ kv.db_host }}\n",
+    );
+
+    // Rendering without the key is an error that names the file.
+    let out = p.expect(&["deploy", "--dry-run"], 2);
+    assert!(out.stderr.contains("jobs/api/db.conf.tpl"), "{out:?}");
+
+    let outputs = [
+        p.expect(&["kv", "put", "api", "db_password", POISON, "--secret"], 0),
+        p.expect(&["kv", "put", "api", "db_host", "db.internal"], 0),
+        p.expect(&["deploy"], 0),
+        p.expect(&["deploy", "--force", "--json"], 0),
+        p.expect(&["kv", "list", "api"], 0),
+        p.expect(&["kv", "get", "api", "db_password"], 0),
+        p.expect(&["cat", "kv", "--json"], 0),
+        p.expect(&["status", "--json"], 0),
+        p.expect(&["cat", "deployments", "--json"], 0),
+    ];
+
+    let w = &fleet.workers[0];
+    assert_eq!(
+        w.read("jobs/api/current/db.conf"),
+        format!("password = {POISON}\nhost = db.internal\n")
+    );
+
+    for o in &outputs {
+        assert!(!o.all().contains(POISON), "secret printed:\n{o:?}");
+    }
+    let leaked = grep_tree(&p.path().join(".cutover"), POISON.as_bytes());
+    assert!(
+        leaked.is_empty(),
+        "secret in plain text in .cutover: {leaked:?}"
+    );
+    let plain_host = grep_tree(&p.path().join(".cutover"), b"db.internal");
+    assert!(
+        !plain_host.is_empty(),
+        "the check itself can find plain values in the store"
+    );
+
+    let revealed = p.expect(&["kv", "get", "api", "db_password", "--reveal"], 0);
+    assert_eq!(revealed.stdout.trim(), POISON);
+}

@@ -1,0 +1,416 @@
+//! Test support: a fleet of real sshd workers on 127.0.0.x, a project
+//! builder, and a runner for the real `cutover` binary.
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_cutover");
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn sshd_path() -> PathBuf {
+    for p in ["/usr/sbin/sshd", "/usr/bin/sshd", "/sbin/sshd"] {
+        if Path::new(p).exists() {
+            return PathBuf::from(p);
+        }
+    }
+    panic!("sshd not found: run scripts/test.sh, which installs openssh-server");
+}
+
+/// One worker: an sshd on its own loopback address, with its own host key
+/// and deploy root. Killed (by pid) on drop.
+pub struct SshWorker {
+    pub name: String,
+    pub ip: String,
+    pub port: u16,
+    pub root: PathBuf,
+    config: PathBuf,
+    child: Option<Child>,
+}
+
+impl SshWorker {
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "{} already running", self.name);
+        let child = Command::new(sshd_path())
+            .args(["-D", "-e", "-f"])
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start sshd");
+        self.child = Some(child);
+        let addr: SocketAddr = format!("{}:{}", self.ip, self.port).parse().expect("addr");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "sshd for {} did not come up",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// A path under this worker's root.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    pub fn read(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.path(rel)).unwrap_or_default()
+    }
+
+    /// Where `current` of a job points (the release id), if anywhere.
+    pub fn current(&self, job: &str) -> Option<String> {
+        let link = std::fs::read_link(self.path(&format!("jobs/{job}/current"))).ok()?;
+        Some(link.file_name()?.to_string_lossy().into_owned())
+    }
+
+    pub fn releases(&self, job: &str) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.path(&format!("jobs/{job}/releases")))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Lines of the job's lifecycle log (kept in `shared/` across releases).
+    pub fn events(&self, job: &str) -> Vec<String> {
+        self.read(&format!("jobs/{job}/shared/events.log"))
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for SshWorker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// N sshd workers on 127.0.0.2, 127.0.0.3, ... with a shared client key.
+pub struct Fleet {
+    pub dir: tempfile::TempDir,
+    pub workers: Vec<SshWorker>,
+    pub key: PathBuf,
+    pub known_hosts: PathBuf,
+    pub user: String,
+}
+
+fn free_port(ip: &str) -> u16 {
+    TcpListener::bind(format!("{ip}:0"))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+impl Fleet {
+    pub fn start(n: usize) -> Fleet {
+        Fleet::start_at(n, 2)
+    }
+
+    /// Workers on 127.0.0.{first}..; tests running in parallel use disjoint ranges.
+    pub fn start_at(n: usize, first: usize) -> Fleet {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("client_key");
+        run_ok(
+            Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(&key),
+        );
+        let authorized = dir.path().join("authorized_keys");
+        std::fs::copy(key.with_extension("pub"), &authorized).expect("authorized_keys");
+        let user = run_ok(Command::new("id").arg("-un")).trim().to_string();
+        if user == "root" {
+            // Debian's sshd needs its privilege separation directory.
+            let _ = std::fs::create_dir_all("/run/sshd");
+        }
+        let mut known = String::new();
+        let mut workers = Vec::new();
+        for i in 0..n {
+            let ip = format!("127.0.0.{}", first + i);
+            let port = free_port(&ip);
+            let wdir = dir.path().join(format!("w{}", i + 1));
+            let root = wdir.join("root");
+            std::fs::create_dir_all(&root).expect("root");
+            let host_key = wdir.join("host_key");
+            run_ok(
+                Command::new("ssh-keygen")
+                    .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                    .arg(&host_key),
+            );
+            let pubkey = std::fs::read_to_string(host_key.with_extension("pub")).expect("host pub");
+            let mut parts = pubkey.split_whitespace();
+            known.push_str(&format!(
+                "[{ip}]:{port} {} {}\n",
+                parts.next().unwrap_or_default(),
+                parts.next().unwrap_or_default()
+            ));
+            let config = wdir.join("sshd_config");
+            std::fs::write(
+                &config,
+                format!(
+                    "ListenAddress {ip}:{port}\n\
+                     HostKey {hk}\n\
+                     PidFile {pid}\n\
+                     AuthorizedKeysFile {auth}\n\
+                     StrictModes no\n\
+                     PasswordAuthentication no\n\
+                     KbdInteractiveAuthentication no\n\
+                     UsePAM no\n\
+                     PermitRootLogin prohibit-password\n\
+                     MaxSessions 200\n\
+                     MaxStartups 200\n\
+                     LogLevel ERROR\n",
+                    hk = host_key.display(),
+                    pid = wdir.join("sshd.pid").display(),
+                    auth = authorized.display(),
+                ),
+            )
+            .expect("sshd_config");
+            let mut w = SshWorker {
+                name: format!("w{}", i + 1),
+                ip,
+                port,
+                root,
+                config,
+                child: None,
+            };
+            w.start();
+            workers.push(w);
+        }
+        let known_hosts = dir.path().join("known_hosts");
+        std::fs::write(&known_hosts, known).expect("known_hosts");
+        Fleet {
+            dir,
+            workers,
+            key,
+            known_hosts,
+            user,
+        }
+    }
+
+    pub fn worker(&self, name: &str) -> &SshWorker {
+        self.workers
+            .iter()
+            .find(|w| w.name == name)
+            .expect("worker")
+    }
+
+    pub fn worker_mut(&mut self, name: &str) -> &mut SshWorker {
+        self.workers
+            .iter_mut()
+            .find(|w| w.name == name)
+            .expect("worker")
+    }
+
+    /// cutover.toml settings that reach this fleet.
+    pub fn project_toml(&self) -> String {
+        format!(
+            "name = \"test\"\n\n[ssh]\nuser = \"{}\"\nidentity_file = \"{}\"\nknown_hosts = \"strict\"\nknown_hosts_file = \"{}\"\nconnect_timeout = \"3s\"\ncommand_timeout = \"60s\"\n",
+            self.user,
+            self.key.display(),
+            self.known_hosts.display()
+        )
+    }
+
+    /// A workers.toml entry for each worker, with the given labels.
+    pub fn workers_toml(&self, labels: &[(&str, &[&str])]) -> String {
+        let mut s = String::new();
+        for w in &self.workers {
+            let l = labels
+                .iter()
+                .find(|(n, _)| *n == w.name)
+                .map(|(_, l)| l.to_vec())
+                .unwrap_or_default();
+            s.push_str(&format!(
+                "[[worker]]\nname = \"{}\"\nhost = \"{}\"\nport = {}\nroot = \"{}\"\nlabels = {:?}\n\n",
+                w.name,
+                w.ip,
+                w.port,
+                w.root.display(),
+                l
+            ));
+        }
+        s
+    }
+}
+
+/// A Makefile whose targets record what ran (release, versions, a
+/// timestamp) in the job's shared/events.log, and whose health target
+/// passes while `health.txt` (if any) says `ok`.
+pub const MAKEFILE: &str = "\
+start:
+\t@echo \"start $(CUTOVER_RELEASE) $(NEW_VERSION) $$(date +%s%N)\" >> \"$(CUTOVER_SHARED)/events.log\"
+\t@echo running > \"$(CUTOVER_SHARED)/state\"
+restart:
+\t@echo \"restart $(CUTOVER_RELEASE) $(CURRENT_VERSION)->$(NEW_VERSION) $$(date +%s%N)\" >> \"$(CUTOVER_SHARED)/events.log\"
+\t@echo running > \"$(CUTOVER_SHARED)/state\"
+reload:
+\t@echo \"reload $(CUTOVER_RELEASE) $$(date +%s%N)\" >> \"$(CUTOVER_SHARED)/events.log\"
+stop:
+\t@echo \"stop $(CUTOVER_JOB) $(CUTOVER_WORKER)\" >> \"$(CUTOVER_ROOT)/stopped.log\"
+health:
+\t@test \"$$(cat health.txt 2>/dev/null || echo ok)\" = ok
+\t@grep -qx running \"$(CUTOVER_SHARED)/state\"
+\t@echo \"healthy $$(date +%s%N)\" >> \"$(CUTOVER_SHARED)/events.log\"
+.PHONY: start restart reload stop health
+";
+
+/// A project directory with helpers to write files and run cutover in it.
+pub struct Project {
+    pub dir: tempfile::TempDir,
+}
+
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    pub fn all(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+impl std::fmt::Debug for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+impl Project {
+    pub fn new() -> Project {
+        Project {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn write(&self, rel: &str, text: &str) -> &Self {
+        let p = self.dir.path().join(rel);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(p, text).expect("write");
+        self
+    }
+
+    pub fn remove(&self, rel: &str) -> &Self {
+        let p = self.dir.path().join(rel);
+        if p.is_dir() {
+            std::fs::remove_dir_all(p).expect("rm -r");
+        } else {
+            std::fs::remove_file(p).expect("rm");
+        }
+        self
+    }
+
+    /// A job with the test Makefile and a `command` health check.
+    pub fn job(&self, name: &str, manifest: &str) -> &Self {
+        let health = if manifest.contains("[health]") {
+            String::new()
+        } else {
+            "\n[health]\ncommand = \"make -s health\"\nattempts = 2\ninterval = \"100ms\"\n"
+                .to_string()
+        };
+        self.write(
+            &format!("jobs/{name}/job.toml"),
+            &format!("{manifest}{health}"),
+        );
+        self.write(&format!("jobs/{name}/Makefile"), MAKEFILE);
+        self
+    }
+
+    pub fn cutover(&self, args: &[&str]) -> Output {
+        self.cutover_env(args, &[])
+    }
+
+    pub fn cutover_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let out = Command::new(BIN)
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("CUTOVER_USER", "tester")
+            .env_remove("CUTOVER_PROJECT")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run cutover");
+        Output {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Runs cutover and asserts the exit code.
+    #[track_caller]
+    pub fn expect(&self, args: &[&str], code: i32) -> Output {
+        let out = self.cutover(args);
+        assert_eq!(out.code, code, "cutover {}:\n{out:?}", args.join(" "));
+        out
+    }
+}
+
+/// Every file under `dir`: path, mode, and content or link target.
+pub fn snapshot(dir: &Path) -> Vec<(String, u32, Vec<u8>)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<(String, u32, Vec<u8>)>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.filter_map(Result::ok) {
+            let p = e.path();
+            let rel = p.strip_prefix(base).expect("prefix").display().to_string();
+            let meta = std::fs::symlink_metadata(&p).expect("meta");
+            let mode = meta.permissions().mode();
+            if meta.file_type().is_symlink() {
+                let t = std::fs::read_link(&p).expect("link");
+                out.push((rel, mode, t.display().to_string().into_bytes()));
+            } else if meta.is_dir() {
+                out.push((rel.clone(), mode, Vec::new()));
+                walk(base, &p, out);
+            } else {
+                out.push((rel, mode, std::fs::read(&p).expect("read")));
+            }
+        }
+    }
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}

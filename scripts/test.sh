@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs (openssh-server, rsync, make, git),
+# then builds the tests once and runs them. The tests start their own sshd
+# workers on 127.0.0.x; nothing is left running afterwards.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+[ -x /usr/sbin/sshd ] || command -v sshd >/dev/null 2>&1 || need+=(openssh-server)
+command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
+command -v rsync >/dev/null 2>&1 || need+=(rsync)
+command -v make >/dev/null 2>&1 || need+=(make)
+command -v git >/dev/null 2>&1 || need+=(git)
+if [ "${#need[@]}" -gt 0 ]; then
+    echo "test.sh: installing ${need[*]}"
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+
+cargo test --workspace --locked --no-run
+cargo test --workspace --locked
