@@ -167,6 +167,16 @@ pub async fn deploy(ctx: &Context, opts: &DeployOptions) -> Result<DeployReport,
     if opts.dry_run {
         return Ok(report);
     }
+    if report.took_over_lock.is_some() {
+        // The holder died mid-run: its deployment record says "running" forever.
+        for d in ctx.store.deployments(20).await? {
+            if d.outcome == "running" {
+                ctx.store
+                    .finish_deployment(d.seq, "interrupted", &d.summary)
+                    .await?;
+            }
+        }
+    }
     if plan.is_noop() {
         // Everything is promoted: no connection, no deployment record.
         report.outcome = Outcome::Unchanged;

@@ -18,7 +18,7 @@ use cutover_state::SqliteStore;
 use crate::args::{Cli, Command, Global, JobCommand, LockCommand, Progress};
 use crate::env_vars;
 use crate::error::CliError;
-use crate::output::{self, LinePrinter, Silent};
+use crate::output::{self, LinePrinter, LiveProgress, Silent};
 
 pub async fn run(cli: Cli) -> Result<u8, CliError> {
     let g = &cli.global;
@@ -75,12 +75,16 @@ impl Session {
         let reporter: Arc<dyn Reporter> = if g.json {
             Arc::new(Silent)
         } else {
-            let verbose = match g.progress {
+            let live = match g.progress {
                 Progress::Always => true,
                 Progress::Never => false,
                 Progress::Auto => std::io::IsTerminal::is_terminal(&std::io::stdout()),
             };
-            Arc::new(LinePrinter::new(prefix, verbose))
+            if live {
+                Arc::new(LiveProgress::new(prefix))
+            } else {
+                Arc::new(LinePrinter::new(prefix, false))
+            }
         };
         Ok(Session {
             ctx: Context {

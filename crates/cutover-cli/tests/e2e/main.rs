@@ -5,4 +5,5 @@ mod support;
 
 mod check;
 mod deploy;
+mod lifecycle;
 mod secrets;
