@@ -55,6 +55,14 @@ pub enum Command {
     Check,
     /// Deploy the working tree to the fleet: plan, reconcile, waves, rolling batches.
     Deploy(DeployArgs),
+    /// Classify what changed between two revisions and show what a deploy would do.
+    Plan(PlanArgs),
+    /// Ticket releases: prepare, migrate, ticket script, verify; revert; resume.
+    #[command(subcommand)]
+    Release(ReleaseCommand),
+    /// Recovery playbooks: what to do when a release fails a known way.
+    #[command(subcommand)]
+    Playbook(PlaybookCommand),
     /// Each allocation: promoted version and hash, health, last change.
     Status(JobsFilter),
     /// Compare each worker's files with what is promoted; exit 4 if any differ.
@@ -97,6 +105,72 @@ pub struct DeployArgs {
     /// Upload and switch releases without running lifecycle targets.
     #[arg(long)]
     pub sync_only: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Compare REV with HEAD (default: the commit of the last deployment).
+    #[arg(long, value_name = "REV", conflicts_with = "incoming")]
+    pub diff: Option<String>,
+    /// Compare HEAD with BRANCH (not checked out): what merging it would deploy.
+    #[arg(long, value_name = "BRANCH")]
+    pub incoming: Option<String>,
+    /// Fail (exit 1) when a changed file belongs to no class.
+    #[arg(long)]
+    pub strict: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PhaseArg {
+    Prepare,
+    Migrate,
+    Ticket,
+    Verify,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReleaseCommand {
+    /// Release what TICKET merged: prepare, migrate, ticket, verify; halt on the first failure.
+    Run {
+        ticket: String,
+        /// Release this branch instead of main (a hotfix; needs --force-allow-non-main).
+        branch: Option<String>,
+        /// Preview every phase; change nothing (no pull, no backup, no state file).
+        #[arg(long)]
+        dry_run: bool,
+        /// Resume from PHASE, reusing the state file's BASE_SHA, MERGE_SHA, SERVICES and BACKUPS.
+        #[arg(long, value_enum, value_name = "PHASE")]
+        from: Option<PhaseArg>,
+        /// Skip prepare (audited).
+        #[arg(long)]
+        skip_prepare: bool,
+        /// Skip migrate (audited).
+        #[arg(long)]
+        skip_migrate: bool,
+        /// Skip the ticket script (audited).
+        #[arg(long)]
+        skip_ticket: bool,
+        /// Skip verify (audited; not recommended).
+        #[arg(long)]
+        skip_verify: bool,
+        /// Allow releasing a branch other than main_branch (hotfix releases).
+        #[arg(long)]
+        force_allow_non_main: bool,
+    },
+    /// Put back what a release changed: restore its backups, switch services back, revert git.
+    Revert {
+        ticket: String,
+        /// Leave git alone (e.g. a hotfix branch has no merge commit to revert).
+        #[arg(long)]
+        skip_git: bool,
+        /// Restore no backup (you almost never want this).
+        #[arg(long)]
+        skip_data: bool,
+    },
+    /// The state file, the last audit events, and where the release stands.
+    State { ticket: String },
+    /// After a hotfix release: check out main, fast-forward, deploy, verify clean.
+    ReturnToMain,
 }
 
 #[derive(Debug, Args)]
@@ -163,6 +237,18 @@ pub enum KvCommand {
     },
     /// Delete a key.
     Delete { job: String, key: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PlaybookCommand {
+    /// Every playbook under recovery/playbooks/.
+    List,
+    /// The playbooks that fit TICKET's last failure (its phase and output).
+    Match { ticket: String },
+    /// Run playbook ID's detection commands and say whether it applies now.
+    Check { id: String },
+    /// Write a playbook template to recovery/playbooks/ID.yaml.
+    New { id: String },
 }
 
 #[derive(Debug, Subcommand)]

@@ -151,6 +151,7 @@ fn event_line(p: &str, e: &Event, verbose: bool) -> Option<String> {
                 format!("[{p}] {job}: hook {hook} FAILED: {message}")
             }
         }
+        Event::Message { text } => format!("[{p}] {text}"),
         Event::JobDone {
             job,
             status,

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use cutover_model::Project;
+use cutover_model::{LoadOptions, Project};
 use cutover_state::{LockHolder, StateStore};
 
 use crate::events::Reporter;
@@ -27,9 +27,30 @@ pub struct Context {
     /// The operator's environment, for templates' `env`.
     pub env: BTreeMap<String, String>,
     pub reporter: Arc<dyn Reporter>,
+    /// How to load the project again after git changed it (a release's pull).
+    pub load: LoadOptions,
 }
 
 impl Context {
+    /// The same context over the project as it is now on disk.
+    pub fn reload(&self) -> Result<Context, crate::EngineError> {
+        let project =
+            Project::load(&self.project.root, &self.load).map_err(crate::EngineError::Config)?;
+        Ok(self.with_project(project))
+    }
+
+    pub fn with_project(&self, project: Project) -> Context {
+        Context {
+            project: Arc::new(project),
+            store: self.store.clone(),
+            workspace: self.workspace.clone(),
+            operator: self.operator.clone(),
+            env: self.env.clone(),
+            reporter: self.reporter.clone(),
+            load: self.load.clone(),
+        }
+    }
+
     pub fn holder(&self, command: &str, ticket: Option<&str>) -> LockHolder {
         LockHolder {
             user: self.operator.user.clone(),

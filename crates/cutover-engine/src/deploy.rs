@@ -13,7 +13,6 @@ use std::time::Duration;
 use cutover_model::plan::{
     self, Action, AllocPlan, JobPlan, Plan, PlanInput, PlanOptions, StopPlan,
 };
-use cutover_model::tree::RenderContext;
 use cutover_model::{Job, OnFailure, Project, Worker};
 use cutover_state::{AllocStatus, AllocationRecord, NewDeployment, StateStore};
 use serde::Serialize;
@@ -21,7 +20,7 @@ use tokio::sync::Semaphore;
 
 use crate::events::{Event, Reporter};
 use crate::fleet::Fleet;
-use crate::health::{self, Checks};
+use crate::health;
 use crate::hooks::{self, HookEnv};
 use crate::remote::{self, LifecycleEnv};
 use crate::render::{self, Key};
@@ -38,6 +37,8 @@ pub struct DeployOptions {
     /// The project's git HEAD and whether the tree was dirty.
     pub head: Option<String>,
     pub dirty: bool,
+    /// The caller (a ticket release) already holds the project lock.
+    pub lock_held: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -132,7 +133,7 @@ pub async fn deploy(ctx: &Context, opts: &DeployOptions) -> Result<DeployReport,
             }
         }
     }
-    let lock = if opts.dry_run {
+    let lock = if opts.dry_run || opts.lock_held {
         None
     } else {
         Some(ctx.store.lock(&ctx.holder(&opts.command, None)).await?)
@@ -858,28 +859,12 @@ async fn lifecycle(
 }
 
 async fn check_one(run: &Run, job: &Job, a: &AllocPlan, s: &Switched) -> Result<(), String> {
-    let spec = &job.manifest.health;
-    if spec.is_empty() || a.action == Action::Sync {
+    if job.manifest.health.is_empty() || a.action == Action::Sync {
         return Ok(());
     }
     let _permit = run.limit.acquire().await;
     let worker = &run.workers[&a.worker];
     let host = run.fleet.get(&a.worker)?;
-    let empty = BTreeMap::new();
-    let rctx = RenderContext {
-        kv: run.kv.get(&job.name).unwrap_or(&empty),
-        env: &run.env,
-    };
-    let render = |t: &Option<String>| -> Result<Option<String>, String> {
-        t.as_deref()
-            .map(|t| cutover_model::tree::render_str(t, job, worker, &rctx))
-            .transpose()
-    };
-    let checks = Checks {
-        http: render(&spec.http)?,
-        tcp: render(&spec.tcp)?,
-        command: spec.command.clone(),
-    };
     run.step(&job.name, &a.worker, "health");
     let current = a.current_version.clone().unwrap_or_default();
     let env = LifecycleEnv {
@@ -889,7 +874,14 @@ async fn check_one(run: &Run, job: &Job, a: &AllocPlan, s: &Switched) -> Result<
         current_version: &current,
         new_version: &a.new_version,
     };
-    health::wait_healthy(&host, &env, spec, &checks).await
+    let empty = BTreeMap::new();
+    health::check_allocation(
+        &host,
+        &env,
+        run.kv.get(&job.name).unwrap_or(&empty),
+        &run.env,
+    )
+    .await
 }
 
 async fn promote(run: &Run, job: &Job, a: &AllocPlan, s: &Switched) {

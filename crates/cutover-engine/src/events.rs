@@ -61,6 +61,10 @@ pub enum Event {
         status: String,
         message: String,
     },
+    /// A line of narrative from a longer operation (a release phase).
+    Message {
+        text: String,
+    },
 }
 
 pub trait Reporter: Send + Sync {

@@ -10,6 +10,34 @@ use tokio::net::TcpStream;
 
 use crate::remote::LifecycleEnv;
 
+/// Renders a job's checks for one worker and waits until they pass.
+pub(crate) async fn check_allocation(
+    host: &Host,
+    env: &LifecycleEnv<'_>,
+    kv: &std::collections::BTreeMap<String, String>,
+    operator_env: &std::collections::BTreeMap<String, String>,
+) -> Result<(), String> {
+    let spec = &env.job.manifest.health;
+    if spec.is_empty() {
+        return Ok(());
+    }
+    let rctx = cutover_model::tree::RenderContext {
+        kv,
+        env: operator_env,
+    };
+    let render = |t: &Option<String>| -> Result<Option<String>, String> {
+        t.as_deref()
+            .map(|t| cutover_model::tree::render_str(t, env.job, env.worker, &rctx))
+            .transpose()
+    };
+    let checks = Checks {
+        http: render(&spec.http)?,
+        tcp: render(&spec.tcp)?,
+        command: spec.command.clone(),
+    };
+    wait_healthy(host, env, spec, &checks).await
+}
+
 /// The rendered checks of one allocation.
 pub(crate) struct Checks {
     pub http: Option<String>,

@@ -17,6 +17,7 @@ mod health;
 mod hooks;
 pub mod jobrun;
 pub mod kv;
+pub mod release;
 mod remote;
 mod render;
 

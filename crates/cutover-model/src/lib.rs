@@ -4,10 +4,12 @@
 //! talks to a worker, a state store or the environment; callers pass in
 //! what the planner needs to know about the world.
 
+pub mod classify;
 pub mod config;
 pub mod diag;
 pub mod duration;
 pub mod plan;
+pub mod playbook;
 pub mod project;
 pub mod schema;
 pub mod tree;

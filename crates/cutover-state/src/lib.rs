@@ -75,6 +75,10 @@ pub trait StateStore: Send + Sync {
     fn put_known_worker<'a>(&'a self, name: &'a str, spec: &'a str) -> Fut<'a, ()>;
     fn forget_worker<'a>(&'a self, name: &'a str) -> Fut<'a, ()>;
 
+    /// A small named document (JSON), e.g. what a ticket release replaced.
+    fn meta_get<'a>(&'a self, key: &'a str) -> Fut<'a, Option<String>>;
+    fn meta_put<'a>(&'a self, key: &'a str, value: &'a str) -> Fut<'a, ()>;
+
     /// Takes the project lock or reports who holds it.
     fn lock<'a>(&'a self, holder: &'a LockHolder) -> Fut<'a, ProjectLock>;
     fn lock_status(&self) -> Fut<'_, Option<LockHolder>>;

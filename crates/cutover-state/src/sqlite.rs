@@ -366,6 +366,29 @@ impl StateStore for SqliteStore {
         })
     }
 
+    fn meta_get<'a>(&'a self, key: &'a str) -> Fut<'a, Option<String>> {
+        Box::pin(async move {
+            let row = sqlx::query("SELECT value FROM meta WHERE key = ?")
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(self.err())?;
+            Ok(row.map(|r| r.get("value")))
+        })
+    }
+
+    fn meta_put<'a>(&'a self, key: &'a str, value: &'a str) -> Fut<'a, ()> {
+        Box::pin(async move {
+            sqlx::query("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)")
+                .bind(key)
+                .bind(value)
+                .execute(&self.pool)
+                .await
+                .map_err(self.err())?;
+            Ok(())
+        })
+    }
+
     fn lock<'a>(&'a self, holder: &'a LockHolder) -> Fut<'a, ProjectLock> {
         Box::pin(async move { ProjectLock::acquire(&self.lock_path, holder) })
     }

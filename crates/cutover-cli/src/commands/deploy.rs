@@ -18,6 +18,7 @@ pub async fn run(s: &Session, a: DeployArgs) -> Result<u8, CliError> {
         command: command_line(),
         head,
         dirty,
+        lock_held: false,
     };
     if !s.json && !opts.dry_run {
         // The plan is computed inside the engine; announce the start only.

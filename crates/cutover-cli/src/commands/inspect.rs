@@ -11,7 +11,21 @@ use crate::output::{self, short, table};
 
 pub fn check(g: &Global) -> Result<u8, CliError> {
     let root = project_root(g)?;
-    let project = load_project(&root)?;
+    let loaded = load_project(&root);
+    let (books, playbook_diags) = cutover_model::playbook::load(&root);
+    let project = match loaded {
+        Ok(p) if playbook_diags.is_empty() => p,
+        Ok(_) => {
+            return Err(CliError::Engine(cutover_engine::EngineError::Config(
+                cutover_model::Diagnostics(playbook_diags),
+            )));
+        }
+        Err(CliError::Engine(cutover_engine::EngineError::Config(mut d))) => {
+            d.0.extend(playbook_diags);
+            return Err(CliError::Engine(cutover_engine::EngineError::Config(d)));
+        }
+        Err(e) => return Err(e),
+    };
     let allocations: usize = project
         .jobs
         .values()
@@ -21,14 +35,16 @@ pub fn check(g: &Global) -> Result<u8, CliError> {
         super::print_json(serde_json::json!({
             "outcome": "ok", "exit_code": 0,
             "jobs": project.jobs.len(), "workers": project.workers.len(), "allocations": allocations,
+            "playbooks": books.len(),
         }));
     } else {
         println!(
-            "ok: {} job(s), {} worker(s), {} allocation(s), {} wave(s)",
+            "ok: {} job(s), {} worker(s), {} allocation(s), {} wave(s), {} playbook(s)",
             project.jobs.len(),
             project.workers.len(),
             allocations,
-            project.waves().len()
+            project.waves().len(),
+            books.len()
         );
     }
     Ok(0)

@@ -6,6 +6,8 @@ mod deploy;
 mod init;
 mod inspect;
 mod kv;
+pub mod playbook;
+mod release;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -27,6 +29,17 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Check => inspect::check(g),
         Command::Demo => demo::run(g).await,
         Command::Deploy(a) => deploy::run(&Session::open(g, "deploy").await?, a).await,
+        Command::Plan(a) => release::plan(&Session::open(g, "plan").await?, a).await,
+        Command::Release(c) => {
+            let prefix = match &c {
+                crate::args::ReleaseCommand::Run { .. } => "release-run",
+                crate::args::ReleaseCommand::Revert { .. } => "release-revert",
+                crate::args::ReleaseCommand::State { .. } => "release-state",
+                crate::args::ReleaseCommand::ReturnToMain => "release-return-to-main",
+            };
+            release::run(&Session::open(g, prefix).await?, c).await
+        }
+        Command::Playbook(c) => playbook::run(g, c).await,
         Command::Status(f) => inspect::status(&Session::open(g, "status").await?, f.jobs).await,
         Command::Drift(f) => inspect::drift(&Session::open(g, "drift").await?, f.jobs).await,
         Command::Cat(a) => inspect::cat(&Session::open(g, "cat").await?, a).await,
@@ -94,6 +107,7 @@ impl Session {
                 operator: operator(),
                 env: std::env::vars().collect::<BTreeMap<_, _>>(),
                 reporter,
+                load: load_options(),
             },
             json: g.json,
             store,
@@ -145,11 +159,14 @@ pub fn project_root(g: &Global) -> Result<PathBuf, CliError> {
     })
 }
 
-pub fn load_project(root: &Path) -> Result<Project, CliError> {
-    let opts = LoadOptions {
+pub fn load_options() -> LoadOptions {
+    LoadOptions {
         home: std::env::var_os(env_vars::HOME).map(PathBuf::from),
-    };
-    Project::load(root, &opts).map_err(|d| CliError::Engine(EngineError::Config(d)))
+    }
+}
+
+pub fn load_project(root: &Path) -> Result<Project, CliError> {
+    Project::load(root, &load_options()).map_err(|d| CliError::Engine(EngineError::Config(d)))
 }
 
 pub fn operator() -> Operator {

@@ -1,0 +1,850 @@
+//! `cutover release run`: the four phases, in order, halting on the first
+//! failure, each one's start and end in the release's audit log.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use cutover_model::classify::classify;
+use cutover_model::plan::Plan;
+use cutover_state::AllocStatus;
+use cutover_transport::Command;
+use serde::Serialize;
+
+use super::files::{ReleaseLog, StateFile};
+use super::git::Git;
+use super::{base_key, BaseAllocation, Phase};
+use crate::deploy::{self, DeployOptions};
+use crate::events::Event;
+use crate::fleet::Fleet;
+use crate::remote::LifecycleEnv;
+use crate::{Context, EngineError};
+
+#[derive(Debug, Clone, Default)]
+pub struct ReleaseOptions {
+    pub ticket: String,
+    /// Release this branch instead of `main_branch` (a hotfix).
+    pub branch: Option<String>,
+    pub dry_run: bool,
+    pub from: Option<Phase>,
+    pub skip: BTreeSet<Phase>,
+    pub force_allow_non_main: bool,
+    pub command: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
+pub enum ReleaseOutcome {
+    Complete,
+    Failed {
+        phase: Phase,
+        rc: i32,
+        message: String,
+    },
+    NothingToRelease {
+        message: String,
+    },
+    DryRun,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReleaseReport {
+    pub ticket: String,
+    pub outcome: ReleaseOutcome,
+    pub state: Option<StateFile>,
+    /// The migrate plan (what was, or in a dry run would be, deployed).
+    pub plan: Option<Plan>,
+    /// The ticket script that ran or would run.
+    pub script: Option<String>,
+    /// Output of the failed step, for playbook matching.
+    pub failure_output: String,
+}
+
+/// A phase's failure: its exit code and what it printed.
+struct PhaseError {
+    rc: i32,
+    message: String,
+}
+
+impl From<EngineError> for PhaseError {
+    fn from(e: EngineError) -> Self {
+        PhaseError {
+            rc: 1,
+            message: e.to_string(),
+        }
+    }
+}
+
+pub(crate) fn say(ctx: &Context, text: impl Into<String>) {
+    ctx.reporter.event(&Event::Message { text: text.into() });
+}
+
+pub async fn run(ctx: &Context, opts: &ReleaseOptions) -> Result<ReleaseReport, EngineError> {
+    super::check_ticket(&opts.ticket)?;
+    let git = Git::new(&ctx.project.root);
+    if !git.is_repo() {
+        return Err(EngineError::usage(
+            format!("{} is not a git clone", ctx.project.root.display()),
+            "a ticket release runs in a clone of the project that tracks its remote",
+        ));
+    }
+    let resume = opts.from.filter(|p| *p != Phase::Prepare);
+    let existing = StateFile::load(&ctx.workspace, &opts.ticket)?;
+    if resume.is_some() && existing.is_none() {
+        return Err(EngineError::usage(
+            format!(
+                "no state file for ticket {} (.cutover/releases/{}.env): there is nothing to resume",
+                opts.ticket, opts.ticket
+            ),
+            format!("run `cutover release run {}` without --from", opts.ticket),
+        ));
+    }
+    if opts.dry_run {
+        return dry_run(ctx, opts, &git, existing).await;
+    }
+
+    if resume.is_none() && !opts.skip.contains(&Phase::Prepare) {
+        // Refusals that change nothing come before the lock and the log.
+        preflight(ctx, opts, &git)?;
+    }
+    let _lock = ctx
+        .store
+        .lock(&ctx.holder(&opts.command, Some(&opts.ticket)))
+        .await?;
+    let log = ReleaseLog::new(&ctx.workspace, &opts.ticket);
+    let mut report = ReleaseReport {
+        ticket: opts.ticket.clone(),
+        outcome: ReleaseOutcome::Complete,
+        state: existing.clone(),
+        plan: None,
+        script: None,
+        failure_output: String::new(),
+    };
+    let mut ctx_now = ctx.with_project((*ctx.project).clone());
+    let start = resume.unwrap_or(Phase::Prepare);
+    let mut state = existing.unwrap_or_default();
+
+    for phase in Phase::ALL {
+        if phase < start {
+            continue;
+        }
+        if opts.skip.contains(&phase) {
+            let who = format!("user={} host={}", ctx.operator.user, ctx.operator.host);
+            log.phase(phase, "skipped-by-operator", &who)?;
+            say(
+                ctx,
+                format!("{}: skipped by operator ({who})", phase.as_str()),
+            );
+            if phase != Phase::Prepare || !state.base_sha.is_empty() {
+                let entry = format!(
+                    "{}:{}@{}",
+                    phase.as_str(),
+                    ctx.operator.user,
+                    ctx.operator.host
+                );
+                state.skipped_metadata = [state.skipped_metadata.as_str(), entry.as_str()]
+                    .iter()
+                    .filter(|s| !s.is_empty())
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                if !state.base_sha.is_empty() {
+                    state.save(&ctx.workspace)?;
+                }
+            }
+            continue;
+        }
+        if phase == Phase::Ticket && ticket_script(&ctx_now, &opts.ticket)?.is_none() {
+            log.phase(phase, "skipped-no-script", "")?;
+            say(
+                ctx,
+                format!("ticket: no releases/{}-*.sh: skipped", opts.ticket),
+            );
+            continue;
+        }
+        if phase != Phase::Prepare && state.base_sha.is_empty() {
+            return Err(EngineError::usage(
+                "prepare was skipped and there is no state file: later phases have no BASE_SHA or MERGE_SHA",
+                "run without --skip-prepare",
+            ));
+        }
+        log.phase(phase, "start", "")?;
+        say(ctx, format!("{}: start", phase.as_str()));
+        let result = match phase {
+            Phase::Prepare => prepare(&ctx_now, opts, &git, &log).await,
+            Phase::Migrate => migrate(&ctx_now, &state)
+                .await
+                .map(|plan| {
+                    report.plan = Some(plan);
+                    None
+                })
+                .map_err(Refusal::from),
+            Phase::Ticket => ticket(&ctx_now, &state)
+                .await
+                .map(|script| {
+                    report.script = Some(script);
+                    None
+                })
+                .map_err(Refusal::from),
+            Phase::Verify => verify(&ctx_now, &state, &git)
+                .await
+                .map(|_| None)
+                .map_err(Refusal::from),
+        };
+        match result {
+            Ok(prepared) => {
+                if let Some(s) = prepared {
+                    state = s;
+                    // The clone moved to MERGE_SHA: plan from the project as it is now.
+                    ctx_now = ctx.reload()?;
+                }
+                log.phase(phase, "done", "rc=0")?;
+                say(ctx, format!("{}: done", phase.as_str()));
+            }
+            Err(Refusal::NothingToRelease(message)) => {
+                log.phase(phase, "failed", "rc=5")?;
+                report.outcome = ReleaseOutcome::NothingToRelease { message };
+                return Ok(report);
+            }
+            Err(Refusal::Usage(e)) => {
+                log.phase(phase, "failed", "rc=2")?;
+                return Err(e);
+            }
+            Err(Refusal::Failed(e)) => {
+                log.phase(phase, "failed", &format!("rc={}", e.rc))?;
+                let failure =
+                    serde_json::json!({ "phase": phase, "rc": e.rc, "output": e.message })
+                        .to_string();
+                ctx.store
+                    .meta_put(&super::failure_key(&opts.ticket), &failure)
+                    .await?;
+                report.failure_output = e.message.clone();
+                report.outcome = ReleaseOutcome::Failed {
+                    phase,
+                    rc: e.rc,
+                    message: e.message,
+                };
+                report.state = (!state.base_sha.is_empty()).then_some(state);
+                return Ok(report);
+            }
+        }
+    }
+    log.event("orchestrator", "done", "rc=0")?;
+    report.state = Some(state);
+    Ok(report)
+}
+
+enum Refusal {
+    NothingToRelease(String),
+    Usage(EngineError),
+    Failed(PhaseError),
+}
+
+impl From<EngineError> for Refusal {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::Usage { .. } | EngineError::Config(_) => Refusal::Usage(e),
+            other => Refusal::Failed(other.into()),
+        }
+    }
+}
+
+impl From<cutover_state::StateError> for Refusal {
+    fn from(e: cutover_state::StateError) -> Self {
+        Refusal::from(EngineError::from(e))
+    }
+}
+
+impl From<PhaseError> for Refusal {
+    fn from(e: PhaseError) -> Self {
+        Refusal::Failed(e)
+    }
+}
+
+fn git_failed(e: super::GitError) -> Refusal {
+    Refusal::Failed(PhaseError {
+        rc: 1,
+        message: e.to_string(),
+    })
+}
+
+/// Refusals that need no lock and change nothing: dirty tree, wrong branch.
+fn preflight(ctx: &Context, opts: &ReleaseOptions, git: &Git) -> Result<String, EngineError> {
+    let dirty = git
+        .dirty()
+        .map_err(|e| EngineError::usage(e.to_string(), "is this a git clone?"))?;
+    if !dirty.is_empty() {
+        return Err(EngineError::usage(
+            format!(
+                "the working tree of {} has uncommitted changes:\n  {}",
+                ctx.project.root.display(),
+                dirty.join("\n  ")
+            ),
+            "commit, stash or discard them; a release starts from a clean clone",
+        ));
+    }
+    let main = &ctx.project.config.main_branch;
+    let branch = opts
+        .branch
+        .clone()
+        .or_else(|| git.branch())
+        .ok_or_else(|| EngineError::usage("HEAD is detached", format!("check out {main} first")))?;
+    if &branch != main && !opts.force_allow_non_main {
+        return Err(EngineError::usage(
+            format!("refusing to release branch `{branch}`: releases come from `{main}`"),
+            "for a hotfix release, pass --force-allow-non-main (then `cutover release return-to-main`)",
+        ));
+    }
+    Ok(branch)
+}
+
+async fn prepare(
+    ctx: &Context,
+    opts: &ReleaseOptions,
+    git: &Git,
+    log: &ReleaseLog,
+) -> Result<Option<StateFile>, Refusal> {
+    let branch = preflight(ctx, opts, git).map_err(Refusal::Usage)?;
+    let remote = &ctx.project.config.remote;
+    git.run(&["fetch", "--quiet", remote]).map_err(git_failed)?;
+    let base = git.head().map_err(git_failed)?;
+    if git.branch().as_deref() != Some(branch.as_str()) {
+        let tracking = format!("{remote}/{branch}");
+        let r = git.run(&["checkout", "--quiet", &branch]);
+        if r.is_err() {
+            git.run(&["checkout", "--quiet", "-b", &branch, "--track", &tracking])
+                .map_err(git_failed)?;
+        }
+    }
+    git.run(&["pull", "--quiet", "--ff-only", remote, &branch])
+        .map_err(git_failed)?;
+    let merge = git.head().map_err(git_failed)?;
+    if base == merge {
+        return Err(Refusal::NothingToRelease(format!(
+            "already up-to-date with {remote}/{branch} — nothing to release. If the clone was pulled by hand before this release, \
+             find the commit it was at with `git reflog`, `git reset --hard <pre-pull-sha>`, and run the release again"
+        )));
+    }
+    let ctx = ctx.reload()?;
+    let changes = git.changes(&base, &merge).map_err(git_failed)?;
+    let classification = classify(&ctx.project, &changes);
+    let mut state = StateFile {
+        ticket: opts.ticket.clone(),
+        branch,
+        base_sha: base,
+        merge_sha: merge,
+        services: classification.services.clone(),
+        ..StateFile::default()
+    };
+    // Written before anything else happens: from here, revert knows BASE_SHA.
+    state.save(&ctx.workspace)?;
+    say(
+        &ctx,
+        format!(
+            "prepare: BASE_SHA={} MERGE_SHA={} SERVICES=\"{}\"",
+            &state.base_sha[..12],
+            &state.merge_sha[..12],
+            state.services.join(" ")
+        ),
+    );
+
+    // What each affected allocation runs now, for revert to switch back to.
+    let records = ctx.store.allocations().await?;
+    let base_allocs: Vec<BaseAllocation> = records
+        .iter()
+        .filter(|r| state.services.contains(&r.job) && r.status != AllocStatus::Stopped)
+        .filter_map(|r| {
+            Some(BaseAllocation {
+                job: r.job.clone(),
+                worker: r.worker.clone(),
+                release_id: r.release_id.clone()?,
+                hash: r.hash.clone(),
+                version: r.version.clone(),
+            })
+        })
+        .collect();
+    let json = serde_json::to_string(&base_allocs).unwrap_or_default();
+    ctx.store.meta_put(&base_key(&opts.ticket), &json).await?;
+
+    // Backups, on each affected allocation whose job has one.
+    let wanted: Vec<&BaseAllocation> = base_allocs
+        .iter()
+        .filter(|b| {
+            ctx.project
+                .jobs
+                .get(&b.job)
+                .is_some_and(|j| j.manifest.backup.is_some())
+        })
+        .filter(|b| ctx.project.worker(&b.worker).is_some())
+        .collect();
+    if !wanted.is_empty() {
+        let workers: BTreeMap<String, cutover_model::Worker> = wanted
+            .iter()
+            .filter_map(|b| {
+                ctx.project
+                    .worker(&b.worker)
+                    .map(|w| (w.name.clone(), w.clone()))
+            })
+            .collect();
+        let fleet = Fleet::connect(
+            &ctx.project.config.ssh,
+            workers.into_values().collect(),
+            &ctx.reporter,
+        )
+        .await?;
+        for b in wanted {
+            let job = &ctx.project.jobs[&b.job];
+            let worker = ctx.project.worker(&b.worker).expect("filtered above");
+            let Some(backup) = &job.manifest.backup else {
+                continue;
+            };
+            let version = b.version.clone().unwrap_or_default();
+            let env = LifecycleEnv {
+                job,
+                worker,
+                release: &b.release_id,
+                current_version: &version,
+                new_version: &job.manifest.version,
+            };
+            let out = in_current(
+                ctx.project.config.ssh.command_timeout,
+                &fleet,
+                &env,
+                &backup.command,
+            )
+            .await;
+            let id = match out {
+                Ok(stdout) => stdout
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .map(|l| l.trim().to_string()),
+                Err(e) => {
+                    fleet.close().await;
+                    return Err(Refusal::Failed(PhaseError {
+                        rc: 1,
+                        message: format!("backup of {}@{} failed: {e}", b.job, b.worker),
+                    }));
+                }
+            };
+            let Some(id) = id.filter(|i| !i.contains(char::is_whitespace) && !i.contains('='))
+            else {
+                fleet.close().await;
+                return Err(Refusal::Failed(PhaseError {
+                    rc: 1,
+                    message: format!(
+                        "backup of {}@{}: `{}` printed no usable backup id (its last line must be the id, without spaces)",
+                        b.job, b.worker, backup.command
+                    ),
+                }));
+            };
+            say(
+                &ctx,
+                format!("prepare: backup {}@{} = {id}", b.job, b.worker),
+            );
+            log.phase(
+                Phase::Prepare,
+                "backup",
+                &format!("service={}@{} id={id}", b.job, b.worker),
+            )?;
+            state.backups.insert(format!("{}@{}", b.job, b.worker), id);
+            state.save(&ctx.workspace)?;
+        }
+        fleet.close().await;
+    }
+    Ok(Some(state))
+}
+
+/// Runs an operator command in an allocation's `current`, with the
+/// lifecycle environment; returns its stdout.
+pub(crate) async fn in_current(
+    timeout: std::time::Duration,
+    fleet: &Fleet,
+    env: &LifecycleEnv<'_>,
+    command: &str,
+) -> Result<String, String> {
+    let host = fleet.get(&env.worker.name)?;
+    let dir = format!("{}/current", env.worker.job_dir(&env.job.name));
+    let cmd = env.apply(Command::shell(command)).cwd(dir).timeout(timeout);
+    let out = host.run(&cmd).await.map_err(|e| e.to_string())?;
+    if out.success() {
+        Ok(out.stdout)
+    } else {
+        Err(format!(
+            "`{command}` exited {}: {}",
+            out.code.map_or("by signal".into(), |c| c.to_string()),
+            out.tail(5)
+        ))
+    }
+}
+
+async fn migrate(ctx: &Context, state: &StateFile) -> Result<Plan, PhaseError> {
+    let recorded: BTreeSet<String> = ctx
+        .store
+        .allocations()
+        .await
+        .map_err(EngineError::from)?
+        .into_iter()
+        .map(|a| a.job)
+        .collect();
+    let services: Vec<String> = state
+        .services
+        .iter()
+        .filter(|s| ctx.project.jobs.contains_key(*s) || recorded.contains(*s))
+        .cloned()
+        .collect();
+    if services.is_empty() {
+        say(ctx, "migrate: no service to deploy");
+        return Ok(Plan {
+            stops: Vec::new(),
+            waves: Vec::new(),
+        });
+    }
+    let opts = DeployOptions {
+        jobs: Some(services.into_iter().collect()),
+        command: format!("release {} migrate", state.ticket),
+        head: Some(state.merge_sha.clone()),
+        lock_held: true,
+        ..DeployOptions::default()
+    };
+    let report = deploy::deploy(ctx, &opts).await?;
+    if report.outcome.ok() {
+        return Ok(report.plan);
+    }
+    let failures: Vec<String> = report
+        .jobs
+        .iter()
+        .filter(|j| {
+            !matches!(
+                j.status,
+                deploy::JobStatus::Succeeded | deploy::JobStatus::Unchanged
+            )
+        })
+        .map(|j| format!("{}: {}", j.job, j.message))
+        .chain(
+            report
+                .stops
+                .iter()
+                .filter(|s| !s.ok)
+                .map(|s| format!("stop {}@{}: {}", s.job, s.worker, s.message)),
+        )
+        .collect();
+    Err(PhaseError {
+        rc: 1,
+        message: format!("the deploy of SERVICES failed: {}", failures.join("; ")),
+    })
+}
+
+fn ticket_script(ctx: &Context, ticket: &str) -> Result<Option<String>, EngineError> {
+    let dir = ctx.project.root.join("releases");
+    let prefix = format!("{ticket}-");
+    let mut found: Vec<String> = std::fs::read_dir(&dir)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&prefix) && n.ends_with(".sh"))
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    match found.len() {
+        0 => Ok(None),
+        1 => Ok(Some(format!("releases/{}", found[0]))),
+        _ => Err(EngineError::usage(
+            format!(
+                "ticket {ticket} has {} scripts: {}",
+                found.len(),
+                found.join(", ")
+            ),
+            format!("keep exactly one releases/{ticket}-*.sh"),
+        )),
+    }
+}
+
+async fn ticket(ctx: &Context, state: &StateFile) -> Result<String, PhaseError> {
+    let script = ticket_script(ctx, &state.ticket)?.ok_or_else(|| PhaseError {
+        rc: 1,
+        message: "the ticket script disappeared".into(),
+    })?;
+    say(ctx, format!("ticket: bash {script} --yes"));
+    let cmd = Command::new(["bash", script.as_str(), "--yes"])
+        .cwd(ctx.project.root.display().to_string())
+        .env("TICKET", &state.ticket)
+        .env("BASE_SHA", &state.base_sha)
+        .env("MERGE_SHA", &state.merge_sha)
+        .env("SERVICES", state.services.join(" "))
+        .timeout(ctx.project.config.ssh.command_timeout);
+    let local = cutover_transport::Host::Local {
+        name: "this machine".into(),
+    };
+    let out = local.run(&cmd).await.map_err(|e| PhaseError {
+        rc: 1,
+        message: e.to_string(),
+    })?;
+    for line in out.stdout.lines().chain(out.stderr.lines()) {
+        say(ctx, format!("ticket: | {line}"));
+    }
+    if out.success() {
+        Ok(script)
+    } else {
+        Err(PhaseError {
+            rc: out.code.unwrap_or(1),
+            message: format!(
+                "{script} exited {}: {}",
+                out.code.unwrap_or(-1),
+                out.tail(10)
+            ),
+        })
+    }
+}
+
+async fn verify(ctx: &Context, state: &StateFile, git: &Git) -> Result<(), PhaseError> {
+    let head = git.head().map_err(|e| PhaseError {
+        rc: 1,
+        message: e.to_string(),
+    })?;
+    if head != state.merge_sha {
+        return Err(PhaseError {
+            rc: 1,
+            message: format!(
+                "HEAD is {head}, not MERGE_SHA {}: the clone moved during the release",
+                state.merge_sha
+            ),
+        });
+    }
+    let services: BTreeSet<String> = state
+        .services
+        .iter()
+        .filter(|s| ctx.project.jobs.contains_key(*s))
+        .cloned()
+        .collect();
+    if services.is_empty() {
+        return Ok(());
+    }
+    let drift = crate::drift::drift(ctx, Some(&services)).await?;
+    let dirty: Vec<String> = drift
+        .allocations
+        .iter()
+        .filter(|a| a.state != "clean")
+        .map(|a| {
+            let files: Vec<&str> = a.files.iter().map(|f| f.path.as_str()).collect();
+            format!(
+                "{}@{}: {} {}{}",
+                a.job,
+                a.worker,
+                a.state,
+                files.join(", "),
+                a.message
+            )
+        })
+        .collect();
+    if !dirty.is_empty() {
+        return Err(PhaseError {
+            rc: 4,
+            message: format!("drift after migrate: {}", dirty.join("; ")),
+        });
+    }
+    let unhealthy = health_all(ctx, &services).await?;
+    if !unhealthy.is_empty() {
+        return Err(PhaseError {
+            rc: 1,
+            message: format!("unhealthy: {}", unhealthy.join("; ")),
+        });
+    }
+    say(
+        ctx,
+        format!(
+            "verify: HEAD == MERGE_SHA, no drift, healthy: {}",
+            services.into_iter().collect::<Vec<_>>().join(" ")
+        ),
+    );
+    Ok(())
+}
+
+/// Health checks (with their retries) of every allocation of `jobs`.
+pub(crate) async fn health_all(
+    ctx: &Context,
+    jobs: &BTreeSet<String>,
+) -> Result<Vec<String>, EngineError> {
+    let records = ctx.store.allocations().await?;
+    let kv = crate::kv::for_templates(ctx).await?;
+    let mut targets = Vec::new();
+    for r in &records {
+        let (Some(job), Some(worker)) =
+            (ctx.project.jobs.get(&r.job), ctx.project.worker(&r.worker))
+        else {
+            continue;
+        };
+        if jobs.contains(&r.job)
+            && !job.manifest.health.is_empty()
+            && r.status != AllocStatus::Stopped
+        {
+            targets.push((job, worker, r));
+        }
+    }
+    if targets.is_empty() {
+        return Ok(Vec::new());
+    }
+    let workers: BTreeMap<String, cutover_model::Worker> = targets
+        .iter()
+        .map(|(_, w, _)| (w.name.clone(), (*w).clone()))
+        .collect();
+    let fleet = Fleet::connect(
+        &ctx.project.config.ssh,
+        workers.into_values().collect(),
+        &ctx.reporter,
+    )
+    .await?;
+    let empty = BTreeMap::new();
+    let mut bad = Vec::new();
+    for (job, worker, r) in targets {
+        let version = r.version.clone().unwrap_or_default();
+        let release = r.release_id.clone().unwrap_or_default();
+        let env = LifecycleEnv {
+            job,
+            worker,
+            release: &release,
+            current_version: &version,
+            new_version: &version,
+        };
+        let result = match fleet.get(&worker.name) {
+            Ok(host) => {
+                crate::health::check_allocation(
+                    &host,
+                    &env,
+                    kv.get(&job.name).unwrap_or(&empty),
+                    &ctx.env,
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            bad.push(format!("{}@{}: {e}", job.name, worker.name));
+        }
+    }
+    fleet.close().await;
+    Ok(bad)
+}
+
+/// Every phase in preview: what MERGE_SHA would be, the plan, the backups
+/// and the ticket script. Nothing is pulled, written, backed up or deployed.
+async fn dry_run(
+    ctx: &Context,
+    opts: &ReleaseOptions,
+    git: &Git,
+    existing: Option<StateFile>,
+) -> Result<ReleaseReport, EngineError> {
+    let log_dry = |phase: &str, text: String| say(ctx, format!("{phase}: (dry run) {text}"));
+    let (state, plan_ctx, _tmp) = match (opts.from.filter(|p| *p != Phase::Prepare), existing) {
+        (Some(_), Some(state)) => (state, ctx.with_project((*ctx.project).clone()), None),
+        _ => {
+            let branch = preflight(ctx, opts, git)?;
+            let remote = &ctx.project.config.remote;
+            git.run(&["fetch", "--quiet", remote])
+                .map_err(|e| EngineError::usage(e.to_string(), "check the remote"))?;
+            let base = git
+                .head()
+                .map_err(|e| EngineError::usage(e.to_string(), "is this a git clone?"))?;
+            let merge = git.rev_parse(&format!("{remote}/{branch}")).map_err(|e| {
+                EngineError::usage(
+                    e.to_string(),
+                    format!("does {remote} have a branch {branch}?"),
+                )
+            })?;
+            let ff = git
+                .run(&["merge-base", "--is-ancestor", &base, &merge])
+                .is_ok();
+            if base == merge {
+                let report = ReleaseReport {
+                    ticket: opts.ticket.clone(),
+                    outcome: ReleaseOutcome::NothingToRelease {
+                        message: format!(
+                            "already up-to-date with {remote}/{branch} — nothing to release"
+                        ),
+                    },
+                    state: None,
+                    plan: None,
+                    script: None,
+                    failure_output: String::new(),
+                };
+                return Ok(report);
+            }
+            log_dry(
+                "prepare",
+                format!(
+                    "git pull --ff-only {remote} {branch}: {} -> {}{}",
+                    &base[..12],
+                    &merge[..12],
+                    if ff {
+                        ""
+                    } else {
+                        " (NOT a fast-forward: the real run would fail)"
+                    }
+                ),
+            );
+            let tmp = tempfile::Builder::new()
+                .prefix("cutover-release-")
+                .tempdir()
+                .map_err(EngineError::io("creating a temporary directory"))?;
+            git.export(&merge, tmp.path())
+                .map_err(|e| EngineError::usage(e.to_string(), "check the remote branch"))?;
+            let project =
+                cutover_model::Project::load(tmp.path(), &ctx.load).map_err(EngineError::Config)?;
+            let changes = git
+                .changes(&base, &merge)
+                .map_err(|e| EngineError::usage(e.to_string(), "check the revisions"))?;
+            let classification = classify(&project, &changes);
+            let state = StateFile {
+                ticket: opts.ticket.clone(),
+                branch,
+                base_sha: base,
+                merge_sha: merge,
+                services: classification.services,
+                ..StateFile::default()
+            };
+            (state, ctx.with_project(project), Some(tmp))
+        }
+    };
+    log_dry(
+        "prepare",
+        format!("SERVICES=\"{}\"", state.services.join(" ")),
+    );
+    let records = ctx.store.allocations().await?;
+    for r in records.iter().filter(|r| state.services.contains(&r.job)) {
+        if let Some(b) = plan_ctx
+            .project
+            .jobs
+            .get(&r.job)
+            .and_then(|j| j.manifest.backup.as_ref())
+        {
+            log_dry(
+                "prepare",
+                format!("would back up {}@{} with `{}`", r.job, r.worker, b.command),
+            );
+        }
+    }
+    let plan = super::plan::plan_services(&plan_ctx, &state.services).await?;
+    log_dry(
+        "migrate",
+        format!(
+            "would deploy {} job(s)",
+            plan.jobs().filter(|j| j.has_work()).count()
+        ),
+    );
+    let script = ticket_script(&plan_ctx, &opts.ticket)?;
+    match &script {
+        Some(s) => log_dry("ticket", format!("would run bash {s} --yes")),
+        None => log_dry("ticket", "no script: would be skipped".into()),
+    }
+    log_dry(
+        "verify",
+        "would check HEAD == MERGE_SHA, drift and health of SERVICES".into(),
+    );
+    Ok(ReleaseReport {
+        ticket: opts.ticket.clone(),
+        outcome: ReleaseOutcome::DryRun,
+        state: Some(state),
+        plan: Some(plan),
+        script,
+        failure_output: String::new(),
+    })
+}
