@@ -52,6 +52,12 @@ selectors = ["cache"]
 restart_policy = "reload"
 restart_globs = ["bin/**"]
 
+# A ticket release backs up the service's data before changing anything;
+# `cutover release revert` restores it.
+[backup]
+command = "make -s backup"
+restore = "make -s restore BACKUP={{ backup.id }}"
+
 [health]
 command = "make health"
 attempts = 10
@@ -93,7 +99,14 @@ stop:
 health:
 \t@grep -qx running \"$(CUTOVER_SHARED)/state\"
 
-.PHONY: start restart reload stop health
+# The last line a backup prints is its id.
+backup:
+\t@id=backup-$$(date +%Y%m%d_%H%M%S_%N); cp \"$(CUTOVER_SHARED)/state\" \"$(CUTOVER_SHARED)/$$id\"; echo $$id
+
+restore:
+\t@cp \"$(CUTOVER_SHARED)/$(BACKUP)\" \"$(CUTOVER_SHARED)/state\"
+
+.PHONY: start restart reload stop health backup restore
 ";
 
 pub const CACHE_SETTINGS: &str = "max_entries = 1000\n";

@@ -1,10 +1,13 @@
 //! `cutover demo`: the deploy flow on this machine, in seconds, with no
 //! setup: an example project on three local workers, a first deploy, a
 //! one-file change that reloads one allocation and skips the rest, status,
-//! drift, and cleanup.
+//! drift; then ticket releases through a real git remote: one that
+//! completes, one whose data migration breaks the service, and its revert.
 
-use super::{deploy, inspect, Session};
-use crate::args::{DeployArgs, Global, Progress};
+use std::path::Path;
+
+use super::{deploy, inspect, release, Session};
+use crate::args::{DeployArgs, Global, Progress, ReleaseCommand};
 use crate::error::CliError;
 
 fn step(title: &str) {
@@ -97,9 +100,178 @@ pub async fn run(g: &Global) -> Result<u8, CliError> {
     deploy::run(&s, force).await?;
     inspect::drift(&s, None).await?;
 
+    release_demo(&dir, tmp.path(), &g).await?;
+
     s.store.close().await;
     step("cleanup");
     println!("removed {}", tmp.path().display());
     drop(tmp);
     Ok(0)
+}
+
+fn git(dir: &Path, args: &[&str]) -> Result<String, CliError> {
+    let out = std::process::Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .map_err(|e| {
+            CliError::usage(
+                format!("cannot run git: {e}"),
+                "install git to see the release part of the demo",
+            )
+        })?;
+    if !out.status.success() {
+        return Err(CliError::usage(
+            format!(
+                "git {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            "this is a bug in the demo; please report it",
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn identity(dir: &Path) -> Result<(), CliError> {
+    git(dir, &["config", "user.name", "cutover demo"])?;
+    git(dir, &["config", "user.email", "demo@cutover.invalid"])?;
+    Ok(())
+}
+
+/// A developer merges a branch into main and pushes it.
+fn merge(dev: &Path, branch: &str, files: &[(&str, &str)]) -> Result<(), CliError> {
+    git(dev, &["checkout", "-q", "-b", branch])?;
+    for (rel, text) in files {
+        let path = dev.join(rel);
+        if let Some(parent) = path.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        std::fs::write(&path, text)
+            .map_err(|e| CliError::usage(format!("cannot write {rel}: {e}"), "check TMPDIR"))?;
+    }
+    git(dev, &["add", "-A"])?;
+    git(dev, &["commit", "-q", "-m", &format!("work on {branch}")])?;
+    git(dev, &["checkout", "-q", "main"])?;
+    git(
+        dev,
+        &[
+            "merge",
+            "-q",
+            "--no-ff",
+            "-m",
+            &format!("Merge {branch}"),
+            branch,
+        ],
+    )?;
+    git(dev, &["push", "-q", "origin", "main"])?;
+    Ok(())
+}
+
+fn run_args(ticket: &str) -> ReleaseCommand {
+    ReleaseCommand::Run {
+        ticket: ticket.into(),
+        branch: None,
+        dry_run: false,
+        from: None,
+        skip_prepare: false,
+        skip_migrate: false,
+        skip_ticket: false,
+        skip_verify: false,
+        force_allow_non_main: false,
+    }
+}
+
+async fn release_demo(project: &Path, tmp: &Path, g: &Global) -> Result<(), CliError> {
+    step("git: the project goes into a repository with a bare origin; a developer clones it");
+    let origin = tmp.join("origin.git");
+    git(
+        tmp,
+        &[
+            "init",
+            "-q",
+            "--bare",
+            "-b",
+            "main",
+            origin.to_str().unwrap_or("origin.git"),
+        ],
+    )?;
+    git(project, &["init", "-q", "-b", "main"])?;
+    identity(project)?;
+    git(project, &["add", "-A"])?;
+    git(project, &["commit", "-q", "-m", "example project"])?;
+    git(
+        project,
+        &[
+            "remote",
+            "add",
+            "origin",
+            origin.to_str().unwrap_or_default(),
+        ],
+    )?;
+    git(project, &["push", "-q", "-u", "origin", "main"])?;
+    let dev = tmp.join("dev");
+    git(
+        tmp,
+        &["clone", "-q", origin.to_str().unwrap_or_default(), "dev"],
+    )?;
+    identity(&dev)?;
+    println!(
+        "origin: {}\ndeveloper clone: {}\ndeploy clone (where cutover runs): {}",
+        origin.display(),
+        dev.display(),
+        project.display()
+    );
+
+    step("ticket 101 is merged: a new greeting; cutover release run 101");
+    merge(
+        &dev,
+        "feat/101",
+        &[(
+            "jobs/hello/greeting.txt.tpl",
+            "Hello again from {{ worker.name }}\n",
+        )],
+    )?;
+    let s = Session::open_at(project, g, "release-run").await?;
+    release::run(&s, run_args("101")).await?;
+    println!("state file .cutover/releases/101.env:");
+    print!(
+        "{}",
+        std::fs::read_to_string(project.join(".cutover/releases/101.env")).unwrap_or_default()
+    );
+
+    step("ticket 102 is merged: its data migration breaks the cache; cutover release run 102");
+    merge(
+        &dev,
+        "feat/102",
+        &[
+            ("jobs/cache/settings.txt", "max_entries = 9000\n"),
+            ("releases/102-migrate.sh", "#!/bin/sh\necho \"migrating cache data for $TICKET\"\necho corrupted > local-workers/local-1/jobs/cache/shared/state\n"),
+        ],
+    )?;
+    let rc = release::run(&s, run_args("102")).await?;
+    println!("(exit code {rc})");
+
+    step("cutover release revert 102   (backup restored, old release back, merge reverted; nothing pushed)");
+    let s = Session::open_at(project, g, "release-revert").await?;
+    release::run(
+        &s,
+        ReleaseCommand::Revert {
+            ticket: "102".into(),
+            skip_git: false,
+            skip_data: false,
+        },
+    )
+    .await?;
+    println!("git log: {}", git(project, &["log", "-1", "--format=%s"])?);
+    inspect::drift(&s, None).await?;
+    release::run(
+        &s,
+        ReleaseCommand::State {
+            ticket: "102".into(),
+        },
+    )
+    .await?;
+    let _ = s;
+    Ok(())
 }

@@ -7,7 +7,7 @@ mod init;
 mod inspect;
 mod kv;
 pub mod playbook;
-mod release;
+pub mod release;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -201,3 +201,55 @@ fn unknown_jobs_and_commands_are_bad_input() {
         "{out:?}"
     );
 }
+
+#[test]
+fn playbooks_are_validated_created_listed_and_checked() {
+    let p = project();
+    p.expect(&["playbook", "new", "verify-race"], 0);
+    p.expect(&["playbook", "new", "verify-race"], 2);
+    let out = p.expect(&["check"], 0);
+    assert!(out.stdout.contains("1 playbook(s)"), "{out:?}");
+    let list = p.expect(&["playbook", "list"], 0);
+    assert!(
+        list.stdout.contains("verify-race")
+            && list.stdout.contains("recovery/playbooks/verify-race.yaml"),
+        "{list:?}"
+    );
+
+    p.write(
+        "recovery/playbooks/bad.yaml",
+        "- id: broken\n  match: [\"unhealthy (\"]\n  phases: [deploy]\n",
+    );
+    let out = p.expect(&["check"], 2);
+    assert!(
+        out.stderr.contains(
+            "recovery/playbooks/bad.yaml:1:1: error: playbook `broken`: bad regex `unhealthy (`"
+        ),
+        "{out:?}"
+    );
+    assert!(out.stderr.contains("unknown phase `deploy`"), "{out:?}");
+    p.write("recovery/playbooks/bad.yaml", "- id: typo\n  symtom: x\n");
+    let out = p.expect(&["check"], 2);
+    assert!(
+        out.stderr.contains("recovery/playbooks/bad.yaml:2:")
+            && out.stderr.contains("unknown field `symtom`"),
+        "{out:?}"
+    );
+
+    p.write(
+        "recovery/playbooks/bad.yaml",
+        "- id: disk-full\n  detection:\n    - command: echo 'Use% 100%'\n      expect: \"100%\"\n  fix:\n    adhoc: free some space\n- id: never\n  detection:\n    - command: echo fine\n      expect: broken\n",
+    );
+    let yes = p.expect(&["playbook", "check", "disk-full"], 0);
+    assert!(
+        yes.stdout
+            .contains("playbook disk-full applies: free some space"),
+        "{yes:?}"
+    );
+    let no = p.expect(&["playbook", "check", "never"], 0);
+    assert!(
+        no.stdout.contains("playbook never does not apply now"),
+        "{no:?}"
+    );
+    p.expect(&["playbook", "check", "nope"], 2);
+}

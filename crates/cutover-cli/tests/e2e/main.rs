@@ -6,4 +6,6 @@ mod support;
 mod check;
 mod deploy;
 mod lifecycle;
+mod plan;
+mod release;
 mod secrets;

@@ -269,6 +269,7 @@ impl Fleet {
 /// passes while `health.txt` (if any) says `ok`.
 pub const MAKEFILE: &str = "\
 start:
+\t@test -f \"$(CUTOVER_SHARED)/data.txt\" || echo \"data-$(NEW_VERSION)\" > \"$(CUTOVER_SHARED)/data.txt\"
 \t@echo \"start $(CUTOVER_RELEASE) $(NEW_VERSION) $$(date +%s%N)\" >> \"$(CUTOVER_SHARED)/events.log\"
 \t@echo running > \"$(CUTOVER_SHARED)/state\"
 restart:
@@ -278,12 +279,46 @@ reload:
 \t@echo \"reload $(CUTOVER_RELEASE) $$(date +%s%N)\" >> \"$(CUTOVER_SHARED)/events.log\"
 stop:
 \t@echo \"stop $(CUTOVER_JOB) $(CUTOVER_WORKER)\" >> \"$(CUTOVER_ROOT)/stopped.log\"
+backup:
+\t@id=b$$(date +%s%N); cp \"$(CUTOVER_SHARED)/data.txt\" \"$(CUTOVER_SHARED)/$$id\"; echo \"saved $$id\"; echo $$id
+restore:
+\t@cp \"$(CUTOVER_SHARED)/$(BACKUP)\" \"$(CUTOVER_SHARED)/data.txt\"
 health:
+\t@test \"$$(cat \"$(CUTOVER_SHARED)/data.txt\" 2>/dev/null)\" != corrupt
 \t@test \"$$(cat health.txt 2>/dev/null || echo ok)\" = ok
 \t@grep -qx running \"$(CUTOVER_SHARED)/state\"
 \t@echo \"healthy $$(date +%s%N)\" >> \"$(CUTOVER_SHARED)/events.log\"
-.PHONY: start restart reload stop health
+.PHONY: start restart reload stop health backup restore
 ";
+
+/// Writes `text` to `dir/rel`, creating directories.
+pub fn write_file(dir: &Path, rel: &str, text: &str) {
+    let p = dir.join(rel);
+    std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+    std::fs::write(p, text).expect("write");
+}
+
+/// A job with the test Makefile and, unless the manifest has one, a health check.
+pub fn write_job(dir: &Path, name: &str, manifest: &str) {
+    let health = if manifest.contains("[health]") {
+        String::new()
+    } else {
+        "\n[health]\ncommand = \"make -s health\"\nattempts = 2\ninterval = \"100ms\"\n".to_string()
+    };
+    write_file(
+        dir,
+        &format!("jobs/{name}/job.toml"),
+        &format!("{manifest}{health}"),
+    );
+    write_file(dir, &format!("jobs/{name}/Makefile"), MAKEFILE);
+}
+
+/// Runs git in `dir` and returns its stdout; panics on failure.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    run_ok(Command::new("git").args(args).current_dir(dir))
+        .trim()
+        .to_string()
+}
 
 /// A project directory with helpers to write files and run cutover in it.
 pub struct Project {

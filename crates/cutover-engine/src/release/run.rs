@@ -169,7 +169,7 @@ pub async fn run(ctx: &Context, opts: &ReleaseOptions) -> Result<ReleaseReport, 
         log.phase(phase, "start", "")?;
         say(ctx, format!("{}: start", phase.as_str()));
         let result = match phase {
-            Phase::Prepare => prepare(&ctx_now, opts, &git, &log).await,
+            Phase::Prepare => prepare(&ctx_now, opts, &git).await,
             Phase::Migrate => migrate(&ctx_now, &state)
                 .await
                 .map(|plan| {
@@ -300,7 +300,6 @@ async fn prepare(
     ctx: &Context,
     opts: &ReleaseOptions,
     git: &Git,
-    log: &ReleaseLog,
 ) -> Result<Option<StateFile>, Refusal> {
     let branch = preflight(ctx, opts, git).map_err(Refusal::Usage)?;
     let remote = &ctx.project.config.remote;
@@ -440,11 +439,6 @@ async fn prepare(
                 &ctx,
                 format!("prepare: backup {}@{} = {id}", b.job, b.worker),
             );
-            log.phase(
-                Phase::Prepare,
-                "backup",
-                &format!("service={}@{} id={id}", b.job, b.worker),
-            )?;
             state.backups.insert(format!("{}@{}", b.job, b.worker), id);
             state.save(&ctx.workspace)?;
         }

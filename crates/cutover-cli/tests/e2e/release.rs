@@ -1,0 +1,636 @@
+//! Ticket releases against real git repositories (a bare `origin`, a
+//! developer clone that merges and pushes, the deploy host's clone where
+//! cutover runs) and the real sshd fleet.
+
+use std::path::{Path, PathBuf};
+
+use crate::support::{git, snapshot, write_file, write_job, Fleet, Project};
+
+struct Setup {
+    fleet: Fleet,
+    _base: tempfile::TempDir,
+    /// A developer's clone: changes are committed, merged and pushed here.
+    dev: PathBuf,
+    /// The deploy host's clone, where cutover runs.
+    p: Project,
+}
+
+const API: &str = "version = \"1\"\nselectors = [\"web\"]\n[backup]\ncommand = \"make -s backup\"\nrestore = \"make -s restore BACKUP={{ backup.id }}\"\n";
+
+fn identity(dir: &Path) {
+    git(dir, &["config", "user.name", "Dev"]);
+    git(dir, &["config", "user.email", "dev@example.com"]);
+}
+
+/// Jobs api (with a backup), web and other on `n` workers; deployed once.
+fn setup(n: usize) -> Setup {
+    let fleet = Fleet::start(n);
+    let base = tempfile::tempdir().expect("tempdir");
+    let origin = base.path().join("origin.git");
+    git(
+        base.path(),
+        &[
+            "init",
+            "-q",
+            "--bare",
+            "-b",
+            "main",
+            origin.to_str().expect("utf8"),
+        ],
+    );
+    let dev = base.path().join("dev");
+    git(
+        base.path(),
+        &["clone", "-q", origin.to_str().expect("utf8"), "dev"],
+    );
+    identity(&dev);
+    git(&dev, &["checkout", "-q", "-b", "main"]);
+    let names: Vec<String> = fleet.workers.iter().map(|w| w.name.clone()).collect();
+    let labels: Vec<(&str, &[&str])> = names.iter().map(|n| (n.as_str(), &["web"][..])).collect();
+    write_file(&dev, "cutover.toml", &fleet.project_toml());
+    write_file(&dev, "workers.toml", &fleet.workers_toml(&labels));
+    write_file(&dev, ".gitignore", ".cutover/\n");
+    write_job(&dev, "api", API);
+    write_job(&dev, "web", "version = \"1\"\nselectors = [\"web\"]\n");
+    write_job(&dev, "other", "version = \"1\"\nselectors = [\"web\"]\n");
+    git(&dev, &["add", "-A"]);
+    git(&dev, &["commit", "-q", "-m", "initial"]);
+    git(&dev, &["push", "-q", "-u", "origin", "main"]);
+
+    let p = Project::new();
+    git(
+        p.path(),
+        &["clone", "-q", origin.to_str().expect("utf8"), "."],
+    );
+    identity(p.path());
+    p.expect(&["deploy"], 0);
+    Setup {
+        fleet,
+        _base: base,
+        dev,
+        p,
+    }
+}
+
+impl Setup {
+    /// Commits `files` on a feature branch and merges it into main with a
+    /// merge commit, then pushes main.
+    fn merge(&self, branch: &str, files: &[(&str, &str)]) {
+        git(&self.dev, &["checkout", "-q", "-b", branch]);
+        for (rel, text) in files {
+            write_file(&self.dev, rel, text);
+        }
+        git(&self.dev, &["add", "-A"]);
+        git(
+            &self.dev,
+            &["commit", "-q", "-m", &format!("work on {branch}")],
+        );
+        git(&self.dev, &["checkout", "-q", "main"]);
+        git(
+            &self.dev,
+            &[
+                "merge",
+                "-q",
+                "--no-ff",
+                "-m",
+                &format!("Merge {branch}"),
+                branch,
+            ],
+        );
+        git(&self.dev, &["push", "-q", "origin", "main"]);
+    }
+
+    fn head(&self) -> String {
+        git(self.p.path(), &["rev-parse", "HEAD"])
+    }
+
+    fn state_file(&self, ticket: &str) -> String {
+        std::fs::read_to_string(
+            self.p
+                .path()
+                .join(format!(".cutover/releases/{ticket}.env")),
+        )
+        .unwrap_or_default()
+    }
+
+    /// `phase event` pairs of the release's audit log, with the format checked.
+    fn log_events(&self, ticket: &str) -> Vec<String> {
+        let text = std::fs::read_to_string(
+            self.p
+                .path()
+                .join(format!(".cutover/releases/{ticket}.log")),
+        )
+        .expect("log");
+        text.lines()
+            .map(|l| {
+                let words: Vec<&str> = l.split(' ').collect();
+                assert!(
+                    words[0].len() == 25 && words[0].ends_with("+00:00"),
+                    "timestamp: {l}"
+                );
+                assert_eq!(words[1], format!("ticket={ticket}"), "{l}");
+                words[2..].join(" ")
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn a_merge_touching_two_jobs_is_released_in_four_phases() {
+    let s = setup(2);
+    let base = s.head();
+    s.merge(
+        "feat/1234",
+        &[
+            ("jobs/api/app.conf", "api = 2\n"),
+            ("jobs/web/page.html", "<p>2</p>\n"),
+        ],
+    );
+    let out = s.p.expect(&["release", "run", "1234"], 0);
+    assert_eq!(
+        out.stdout.lines().last(),
+        Some("[release-run] release 1234 complete"),
+        "{out:?}"
+    );
+    let merge = s.head();
+    assert_ne!(base, merge);
+
+    let state = s.state_file("1234");
+    let lines: Vec<&str> = state.lines().collect();
+    assert_eq!(
+        &lines[..6],
+        [
+            "TICKET=1234",
+            "BRANCH=main",
+            &format!("BASE_SHA={base}"),
+            &format!("MERGE_SHA={merge}"),
+            "SERVICES=\"api web\"",
+            "SKIPPED_METADATA=\"\"",
+        ]
+    );
+    let backups = lines[6]
+        .strip_prefix("BACKUPS=\"")
+        .and_then(|b| b.strip_suffix('"'))
+        .expect("BACKUPS");
+    let keys: Vec<&str> = backups
+        .split(' ')
+        .map(|b| b.split('=').next().unwrap_or(""))
+        .collect();
+    assert_eq!(keys, ["api@w1", "api@w2"], "{state}");
+    assert_eq!(lines.len(), 7);
+
+    assert_eq!(
+        s.log_events("1234"),
+        [
+            "phase=prepare event=start",
+            "phase=prepare event=done rc=0",
+            "phase=migrate event=start",
+            "phase=migrate event=done rc=0",
+            "phase=ticket event=skipped-no-script",
+            "phase=verify event=start",
+            "phase=verify event=done rc=0",
+            "phase=orchestrator event=done rc=0",
+        ]
+    );
+    for w in &s.fleet.workers {
+        assert_eq!(w.read("jobs/api/current/app.conf"), "api = 2\n");
+        assert_eq!(w.read("jobs/web/current/page.html"), "<p>2</p>\n");
+        assert!(w.current("api").expect("api").starts_with("r000002-"));
+        assert!(
+            w.current("other").expect("other").starts_with("r000001-"),
+            "other was untouched"
+        );
+        assert_eq!(
+            w.events("other").len(),
+            2,
+            "other: start and health only: {:?}",
+            w.events("other")
+        );
+        let id = backups
+            .split(' ')
+            .find(|b| b.starts_with(&format!("api@{}=", w.name)))
+            .and_then(|b| b.split('=').nth(1))
+            .expect("id");
+        assert_eq!(
+            w.read(&format!("jobs/api/shared/{id}")),
+            "data-1\n",
+            "the backup saved the data file"
+        );
+    }
+    let st = s.p.expect(&["release", "state", "1234"], 0);
+    assert!(st.stdout.starts_with("release 1234: complete"), "{st:?}");
+    let json = s.p.expect(&["release", "state", "1234", "--json"], 0);
+    let doc: serde_json::Value = serde_json::from_str(&json.stdout).expect("json");
+    assert_eq!(doc["standing"], "complete");
+    assert_eq!(doc["state"]["merge_sha"], merge.as_str());
+    s.p.expect(&["drift"], 0);
+}
+
+#[test]
+fn revert_drill_restores_the_backup_the_old_release_and_reverts_git() {
+    let s = setup(2);
+    let old = s.fleet.worker("w1").current("api").expect("current");
+    // The ticket script is a data migration that corrupts the data: the
+    // service turns unhealthy, and verify fails.
+    let mut script = String::from("#!/bin/sh\nset -e\n");
+    for w in &s.fleet.workers {
+        script.push_str(&format!(
+            "echo corrupt > {}/jobs/api/shared/data.txt\n",
+            w.root.display()
+        ));
+    }
+    s.merge(
+        "feat/9999",
+        &[
+            ("jobs/api/app.conf", "api = broken\n"),
+            ("releases/9999-migrate.sh", &script),
+        ],
+    );
+    let merge_before = {
+        git(s.p.path(), &["fetch", "-q"]);
+        git(s.p.path(), &["rev-parse", "origin/main"])
+    };
+    let out = s.p.expect(&["release", "run", "9999"], 1);
+    assert!(
+        out.stdout.contains(
+            "release-run failed in phase verify. To roll back:\n  cutover release revert 9999"
+        ),
+        "{out:?}"
+    );
+    assert!(out.stdout.contains("unhealthy"), "{out:?}");
+    for w in &s.fleet.workers {
+        assert_eq!(w.read("jobs/api/shared/data.txt"), "corrupt\n");
+    }
+    let st = s.p.expect(&["release", "state", "9999"], 0);
+    assert!(
+        st.stdout.starts_with("release 9999: failed in verify"),
+        "{st:?}"
+    );
+
+    let out = s.p.expect(&["release", "revert", "9999"], 0);
+    assert!(
+        out.stdout
+            .contains("[release-revert] release 9999 reverted"),
+        "{out:?}"
+    );
+    for w in &s.fleet.workers {
+        assert_eq!(
+            w.read("jobs/api/shared/data.txt"),
+            "data-1\n",
+            "the backup came back on {}",
+            w.name
+        );
+        assert_eq!(
+            w.current("api").as_deref(),
+            Some(old.as_str()),
+            "the old release runs on {}",
+            w.name
+        );
+        assert_eq!(w.read("jobs/api/current/app.conf"), "");
+        let ev = w.events("api");
+        let last_restart = ev
+            .iter()
+            .rev()
+            .find(|l| l.starts_with("restart"))
+            .expect("restarted");
+        assert!(
+            last_restart.starts_with(&format!("restart {old}")),
+            "{ev:?}"
+        );
+    }
+    let subject = git(s.p.path(), &["log", "-1", "--format=%s"]);
+    assert!(
+        subject.starts_with("Revert \"Merge feat/9999\""),
+        "{subject}"
+    );
+    assert_eq!(git(s.p.path(), &["rev-parse", "HEAD~1"]), merge_before);
+    assert_eq!(
+        git(s.p.path(), &["rev-parse", "origin/main"]),
+        merge_before,
+        "nothing was pushed"
+    );
+    let drift = s.p.expect(&["drift"], 0);
+    assert!(!drift.stdout.contains("DRIFT"), "{drift:?}");
+    assert!(s
+        .p
+        .expect(&["release", "state", "9999"], 0)
+        .stdout
+        .starts_with("release 9999: reverted"));
+    assert!(s.log_events("9999").ends_with(&[
+        "phase=revert event=start".to_string(),
+        "phase=revert event=done rc=0".to_string()
+    ]));
+}
+
+#[test]
+fn a_failed_ticket_script_resumes_from_ticket_without_redoing_earlier_phases() {
+    let s = setup(1);
+    let marker = s._base.path().join("ran-once");
+    let script = format!("#!/bin/sh\nif [ ! -e {m} ]; then touch {m}; echo 'lock timeout' >&2; exit 7; fi\necho \"migrated $TICKET $SERVICES\"\n", m = marker.display());
+    s.merge(
+        "feat/77",
+        &[
+            ("jobs/api/app.conf", "api = 77\n"),
+            ("releases/77-data.sh", &script),
+        ],
+    );
+    let out = s.p.expect(&["release", "run", "77"], 1);
+    assert!(
+        out.stdout.contains("release-run failed in phase ticket"),
+        "{out:?}"
+    );
+    assert!(out.stdout.contains("lock timeout"), "{out:?}");
+    let w = s.fleet.worker("w1");
+    let releases = w.releases("api");
+    let backups_before = snapshot(&w.path("jobs/api/shared")).len();
+
+    // A playbook that knows this failure is offered, and `playbook match` finds it again.
+    write_file(s.p.path(), "recovery/playbooks/ticket.yaml", "- id: ticket-lock-timeout\n  symptom: the ticket script hits a lock timeout\n  match: [\"lock timeout\"]\n  phases: [ticket]\n  fix:\n    adhoc: |\n      cutover release run 77 --from=ticket\n");
+    let m = s.p.expect(&["playbook", "match", "77"], 0);
+    assert!(
+        m.stdout.contains("ticket-lock-timeout")
+            && m.stdout
+                .contains("fix: cutover release run 77 --from=ticket"),
+        "{m:?}"
+    );
+    std::fs::remove_dir_all(s.p.path().join("recovery")).expect("rm");
+
+    let out = s.p.expect(&["release", "run", "77", "--from=ticket"], 0);
+    assert!(out.stdout.contains("migrated 77 api"), "{out:?}");
+    assert_eq!(w.releases("api"), releases, "no re-upload");
+    assert_eq!(
+        snapshot(&w.path("jobs/api/shared")).len(),
+        backups_before,
+        "no second backup"
+    );
+    let events = s.log_events("77");
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.starts_with("phase=prepare"))
+            .count(),
+        2,
+        "{events:?}"
+    );
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.starts_with("phase=migrate"))
+            .count(),
+        2,
+        "{events:?}"
+    );
+    assert!(
+        events.contains(&"phase=ticket event=failed rc=7".to_string()),
+        "{events:?}"
+    );
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("phase=orchestrator event=done rc=0")
+    );
+}
+
+#[test]
+fn a_release_killed_mid_migrate_resumes_from_migrate() {
+    let s = setup(2);
+    let slow = crate::support::MAKEFILE.replace("restart:\n", "restart:\n\t@sleep 2\n");
+    s.merge(
+        "feat/55",
+        &[("jobs/web/Makefile", &slow), ("jobs/web/page.html", "55\n")],
+    );
+    let mut child = std::process::Command::new(crate::support::BIN)
+        .args(["release", "run", "55"])
+        .current_dir(s.p.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let log = s.p.path().join(".cutover/releases/55.log");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("phase=migrate event=start")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "migrate never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    child.kill().expect("kill -9"); // SIGKILL
+    child.wait().expect("reaped");
+    assert!(!std::fs::read_to_string(&log)
+        .expect("log")
+        .contains("phase=migrate event=done"));
+
+    let out = s.p.expect(&["release", "run", "55", "--from=migrate"], 0);
+    assert_eq!(
+        out.stdout.lines().last(),
+        Some("[release-run] release 55 complete"),
+        "{out:?}"
+    );
+    for w in &s.fleet.workers {
+        assert_eq!(w.read("jobs/web/current/page.html"), "55\n", "{}", w.name);
+    }
+    let audit = std::fs::read_to_string(s.p.path().join(".cutover/audit.log")).expect("audit");
+    assert!(
+        audit.contains("took over the stale lock")
+            || audit.contains("release run 55 --from=migrate"),
+        "{audit}"
+    );
+    s.p.expect(&["drift"], 0);
+}
+
+#[test]
+fn refusals_change_nothing() {
+    let s = setup(1);
+    // Nothing merged: nothing to release.
+    let out = s.p.expect(&["release", "run", "1"], 5);
+    assert!(
+        out.stderr
+            .contains("already up-to-date with origin/main — nothing to release"),
+        "{out:?}"
+    );
+    assert!(!s.p.path().join(".cutover/releases/1.env").exists());
+
+    // Pulled by hand before the release: exit 5 and the way back.
+    s.merge("feat/2", &[("jobs/web/x.txt", "2\n")]);
+    let before = s.head();
+    git(s.p.path(), &["pull", "-q"]);
+    let out = s.p.expect(&["release", "run", "2"], 5);
+    assert!(
+        out.stderr.contains("git reflog") && out.stderr.contains("git reset --hard <pre-pull-sha>"),
+        "{out:?}"
+    );
+    git(s.p.path(), &["reset", "-q", "--hard", &before]);
+
+    // A dirty tree is refused before anything happens.
+    write_file(s.p.path(), "jobs/web/stray.txt", "x\n");
+    let out = s.p.expect(&["release", "run", "2"], 2);
+    assert!(
+        out.stderr.contains("uncommitted changes") && out.stderr.contains("jobs/web/stray.txt"),
+        "{out:?}"
+    );
+    assert_eq!(s.head(), before, "no pull");
+    std::fs::remove_file(s.p.path().join("jobs/web/stray.txt")).expect("rm");
+
+    // Another branch needs the flag.
+    git(s.p.path(), &["checkout", "-q", "-b", "topic"]);
+    let out = s.p.expect(&["release", "run", "2"], 2);
+    assert!(
+        out.stderr.contains("refusing to release branch `topic`")
+            && out.stderr.contains("--force-allow-non-main"),
+        "{out:?}"
+    );
+    git(s.p.path(), &["checkout", "-q", "main"]);
+
+    // Resuming needs a state file; a bad ticket id is bad input.
+    let out = s.p.expect(&["release", "run", "3", "--from=verify"], 2);
+    assert!(out.stderr.contains("no state file for ticket 3"), "{out:?}");
+    s.p.expect(&["release", "revert", "3"], 2);
+    s.p.expect(&["release", "run", "../x"], 2);
+    assert_eq!(s.head(), before);
+    s.p.expect(&["release", "run", "2"], 0);
+}
+
+#[test]
+fn dry_run_previews_every_phase_and_changes_nothing() {
+    let s = setup(2);
+    s.merge(
+        "feat/8",
+        &[
+            ("jobs/api/app.conf", "8\n"),
+            ("releases/8-x.sh", "#!/bin/sh\necho hi\n"),
+        ],
+    );
+    let clone_before = snapshot(s.p.path());
+    let head = s.head();
+    let workers_before: Vec<_> = s.fleet.workers.iter().map(|w| snapshot(&w.root)).collect();
+    let out = s.p.expect(&["release", "run", "8", "--dry-run"], 0);
+    for needle in [
+        "SERVICES=\"api\"",
+        "would back up api@w1",
+        "would run bash releases/8-x.sh --yes",
+        "restart",
+        "dry run: nothing was changed",
+    ] {
+        assert!(out.stdout.contains(needle), "missing `{needle}`:\n{out:?}");
+    }
+    assert_eq!(s.head(), head, "no pull");
+    let unchanged = |a: &[(String, u32, Vec<u8>)], b: &[(String, u32, Vec<u8>)]| {
+        // The fetch may update remote-tracking refs and git's own bookkeeping;
+        // the SQLite files may be checkpointed. Everything else is byte-for-byte.
+        let keep =
+            |f: &&(String, u32, Vec<u8>)| !f.0.starts_with(".git/") && !f.0.contains("state.db");
+        a.iter().filter(keep).eq(b.iter().filter(keep))
+    };
+    assert!(
+        unchanged(&clone_before, &snapshot(s.p.path())),
+        "the dry run changed the clone or .cutover/"
+    );
+    assert!(!s.p.path().join(".cutover/releases").exists());
+    let workers_after: Vec<_> = s.fleet.workers.iter().map(|w| snapshot(&w.root)).collect();
+    assert!(
+        workers_before == workers_after,
+        "the dry run changed a worker"
+    );
+}
+
+#[test]
+fn hotfix_release_then_return_to_main() {
+    let s = setup(1);
+    git(&s.dev, &["checkout", "-q", "-b", "hotfix/x"]);
+    write_file(&s.dev, "jobs/web/page.html", "hotfix\n");
+    git(&s.dev, &["add", "-A"]);
+    git(&s.dev, &["commit", "-q", "-m", "hotfix"]);
+    git(&s.dev, &["push", "-q", "origin", "hotfix/x"]);
+    git(&s.dev, &["checkout", "-q", "main"]);
+
+    s.p.expect(&["release", "run", "1235", "hotfix/x"], 2);
+    let out = s.p.expect(
+        &[
+            "release",
+            "run",
+            "1235",
+            "hotfix/x",
+            "--force-allow-non-main",
+        ],
+        0,
+    );
+    assert!(
+        out.stdout
+            .ends_with("[release-run] release 1235 complete\n"),
+        "{out:?}"
+    );
+    assert!(s.state_file("1235").contains("BRANCH=hotfix/x\n"));
+    let w = s.fleet.worker("w1");
+    assert_eq!(w.read("jobs/web/current/page.html"), "hotfix\n");
+
+    // Main moves on (with the hotfix merged); return-to-main deploys it.
+    git(
+        &s.dev,
+        &[
+            "merge",
+            "-q",
+            "--no-ff",
+            "-m",
+            "Merge hotfix",
+            "origin/hotfix/x",
+        ],
+    );
+    write_file(&s.dev, "jobs/api/app.conf", "main\n");
+    git(&s.dev, &["add", "-A"]);
+    git(&s.dev, &["commit", "-q", "-m", "main work"]);
+    git(&s.dev, &["push", "-q", "origin", "main"]);
+    let out = s.p.expect(&["release", "return-to-main"], 0);
+    assert!(
+        out.stdout.contains("back on main: deployed and clean"),
+        "{out:?}"
+    );
+    assert_eq!(
+        git(s.p.path(), &["rev-parse", "--abbrev-ref", "HEAD"]),
+        "main"
+    );
+    assert_eq!(s.head(), git(&s.dev, &["rev-parse", "HEAD"]));
+    assert_eq!(w.read("jobs/api/current/app.conf"), "main\n");
+    assert_eq!(w.read("jobs/web/current/page.html"), "hotfix\n");
+}
+
+#[test]
+fn two_concurrent_runs_exactly_one_proceeds() {
+    let s = setup(1);
+    let slow = crate::support::MAKEFILE.replace("restart:\n", "restart:\n\t@sleep 3\n");
+    s.merge(
+        "feat/5",
+        &[("jobs/web/Makefile", &slow), ("jobs/web/p", "5\n")],
+    );
+    let mut first = std::process::Command::new(crate::support::BIN)
+        .args(["release", "run", "5"])
+        .current_dir(s.p.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let log = s.p.path().join(".cutover/releases/5.log");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("phase=migrate event=start")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "migrate never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let second = s.p.expect(&["release", "run", "5"], 3);
+    assert!(
+        second.stderr.contains("the project lock is held by") && second.stderr.contains("ticket 5"),
+        "{second:?}"
+    );
+    s.p.expect(&["deploy"], 3);
+    let status = s.p.expect(&["lock", "status", "--json"], 0);
+    let doc: serde_json::Value = serde_json::from_str(&status.stdout).expect("json");
+    assert_eq!(doc["holder"]["ticket"], "5");
+    assert!(first.wait().expect("wait").success());
+    assert_eq!(s.p.expect(&["lock", "status"], 0).stdout.trim(), "unlocked");
+}
