@@ -565,6 +565,21 @@ async fn run_job(run: &Run, jp: &JobPlan) -> JobResult {
         return finish(run, result, JobStatus::Failed, e);
     }
 
+    let mut promoted: Vec<(String, Switched)> = Vec::new();
+    // Upload every release dir first, all at once.
+    let to_upload: Vec<&AllocPlan> = jp
+        .allocations
+        .iter()
+        .filter(|a| a.batch.is_some())
+        .collect();
+    let uploads: BTreeMap<String, Result<Uploaded, String>> =
+        futures_join(to_upload.iter().map(|a| upload_one(run, job, a)))
+            .await
+            .into_iter()
+            .zip(to_upload.iter())
+            .map(|(r, a)| (a.worker.clone(), r))
+            .collect();
+
     for batch in 1..=jp.batches {
         let members: Vec<&AllocPlan> = jp
             .allocations
@@ -578,8 +593,15 @@ async fn run_job(run: &Run, jp: &JobPlan) -> JobResult {
             workers: members.iter().map(|a| a.worker.clone()).collect(),
         });
 
-        // Upload, switch and run the lifecycle target on every member at once.
-        let outcomes = futures_join(members.iter().map(|a| rollout_one(run, job, a))).await;
+        // Switch and run the lifecycle target on every member at once.
+        let outcomes = futures_join(members.iter().map(|a| {
+            let up = uploads
+                .get(&a.worker)
+                .cloned()
+                .unwrap_or_else(|| Err("internal error: not uploaded".into()));
+            activate_one(run, job, a, up)
+        }))
+        .await;
         let mut switched: Vec<(&AllocPlan, Switched)> = Vec::new();
         let mut failures: Vec<(&AllocPlan, Option<Switched>, String)> = Vec::new();
         for (a, r) in members.iter().copied().zip(outcomes) {
@@ -626,10 +648,11 @@ async fn run_job(run: &Run, jp: &JobPlan) -> JobResult {
                     job,
                     a,
                     true,
-                    Some(s.release),
+                    Some(s.release.clone()),
                     String::new(),
                     false,
                 ));
+                promoted.push((a.worker.clone(), s));
             }
             continue;
         }
@@ -677,6 +700,7 @@ async fn run_job(run: &Run, jp: &JobPlan) -> JobResult {
         );
     }
 
+    futures_join(promoted.iter().map(|(w, s)| prune_one(run, job, w, s))).await;
     if let Err(e) = run
         .hook(
             job,
@@ -761,20 +785,29 @@ where
 
 type RolloutError = (Option<Switched>, String);
 
-async fn rollout_one(run: &Run, job: &Job, a: &AllocPlan) -> Result<Switched, RolloutError> {
+/// A release dir written completely on the worker; `current` untouched.
+#[derive(Clone)]
+struct Uploaded {
+    release: String,
+    previous: Option<String>,
+}
+
+/// Writes the allocation's new release dir. The running release is not
+/// touched, so every allocation of a job uploads at once, ahead of the
+/// rolling batches: only the switch and the lifecycle roll.
+async fn upload_one(run: &Run, job: &Job, a: &AllocPlan) -> Result<Uploaded, String> {
     let _permit = run.limit.acquire().await;
     let worker = &run.workers[&a.worker];
-    let host = run.fleet.get(&a.worker).map_err(|e| (None, e))?;
+    let host = run.fleet.get(&a.worker)?;
     let job_dir = worker.job_dir(&job.name);
-    let fail = |e: String| (None, e);
 
     run.step(&job.name, &a.worker, "prepare");
     let out = host
         .run(&remote::prepare(&job_dir, run.timeout))
         .await
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(|e| e.to_string())?;
     if !out.success() {
-        return Err(fail(format!("preparing {job_dir} failed: {}", out.tail(3))));
+        return Err(format!("preparing {job_dir} failed: {}", out.tail(3)));
     }
     let previous = out
         .stdout
@@ -787,7 +820,7 @@ async fn rollout_one(run: &Run, job: &Job, a: &AllocPlan) -> Result<Switched, Ro
     let stage = run
         .staged
         .get(&(job.name.clone(), a.hash.clone()))
-        .ok_or_else(|| fail("internal error: tree not staged".into()))?;
+        .ok_or_else(|| "internal error: tree not staged".to_string())?;
     run.step(&job.name, &a.worker, "upload");
     let link_dest = previous.as_ref().map(|p| format!("{job_dir}/releases/{p}"));
     host.push(
@@ -797,21 +830,41 @@ async fn rollout_one(run: &Run, job: &Job, a: &AllocPlan) -> Result<Switched, Ro
         run.timeout,
     )
     .await
-    .map_err(|e| fail(e.to_string()))?;
+    .map_err(|e| e.to_string())?;
+    Ok(Uploaded { release, previous })
+}
 
+/// Switches `current` to the uploaded release and runs the lifecycle target.
+async fn activate_one(
+    run: &Run,
+    job: &Job,
+    a: &AllocPlan,
+    up: Result<Uploaded, String>,
+) -> Result<Switched, RolloutError> {
+    let up = up.map_err(|e| (None, e))?;
+    let _permit = run.limit.acquire().await;
+    let worker = &run.workers[&a.worker];
+    let host = run.fleet.get(&a.worker).map_err(|e| (None, e))?;
+    let job_dir = worker.job_dir(&job.name);
     run.step(&job.name, &a.worker, "switch");
     let out = host
-        .run(&remote::switch(&job_dir, &release, run.timeout))
+        .run(&remote::switch(&job_dir, &up.release, run.timeout))
         .await
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(|e| (None, e.to_string()))?;
     if !out.success() {
-        return Err(fail(format!(
-            "switching current to {release} failed: {}",
-            out.tail(3)
-        )));
+        return Err((
+            None,
+            format!(
+                "switching current to {} failed: {}",
+                up.release,
+                out.tail(3)
+            ),
+        ));
     }
-    let switched = Switched { release, previous };
-
+    let switched = Switched {
+        release: up.release,
+        previous: up.previous,
+    };
     if let Some(target) = a.action.target() {
         run.step(&job.name, &a.worker, target);
         let r = lifecycle(run, job, worker, &host, target, &switched.release, a).await;
@@ -910,8 +963,12 @@ async fn promote(run: &Run, job: &Job, a: &AllocPlan, s: &Switched) {
             let _ = run.store.put_known_worker(&w.name, &json).await;
         }
     }
-    // Old releases beyond keep_releases go; current and previous stay.
-    if let (Ok(host), Some(w)) = (run.fleet.get(&a.worker), run.workers.get(&a.worker)) {
+}
+
+/// Deletes release dirs beyond keep_releases; current and previous stay.
+async fn prune_one(run: &Run, job: &Job, worker: &str, s: &Switched) {
+    let _permit = run.limit.acquire().await;
+    if let (Ok(host), Some(w)) = (run.fleet.get(worker), run.workers.get(worker)) {
         let prev = s.previous.clone().unwrap_or_default();
         let _ = host
             .run(&remote::prune(
