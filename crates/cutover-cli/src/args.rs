@@ -35,7 +35,8 @@ pub struct Global {
     /// Print one JSON document instead of text; its outcome agrees with the exit code.
     #[arg(long, global = true)]
     pub json: bool,
-    /// Live progress per host on a terminal (auto), or plain lines (never).
+    /// Progress: a live view per host on a terminal (auto); plain lines (never);
+    /// `always` also prints every per-host step when not on a terminal.
     #[arg(long, global = true, value_enum, default_value_t = Progress::Auto)]
     pub progress: Progress,
 }

@@ -88,15 +88,13 @@ impl Session {
         let reporter: Arc<dyn Reporter> = if g.json {
             Arc::new(Silent)
         } else {
-            let live = match g.progress {
-                Progress::Always => true,
-                Progress::Never => false,
-                Progress::Auto => std::io::IsTerminal::is_terminal(&std::io::stdout()),
-            };
-            if live {
-                Arc::new(LiveProgress::new(prefix))
-            } else {
-                Arc::new(LinePrinter::new(prefix, false))
+            let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+            match (g.progress, tty) {
+                (Progress::Never, _) => Arc::new(LinePrinter::new(prefix, false)),
+                (_, true) => Arc::new(LiveProgress::new(prefix)),
+                // Not a terminal: `always` prints every per-host step as a line.
+                (Progress::Always, false) => Arc::new(LinePrinter::new(prefix, true)),
+                (Progress::Auto, false) => Arc::new(LinePrinter::new(prefix, false)),
             }
         };
         Ok(Session {

@@ -189,7 +189,8 @@ impl Fleet {
                      PermitRootLogin prohibit-password\n\
                      MaxSessions 200\n\
                      MaxStartups 200\n\
-                     LogLevel ERROR\n",
+                     LogLevel ERROR\n\
+                     SetEnv SHLVL=1\n",
                     hk = host_key.display(),
                     pid = wdir.join("sshd.pid").display(),
                     auth = authorized.display(),
