@@ -106,6 +106,10 @@ pub struct DeployArgs {
     /// Upload and switch releases without running lifecycle targets.
     #[arg(long)]
     pub sync_only: bool,
+    /// Also compare allocations the state store calls unchanged with their
+    /// workers (one connection each) and roll out any that differ.
+    #[arg(long)]
+    pub verify: bool,
 }
 
 #[derive(Debug, Args)]

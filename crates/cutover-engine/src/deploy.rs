@@ -39,6 +39,9 @@ pub struct DeployOptions {
     pub dirty: bool,
     /// The caller (a ticket release) already holds the project lock.
     pub lock_held: bool,
+    /// Check allocations the store calls unchanged against their workers,
+    /// and roll out those that differ.
+    pub verify: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -121,7 +124,7 @@ pub struct DeployReport {
 
 /// Plans (and unless `dry_run`, executes) a deploy of the working tree.
 pub async fn deploy(ctx: &Context, opts: &DeployOptions) -> Result<DeployReport, EngineError> {
-    let (recorded, records) = render::recorded(ctx).await?;
+    let (mut recorded, records) = render::recorded(ctx).await?;
     if let Some(jobs) = &opts.jobs {
         for j in jobs {
             if !ctx.project.jobs.contains_key(j) && !records.iter().any(|r| &r.job == j) {
@@ -147,13 +150,39 @@ pub async fn deploy(ctx: &Context, opts: &DeployOptions) -> Result<DeployReport,
         force: opts.force,
         sync_only: opts.sync_only,
     };
-    let plan = plan::plan(&PlanInput {
+    let mut plan = plan::plan(&PlanInput {
         project: &ctx.project,
         candidates: &rendered.candidates,
         recorded: &recorded,
         rollout_order: &rollout_order,
         options: &plan_opts,
     });
+    if opts.verify {
+        let skipped: BTreeSet<Key> = plan
+            .jobs()
+            .flat_map(|j| {
+                j.allocations
+                    .iter()
+                    .filter(|a| a.action == Action::Skip)
+                    .map(move |a| (j.job.clone(), a.worker.clone()))
+            })
+            .collect();
+        let found = crate::drift::compare(ctx, &rendered.trees, &skipped).await?;
+        if !found.is_empty() {
+            for (key, files) in found {
+                if let Some(r) = recorded.get_mut(&key) {
+                    r.drift = files;
+                }
+            }
+            plan = plan::plan(&PlanInput {
+                project: &ctx.project,
+                candidates: &rendered.candidates,
+                recorded: &recorded,
+                rollout_order: &rollout_order,
+                options: &plan_opts,
+            });
+        }
+    }
     let mut report = DeployReport {
         outcome: Outcome::Planned,
         seq: None,

@@ -133,3 +133,61 @@ pub async fn drift(
     out.sort_by(|a, b| (&a.job, &a.worker).cmp(&(&b.job, &b.worker)));
     Ok(DriftReport { allocations: out })
 }
+
+/// Compares each of `keys` on its worker with its rendered tree (which the
+/// caller knows to be the promoted one); returns those that differ, with
+/// the paths that do. An unreachable worker is reported as differing in
+/// nothing here: the deploy that follows reports it.
+pub(crate) async fn compare(
+    ctx: &Context,
+    trees: &std::collections::BTreeMap<(String, String), cutover_model::tree::Tree>,
+    keys: &BTreeSet<(String, String)>,
+) -> Result<Vec<((String, String), Vec<String>)>, EngineError> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let stage_root = tempfile::Builder::new()
+        .prefix("cutover-verify-")
+        .tempdir()
+        .map_err(EngineError::io("creating the staging directory"))?;
+    let staged = render::stage(stage_root.path(), trees, keys)?;
+    let workers: Vec<_> = keys
+        .iter()
+        .filter_map(|(_, w)| ctx.project.worker(w).map(|w| (w.name.clone(), w.clone())))
+        .collect::<std::collections::BTreeMap<_, _>>()
+        .into_values()
+        .collect();
+    let fleet = Fleet::connect(&ctx.project.config.ssh, workers, &ctx.reporter).await?;
+    let timeout = ctx.project.config.ssh.command_timeout;
+    let mut tasks = tokio::task::JoinSet::new();
+    for (job, worker) in keys {
+        let (Some(tree), Some(w), Ok(host)) = (
+            trees.get(&(job.clone(), worker.clone())),
+            ctx.project.worker(worker),
+            fleet.get(worker),
+        ) else {
+            continue;
+        };
+        let Some(stage) = staged.get(&(job.clone(), tree.hash.clone())).cloned() else {
+            continue;
+        };
+        let dir = format!("{}/current", w.job_dir(job));
+        let key = (job.clone(), worker.clone());
+        tasks.spawn(async move {
+            let files = host.diff(&stage, &dir, timeout).await;
+            (key, files)
+        });
+    }
+    let mut out = Vec::new();
+    while let Some(Ok((key, files))) = tasks.join_next().await {
+        match files {
+            Ok(f) if !f.is_empty() => out.push((key, f.into_iter().map(|d| d.path).collect())),
+            Ok(_) => {}
+            // Cannot tell: roll it out again rather than trust it.
+            Err(e) => out.push((key, vec![format!("(cannot compare: {e})")])),
+        }
+    }
+    fleet.close().await;
+    out.sort();
+    Ok(out)
+}

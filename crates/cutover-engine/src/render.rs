@@ -98,6 +98,7 @@ pub(crate) async fn recorded(
                 promoted_manifest: manifest,
                 failed: a.status == AllocStatus::Failed,
                 stopped: a.status == AllocStatus::Stopped,
+                drift: Vec::new(),
             },
         );
     }

@@ -57,6 +57,8 @@ pub struct Recorded {
     pub failed: bool,
     /// The allocation was stopped by a reconcile.
     pub stopped: bool,
+    /// Files that differ on the worker from the promoted tree (`--verify`).
+    pub drift: Vec<String>,
 }
 
 /// A rendered allocation, ready to plan.
@@ -247,7 +249,12 @@ fn plan_job(input: &PlanInput<'_>, job: &crate::config::Job, wave: usize) -> Job
                     Some(old) => changed_paths(old, &cand.manifest),
                     None => cand.manifest.keys().cloned().collect(),
                 };
-                let same = *hash == cand.hash && !version_changed;
+                let same = *hash == cand.hash && !version_changed && rec.drift.is_empty();
+                let changed = if rec.drift.is_empty() {
+                    changed
+                } else {
+                    rec.drift.clone()
+                };
                 if same && !rec.failed && !opts.force {
                     (Action::Skip, "unchanged".to_string(), Vec::new())
                 } else {
@@ -264,6 +271,9 @@ fn plan_job(input: &PlanInput<'_>, job: &crate::config::Job, wave: usize) -> Job
                     }
                     if rec.failed {
                         reasons.push("last attempt failed".into());
+                    }
+                    if !rec.drift.is_empty() {
+                        reasons.push("the worker differs from the promoted tree".into());
                     }
                     if same && opts.force {
                         reasons.push("forced".into());

@@ -312,16 +312,17 @@ impl Tree {
 /// A modification time derived from the content hash.
 ///
 /// rsync's quick check (size and mtime) decides which files `--link-dest`
-/// hard-links from the previous release. Staged files get an mtime that is
-/// a function of their content, so the quick check holds exactly when the
-/// content is the same, without rsync reading every file on both sides.
+/// hard-links from the previous release and which it sends. Staged files
+/// get an mtime that is a function of their content: 29 bits of the hash in
+/// the seconds (always in the past, 2001 to 2018, so make never sees a file
+/// from the future) and 30 bits in the nanoseconds, which rsync compares
+/// with `--modify-window=-1`. Two files then pass the quick check together
+/// only if they have the same size and the same 59 hash bits.
 fn content_mtime(hash: &blake3::Hash) -> std::time::SystemTime {
     let b = hash.as_bytes();
-    // 29 bits above 2001-09-09: always in the past, so make never sees a
-    // Makefile from the future. Pushes also pass --checksum, so a collision
-    // can only cost a hard link, never put the wrong content in place.
-    let n = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) >> 3;
-    std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000 + u64::from(n))
+    let secs = u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) >> 3);
+    let nanos = (u32::from_le_bytes([b[4], b[5], b[6], b[7]]) >> 2) % 1_000_000_000;
+    std::time::UNIX_EPOCH + std::time::Duration::new(1_000_000_000 + secs, nanos)
 }
 
 /// Paths whose content or mode differs between two manifests, sorted.

@@ -70,6 +70,11 @@ impl Host {
         .port(spec.port.unwrap_or(opts.port))
         .connect_timeout(opts.connect_timeout)
         .server_alive_interval(Duration::from_secs(15))
+        // A run closes its masters; if it is killed, they exit once idle
+        // instead of living forever.
+        .control_persist(openssh::ControlPersist::IdleFor(
+            std::num::NonZeroUsize::new(60).unwrap_or(std::num::NonZeroUsize::MIN),
+        ))
         .control_directory(&opts.control_dir);
         if let Some(user) = spec.user.as_ref().or(opts.user.as_ref()) {
             b.user(user.clone());

@@ -53,6 +53,7 @@ pub async fn run(g: &Global) -> Result<u8, CliError> {
         dry_run,
         force: false,
         sync_only: false,
+        verify: false,
     };
     step("cutover deploy --dry-run   (the plan; nothing changes)");
     let s = Session::open_at(&dir, &g, "deploy").await?;

@@ -19,6 +19,7 @@ pub async fn run(s: &Session, a: DeployArgs) -> Result<u8, CliError> {
         head,
         dirty,
         lock_held: false,
+        verify: a.verify,
     };
     if !s.json && !opts.dry_run {
         // The plan is computed inside the engine; announce the start only.
