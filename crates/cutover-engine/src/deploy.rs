@@ -271,12 +271,11 @@ pub async fn deploy(ctx: &Context, opts: &DeployOptions) -> Result<DeployReport,
             needed.insert(s.worker.clone(), w.clone());
         }
     }
-    let fleet = Fleet::connect(
+    let fleet = Fleet::lazy(
         &ctx.project.config.ssh,
         needed.values().cloned().collect(),
         &ctx.reporter,
-    )
-    .await?;
+    )?;
 
     let run = Arc::new(Run {
         project: ctx.project.clone(),
@@ -503,7 +502,7 @@ async fn stop_one(run: &Run, s: &StopPlan) -> Result<(), String> {
         .workers
         .get(&s.worker)
         .ok_or_else(|| format!("no known address for removed worker {}", s.worker))?;
-    let host = run.fleet.get(&s.worker)?;
+    let host = run.fleet.host(&s.worker).await?;
     let job_dir = worker.job_dir(&s.job);
     let rec = run.records.get(&(s.job.clone(), s.worker.clone()));
     let version = rec.and_then(|r| r.version.clone()).unwrap_or_default();
@@ -560,7 +559,7 @@ struct Switched {
     previous: Option<String>,
 }
 
-async fn run_job(run: &Run, jp: &JobPlan) -> JobResult {
+async fn run_job(run: &Arc<Run>, jp: &JobPlan) -> JobResult {
     let job = &run.project.jobs[&jp.job];
     let mut result = JobResult {
         job: jp.job.clone(),
@@ -595,19 +594,46 @@ async fn run_job(run: &Run, jp: &JobPlan) -> JobResult {
     }
 
     let mut promoted: Vec<(String, Switched)> = Vec::new();
-    // Upload every release dir first, all at once.
-    let to_upload: Vec<&AllocPlan> = jp
+    // Upload every release dir ahead of the rolling batches: each host
+    // connects, prepares and uploads in batch order, a couple of batches
+    // at a time, so batch 1 can switch while later hosts still upload. The
+    // running releases are untouched until their batch switches.
+    let mut sizes: BTreeMap<usize, usize> = BTreeMap::new();
+    for b in jp.allocations.iter().filter_map(|a| a.batch) {
+        *sizes.entry(b).or_default() += 1;
+    }
+    let width = (2 * sizes.values().copied().max().unwrap_or(1)).max(4);
+    let gate = Arc::new(Semaphore::new(width));
+    let mut order: Vec<&AllocPlan> = jp
         .allocations
         .iter()
         .filter(|a| a.batch.is_some())
         .collect();
-    let uploads: BTreeMap<String, Result<Uploaded, String>> =
-        futures_join(to_upload.iter().map(|a| upload_one(run, job, a)))
-            .await
-            .into_iter()
-            .zip(to_upload.iter())
-            .map(|(r, a)| (a.worker.clone(), r))
-            .collect();
+    order.sort_by_key(|a| a.batch);
+    let mut uploads: BTreeMap<String, tokio::task::JoinHandle<Result<Uploaded, String>>> =
+        BTreeMap::new();
+    for a in order {
+        let (run, gate, job_name, a) = (run.clone(), gate.clone(), job.name.clone(), a.clone());
+        let worker = a.worker.clone();
+        uploads.insert(
+            worker,
+            tokio::spawn(async move {
+                let _slot = gate.acquire_owned().await;
+                let job = &run.project.jobs[&job_name];
+                upload_one(&run, job, &a).await
+            }),
+        );
+    }
+    // Uploads of batches that never run (the job halted) are not needed.
+    struct AbortOnDrop(Vec<tokio::task::AbortHandle>);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            for h in &self.0 {
+                h.abort();
+            }
+        }
+    }
+    let _abort = AbortOnDrop(uploads.values().map(|h| h.abort_handle()).collect());
 
     for batch in 1..=jp.batches {
         let members: Vec<&AllocPlan> = jp
@@ -622,14 +648,24 @@ async fn run_job(run: &Run, jp: &JobPlan) -> JobResult {
             workers: members.iter().map(|a| a.worker.clone()).collect(),
         });
 
-        // Switch and run the lifecycle target on every member at once.
-        let outcomes = futures_join(members.iter().map(|a| {
-            let up = uploads
-                .get(&a.worker)
-                .cloned()
-                .unwrap_or_else(|| Err("internal error: not uploaded".into()));
-            activate_one(run, job, a, up)
+        // Wait for this batch's uploads, then switch and run the lifecycle
+        // target on every member at once.
+        let handles: Vec<_> = members.iter().map(|a| uploads.remove(&a.worker)).collect();
+        let ups = crate::join::join_all(handles.into_iter().map(|h| async move {
+            match h {
+                Some(h) => h
+                    .await
+                    .unwrap_or_else(|e| Err(format!("upload task failed: {e}"))),
+                None => Err("internal error: not uploaded".to_string()),
+            }
         }))
+        .await;
+        let outcomes = crate::join::join_all(
+            members
+                .iter()
+                .zip(ups)
+                .map(|(a, up)| activate_one(run, job, a, up)),
+        )
         .await;
         let mut switched: Vec<(&AllocPlan, Switched)> = Vec::new();
         let mut failures: Vec<(&AllocPlan, Option<Switched>, String)> = Vec::new();
@@ -658,7 +694,8 @@ async fn run_job(run: &Run, jp: &JobPlan) -> JobResult {
         }
 
         // Health checks, then promotion of the healthy.
-        let checked = futures_join(switched.iter().map(|(a, s)| check_one(run, job, a, s))).await;
+        let checked =
+            crate::join::join_all(switched.iter().map(|(a, s)| check_one(run, job, a, s))).await;
         let mut healthy: Vec<(&AllocPlan, Switched)> = Vec::new();
         for ((a, s), r) in switched.into_iter().zip(checked) {
             match r {
@@ -729,7 +766,7 @@ async fn run_job(run: &Run, jp: &JobPlan) -> JobResult {
         );
     }
 
-    futures_join(promoted.iter().map(|(w, s)| prune_one(run, job, w, s))).await;
+    crate::join::join_all(promoted.iter().map(|(w, s)| prune_one(run, job, w, s))).await;
     if let Err(e) = run
         .hook(
             job,
@@ -785,33 +822,6 @@ fn done(
     }
 }
 
-/// Runs futures concurrently on this task and returns their outputs in order.
-async fn futures_join<F, T>(futs: impl Iterator<Item = F>) -> Vec<T>
-where
-    F: std::future::Future<Output = T>,
-{
-    let mut set: Vec<std::pin::Pin<Box<F>>> = futs.map(Box::pin).collect();
-    let mut out: Vec<Option<T>> = (0..set.len()).map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (i, f) in set.iter_mut().enumerate() {
-            if out[i].is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => out[i] = Some(v),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    out.into_iter().flatten().collect()
-}
-
 type RolloutError = (Option<Switched>, String);
 
 /// A release dir written completely on the worker; `current` untouched.
@@ -827,7 +837,7 @@ struct Uploaded {
 async fn upload_one(run: &Run, job: &Job, a: &AllocPlan) -> Result<Uploaded, String> {
     let _permit = run.limit.acquire().await;
     let worker = &run.workers[&a.worker];
-    let host = run.fleet.get(&a.worker)?;
+    let host = run.fleet.host(&a.worker).await?;
     let job_dir = worker.job_dir(&job.name);
 
     run.step(&job.name, &a.worker, "prepare");
@@ -873,7 +883,7 @@ async fn activate_one(
     let up = up.map_err(|e| (None, e))?;
     let _permit = run.limit.acquire().await;
     let worker = &run.workers[&a.worker];
-    let host = run.fleet.get(&a.worker).map_err(|e| (None, e))?;
+    let host = run.fleet.host(&a.worker).await.map_err(|e| (None, e))?;
     let job_dir = worker.job_dir(&job.name);
     run.step(&job.name, &a.worker, "switch");
     let out = host
@@ -946,7 +956,7 @@ async fn check_one(run: &Run, job: &Job, a: &AllocPlan, s: &Switched) -> Result<
     }
     let _permit = run.limit.acquire().await;
     let worker = &run.workers[&a.worker];
-    let host = run.fleet.get(&a.worker)?;
+    let host = run.fleet.host(&a.worker).await?;
     run.step(&job.name, &a.worker, "health");
     let current = a.current_version.clone().unwrap_or_default();
     let env = LifecycleEnv {
@@ -997,7 +1007,7 @@ async fn promote(run: &Run, job: &Job, a: &AllocPlan, s: &Switched) {
 /// Deletes release dirs beyond keep_releases; current and previous stay.
 async fn prune_one(run: &Run, job: &Job, worker: &str, s: &Switched) {
     let _permit = run.limit.acquire().await;
-    if let (Ok(host), Some(w)) = (run.fleet.get(worker), run.workers.get(worker)) {
+    if let (Ok(host), Some(w)) = (run.fleet.host(worker).await, run.workers.get(worker)) {
         let prev = s.previous.clone().unwrap_or_default();
         let _ = host
             .run(&remote::prune(
@@ -1036,7 +1046,7 @@ async fn revert_one(run: &Run, job: &Job, a: &AllocPlan, s: Option<&Switched>) -
         return false; // never switched: the old release still runs
     };
     let worker = &run.workers[&a.worker];
-    let Ok(host) = run.fleet.get(&a.worker) else {
+    let Ok(host) = run.fleet.host(&a.worker).await else {
         return false;
     };
     let job_dir = worker.job_dir(&job.name);

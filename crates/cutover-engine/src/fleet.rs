@@ -1,19 +1,26 @@
-//! The connections of one run: one per worker, opened in parallel up
-//! front, reused by every step, closed at the end. A worker that cannot be
-//! reached fails its own allocations and nothing else.
+//! The connections of one run: at most one per worker, opened on first use
+//! (or all at once with [`Fleet::connect`]), reused by every step, closed at
+//! the end. A worker that cannot be reached fails its own allocations and
+//! nothing else.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use cutover_model::{KnownHostsPolicy, SshSettings, TransportKind, Worker};
 use cutover_transport::{Host, HostSpec, KnownHosts, SshOptions};
-use tokio::sync::Semaphore;
+use tokio::sync::{OnceCell, Semaphore};
 
 use crate::events::{Event, Reporter};
 use crate::EngineError;
 
+type Conn = Result<Arc<Host>, String>;
+
 pub(crate) struct Fleet {
-    hosts: BTreeMap<String, Result<Arc<Host>, String>>,
+    workers: BTreeMap<String, (Worker, OnceCell<Conn>)>,
+    opts: SshOptions,
+    /// Handshakes in flight at once (`[ssh] max_parallel`).
+    limit: Semaphore,
+    reporter: Arc<dyn Reporter>,
     _control_dir: tempfile::TempDir,
 }
 
@@ -28,7 +35,8 @@ fn spec(w: &Worker) -> HostSpec {
 }
 
 impl Fleet {
-    pub async fn connect(
+    /// A fleet that connects to each worker when it is first used.
+    pub fn lazy(
         ssh: &SshSettings,
         workers: Vec<Worker>,
         reporter: &Arc<dyn Reporter>,
@@ -51,48 +59,63 @@ impl Fleet {
             connect_timeout: ssh.connect_timeout,
             control_dir: control_dir.path().to_path_buf(),
         };
-        let limit = Arc::new(Semaphore::new(ssh.max_parallel));
-        let mut tasks = tokio::task::JoinSet::new();
-        for w in workers {
-            let opts = opts.clone();
-            let limit = limit.clone();
-            tasks.spawn(async move {
-                let _permit = limit.acquire_owned().await;
-                let r = Host::connect(&spec(&w), &opts).await;
-                (w.name, r)
-            });
-        }
-        let mut hosts = BTreeMap::new();
-        while let Some(joined) = tasks.join_next().await {
-            let Ok((name, r)) = joined else { continue };
-            let entry = match r {
-                Ok(h) => Ok(Arc::new(h)),
-                Err(e) => {
-                    reporter.event(&Event::ConnectFailed {
-                        worker: name.clone(),
-                        error: e.to_string(),
-                    });
-                    Err(e.to_string())
-                }
-            };
-            hosts.insert(name, entry);
-        }
         Ok(Fleet {
-            hosts,
+            workers: workers
+                .into_iter()
+                .map(|w| (w.name.clone(), (w, OnceCell::new())))
+                .collect(),
+            opts,
+            limit: Semaphore::new(ssh.max_parallel),
+            reporter: reporter.clone(),
             _control_dir: control_dir,
         })
     }
 
-    pub fn get(&self, worker: &str) -> Result<Arc<Host>, String> {
-        self.hosts
+    /// A fleet with every worker connected (in parallel) before it returns.
+    pub async fn connect(
+        ssh: &SshSettings,
+        workers: Vec<Worker>,
+        reporter: &Arc<dyn Reporter>,
+    ) -> Result<Fleet, EngineError> {
+        let fleet = Fleet::lazy(ssh, workers, reporter)?;
+        let names: Vec<String> = fleet.workers.keys().cloned().collect();
+        crate::join::join_all(names.iter().map(|n| fleet.host(n))).await;
+        Ok(fleet)
+    }
+
+    /// The worker's connection, opening it if this is the first use.
+    pub async fn host(&self, worker: &str) -> Conn {
+        let Some((w, cell)) = self.workers.get(worker) else {
+            return Err(format!("no connection to {worker}"));
+        };
+        cell.get_or_init(|| async {
+            let _permit = self.limit.acquire().await;
+            match Host::connect(&spec(w), &self.opts).await {
+                Ok(h) => Ok(Arc::new(h)),
+                Err(e) => {
+                    self.reporter.event(&Event::ConnectFailed {
+                        worker: w.name.clone(),
+                        error: e.to_string(),
+                    });
+                    Err(e.to_string())
+                }
+            }
+        })
+        .await
+        .clone()
+    }
+
+    /// The connection of a worker already connected by [`Fleet::connect`].
+    pub fn get(&self, worker: &str) -> Conn {
+        self.workers
             .get(worker)
-            .cloned()
+            .and_then(|(_, cell)| cell.get().cloned())
             .unwrap_or_else(|| Err(format!("no connection to {worker}")))
     }
 
     pub async fn close(self) {
-        for (_, h) in self.hosts {
-            if let Ok(h) = h {
+        for (_, (_, cell)) in self.workers {
+            if let Some(Ok(h)) = cell.into_inner() {
                 if let Ok(h) = Arc::try_unwrap(h) {
                     h.close().await;
                 }

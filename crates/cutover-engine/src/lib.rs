@@ -16,6 +16,7 @@ mod fleet;
 mod health;
 mod hooks;
 pub mod jobrun;
+mod join;
 pub mod kv;
 pub mod release;
 mod remote;

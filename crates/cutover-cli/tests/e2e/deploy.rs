@@ -487,14 +487,28 @@ fn drift_names_a_file_edited_by_hand_and_exits_4() {
     // A plain deploy trusts the store; --verify checks the workers and heals.
     assert!(p.expect(&["deploy"], 0).stdout.contains("nothing to do"));
     let plan = p.expect(&["deploy", "--verify", "--dry-run"], 0);
-    assert!(plan.stdout.contains("the worker differs from the promoted tree"), "{plan:?}");
-    assert!(!fleet.worker("w2").releases("api").iter().any(|r| r.starts_with("r000002-")), "a dry run changes nothing");
+    assert!(
+        plan.stdout
+            .contains("the worker differs from the promoted tree"),
+        "{plan:?}"
+    );
+    assert!(
+        !fleet
+            .worker("w2")
+            .releases("api")
+            .iter()
+            .any(|r| r.starts_with("r000002-")),
+        "a dry run changes nothing"
+    );
     let out = p.expect(&["deploy", "--verify"], 0);
     assert!(out.stdout.contains("(1 restart, 1 unchanged)"), "{out:?}");
     assert_eq!(w2.read("jobs/api/current/app.conf"), "a = 1\n");
     assert!(!w2.path("jobs/api/current/stray.txt").exists());
     p.expect(&["drift"], 0);
-    assert!(p.expect(&["deploy", "--verify"], 0).stdout.contains("nothing to do"));
+    assert!(p
+        .expect(&["deploy", "--verify"], 0)
+        .stdout
+        .contains("nothing to do"));
 }
 
 #[test]
