@@ -28,6 +28,19 @@ fn check_job(ctx: &Context, job: &str) -> Result<(), EngineError> {
     ))
 }
 
+fn decrypt(key: &SecretKey, r: &KvRecord) -> Result<String, EngineError> {
+    key.decrypt(&r.value)
+        .map(|s| s.expose().to_string())
+        .map_err(|reason| {
+            cutover_state::StateError::Secret {
+                job: r.job.clone(),
+                key: r.key.clone(),
+                reason,
+            }
+            .into()
+        })
+}
+
 /// A value as shown to the operator: secrets stay hidden unless revealed.
 #[derive(Debug, Clone, Serialize)]
 pub struct KvView {
@@ -91,16 +104,7 @@ pub async fn list(
         .map(|r| {
             let value = match (&secret_key, r.secret) {
                 (_, false) => Some(String::from_utf8_lossy(&r.value).into_owned()),
-                (Some(k), true) => Some(
-                    k.decrypt(&r.value)
-                        .map_err(|reason| cutover_state::StateError::Secret {
-                            job: r.job.clone(),
-                            key: r.key.clone(),
-                            reason,
-                        })?
-                        .expose()
-                        .to_string(),
-                ),
+                (Some(k), true) => Some(decrypt(k, &r)?),
                 (None, true) => None,
             };
             Ok(KvView {
@@ -151,15 +155,7 @@ pub(crate) async fn for_templates(
     let mut out: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
     for r in recs {
         let value = match (&secret_key, r.secret) {
-            (Some(k), true) => k
-                .decrypt(&r.value)
-                .map_err(|reason| cutover_state::StateError::Secret {
-                    job: r.job.clone(),
-                    key: r.key.clone(),
-                    reason,
-                })?
-                .expose()
-                .to_string(),
+            (Some(k), true) => decrypt(k, &r)?,
             _ => String::from_utf8_lossy(&r.value).into_owned(),
         };
         out.entry(r.job).or_default().insert(r.key, value);

@@ -135,6 +135,22 @@ impl Setup {
     }
 }
 
+/// Waits (up to 30 s) until the file contains `needle`.
+fn wait_for_line(path: &Path, needle: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .contains(needle)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "`{needle}` never appeared in {}",
+            path.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn a_merge_touching_two_jobs_is_released_in_four_phases() {
     let s = setup(2);
@@ -405,17 +421,7 @@ fn a_release_killed_mid_migrate_resumes_from_migrate() {
         .spawn()
         .expect("spawn");
     let log = s.p.path().join(".cutover/releases/55.log");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("phase=migrate event=start")
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "migrate never started"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_for_line(&log, "phase=migrate event=start");
     std::thread::sleep(std::time::Duration::from_millis(1200));
     child.kill().expect("kill -9"); // SIGKILL
     child.wait().expect("reaped");
@@ -611,17 +617,7 @@ fn two_concurrent_runs_exactly_one_proceeds() {
         .spawn()
         .expect("spawn");
     let log = s.p.path().join(".cutover/releases/5.log");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("phase=migrate event=start")
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "migrate never started"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_for_line(&log, "phase=migrate event=start");
     let second = s.p.expect(&["release", "run", "5"], 3);
     assert!(
         second.stderr.contains("the project lock is held by") && second.stderr.contains("ticket 5"),
