@@ -885,6 +885,49 @@ async fn activate_one(
     let worker = &run.workers[&a.worker];
     let host = run.fleet.host(&a.worker).await.map_err(|e| (None, e))?;
     let job_dir = worker.job_dir(&job.name);
+    let target = a
+        .action
+        .target()
+        .filter(|_| job.manifest.hooks.job_control.is_none());
+    if let Some(target) = target {
+        // One round trip: switch, then the lifecycle target.
+        run.step(&job.name, &a.worker, target);
+        let current = a.current_version.clone().unwrap_or_default();
+        let env = LifecycleEnv {
+            job,
+            worker,
+            release: &up.release,
+            current_version: &current,
+            new_version: &a.new_version,
+        };
+        let out = host
+            .run(&remote::switch_and_run(&env, target, run.timeout))
+            .await
+            .map_err(|e| (None, e.to_string()))?;
+        if remote::switch_failed(&out) {
+            return Err((
+                None,
+                format!(
+                    "switching current to {} failed: {}",
+                    up.release,
+                    out.tail(3)
+                ),
+            ));
+        }
+        let switched = Switched {
+            release: up.release,
+            previous: up.previous,
+        };
+        if !out.success() {
+            let e = format!(
+                "make {target} exited {}: {}",
+                out.code.map_or("by signal".into(), |c| c.to_string()),
+                out.tail(5)
+            );
+            return Err((Some(switched), e));
+        }
+        return Ok(switched);
+    }
     run.step(&job.name, &a.worker, "switch");
     let out = host
         .run(&remote::switch(&job_dir, &up.release, run.timeout))

@@ -31,6 +31,26 @@ pub(crate) fn switch(job_dir: &str, release: &str, timeout: Duration) -> Command
     .timeout(timeout)
 }
 
+const SWITCH_FAILED: i32 = 97;
+const SWITCH_MARK: &str = "cutover: cannot switch current";
+
+/// Switches `current` and runs the lifecycle target, in one round trip.
+/// A failed switch exits 97 with a marker line, so it is never mistaken for
+/// a failed target (which runs only after the switch).
+pub(crate) fn switch_and_run(env: &LifecycleEnv<'_>, target: &str, timeout: Duration) -> Command {
+    let job_dir = env.worker.job_dir(&env.job.name);
+    let text = format!(
+        r#"{{ test -d "$1/releases/$2" && ln -sfn "releases/$2" "$1/.current.tmp" && mv -Tf "$1/.current.tmp" "$1/current"; }} || {{ echo "{SWITCH_MARK} to $2" >&2; exit {SWITCH_FAILED}; }}
+exec make -C "$1/current" "$3""#
+    );
+    env.apply(script(&text, &[&job_dir, env.release, target]))
+        .timeout(timeout)
+}
+
+pub(crate) fn switch_failed(out: &cutover_transport::Output) -> bool {
+    out.code == Some(SWITCH_FAILED) && out.stderr.contains(SWITCH_MARK)
+}
+
 /// What the lifecycle targets and health commands see.
 pub(crate) struct LifecycleEnv<'a> {
     pub job: &'a Job,

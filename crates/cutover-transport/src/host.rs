@@ -89,7 +89,7 @@ impl Host {
             b.config_file(f);
         }
         let session = b
-            .connect(&spec.host)
+            .connect_mux(&spec.host)
             .await
             .map_err(|e| TransportError::Connect {
                 host: spec.name.clone(),
