@@ -3,6 +3,7 @@
 # (warm, median of 5), and hashing throughput against b3sum and sha256sum
 # of the same 30 MB tree. Usage: bash bench/planning.sh [path/to/cutover]
 set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
 cutover="${1:-$(cd "$(dirname "$0")/.." && pwd)/target/release/cutover}"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
@@ -34,7 +35,7 @@ many=$(for _ in 1 2 3 4 5; do timeit "$cutover" deploy --dry-run; done | median)
 # The benchmark's 30 MB tree: hashing throughput.
 project "$work/big"
 python3 -c "
-import sys; sys.path.insert(0, '$(cd "$(dirname "$0")" && pwd)')
+import sys; sys.path.insert(0, '$here')
 import bench, shutil, pathlib
 t = pathlib.Path('$work/tree'); bench.make_tree(t)
 for p in t.iterdir(): shutil.move(str(p), '$work/big/jobs/big/')
