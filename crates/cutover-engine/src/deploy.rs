@@ -885,76 +885,60 @@ async fn activate_one(
     let worker = &run.workers[&a.worker];
     let host = run.fleet.host(&a.worker).await.map_err(|e| (None, e))?;
     let job_dir = worker.job_dir(&job.name);
-    let target = a
+    // With make (not a job_control hook), the switch and the lifecycle
+    // target are one remote command; otherwise the switch runs alone.
+    let make_target = a
         .action
         .target()
         .filter(|_| job.manifest.hooks.job_control.is_none());
-    if let Some(target) = target {
-        // One round trip: switch, then the lifecycle target.
-        run.step(&job.name, &a.worker, target);
-        let current = a.current_version.clone().unwrap_or_default();
-        let env = LifecycleEnv {
-            job,
-            worker,
-            release: &up.release,
-            current_version: &current,
-            new_version: &a.new_version,
-        };
-        let out = host
-            .run(&remote::switch_and_run(&env, target, run.timeout))
-            .await
-            .map_err(|e| (None, e.to_string()))?;
-        if remote::switch_failed(&out) {
-            return Err((
-                None,
-                format!(
-                    "switching current to {} failed: {}",
-                    up.release,
-                    out.tail(3)
-                ),
-            ));
+    let current = a.current_version.clone().unwrap_or_default();
+    let env = LifecycleEnv {
+        job,
+        worker,
+        release: &up.release,
+        current_version: &current,
+        new_version: &a.new_version,
+    };
+    let cmd = match make_target {
+        Some(target) => {
+            run.step(&job.name, &a.worker, target);
+            remote::switch_and_run(&env, target, run.timeout)
         }
-        let switched = Switched {
-            release: up.release,
-            previous: up.previous,
-        };
-        if !out.success() {
-            let e = format!(
-                "make {target} exited {}: {}",
-                out.code.map_or("by signal".into(), |c| c.to_string()),
-                out.tail(5)
-            );
-            return Err((Some(switched), e));
+        None => {
+            run.step(&job.name, &a.worker, "switch");
+            remote::switch(&job_dir, &up.release, run.timeout)
         }
-        return Ok(switched);
-    }
-    run.step(&job.name, &a.worker, "switch");
-    let out = host
-        .run(&remote::switch(&job_dir, &up.release, run.timeout))
-        .await
-        .map_err(|e| (None, e.to_string()))?;
-    if !out.success() {
-        return Err((
-            None,
-            format!(
-                "switching current to {} failed: {}",
-                up.release,
-                out.tail(3)
-            ),
-        ));
+    };
+    let out = host.run(&cmd).await.map_err(|e| (None, e.to_string()))?;
+    let switch_ok = match make_target {
+        Some(_) => !remote::switch_failed(&out),
+        None => out.success(),
+    };
+    if !switch_ok {
+        let e = format!(
+            "switching current to {} failed: {}",
+            up.release,
+            out.tail(3)
+        );
+        return Err((None, e));
     }
     let switched = Switched {
         release: up.release,
         previous: up.previous,
     };
-    if let Some(target) = a.action.target() {
-        run.step(&job.name, &a.worker, target);
-        let r = lifecycle(run, job, worker, &host, target, &switched.release, a).await;
-        if let Err(e) = r {
-            return Err((Some(switched), e));
+    match (make_target, a.action.target()) {
+        (Some(target), _) if !out.success() => {
+            Err((Some(switched), remote::target_failed(target, &out)))
+        }
+        (Some(_), _) | (None, None) => Ok(switched),
+        (None, Some(target)) => {
+            run.step(&job.name, &a.worker, target);
+            match lifecycle(run, job, worker, &host, target, &switched.release, a).await {
+                Ok(()) => Ok(switched),
+                Err(e) => Err((Some(switched), e)),
+            }
         }
     }
-    Ok(switched)
 }
 
 async fn lifecycle(
@@ -985,11 +969,7 @@ async fn lifecycle(
     if out.success() {
         Ok(())
     } else {
-        Err(format!(
-            "make {target} exited {}: {}",
-            out.code.map_or("by signal".into(), |c| c.to_string()),
-            out.tail(5)
-        ))
+        Err(remote::target_failed(target, &out))
     }
 }
 

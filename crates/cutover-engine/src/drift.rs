@@ -73,81 +73,46 @@ pub async fn drift(
         }
     }
 
-    let stage_root = tempfile::Builder::new()
-        .prefix("cutover-drift-")
-        .tempdir()
-        .map_err(EngineError::io("creating the staging directory"))?;
-    let wanted: BTreeSet<_> = to_check.iter().cloned().collect();
-    let staged = render::stage(stage_root.path(), &rendered.trees, &wanted)?;
-    let workers: Vec<_> = wanted
-        .iter()
-        .filter_map(|(_, w)| ctx.project.worker(w).map(|w| (w.name.clone(), w.clone())))
-        .collect::<std::collections::BTreeMap<_, _>>()
-        .into_values()
-        .collect();
-    let fleet = Fleet::connect(&ctx.project.config.ssh, workers, &ctx.reporter).await?;
-    let timeout = ctx.project.config.ssh.command_timeout;
-
-    let mut tasks = Vec::new();
-    for (job, worker) in &to_check {
-        let tree = &rendered.trees[&(job.clone(), worker.clone())];
-        let Some(w) = ctx.project.worker(worker) else {
-            continue;
+    let wanted: BTreeSet<_> = to_check.into_iter().collect();
+    for ((job, worker), found) in on_workers(ctx, &rendered.trees, &wanted).await? {
+        let mut d = AllocDrift {
+            job,
+            worker,
+            state: "clean".into(),
+            files: Vec::new(),
+            message: String::new(),
         };
-        let stage = staged[&(job.clone(), tree.hash.clone())].clone();
-        let dir = format!("{}/current", w.job_dir(job));
-        let host = fleet.get(worker);
-        let (job, worker) = (job.clone(), worker.clone());
-        tasks.push(async move {
-            let mut d = AllocDrift {
-                job,
-                worker,
-                state: "clean".into(),
-                files: Vec::new(),
-                message: String::new(),
-            };
-            match host {
-                Err(e) => {
-                    d.state = "unreachable".into();
-                    d.message = e;
-                }
-                Ok(h) => match h.diff(&stage, &dir, timeout).await {
-                    Ok(files) if files.is_empty() => {}
-                    Ok(files) => {
-                        d.state = "drifted".into();
-                        d.files = files;
-                    }
-                    Err(e) => {
-                        d.state = "error".into();
-                        d.message = e.to_string();
-                    }
-                },
-            }
-            d
-        });
+        match found {
+            Found::Unreachable(e) => (d.state, d.message) = ("unreachable".into(), e),
+            Found::Error(e) => (d.state, d.message) = ("error".into(), e),
+            Found::Files(files) if files.is_empty() => {}
+            Found::Files(files) => (d.state, d.files) = ("drifted".into(), files),
+        }
+        out.push(d);
     }
-    for t in tasks {
-        out.push(t.await);
-    }
-    fleet.close().await;
     out.sort_by(|a, b| (&a.job, &a.worker).cmp(&(&b.job, &b.worker)));
     Ok(DriftReport { allocations: out })
 }
 
+/// What comparing one allocation with its worker found.
+enum Found {
+    Files(Vec<Drift>),
+    Unreachable(String),
+    Error(String),
+}
+
 /// Compares each of `keys` on its worker with its rendered tree (which the
-/// caller knows to be the promoted one); returns those that differ, with
-/// the paths that do. An unreachable worker is reported as differing in
-/// nothing here: the deploy that follows reports it.
-pub(crate) async fn compare(
+/// caller knows to be the promoted one), all workers at once, by checksum.
+async fn on_workers(
     ctx: &Context,
     trees: &std::collections::BTreeMap<(String, String), cutover_model::tree::Tree>,
     keys: &BTreeSet<(String, String)>,
-) -> Result<Vec<((String, String), Vec<String>)>, EngineError> {
+) -> Result<Vec<((String, String), Found)>, EngineError> {
     if keys.is_empty() {
         return Ok(Vec::new());
     }
     let stage_root = tempfile::Builder::new()
-        .prefix("cutover-verify-")
+        .prefix("cutover-drift-")
         .tempdir()
         .map_err(EngineError::io("creating the staging directory"))?;
     let staged = render::stage(stage_root.path(), trees, keys)?;
@@ -161,10 +126,9 @@ pub(crate) async fn compare(
     let timeout = ctx.project.config.ssh.command_timeout;
     let mut tasks = tokio::task::JoinSet::new();
     for (job, worker) in keys {
-        let (Some(tree), Some(w), Ok(host)) = (
+        let (Some(tree), Some(w)) = (
             trees.get(&(job.clone(), worker.clone())),
             ctx.project.worker(worker),
-            fleet.get(worker),
         ) else {
             continue;
         };
@@ -172,22 +136,45 @@ pub(crate) async fn compare(
             continue;
         };
         let dir = format!("{}/current", w.job_dir(job));
+        let host = fleet.get(worker);
         let key = (job.clone(), worker.clone());
         tasks.spawn(async move {
-            let files = host.diff(&stage, &dir, timeout).await;
-            (key, files)
+            let found = match host {
+                Err(e) => Found::Unreachable(e),
+                Ok(h) => match h.diff(&stage, &dir, timeout).await {
+                    Ok(files) => Found::Files(files),
+                    Err(e) => Found::Error(e.to_string()),
+                },
+            };
+            (key, found)
         });
     }
     let mut out = Vec::new();
-    while let Some(Ok((key, files))) = tasks.join_next().await {
-        match files {
-            Ok(f) if !f.is_empty() => out.push((key, f.into_iter().map(|d| d.path).collect())),
-            Ok(_) => {}
-            // Cannot tell: roll it out again rather than trust it.
-            Err(e) => out.push((key, vec![format!("(cannot compare: {e})")])),
-        }
+    while let Some(Ok(r)) = tasks.join_next().await {
+        out.push(r);
     }
     fleet.close().await;
-    out.sort();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
+}
+
+/// The allocations of `keys` whose worker differs from the promoted tree,
+/// with the paths that do (`deploy --verify`). One whose comparison fails
+/// counts as differing: it is rolled out again rather than trusted. An
+/// unreachable worker is left to the deploy that follows, which reports it.
+pub(crate) async fn compare(
+    ctx: &Context,
+    trees: &std::collections::BTreeMap<(String, String), cutover_model::tree::Tree>,
+    keys: &BTreeSet<(String, String)>,
+) -> Result<Vec<((String, String), Vec<String>)>, EngineError> {
+    Ok(on_workers(ctx, trees, keys)
+        .await?
+        .into_iter()
+        .filter_map(|(key, found)| match found {
+            Found::Files(f) if f.is_empty() => None,
+            Found::Unreachable(_) => None,
+            Found::Files(f) => Some((key, f.into_iter().map(|d| d.path).collect())),
+            Found::Error(e) => Some((key, vec![format!("(cannot compare: {e})")])),
+        })
+        .collect())
 }

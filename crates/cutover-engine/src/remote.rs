@@ -47,6 +47,15 @@ exec make -C "$1/current" "$3""#
         .timeout(timeout)
 }
 
+/// The message for a lifecycle target that failed.
+pub(crate) fn target_failed(target: &str, out: &cutover_transport::Output) -> String {
+    format!(
+        "make {target} exited {}: {}",
+        out.code.map_or("by signal".into(), |c| c.to_string()),
+        out.tail(5)
+    )
+}
+
 pub(crate) fn switch_failed(out: &cutover_transport::Output) -> bool {
     out.code == Some(SWITCH_FAILED) && out.stderr.contains(SWITCH_MARK)
 }

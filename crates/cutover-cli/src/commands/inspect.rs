@@ -7,7 +7,7 @@ use cutover_state::StateStore;
 use super::{command_line, job_set, load_project, project_root, Session};
 use crate::args::{CatArgs, CatWhat, Global};
 use crate::error::CliError;
-use crate::output::{self, short, table};
+use crate::output::{short, table};
 
 pub fn check(g: &Global) -> Result<u8, CliError> {
     let root = project_root(g)?;
@@ -396,6 +396,5 @@ pub async fn lock_release(s: &Session) -> Result<u8, CliError> {
             None => println!("the lock was free"),
         }
     }
-    let _ = output::short(&None);
     Ok(0)
 }

@@ -184,7 +184,11 @@ async fn release_run(s: &Session, opts: &ReleaseOptions) -> Result<u8, CliError>
         ReleaseOutcome::Failed { .. } => (1, "failed"),
     };
     if !opts.dry_run {
-        s.audit(&opts.command, outcome, rc, &format!("ticket {t}"));
+        let mut detail = format!("ticket {t}");
+        if let Some(h) = &report.took_over_lock {
+            detail.push_str(&format!("; took over the stale lock of {h}"));
+        }
+        s.audit(&opts.command, outcome, rc, &detail);
     }
     let playbooks = match &report.outcome {
         ReleaseOutcome::Failed { phase, .. } => {

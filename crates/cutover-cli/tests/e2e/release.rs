@@ -439,11 +439,19 @@ fn a_release_killed_mid_migrate_resumes_from_migrate() {
         assert_eq!(w.read("jobs/web/current/page.html"), "55\n", "{}", w.name);
     }
     let audit = std::fs::read_to_string(s.p.path().join(".cutover/audit.log")).expect("audit");
+    // The killed run's lock was taken over, and that is on the record.
+    let resumed = audit.lines().last().expect("audit line");
     assert!(
-        audit.contains("took over the stale lock")
-            || audit.contains("release run 55 --from=migrate"),
+        resumed.contains("release run 55 --from=migrate") && resumed.contains("outcome=complete"),
         "{audit}"
     );
+    assert!(
+        resumed.contains("took over the stale lock of ")
+            && resumed.contains("`cutover release run 55`, ticket 55"),
+        "{audit}"
+    );
+    assert!(out.stdout.contains("took over the stale lock"), "{out:?}");
+    assert_eq!(s.p.expect(&["lock", "status"], 0).stdout.trim(), "unlocked");
     s.p.expect(&["drift"], 0);
 }
 

@@ -56,6 +56,8 @@ pub struct ReleaseReport {
     pub script: Option<String>,
     /// Output of the failed step, for playbook matching.
     pub failure_output: String,
+    /// The holder of a stale lock (a killed run) this one took over.
+    pub took_over_lock: Option<String>,
 }
 
 /// A phase's failure: its exit code and what it printed.
@@ -105,7 +107,7 @@ pub async fn run(ctx: &Context, opts: &ReleaseOptions) -> Result<ReleaseReport, 
         // Refusals that change nothing come before the lock and the log.
         preflight(ctx, opts, &git)?;
     }
-    let _lock = ctx
+    let lock = ctx
         .store
         .lock(&ctx.holder(&opts.command, Some(&opts.ticket)))
         .await?;
@@ -117,7 +119,11 @@ pub async fn run(ctx: &Context, opts: &ReleaseOptions) -> Result<ReleaseReport, 
         plan: None,
         script: None,
         failure_output: String::new(),
+        took_over_lock: lock.took_over.as_ref().map(|h| h.to_string()),
     };
+    if let Some(h) = &report.took_over_lock {
+        say(ctx, format!("took over the stale lock of {h}"));
+    }
     let mut ctx_now = ctx.with_project((*ctx.project).clone());
     let start = resume.unwrap_or(Phase::Prepare);
     let mut state = existing.unwrap_or_default();
@@ -759,6 +765,7 @@ async fn dry_run(
                     plan: None,
                     script: None,
                     failure_output: String::new(),
+                    took_over_lock: None,
                 };
                 return Ok(report);
             }
@@ -840,5 +847,6 @@ async fn dry_run(
         plan: Some(plan),
         script,
         failure_output: String::new(),
+        took_over_lock: None,
     })
 }
