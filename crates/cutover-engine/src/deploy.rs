@@ -16,7 +16,7 @@ use cutover_model::plan::{
 use cutover_model::{Job, OnFailure, Project, Worker};
 use cutover_state::{AllocStatus, AllocationRecord, NewDeployment, StateStore};
 use serde::Serialize;
-use tokio::sync::Semaphore;
+use tokio::sync::{oneshot, Semaphore};
 
 use crate::events::{Event, Reporter};
 use crate::fleet::Fleet;
@@ -556,7 +556,10 @@ async fn stop_one(run: &Run, s: &StopPlan) -> Result<(), String> {
 /// An allocation whose new release is in place and switched to.
 struct Switched {
     release: String,
+    /// What `current` pointed at before the switch.
     previous: Option<String>,
+    /// The first health command attempt, when it ran with the lifecycle.
+    health: Option<Result<(), String>>,
 }
 
 async fn run_job(run: &Arc<Run>, jp: &JobPlan) -> JobResult {
@@ -593,47 +596,67 @@ async fn run_job(run: &Arc<Run>, jp: &JobPlan) -> JobResult {
         return finish(run, result, JobStatus::Failed, e);
     }
 
-    let mut promoted: Vec<(String, Switched)> = Vec::new();
     // Upload every release dir ahead of the rolling batches: each host
-    // connects, prepares and uploads in batch order, a couple of batches
-    // at a time, so batch 1 can switch while later hosts still upload. The
-    // running releases are untouched until their batch switches.
+    // connects and uploads in batch order, so batch 1 can switch while
+    // later hosts still upload. The running releases are untouched until
+    // their batch switches.
     let mut sizes: BTreeMap<usize, usize> = BTreeMap::new();
     for b in jp.allocations.iter().filter_map(|a| a.batch) {
         *sizes.entry(b).or_default() += 1;
     }
+    let first = sizes.values().next().copied().unwrap_or(1);
     let width = (2 * sizes.values().copied().max().unwrap_or(1)).max(4);
-    let gate = Arc::new(Semaphore::new(width));
-    let mut order: Vec<&AllocPlan> = jp
+    let mut order: Vec<AllocPlan> = jp
         .allocations
         .iter()
         .filter(|a| a.batch.is_some())
+        .cloned()
         .collect();
     order.sort_by_key(|a| a.batch);
-    let mut uploads: BTreeMap<String, tokio::task::JoinHandle<Result<Uploaded, String>>> =
+    let mut uploads: BTreeMap<String, oneshot::Receiver<Result<Uploaded, String>>> =
         BTreeMap::new();
+    let mut senders = Vec::new();
     for a in order {
-        let (run, gate, job_name, a) = (run.clone(), gate.clone(), job.name.clone(), a.clone());
-        let worker = a.worker.clone();
-        uploads.insert(
-            worker,
-            tokio::spawn(async move {
-                let _slot = gate.acquire_owned().await;
-                let job = &run.project.jobs[&job_name];
-                upload_one(&run, job, &a).await
-            }),
-        );
+        let (tx, rx) = oneshot::channel();
+        uploads.insert(a.worker.clone(), rx);
+        senders.push((a, tx));
     }
-    // Uploads of batches that never run (the job halted) are not needed.
-    struct AbortOnDrop(Vec<tokio::task::AbortHandle>);
+    // One driver admits the uploads strictly in batch order. Batch 1 goes
+    // alone, so that its hosts have the machine to themselves and the first
+    // restart (or the first failure) comes as early as it can; after it,
+    // up to two batches upload at once. Dropping the driver (the job
+    // halted) aborts the uploads still running: batches that never run
+    // need no release dir.
+    let driver = {
+        let (run, job_name) = (run.clone(), job.name.clone());
+        tokio::spawn(async move {
+            let gate = Arc::new(Semaphore::new(first));
+            let mut running = tokio::task::JoinSet::new();
+            for (i, (a, tx)) in senders.into_iter().enumerate() {
+                if i == first {
+                    while running.join_next().await.is_some() {}
+                    gate.add_permits(width.saturating_sub(first));
+                }
+                let Ok(slot) = gate.clone().acquire_owned().await else {
+                    return;
+                };
+                let (run, job_name) = (run.clone(), job_name.clone());
+                running.spawn(async move {
+                    let _slot = slot;
+                    let job = &run.project.jobs[&job_name];
+                    let _ = tx.send(upload_one(&run, job, &a).await);
+                });
+            }
+            while running.join_next().await.is_some() {}
+        })
+    };
+    struct AbortOnDrop(tokio::task::AbortHandle);
     impl Drop for AbortOnDrop {
         fn drop(&mut self) {
-            for h in &self.0 {
-                h.abort();
-            }
+            self.0.abort();
         }
     }
-    let _abort = AbortOnDrop(uploads.values().map(|h| h.abort_handle()).collect());
+    let _abort = AbortOnDrop(driver.abort_handle());
 
     for batch in 1..=jp.batches {
         let members: Vec<&AllocPlan> = jp
@@ -655,7 +678,7 @@ async fn run_job(run: &Arc<Run>, jp: &JobPlan) -> JobResult {
             match h {
                 Some(h) => h
                     .await
-                    .unwrap_or_else(|e| Err(format!("upload task failed: {e}"))),
+                    .unwrap_or_else(|_| Err("the upload task ended early".to_string())),
                 None => Err("internal error: not uploaded".to_string()),
             }
         }))
@@ -718,7 +741,6 @@ async fn run_job(run: &Arc<Run>, jp: &JobPlan) -> JobResult {
                     String::new(),
                     false,
                 ));
-                promoted.push((a.worker.clone(), s));
             }
             continue;
         }
@@ -766,7 +788,6 @@ async fn run_job(run: &Arc<Run>, jp: &JobPlan) -> JobResult {
         );
     }
 
-    crate::join::join_all(promoted.iter().map(|(w, s)| prune_one(run, job, w, s))).await;
     if let Err(e) = run
         .hook(
             job,
@@ -828,49 +849,43 @@ type RolloutError = (Option<Switched>, String);
 #[derive(Clone)]
 struct Uploaded {
     release: String,
-    previous: Option<String>,
 }
 
 /// Writes the allocation's new release dir. The running release is not
 /// touched, so every allocation of a job uploads at once, ahead of the
 /// rolling batches: only the switch and the lifecycle roll.
+///
+/// It is one remote command: the job dir is created and old releases are
+/// pruned (`remote::upload_setup`) in the same command as rsync's receiver.
+/// Unchanged files are hard-linked from the release the store last
+/// promoted there; if the worker no longer has it, they are sent instead.
 async fn upload_one(run: &Run, job: &Job, a: &AllocPlan) -> Result<Uploaded, String> {
     let _permit = run.limit.acquire().await;
     let worker = &run.workers[&a.worker];
     let host = run.fleet.host(&a.worker).await?;
     let job_dir = worker.job_dir(&job.name);
-
-    run.step(&job.name, &a.worker, "prepare");
-    let out = host
-        .run(&remote::prepare(&job_dir, run.timeout))
-        .await
-        .map_err(|e| e.to_string())?;
-    if !out.success() {
-        return Err(format!("preparing {job_dir} failed: {}", out.tail(3)));
-    }
-    let previous = out
-        .stdout
-        .trim()
-        .strip_prefix("releases/")
-        .map(str::to_string)
-        .filter(|p| !p.is_empty());
-
     let release = format!("r{:06}-{}", run.seq, &a.hash[..12.min(a.hash.len())]);
     let stage = run
         .staged
         .get(&(job.name.clone(), a.hash.clone()))
         .ok_or_else(|| "internal error: tree not staged".to_string())?;
+    let link_dest = run
+        .records
+        .get(&(job.name.clone(), a.worker.clone()))
+        .and_then(|r| r.release_id.as_ref())
+        .map(|p| format!("{job_dir}/releases/{p}"));
     run.step(&job.name, &a.worker, "upload");
-    let link_dest = previous.as_ref().map(|p| format!("{job_dir}/releases/{p}"));
+    let setup = remote::upload_setup(&job_dir, job.manifest.keep_releases, &release, run.timeout);
     host.push(
         stage,
         &format!("{job_dir}/releases/{release}"),
         link_dest.as_deref(),
+        Some(&setup),
         run.timeout,
     )
     .await
     .map_err(|e| e.to_string())?;
-    Ok(Uploaded { release, previous })
+    Ok(Uploaded { release })
 }
 
 /// Switches `current` to the uploaded release and runs the lifecycle target.
@@ -899,10 +914,21 @@ async fn activate_one(
         current_version: &current,
         new_version: &a.new_version,
     };
+    // The health command's first attempt joins them when nothing (an
+    // `after_allocation_started` hook) must run between the two.
+    let folded = match (&job.manifest.health.command, make_target) {
+        (Some(command), Some(_)) if job.manifest.hooks.after_allocation_started.is_none() => {
+            Some(remote::FoldedHealth {
+                command,
+                timeout: job.manifest.health.timeout,
+            })
+        }
+        _ => None,
+    };
     let cmd = match make_target {
         Some(target) => {
             run.step(&job.name, &a.worker, target);
-            remote::switch_and_run(&env, target, run.timeout)
+            remote::switch_and_run(&env, target, folded.as_ref(), run.timeout)
         }
         None => {
             run.step(&job.name, &a.worker, "switch");
@@ -922,11 +948,16 @@ async fn activate_one(
         );
         return Err((None, e));
     }
-    let switched = Switched {
+    let mut switched = Switched {
         release: up.release,
-        previous: up.previous,
+        previous: remote::previous_release(&out),
+        health: None,
     };
+    if let Some(h) = &folded {
+        switched.health = remote::folded_health(h.command, &out);
+    }
     match (make_target, a.action.target()) {
+        (Some(_), _) if switched.health.is_some() => Ok(switched),
         (Some(target), _) if !out.success() => {
             Err((Some(switched), remote::target_failed(target, &out)))
         }
@@ -995,6 +1026,7 @@ async fn check_one(run: &Run, job: &Job, a: &AllocPlan, s: &Switched) -> Result<
         &env,
         run.kv.get(&job.name).unwrap_or(&empty),
         &run.env,
+        s.health.clone(),
     )
     .await
 }
@@ -1024,23 +1056,6 @@ async fn promote(run: &Run, job: &Job, a: &AllocPlan, s: &Switched) {
         if let Ok(json) = serde_json::to_string(w) {
             let _ = run.store.put_known_worker(&w.name, &json).await;
         }
-    }
-}
-
-/// Deletes release dirs beyond keep_releases; current and previous stay.
-async fn prune_one(run: &Run, job: &Job, worker: &str, s: &Switched) {
-    let _permit = run.limit.acquire().await;
-    if let (Ok(host), Some(w)) = (run.fleet.host(worker).await, run.workers.get(worker)) {
-        let prev = s.previous.clone().unwrap_or_default();
-        let _ = host
-            .run(&remote::prune(
-                &w.job_dir(&job.name),
-                job.manifest.keep_releases,
-                &s.release,
-                &prev,
-                run.timeout,
-            ))
-            .await;
     }
 }
 

@@ -11,11 +11,15 @@ use tokio::net::TcpStream;
 use crate::remote::LifecycleEnv;
 
 /// Renders a job's checks for one worker and waits until they pass.
+///
+/// `first_command` is the result of the command check's first attempt when
+/// it already ran on the worker (folded into the lifecycle command).
 pub(crate) async fn check_allocation(
     host: &Host,
     env: &LifecycleEnv<'_>,
     kv: &std::collections::BTreeMap<String, String>,
     operator_env: &std::collections::BTreeMap<String, String>,
+    first_command: Option<Result<(), String>>,
 ) -> Result<(), String> {
     let spec = &env.job.manifest.health;
     if spec.is_empty() {
@@ -35,7 +39,7 @@ pub(crate) async fn check_allocation(
         tcp: render(&spec.tcp)?,
         command: spec.command.clone(),
     };
-    wait_healthy(host, env, spec, &checks).await
+    wait_healthy(host, env, spec, &checks, first_command).await
 }
 
 /// The rendered checks of one allocation.
@@ -50,10 +54,11 @@ pub(crate) async fn wait_healthy(
     env: &LifecycleEnv<'_>,
     spec: &HealthCheck,
     checks: &Checks,
+    mut first_command: Option<Result<(), String>>,
 ) -> Result<(), String> {
     let mut last = String::new();
     for attempt in 1..=spec.attempts {
-        match once(host, env, spec, checks).await {
+        match once(host, env, spec, checks, first_command.take()).await {
             Ok(()) => return Ok(()),
             Err(e) => last = e,
         }
@@ -73,6 +78,7 @@ async fn once(
     env: &LifecycleEnv<'_>,
     spec: &HealthCheck,
     checks: &Checks,
+    command_done: Option<Result<(), String>>,
 ) -> Result<(), String> {
     if let Some(url) = &checks.http {
         http(url, spec.expect_status, spec.timeout).await?;
@@ -83,6 +89,9 @@ async fn once(
             Ok(Err(e)) => return Err(format!("tcp {addr}: {e}")),
             Err(_) => return Err(format!("tcp {addr}: timed out")),
         }
+    }
+    if let Some(done) = command_done {
+        return done;
     }
     if let Some(command) = &checks.command {
         let dir = format!("{}/current", env.worker.job_dir(&env.job.name));

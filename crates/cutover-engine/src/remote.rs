@@ -13,38 +13,109 @@ fn script(text: &str, args: &[&str]) -> Command {
     Command::new(argv)
 }
 
-/// Creates the job's dirs; prints what `current` points at (empty if none).
-pub(crate) fn prepare(job_dir: &str, timeout: Duration) -> Command {
+/// Runs on the worker right before an upload, in the same remote command as
+/// rsync's receiver: creates the job's dirs and deletes the oldest release
+/// dirs so that, with the one being uploaded, `keep` remain. It never
+/// deletes what `current` points at (the release a failed batch switches
+/// back to) or `release` itself.
+pub(crate) fn upload_setup(
+    job_dir: &str,
+    keep: usize,
+    release: &str,
+    timeout: Duration,
+) -> Command {
+    let older = keep.saturating_sub(1).to_string();
     script(
-        r#"mkdir -p "$1/releases" "$1/shared" && { readlink "$1/current" || true; }"#,
-        &[job_dir],
+        r#"mkdir -p "$1/releases" "$1/shared" && cd "$1/releases" || exit
+c=$(readlink ../current 2>/dev/null); c=${c#releases/}
+ls -1 | sort -r | awk -v k="$2" 'NR > k' | while IFS= read -r r; do
+  [ "$r" = "$c" ] || [ "$r" = "$3" ] || rm -rf -- "$r"
+done"#,
+        &[job_dir, &older, release],
     )
     .timeout(timeout)
 }
 
-/// Points `current` at a release by an atomic rename of a new symlink.
+/// The switch of `current`, by an atomic rename of a new symlink. It prints
+/// the release `current` pointed at before (the one to switch back to) as
+/// the line `cutover-previous=NAME`, empty for a first release.
+const SWITCH: &str = r#"p=$(readlink "$1/current" 2>/dev/null); p=${p#releases/}
+test -d "$1/releases/$2" && ln -sfn "releases/$2" "$1/.current.tmp" && mv -Tf "$1/.current.tmp" "$1/current""#;
+const PREVIOUS: &str = "cutover-previous=";
+
+/// Points `current` at a release.
 pub(crate) fn switch(job_dir: &str, release: &str, timeout: Duration) -> Command {
     script(
-        r#"test -d "$1/releases/$2" && ln -sfn "releases/$2" "$1/.current.tmp" && mv -Tf "$1/.current.tmp" "$1/current""#,
+        &format!("{SWITCH} || exit\necho \"{PREVIOUS}$p\""),
         &[job_dir, release],
     )
     .timeout(timeout)
 }
 
+/// The release `current` pointed at before a switch, from its output.
+pub(crate) fn previous_release(out: &cutover_transport::Output) -> Option<String> {
+    out.stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(PREVIOUS))
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(str::to_string)
+}
+
 const SWITCH_FAILED: i32 = 97;
 const SWITCH_MARK: &str = "cutover: cannot switch current";
+const HEALTH_FAILED: i32 = 98;
+const HEALTH_MARK: &str = "cutover: health command";
 
-/// Switches `current` and runs the lifecycle target, in one round trip.
-/// A failed switch exits 97 with a marker line, so it is never mistaken for
-/// a failed target (which runs only after the switch).
-pub(crate) fn switch_and_run(env: &LifecycleEnv<'_>, target: &str, timeout: Duration) -> Command {
+/// A health command to run right after the lifecycle target, in the same
+/// remote command.
+pub(crate) struct FoldedHealth<'a> {
+    pub command: &'a str,
+    pub timeout: Duration,
+}
+
+/// Switches `current` and runs the lifecycle target, then (if given) the
+/// first attempt of the health command, all in one round trip.
+///
+/// Each step's failure is told apart: a failed switch exits 97 and a failed
+/// health command exits 98, each with a marker line on stderr; any other
+/// failure is the target's own exit status.
+pub(crate) fn switch_and_run(
+    env: &LifecycleEnv<'_>,
+    target: &str,
+    health: Option<&FoldedHealth<'_>>,
+    timeout: Duration,
+) -> Command {
     let job_dir = env.worker.job_dir(&env.job.name);
-    let text = format!(
-        r#"{{ test -d "$1/releases/$2" && ln -sfn "releases/$2" "$1/.current.tmp" && mv -Tf "$1/.current.tmp" "$1/current"; }} || {{ echo "{SWITCH_MARK} to $2" >&2; exit {SWITCH_FAILED}; }}
-exec make -C "$1/current" "$3""#
+    let mut text = format!(
+        r#"{{ {SWITCH}; }} || {{ echo "{SWITCH_MARK} to $2" >&2; exit {SWITCH_FAILED}; }}
+echo "{PREVIOUS}$p""#
     );
-    env.apply(script(&text, &[&job_dir, env.release, target]))
-        .timeout(timeout)
+    let (command, secs) = match health {
+        None => {
+            text.push_str("\nexec make -C \"$1/current\" \"$3\"");
+            (String::new(), String::new())
+        }
+        Some(h) => {
+            text.push_str(&format!(
+                r#"
+make -C "$1/current" "$3" || exit
+cd "$1/current" || exit {HEALTH_FAILED}
+if command -v timeout >/dev/null 2>&1; then timeout -k 1 "$5" sh -c "$4"; else sh -c "$4"; fi
+rc=$?
+[ "$rc" -eq 0 ] || {{ echo "{HEALTH_MARK} exited $rc" >&2; exit {HEALTH_FAILED}; }}"#
+            ));
+            (
+                h.command.to_string(),
+                format!("{:.3}", h.timeout.as_secs_f64()),
+            )
+        }
+    };
+    env.apply(script(
+        &text,
+        &[&job_dir, env.release, target, &command, &secs],
+    ))
+    .timeout(timeout + health.map_or(Duration::ZERO, |h| h.timeout))
 }
 
 /// The message for a lifecycle target that failed.
@@ -58,6 +129,40 @@ pub(crate) fn target_failed(target: &str, out: &cutover_transport::Output) -> St
 
 pub(crate) fn switch_failed(out: &cutover_transport::Output) -> bool {
     out.code == Some(SWITCH_FAILED) && out.stderr.contains(SWITCH_MARK)
+}
+
+/// After `switch_and_run` with a health command: `None` if the target
+/// failed (the health command did not run), else the health result.
+pub(crate) fn folded_health(
+    command: &str,
+    out: &cutover_transport::Output,
+) -> Option<Result<(), String>> {
+    if out.success() {
+        return Some(Ok(()));
+    }
+    let mark = out
+        .stderr
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix(HEALTH_MARK))
+        .filter(|_| out.code == Some(HEALTH_FAILED))?;
+    let rc = mark.trim().strip_prefix("exited ").unwrap_or("").trim();
+    let lines = |text: &'_ str| -> Vec<String> {
+        text.lines()
+            .filter(|l| !l.starts_with(HEALTH_MARK) && !l.starts_with(PREVIOUS))
+            .map(str::to_string)
+            .collect()
+    };
+    let mut detail = lines(&out.stderr);
+    if detail.is_empty() {
+        detail = lines(&out.stdout);
+    }
+    let tail = detail[detail.len().saturating_sub(3)..].join("\n");
+    Some(Err(if rc == "124" {
+        format!("`{command}` timed out")
+    } else {
+        format!("`{command}` exited {rc}: {tail}")
+    }))
 }
 
 /// What the lifecycle targets and health commands see.
@@ -103,24 +208,4 @@ pub(crate) fn stop(job_dir: &str, env: Vec<(String, String)>, timeout: Duration)
 /// Removes a job's directory from the worker.
 pub(crate) fn remove_job(job_dir: &str, timeout: Duration) -> Command {
     script(r#"rm -rf -- "$1""#, &[job_dir]).timeout(timeout)
-}
-
-/// Deletes the oldest release dirs beyond `keep`, never `current` or the
-/// release before it (the one a failed batch switches back to).
-pub(crate) fn prune(
-    job_dir: &str,
-    keep: usize,
-    current: &str,
-    previous: &str,
-    timeout: Duration,
-) -> Command {
-    let keep = keep.to_string();
-    script(
-        r#"cd "$1/releases" || exit 0
-ls -1 | sort -r | awk -v k="$2" 'NR > k' | while IFS= read -r r; do
-  [ "$r" = "$3" ] || [ "$r" = "$4" ] || rm -rf -- "$r"
-done"#,
-        &[job_dir, &keep, current, previous],
-    )
-    .timeout(timeout)
 }

@@ -64,13 +64,21 @@ pub fn shell_quote(word: &str) -> String {
 /// Environment goes through `env` rather than ssh's SendEnv so that it does
 /// not depend on the worker's sshd `AcceptEnv`.
 pub fn command_line(cmd: &Command) -> String {
+    shell_line(cmd, true)
+}
+
+/// The same line without `exec`, for a command that something else follows
+/// in the same shell (`SETUP && rsync ...`).
+pub(crate) fn shell_line(cmd: &Command, exec: bool) -> String {
     let mut line = String::new();
     if let Some(dir) = &cmd.cwd {
         line.push_str("cd ");
         line.push_str(&shell_quote(dir));
         line.push_str(" && ");
     }
-    line.push_str("exec ");
+    if exec {
+        line.push_str("exec ");
+    }
     if !cmd.env.is_empty() {
         line.push_str("env");
         for (k, v) in &cmd.env {

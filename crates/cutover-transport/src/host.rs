@@ -149,20 +149,46 @@ impl Host {
     }
 
     /// Sends `local` into `remote_dir` (created if missing), hard-linking
-    /// unchanged files to `link_dest` (an absolute path on the host).
+    /// unchanged files to `link_dest` (an absolute path on the host; one
+    /// that does not exist only costs the hard links).
+    ///
+    /// `setup` runs on the host first, and the push fails if it fails. Over
+    /// ssh it runs in the same remote command as rsync's receiver (through
+    /// `--rsync-path`), so it costs no round trip of its own.
     pub async fn push(
         &self,
         local: &Path,
         remote_dir: &str,
         link_dest: Option<&str>,
+        setup: Option<&Command>,
         timeout: Duration,
     ) -> Result<(), TransportError> {
-        let out = self
-            .rsync(
-                rsync::push_args(local, &self.rsync_dest(remote_dir), link_dest),
-                timeout,
-            )
-            .await?;
+        let mut args = Vec::new();
+        match (self, setup) {
+            (Host::Ssh(_), Some(setup)) => {
+                args.push(format!(
+                    "--rsync-path={} && rsync",
+                    crate::command::shell_line(setup, false)
+                ));
+            }
+            (Host::Local { .. }, Some(setup)) => {
+                let out = self.run(setup).await?;
+                if !out.success() {
+                    return Err(TransportError::Rsync {
+                        host: self.name().to_string(),
+                        code: out.code.unwrap_or(-1),
+                        stderr: out.tail(5),
+                    });
+                }
+            }
+            (_, None) => {}
+        }
+        args.extend(rsync::push_args(
+            local,
+            &self.rsync_dest(remote_dir),
+            link_dest,
+        ));
+        let out = self.rsync(args, timeout).await?;
         if out.success() {
             Ok(())
         } else {

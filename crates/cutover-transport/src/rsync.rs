@@ -24,12 +24,19 @@ pub enum DriftKind {
 }
 
 /// Flags for a push: archive mode, an exact copy, and hard links to the
-/// previous release for every file that did not change. `--checksum` makes
-/// "did not change" a comparison of content, not of size and mtime.
+/// previous release for every file that did not change.
+///
+/// "Did not change" is rsync's quick check (size and mtime) at nanosecond
+/// precision (`--modify-window=-1`). Staged files carry mtimes derived from
+/// their content hash (`cutover_model::tree`), so the quick check compares
+/// content without reading every file on both sides as `--checksum` would.
+/// A file edited on the worker gets a new mtime and is sent again; on a
+/// filesystem without nanosecond times every file is sent: slower, never
+/// wrong.
 pub(crate) fn push_args(local: &Path, dest: &str, link_dest: Option<&str>) -> Vec<String> {
     let mut args = vec![
         "-a".to_string(),
-        "--checksum".to_string(),
+        "--modify-window=-1".to_string(),
         "--delete".to_string(),
     ];
     if let Some(prev) = link_dest {

@@ -534,3 +534,25 @@ fn a_second_deploy_while_one_runs_is_refused_with_exit_3() {
     assert!(first.wait().expect("wait").success());
     assert_eq!(p.expect(&["lock", "status"], 0).stdout.trim(), "unlocked");
 }
+
+#[test]
+fn an_upload_never_inherits_a_file_edited_by_hand_in_the_previous_release() {
+    let (fleet, p) = setup(1);
+    p.job("api", "version = \"1\"\n");
+    p.write("jobs/api/app.conf", "a = 1\n");
+    p.write("jobs/api/page.html", "one\n");
+    p.expect(&["deploy"], 0);
+    // Same size, other content: only the file's mtime gives it away.
+    let w1 = fleet.worker("w1");
+    std::fs::write(w1.path("jobs/api/current/app.conf"), "a = 2\n").expect("edit");
+
+    // Unchanged files are hard-linked from the previous release, but not
+    // one that no longer matches what was shipped.
+    p.write("jobs/api/page.html", "two\n");
+    let out = p.expect(&["deploy"], 0);
+    assert!(out.stdout.contains("success (1 restart)"), "{out:?}");
+    assert!(w1.current("api").expect("current").starts_with("r000002-"));
+    assert_eq!(w1.read("jobs/api/current/app.conf"), "a = 1\n");
+    assert_eq!(w1.read("jobs/api/current/page.html"), "two\n");
+    p.expect(&["drift"], 0);
+}

@@ -238,3 +238,51 @@ fn first_starts_roll_in_batches_and_a_disabled_worker_is_stopped_and_left_alone(
         .then_some(())
         .expect("stable");
 }
+
+#[test]
+fn a_health_command_that_fails_its_first_attempt_is_retried_until_it_passes() {
+    let (fleet, p) = setup(1);
+    // Fails the first time it runs on a worker (right after `make start`,
+    // in the same remote command), passes from the second attempt on.
+    p.job(
+        "api",
+        "version = \"1\"\n[health]\ncommand = \"test -e \\\"$CUTOVER_SHARED/seen\\\" || { touch \\\"$CUTOVER_SHARED/seen\\\"; echo warming up >&2; exit 1; }\"\nattempts = 3\ninterval = \"50ms\"\n",
+    );
+    let out = p.expect(&["deploy"], 0);
+    assert!(out.stdout.contains("success (1 start)"), "{out:?}");
+    let w = fleet.worker("w1");
+    assert!(
+        w.path("jobs/api/shared/seen").exists(),
+        "the first attempt ran and failed"
+    );
+    let st = p.expect(&["status"], 0);
+    assert!(st.stdout.contains("healthy"), "{st:?}");
+
+    // With one attempt, the first failure is final and its output is shown.
+    std::fs::remove_file(w.path("jobs/api/shared/seen")).expect("rm seen");
+    p.job(
+        "api",
+        "version = \"2\"\n[health]\ncommand = \"test -e \\\"$CUTOVER_SHARED/seen\\\" || { touch \\\"$CUTOVER_SHARED/seen\\\"; echo warming up >&2; exit 1; }\"\nattempts = 1\n",
+    );
+    let out = p.expect(&["deploy"], 1);
+    assert!(
+        out.stdout.contains("unhealthy after 1 attempt: `test -e")
+            && out.stdout.contains("exited 1: warming up"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_health_command_that_hangs_fails_after_its_timeout() {
+    let (_fleet, p) = setup(1);
+    p.job(
+        "api",
+        "version = \"1\"\n[health]\ncommand = \"sleep 30\"\nattempts = 1\ntimeout = \"300ms\"\n",
+    );
+    let out = p.expect(&["deploy"], 1);
+    assert!(
+        out.stdout
+            .contains("unhealthy after 1 attempt: `sleep 30` timed out"),
+        "{out:?}"
+    );
+}

@@ -712,6 +712,7 @@ pub(crate) async fn health_all(
                     &env,
                     kv.get(&job.name).unwrap_or(&empty),
                     &ctx.env,
+                    None,
                 )
                 .await
             }
