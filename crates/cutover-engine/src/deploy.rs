@@ -240,6 +240,22 @@ pub async fn deploy(ctx: &Context, opts: &DeployOptions) -> Result<DeployReport,
         })
         .collect();
     let staged = render::stage(stage_root.path(), &rendered.trees, &wanted)?;
+    // Where the store knows which release a worker runs and what is in it,
+    // the upload sends only the files that differ from that release.
+    let bases: BTreeMap<Key, DeltaBase> = wanted
+        .iter()
+        .filter_map(|k| {
+            let release = records
+                .iter()
+                .find(|r| (&r.job, &r.worker) == (&k.0, &k.1))?
+                .release_id
+                .clone()?;
+            let old = recorded.get(k)?.promoted_manifest.as_ref()?;
+            let changed =
+                cutover_model::tree::changed_paths(old, &rendered.candidates.get(k)?.manifest);
+            (changed.len() <= DELTA_MAX_FILES).then(|| (k.clone(), DeltaBase { release, changed }))
+        })
+        .collect();
     let manifests = wanted
         .iter()
         .filter_map(|k| {
@@ -283,6 +299,7 @@ pub async fn deploy(ctx: &Context, opts: &DeployOptions) -> Result<DeployReport,
         reporter: ctx.reporter.clone(),
         fleet,
         staged,
+        bases,
         manifests,
         records: records
             .into_iter()
@@ -378,6 +395,15 @@ pub async fn deploy(ctx: &Context, opts: &DeployOptions) -> Result<DeployReport,
     Ok(report)
 }
 
+/// Above this many changed files an upload is a plain rsync.
+const DELTA_MAX_FILES: usize = 256;
+
+/// The release an allocation runs, and the files the new tree changes.
+struct DeltaBase {
+    release: String,
+    changed: Vec<String>,
+}
+
 /// What the tasks of one run share.
 struct Run {
     project: Arc<Project>,
@@ -385,6 +411,7 @@ struct Run {
     reporter: Arc<dyn Reporter>,
     fleet: Fleet,
     staged: BTreeMap<(String, String), PathBuf>,
+    bases: BTreeMap<Key, DeltaBase>,
     /// (job, hash) -> manifest JSON of each tree being rolled out.
     manifests: BTreeMap<(String, String), String>,
     records: BTreeMap<Key, AllocationRecord>,
@@ -856,35 +883,54 @@ struct Uploaded {
 /// rolling batches: only the switch and the lifecycle roll.
 ///
 /// It is one remote command: the job dir is created and old releases are
-/// pruned (`remote::upload_setup`) in the same command as rsync's receiver.
-/// Unchanged files are hard-linked from the release the store last
-/// promoted there; if the worker no longer has it, they are sent instead.
+/// pruned (`remote::upload_setup`) in the same command as the transfer.
+/// When the store knows the release the worker runs, the new one is made
+/// from it by hard links plus the changed files (`Host::push_delta`), and
+/// checked file by file; otherwise, or if that check fails, rsync sends
+/// what differs, hard-linking the rest from that release.
 async fn upload_one(run: &Run, job: &Job, a: &AllocPlan) -> Result<Uploaded, String> {
     let _permit = run.limit.acquire().await;
     let worker = &run.workers[&a.worker];
     let host = run.fleet.host(&a.worker).await?;
     let job_dir = worker.job_dir(&job.name);
     let release = format!("r{:06}-{}", run.seq, &a.hash[..12.min(a.hash.len())]);
+    let dest = format!("{job_dir}/releases/{release}");
     let stage = run
         .staged
         .get(&(job.name.clone(), a.hash.clone()))
         .ok_or_else(|| "internal error: tree not staged".to_string())?;
-    let link_dest = run
-        .records
-        .get(&(job.name.clone(), a.worker.clone()))
-        .and_then(|r| r.release_id.as_ref())
-        .map(|p| format!("{job_dir}/releases/{p}"));
-    run.step(&job.name, &a.worker, "upload");
+    let base = run.bases.get(&(job.name.clone(), a.worker.clone()));
+    let base_dir = base.map(|b| format!("{job_dir}/releases/{}", b.release));
     let setup = remote::upload_setup(&job_dir, job.manifest.keep_releases, &release, run.timeout);
-    host.push(
-        stage,
-        &format!("{job_dir}/releases/{release}"),
-        link_dest.as_deref(),
-        Some(&setup),
-        run.timeout,
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    if let (Some(b), Some(base_dir)) = (base, &base_dir) {
+        let n = b.changed.len();
+        let step = format!("upload {n} changed file{}", if n == 1 { "" } else { "s" });
+        run.step(&job.name, &a.worker, &step);
+        let done = host
+            .push_delta(
+                stage,
+                &dest,
+                base_dir,
+                &b.changed,
+                Some(&setup),
+                run.timeout,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        if done {
+            return Ok(Uploaded { release });
+        }
+        let step = format!(
+            "upload with rsync: the worker's {} is not as shipped",
+            b.release
+        );
+        run.step(&job.name, &a.worker, &step);
+    } else {
+        run.step(&job.name, &a.worker, "upload with rsync");
+    }
+    host.push(stage, &dest, base_dir.as_deref(), Some(&setup), run.timeout)
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(Uploaded { release })
 }
 

@@ -74,7 +74,7 @@ pub async fn drift(
     }
 
     let wanted: BTreeSet<_> = to_check.into_iter().collect();
-    for ((job, worker), found) in on_workers(ctx, &rendered.trees, &wanted).await? {
+    for ((job, worker), found) in on_workers(ctx, &rendered.trees, &wanted, By::Content).await? {
         let mut d = AllocDrift {
             job,
             worker,
@@ -101,12 +101,26 @@ enum Found {
     Error(String),
 }
 
+/// How a worker's files are compared with the promoted tree.
+#[derive(Debug, Clone, Copy)]
+enum By {
+    /// Every file's content, by rsync's checksums: reads everything on
+    /// both sides (`cutover drift`).
+    Content,
+    /// rsync's quick check: type, mode, size and mtime to the nanosecond.
+    /// Shipped files carry mtimes derived from their content hash, so any
+    /// edit that sets a new mtime (every editor, `cp`, `sed -i`) shows;
+    /// one that forges the old mtime does not (`deploy --verify`).
+    Metadata,
+}
+
 /// Compares each of `keys` on its worker with its rendered tree (which the
-/// caller knows to be the promoted one), all workers at once, by checksum.
+/// caller knows to be the promoted one), all workers at once.
 async fn on_workers(
     ctx: &Context,
     trees: &std::collections::BTreeMap<(String, String), cutover_model::tree::Tree>,
     keys: &BTreeSet<(String, String)>,
+    by: By,
 ) -> Result<Vec<((String, String), Found)>, EngineError> {
     if keys.is_empty() {
         return Ok(Vec::new());
@@ -141,7 +155,10 @@ async fn on_workers(
         tasks.spawn(async move {
             let found = match host {
                 Err(e) => Found::Unreachable(e),
-                Ok(h) => match h.diff(&stage, &dir, timeout).await {
+                Ok(h) => match match by {
+                    By::Content => h.diff(&stage, &dir, timeout).await,
+                    By::Metadata => h.quick_diff(&stage, &dir, timeout).await,
+                } {
                     Ok(files) => Found::Files(files),
                     Err(e) => Found::Error(e.to_string()),
                 },
@@ -159,7 +176,7 @@ async fn on_workers(
 }
 
 /// The allocations of `keys` whose worker differs from the promoted tree,
-/// with the paths that do (`deploy --verify`). One whose comparison fails
+/// by the quick check, with the paths that do (`deploy --verify`). One whose comparison fails
 /// counts as differing: it is rolled out again rather than trusted. An
 /// unreachable worker is left to the deploy that follows, which reports it.
 pub(crate) async fn compare(
@@ -167,7 +184,7 @@ pub(crate) async fn compare(
     trees: &std::collections::BTreeMap<(String, String), cutover_model::tree::Tree>,
     keys: &BTreeSet<(String, String)>,
 ) -> Result<Vec<((String, String), Vec<String>)>, EngineError> {
-    Ok(on_workers(ctx, trees, keys)
+    Ok(on_workers(ctx, trees, keys, By::Metadata)
         .await?
         .into_iter()
         .filter_map(|(key, found)| match found {

@@ -17,7 +17,8 @@ fn script(text: &str, args: &[&str]) -> Command {
 /// rsync's receiver: creates the job's dirs and deletes the oldest release
 /// dirs so that, with the one being uploaded, `keep` remain. It never
 /// deletes what `current` points at (the release a failed batch switches
-/// back to) or `release` itself.
+/// back to). A `release` dir already there (an upload cut short) is
+/// removed: an upload always starts from nothing or from hard links.
 pub(crate) fn upload_setup(
     job_dir: &str,
     keep: usize,
@@ -25,11 +26,22 @@ pub(crate) fn upload_setup(
     timeout: Duration,
 ) -> Command {
     let older = keep.saturating_sub(1).to_string();
+    // Plain sh: in the usual case (dirs there, nothing to prune) it starts
+    // no process at all.
     script(
-        r#"mkdir -p "$1/releases" "$1/shared" && cd "$1/releases" || exit
+        r#"d=$1 k=$2 new=$3
+{ [ -d "$d/releases" ] && [ -d "$d/shared" ]; } || mkdir -p "$d/releases" "$d/shared" || exit
+cd "$d/releases" || exit
+[ ! -e "$new" ] || rm -rf -- "$new" || exit
+set -- *
+[ -e "$1" ] || set --
+n=$(($# - k))
+[ "$n" -gt 0 ] || exit 0
 c=$(readlink ../current 2>/dev/null); c=${c#releases/}
-ls -1 | sort -r | awk -v k="$2" 'NR > k' | while IFS= read -r r; do
-  [ "$r" = "$c" ] || [ "$r" = "$3" ] || rm -rf -- "$r"
+for r; do
+  [ "$n" -gt 0 ] || break
+  n=$((n - 1))
+  [ "$r" = "$c" ] || [ "$r" = "$new" ] || rm -rf -- "$r"
 done"#,
         &[job_dir, &older, release],
     )

@@ -8,6 +8,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use crate::command::{command_line, Command, Output};
+use crate::delta;
 use crate::error::TransportError;
 use crate::rsync::{self, Drift};
 
@@ -111,41 +112,127 @@ impl Host {
 
     /// Runs a command; a non-zero exit is an `Ok` output, not an error.
     pub async fn run(&self, cmd: &Command) -> Result<Output, TransportError> {
-        let line = command_line(cmd);
+        self.run_line(&command_line(cmd), None, cmd.timeout, || cmd.argv.join(" "))
+            .await
+    }
+
+    /// Runs a shell line, feeding it `input` on stdin (else no stdin).
+    async fn run_line(
+        &self,
+        line: &str,
+        input: Option<&[u8]>,
+        timeout: Duration,
+        label: impl Fn() -> String,
+    ) -> Result<Output, TransportError> {
+        use tokio::io::AsyncWriteExt;
         let spawn_err = |detail: String| TransportError::Spawn {
             host: self.name().to_string(),
-            command: cmd.argv.join(" "),
+            command: label(),
             detail,
         };
+        let stdin = || match input {
+            Some(_) => Stdio::piped(),
+            None => Stdio::null(),
+        };
+        // Written while the output is read, so neither side can block the other.
+        async fn feed(pipe: Option<impl tokio::io::AsyncWrite + Unpin>, input: Option<&[u8]>) {
+            if let (Some(mut pipe), Some(input)) = (pipe, input) {
+                // A command that exits early closes its stdin: its exit says why.
+                let _ = pipe.write_all(input).await;
+                let _ = pipe.shutdown().await;
+            }
+        }
         let fut = async {
             match self {
-                Host::Local { .. } => tokio::process::Command::new("sh")
-                    .arg("-c")
-                    .arg(&line)
-                    .stdin(Stdio::null())
-                    .kill_on_drop(true)
-                    .output()
-                    .await
-                    .map(Output::from_std)
-                    .map_err(|e| spawn_err(e.to_string())),
-                Host::Ssh(s) => s
-                    .session
-                    .raw_command(&line)
-                    .stdin(openssh::Stdio::null())
-                    .output()
-                    .await
-                    .map(Output::from_std)
-                    .map_err(|e| spawn_err(describe_ssh_error(&e))),
+                Host::Local { .. } => {
+                    let mut child = tokio::process::Command::new("sh")
+                        .arg("-c")
+                        .arg(line)
+                        .stdin(stdin())
+                        .stdout(Stdio::piped())
+                        .stderr(Stdio::piped())
+                        .kill_on_drop(true)
+                        .spawn()
+                        .map_err(|e| spawn_err(e.to_string()))?;
+                    let pipe = child.stdin.take();
+                    let (_, out) = tokio::join!(feed(pipe, input), child.wait_with_output());
+                    out.map(Output::from_std)
+                        .map_err(|e| spawn_err(e.to_string()))
+                }
+                Host::Ssh(s) => {
+                    let stdin = match input {
+                        Some(_) => openssh::Stdio::piped(),
+                        None => openssh::Stdio::null(),
+                    };
+                    let mut child = s
+                        .session
+                        .raw_command(line)
+                        .stdin(stdin)
+                        .stdout(openssh::Stdio::piped())
+                        .stderr(openssh::Stdio::piped())
+                        .spawn()
+                        .await
+                        .map_err(|e| spawn_err(describe_ssh_error(&e)))?;
+                    let pipe = child.stdin().take();
+                    let (_, out) = tokio::join!(feed(pipe, input), child.wait_with_output());
+                    out.map(Output::from_std)
+                        .map_err(|e| spawn_err(describe_ssh_error(&e)))
+                }
             }
         };
-        match tokio::time::timeout(cmd.timeout, fut).await {
+        match tokio::time::timeout(timeout, fut).await {
             Ok(r) => r,
             Err(_) => Err(TransportError::Timeout {
                 host: self.name().to_string(),
-                command: cmd.argv.join(" "),
-                after: cmd.timeout,
+                command: label(),
+                after: timeout,
             }),
         }
+    }
+
+    /// Makes `remote_dir` a copy of `local` from `base`, a release dir the
+    /// host already has whose files differ from `local` only in `changed`
+    /// (relative paths, to send or to remove): `base` is hard-linked, the
+    /// changed files travel as a tar stream, all in one remote command after
+    /// `setup`. Returns whether `remote_dir` now passes rsync's quick check
+    /// against `local` (see `delta`); when it does not (the host's `base`
+    /// was edited or is gone, the host lacks GNU tar or find), a `push` into
+    /// the same dir completes it.
+    pub async fn push_delta(
+        &self,
+        local: &Path,
+        remote_dir: &str,
+        base: &str,
+        changed: &[String],
+        setup: Option<&Command>,
+        timeout: Duration,
+    ) -> Result<bool, TransportError> {
+        let io_err = |e: std::io::Error| TransportError::Spawn {
+            host: self.name().to_string(),
+            command: "delta upload".into(),
+            detail: format!("reading {}: {e}", local.display()),
+        };
+        let input = delta::archive(local, changed).map_err(io_err)?;
+        let expected = delta::local_listing(local).map_err(io_err)?;
+        let removed = changed.iter().any(|p| !local.join(p).exists());
+        let mut argv = vec![
+            "sh".to_string(),
+            "-c".into(),
+            delta::SCRIPT.into(),
+            "sh".into(),
+            remote_dir.into(),
+            base.into(),
+            if removed { "1" } else { "0" }.into(),
+        ];
+        argv.extend(changed.iter().cloned());
+        let mut line = command_line(&Command::new(argv));
+        if let Some(setup) = setup {
+            line = format!("{} && {line}", crate::command::shell_line(setup, false));
+        }
+        let out = self
+            .run_line(&line, Some(&input), timeout, || "delta upload".into())
+            .await?;
+        Ok(out.success() && delta::parse_listing(&out.stdout).as_ref() == Some(&expected))
     }
 
     /// Sends `local` into `remote_dir` (created if missing), hard-linking
@@ -221,6 +308,31 @@ impl Host {
                 code: out.code.unwrap_or(-1),
                 stderr: out.tail(5),
             })
+        }
+    }
+
+    /// Compares `local` with `remote_dir` by rsync's quick check (type,
+    /// mode, size, mtime to the nanosecond, symlink target), reading no
+    /// file content: one `find` on the host. Hosts without GNU find get the
+    /// checksum comparison of [`Host::diff`] instead.
+    pub async fn quick_diff(
+        &self,
+        local: &Path,
+        remote_dir: &str,
+        timeout: Duration,
+    ) -> Result<Vec<Drift>, TransportError> {
+        let expected = delta::local_listing(local).map_err(|e| TransportError::Spawn {
+            host: self.name().to_string(),
+            command: "quick check".into(),
+            detail: format!("reading {}: {e}", local.display()),
+        })?;
+        let dir = format!("{}/", remote_dir.trim_end_matches('/'));
+        let out = self
+            .run(&Command::new(["sh", "-c", delta::LIST, "sh", dir.as_str()]).timeout(timeout))
+            .await?;
+        match delta::parse_listing(&out.stdout).filter(|_| out.success()) {
+            Some(found) => Ok(delta::differences(&expected, &found)),
+            None => self.diff(local, remote_dir, timeout).await,
         }
     }
 

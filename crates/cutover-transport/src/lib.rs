@@ -5,6 +5,7 @@
 //! Nothing else in cutover spawns `ssh` or `rsync` or quotes for a shell.
 
 mod command;
+mod delta;
 mod error;
 mod host;
 mod rsync;

@@ -545,14 +545,91 @@ fn an_upload_never_inherits_a_file_edited_by_hand_in_the_previous_release() {
     // Same size, other content: only the file's mtime gives it away.
     let w1 = fleet.worker("w1");
     std::fs::write(w1.path("jobs/api/current/app.conf"), "a = 2\n").expect("edit");
+    // --verify's quick check sees it (the mtime is no longer the one
+    // derived from the shipped content), without reading any file.
+    let plan = p.expect(&["deploy", "--verify", "--dry-run"], 0);
+    assert!(
+        plan.stdout
+            .contains("the worker differs from the promoted tree"),
+        "{plan:?}"
+    );
 
     // Unchanged files are hard-linked from the previous release, but not
     // one that no longer matches what was shipped.
     p.write("jobs/api/page.html", "two\n");
-    let out = p.expect(&["deploy"], 0);
+    let out = p.expect(&["deploy", "--progress=always"], 0);
     assert!(out.stdout.contains("success (1 restart)"), "{out:?}");
+    assert!(
+        out.stdout
+            .contains("api@w1: upload with rsync: the worker's r000001-"),
+        "{out:?}"
+    );
     assert!(w1.current("api").expect("current").starts_with("r000002-"));
     assert_eq!(w1.read("jobs/api/current/app.conf"), "a = 1\n");
     assert_eq!(w1.read("jobs/api/current/page.html"), "two\n");
+    p.expect(&["drift"], 0);
+}
+
+#[test]
+fn a_change_of_a_few_files_lands_exactly_and_shares_the_rest_with_the_previous_release() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let (fleet, p) = setup(1);
+    p.job("api", "version = \"1\"\n");
+    p.write("jobs/api/a/keep.txt", "kept\n");
+    p.write("jobs/api/a/change.txt", "v1\n");
+    p.write("jobs/api/a/mode.sh", "echo hi\n");
+    p.write("jobs/api/c/only/gone.txt", "bye\n");
+    std::os::unix::fs::symlink("../a/keep.txt", p.path().join("jobs/api/link")).expect("link");
+    p.expect(&["deploy"], 0);
+    let w1 = fleet.worker("w1");
+    let first = w1.current("api").expect("current");
+
+    // Changed, added, removed (a whole dir), a mode and a link target.
+    p.write("jobs/api/a/change.txt", "v2, longer\n");
+    p.write("jobs/api/d/e/new.txt", "new\n");
+    p.remove("jobs/api/c");
+    let mode = p.path().join("jobs/api/a/mode.sh");
+    std::fs::set_permissions(&mode, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::remove_file(p.path().join("jobs/api/link")).expect("rm link");
+    std::os::unix::fs::symlink("a/change.txt", p.path().join("jobs/api/link")).expect("link");
+    let out = p.expect(&["deploy", "--progress=always"], 0);
+    assert!(out.stdout.contains("success (1 restart)"), "{out:?}");
+    assert!(
+        out.stdout.contains("api@w1: upload 5 changed files")
+            && !out.stdout.contains("upload with rsync"),
+        "{out:?}"
+    );
+
+    let second = w1.current("api").expect("current");
+    assert_ne!(first, second);
+    let mut want = snapshot(&p.path().join("jobs/api"));
+    want.retain(|(path, _, _)| path != "job.toml");
+    assert_eq!(snapshot(&w1.path("jobs/api/current/")), want);
+    assert!(
+        !w1.path("jobs/api/current/c").exists(),
+        "a dir whose files all left is gone"
+    );
+    // The unchanged file is the previous release's, hard-linked; the changed
+    // one is a file of its own, and the previous release still has v1.
+    let nlink = |rel: &str| {
+        std::fs::metadata(w1.path(&format!("jobs/api/releases/{second}/{rel}")))
+            .expect("meta")
+            .nlink()
+    };
+    assert_eq!(nlink("a/keep.txt"), 2);
+    assert_eq!(nlink("a/change.txt"), 1);
+    assert_eq!(
+        w1.read(&format!("jobs/api/releases/{first}/a/change.txt")),
+        "v1\n"
+    );
+    assert_eq!(
+        std::fs::metadata(w1.path(&format!("jobs/api/releases/{first}/a/mode.sh")))
+            .expect("meta")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o644,
+        "the previous release's file keeps its mode"
+    );
     p.expect(&["drift"], 0);
 }
