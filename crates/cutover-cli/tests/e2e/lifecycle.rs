@@ -239,15 +239,20 @@ fn first_starts_roll_in_batches_and_a_disabled_worker_is_stopped_and_left_alone(
         .expect("stable");
 }
 
+/// A health command (TOML) that fails the first time it runs on a worker.
+const WARMING_UP: &str = r#"command = 'test -e "$CUTOVER_SHARED/seen" || { touch "$CUTOVER_SHARED/seen"; echo warming up >&2; exit 1; }'"#;
+
 #[test]
 fn a_health_command_that_fails_its_first_attempt_is_retried_until_it_passes() {
     let (fleet, p) = setup(1);
     // Fails the first time it runs on a worker (right after `make start`,
     // in the same remote command), passes from the second attempt on.
-    p.job(
-        "api",
-        "version = \"1\"\n[health]\ncommand = \"test -e \\\"$CUTOVER_SHARED/seen\\\" || { touch \\\"$CUTOVER_SHARED/seen\\\"; echo warming up >&2; exit 1; }\"\nattempts = 3\ninterval = \"50ms\"\n",
-    );
+    let manifest = |version: u32, attempts: u32| {
+        format!(
+            "version = \"{version}\"\n[health]\n{WARMING_UP}\nattempts = {attempts}\ninterval = \"50ms\"\n"
+        )
+    };
+    p.job("api", &manifest(1, 3));
     let out = p.expect(&["deploy"], 0);
     assert!(out.stdout.contains("success (1 start)"), "{out:?}");
     let w = fleet.worker("w1");
@@ -260,10 +265,7 @@ fn a_health_command_that_fails_its_first_attempt_is_retried_until_it_passes() {
 
     // With one attempt, the first failure is final and its output is shown.
     std::fs::remove_file(w.path("jobs/api/shared/seen")).expect("rm seen");
-    p.job(
-        "api",
-        "version = \"2\"\n[health]\ncommand = \"test -e \\\"$CUTOVER_SHARED/seen\\\" || { touch \\\"$CUTOVER_SHARED/seen\\\"; echo warming up >&2; exit 1; }\"\nattempts = 1\n",
-    );
+    p.job("api", &manifest(2, 1));
     let out = p.expect(&["deploy"], 1);
     assert!(
         out.stdout.contains("unhealthy after 1 attempt: `test -e")
