@@ -113,13 +113,12 @@ impl Fleet {
             .unwrap_or_else(|| Err(format!("no connection to {worker}")))
     }
 
+    /// Closes every master connection, all at once.
     pub async fn close(self) {
-        for (_, (_, cell)) in self.workers {
-            if let Some(Ok(h)) = cell.into_inner() {
-                if let Ok(h) = Arc::try_unwrap(h) {
-                    h.close().await;
-                }
-            }
-        }
+        let hosts = self
+            .workers
+            .into_values()
+            .filter_map(|(_, cell)| Arc::try_unwrap(cell.into_inner()?.ok()?).ok());
+        crate::join::join_all(hosts.map(Host::close)).await;
     }
 }
