@@ -430,10 +430,12 @@ def main():
         finally:
             fleet.stop()
             shutil.rmtree(work, ignore_errors=True)
+        # Written after every N, so that a long run cut short keeps what it measured.
+        report(results, Path(a.out), final=False)
     report(results, Path(a.out))
 
 
-def report(results, out: Path):
+def report(results, out: Path, final=True):
     out.mkdir(parents=True, exist_ok=True)
     lines = [f"# cutover benchmark, {results['date']}, {results['cores']} cores, "
              f"median of {results['runs']} run(s), seconds", ""]
@@ -463,11 +465,13 @@ def report(results, out: Path):
             lines.append(f"| {n} | {tool} | {a:.2f} | {b:.2f} | {bv_cells}{c:.2f} | {a / rs_f:.2f} | {bv_ratio} | "
                          f"{c / c_floor:.2f} | {ratio} | {cpu:.2f} | {rss:.0f} |")
     text = "\n".join(lines) + "\n"
-    print(text)
+    if final:
+        print(text)
     stamp = results["date"].replace(":", "")
     (out / f"results-{stamp}.md").write_text(text)
     (out / f"results-{stamp}.json").write_text(json.dumps(results, indent=1, default=str))
-    print(f"written to {out}/results-{stamp}.md")
+    if final:
+        print(f"written to {out}/results-{stamp}.md")
 
 
 if __name__ == "__main__":
