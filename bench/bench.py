@@ -209,15 +209,33 @@ class Cutover:
         return w["root"] / "cutover/jobs/bench/shared"
 
 
-class Ansible:
-    name = "ansible"
+class Peer:
+    """A peer tool: its own copy of the tree under work/NAME/app, deployed to
+    ROOT/NAME/app on each worker, with the service's state in ROOT/NAME/state."""
+    name = ""
 
     def __init__(self, fleet, src, work, venv):
         self.fleet, self.venv = fleet, venv
-        self.dir = work / "ansible"
+        self.dir = work / self.name
         self.dir.mkdir()
         self.src = self.dir / "app"
         shutil.copytree(src, self.src, symlinks=True)
+
+    def tree(self):
+        return self.src
+
+    def app_dir(self, w):
+        return w["root"] / self.name / "app"
+
+    def state_dir(self, w):
+        return w["root"] / self.name / "state"
+
+
+class Ansible(Peer):
+    name = "ansible"
+
+    def __init__(self, fleet, src, work, venv):
+        super().__init__(fleet, src, work, venv)
         inv = ["[fleet]"] + [
             f'{w["name"]} ansible_host={w["ip"]} ansible_port={w["port"]} root_dir={w["root"]}/ansible'
             for w in fleet.workers]
@@ -266,31 +284,19 @@ class Ansible:
         for w in self.fleet.workers:
             (w["root"] / "ansible").mkdir(parents=True, exist_ok=True)
 
-    def tree(self):
-        return self.src
-
     def deploy(self):
         env = dict(os.environ, ANSIBLE_CONFIG=str(self.dir / "ansible.cfg"))
         # Every run opens its own connections, as a fresh `ansible-playbook` does.
         shutil.rmtree(self.dir / "cp", ignore_errors=True)
         return timed([str(self.venv / "bin/ansible-playbook"), "deploy.yml"], cwd=self.dir, env=env)
 
-    def app_dir(self, w):
-        return w["root"] / "ansible/app"
-
-    def state_dir(self, w):
-        return w["root"] / "ansible/state"
 
 
-class Pyinfra:
+class Pyinfra(Peer):
     name = "pyinfra"
 
     def __init__(self, fleet, src, work, venv):
-        self.fleet, self.venv = fleet, venv
-        self.dir = work / "pyinfra"
-        self.dir.mkdir()
-        self.src = self.dir / "app"
-        shutil.copytree(src, self.src, symlinks=True)
+        super().__init__(fleet, src, work, venv)
         hosts = [
             (w["ip"], {"ssh_port": w["port"], "ssh_user": "root", "ssh_key": str(fleet.key),
                        "ssh_known_hosts_file": str(fleet.known_hosts), "ssh_strict_host_key_checking": "yes",
@@ -320,9 +326,6 @@ server.shell(name="health", commands=[f"make -s -C {{app}} health STATE={{state}
     def reset(self):
         self.fleet.wipe("pyinfra")
 
-    def tree(self):
-        return self.src
-
     def deploy(self):
         # Rolling batches of 5: one pyinfra run per batch, in order.
         wall = cpu = rss = 0.0
@@ -332,11 +335,6 @@ server.shell(name="health", commands=[f"make -s -C {{app}} health STATE={{state}
             wall, cpu, rss = wall + w, cpu + c, max(rss, m)
         return wall, cpu, rss
 
-    def app_dir(self, w):
-        return w["root"] / "pyinfra/app"
-
-    def state_dir(self, w):
-        return w["root"] / "pyinfra/state"
 
 
 def verify(tool, fleet, expect_starts, expect_restarts, label):

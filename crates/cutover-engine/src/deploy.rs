@@ -6,7 +6,6 @@
 //! the next run plans from, retrying only what did not finish.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +14,7 @@ use cutover_model::plan::{
 };
 use cutover_model::{Job, OnFailure, Project, Worker};
 use cutover_state::{AllocStatus, AllocationRecord, NewDeployment, StateStore};
+use cutover_transport::LocalTree;
 use serde::Serialize;
 use tokio::sync::{oneshot, Semaphore};
 
@@ -240,16 +240,16 @@ pub async fn deploy(ctx: &Context, opts: &DeployOptions) -> Result<DeployReport,
         })
         .collect();
     let staged = render::stage(stage_root.path(), &rendered.trees, &wanted)?;
+    let records: BTreeMap<Key, AllocationRecord> = records
+        .into_iter()
+        .map(|r| ((r.job.clone(), r.worker.clone()), r))
+        .collect();
     // Where the store knows which release a worker runs and what is in it,
     // the upload sends only the files that differ from that release.
     let bases: BTreeMap<Key, DeltaBase> = wanted
         .iter()
         .filter_map(|k| {
-            let release = records
-                .iter()
-                .find(|r| (&r.job, &r.worker) == (&k.0, &k.1))?
-                .release_id
-                .clone()?;
+            let release = records.get(k)?.release_id.clone()?;
             let old = recorded.get(k)?.promoted_manifest.as_ref()?;
             let changed =
                 cutover_model::tree::changed_paths(old, &rendered.candidates.get(k)?.manifest);
@@ -301,10 +301,7 @@ pub async fn deploy(ctx: &Context, opts: &DeployOptions) -> Result<DeployReport,
         staged,
         bases,
         manifests,
-        records: records
-            .into_iter()
-            .map(|r| ((r.job.clone(), r.worker.clone()), r))
-            .collect(),
+        records,
         workers: needed,
         seq,
         timeout: ctx.project.config.ssh.command_timeout,
@@ -410,7 +407,7 @@ struct Run {
     store: Arc<dyn StateStore>,
     reporter: Arc<dyn Reporter>,
     fleet: Fleet,
-    staged: BTreeMap<(String, String), PathBuf>,
+    staged: BTreeMap<(String, String), Arc<LocalTree>>,
     bases: BTreeMap<Key, DeltaBase>,
     /// (job, hash) -> manifest JSON of each tree being rolled out.
     manifests: BTreeMap<(String, String), String>,
@@ -928,9 +925,15 @@ async fn upload_one(run: &Run, job: &Job, a: &AllocPlan) -> Result<Uploaded, Str
     } else {
         run.step(&job.name, &a.worker, "upload with rsync");
     }
-    host.push(stage, &dest, base_dir.as_deref(), Some(&setup), run.timeout)
-        .await
-        .map_err(|e| e.to_string())?;
+    host.push(
+        stage.root(),
+        &dest,
+        base_dir.as_deref(),
+        Some(&setup),
+        run.timeout,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     Ok(Uploaded { release })
 }
 
@@ -952,14 +955,7 @@ async fn activate_one(
         .action
         .target()
         .filter(|_| job.manifest.hooks.job_control.is_none());
-    let current = a.current_version.clone().unwrap_or_default();
-    let env = LifecycleEnv {
-        job,
-        worker,
-        release: &up.release,
-        current_version: &current,
-        new_version: &a.new_version,
-    };
+    let env = alloc_env(job, worker, &up.release, a);
     // The health command's first attempt joins them when nothing (an
     // `after_allocation_started` hook) must run between the two.
     let folded = match (&job.manifest.health.command, make_target) {
@@ -1003,11 +999,13 @@ async fn activate_one(
         switched.health = remote::folded_health(h.command, &out);
     }
     match (make_target, a.action.target()) {
-        (Some(_), _) if switched.health.is_some() => Ok(switched),
-        (Some(target), _) if !out.success() => {
+        // The target ran with the switch; a folded health result means it
+        // passed (the health command runs only after it).
+        (Some(target), _) if !out.success() && switched.health.is_none() => {
             Err((Some(switched), remote::target_failed(target, &out)))
         }
         (Some(_), _) | (None, None) => Ok(switched),
+        // A job_control hook runs the target here, after the switch.
         (None, Some(target)) => {
             run.step(&job.name, &a.worker, target);
             match lifecycle(run, job, worker, &host, target, &switched.release, a).await {
@@ -1015,6 +1013,22 @@ async fn activate_one(
                 Err(e) => Err((Some(switched), e)),
             }
         }
+    }
+}
+
+/// What an allocation's lifecycle target and health command see.
+fn alloc_env<'a>(
+    job: &'a Job,
+    worker: &'a Worker,
+    release: &'a str,
+    a: &'a AllocPlan,
+) -> LifecycleEnv<'a> {
+    LifecycleEnv {
+        job,
+        worker,
+        release,
+        current_version: a.current_version.as_deref().unwrap_or_default(),
+        new_version: &a.new_version,
     }
 }
 
@@ -1027,18 +1041,12 @@ async fn lifecycle(
     release: &str,
     a: &AllocPlan,
 ) -> Result<(), String> {
-    let current = a.current_version.clone().unwrap_or_default();
     if let Some(control) = &job.manifest.hooks.job_control {
-        let env = run.hook_env(job, target, vec![worker.name.clone()], &current);
+        let current = a.current_version.as_deref().unwrap_or_default();
+        let env = run.hook_env(job, target, vec![worker.name.clone()], current);
         return hooks::run(control, &env, run.timeout).await;
     }
-    let env = LifecycleEnv {
-        job,
-        worker,
-        release,
-        current_version: &current,
-        new_version: &a.new_version,
-    };
+    let env = alloc_env(job, worker, release, a);
     let out = host
         .run(&remote::lifecycle(&env, target, run.timeout))
         .await
@@ -1058,14 +1066,7 @@ async fn check_one(run: &Run, job: &Job, a: &AllocPlan, s: &Switched) -> Result<
     let worker = &run.workers[&a.worker];
     let host = run.fleet.host(&a.worker).await?;
     run.step(&job.name, &a.worker, "health");
-    let current = a.current_version.clone().unwrap_or_default();
-    let env = LifecycleEnv {
-        job,
-        worker,
-        release: &s.release,
-        current_version: &current,
-        new_version: &a.new_version,
-    };
+    let env = alloc_env(job, worker, &s.release, a);
     let empty = BTreeMap::new();
     health::check_allocation(
         &host,

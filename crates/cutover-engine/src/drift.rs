@@ -153,15 +153,14 @@ async fn on_workers(
         let host = fleet.get(worker);
         let key = (job.clone(), worker.clone());
         tasks.spawn(async move {
-            let found = match host {
-                Err(e) => Found::Unreachable(e),
-                Ok(h) => match match by {
-                    By::Content => h.diff(&stage, &dir, timeout).await,
-                    By::Metadata => h.quick_diff(&stage, &dir, timeout).await,
-                } {
-                    Ok(files) => Found::Files(files),
-                    Err(e) => Found::Error(e.to_string()),
-                },
+            let compared = match host {
+                Err(e) => return (key, Found::Unreachable(e)),
+                Ok(h) if matches!(by, By::Content) => h.diff(stage.root(), &dir, timeout).await,
+                Ok(h) => h.quick_diff(&stage, &dir, timeout).await,
+            };
+            let found = match compared {
+                Ok(files) => Found::Files(files),
+                Err(e) => Found::Error(e.to_string()),
             };
             (key, found)
         });

@@ -13,8 +13,8 @@ fn script(text: &str, args: &[&str]) -> Command {
     Command::new(argv)
 }
 
-/// Runs on the worker right before an upload, in the same remote command as
-/// rsync's receiver: creates the job's dirs and deletes the oldest release
+/// Runs on the worker right before an upload, in the upload's own remote
+/// command (before rsync's receiver or the delta script): creates the job's dirs and deletes the oldest release
 /// dirs so that, with the one being uploaded, `keep` remain. It never
 /// deletes what `current` points at (the release a failed batch switches
 /// back to). A `release` dir already there (an upload cut short) is
@@ -152,29 +152,30 @@ pub(crate) fn folded_health(
     if out.success() {
         return Some(Ok(()));
     }
-    let mark = out
+    if out.code != Some(HEALTH_FAILED) {
+        return None;
+    }
+    let rc = out
         .stderr
         .lines()
         .rev()
-        .find_map(|l| l.strip_prefix(HEALTH_MARK))
-        .filter(|_| out.code == Some(HEALTH_FAILED))?;
-    let rc = mark.trim().strip_prefix("exited ").unwrap_or("").trim();
-    let lines = |text: &'_ str| -> Vec<String> {
-        text.lines()
-            .filter(|l| !l.starts_with(HEALTH_MARK) && !l.starts_with(PREVIOUS))
-            .map(str::to_string)
-            .collect()
-    };
-    let mut detail = lines(&out.stderr);
-    if detail.is_empty() {
-        detail = lines(&out.stdout);
+        .find_map(|l| l.strip_prefix(HEALTH_MARK)?.trim().strip_prefix("exited "))?;
+    if rc == "124" {
+        return Some(Err(format!("`{command}` timed out")));
     }
-    let tail = detail[detail.len().saturating_sub(3)..].join("\n");
-    Some(Err(if rc == "124" {
-        format!("`{command}` timed out")
-    } else {
-        format!("`{command}` exited {rc}: {tail}")
-    }))
+    // What the command printed, without cutover's own lines.
+    let without = |text: &str, mark: &str| -> String {
+        text.lines()
+            .filter(|l| !l.starts_with(mark))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let printed = cutover_transport::Output {
+        code: out.code,
+        stdout: without(&out.stdout, PREVIOUS),
+        stderr: without(&out.stderr, HEALTH_MARK),
+    };
+    Some(Err(format!("`{command}` exited {rc}: {}", printed.tail(3))))
 }
 
 /// What the lifecycle targets and health commands see.

@@ -3,11 +3,13 @@
 //! rendered files may hold secrets).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::Arc;
 
 use cutover_model::plan::{Candidate, Recorded};
 use cutover_model::tree::{JobSource, Manifest, RenderContext, Tree};
 use cutover_state::AllocStatus;
+use cutover_transport::LocalTree;
 
 use crate::{Context, EngineError};
 
@@ -105,13 +107,13 @@ pub(crate) async fn recorded(
     Ok((out, allocs))
 }
 
-/// Stages each distinct (job, hash) once under `root`; returns where.
+/// Stages each distinct (job, hash) once under `root`, and reads its listing.
 pub(crate) fn stage(
     root: &Path,
     trees: &BTreeMap<Key, Tree>,
     wanted: &BTreeSet<Key>,
-) -> Result<BTreeMap<(String, String), PathBuf>, EngineError> {
-    let mut staged: BTreeMap<(String, String), PathBuf> = BTreeMap::new();
+) -> Result<BTreeMap<(String, String), Arc<LocalTree>>, EngineError> {
+    let mut staged: BTreeMap<(String, String), Arc<LocalTree>> = BTreeMap::new();
     for key in wanted {
         let Some(tree) = trees.get(key) else { continue };
         let by_hash = (key.0.clone(), tree.hash.clone());
@@ -119,9 +121,11 @@ pub(crate) fn stage(
             continue;
         }
         let dir = root.join(&key.0).join(&tree.hash);
-        tree.stage(&dir)
+        let local = tree
+            .stage(&dir)
+            .and_then(|()| LocalTree::scan(dir))
             .map_err(EngineError::io(format!("staging {} for upload", key.0)))?;
-        staged.insert(by_hash, dir);
+        staged.insert(by_hash, Arc::new(local));
     }
     Ok(staged)
 }

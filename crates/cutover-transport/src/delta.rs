@@ -7,12 +7,12 @@
 //! nanosecond, symlink target of every file) and that listing must equal
 //! the local tree's. A previous release edited on the host (a new mtime),
 //! a host without GNU tar or find, anything unexpected: the caller falls
-//! back to a full rsync into the same dir, which repairs it.
+//! back to rsync into a clean dir.
 
 use std::collections::BTreeMap;
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::rsync::{Drift, DriftKind};
 
@@ -31,23 +31,60 @@ pub(crate) enum Stat {
 
 pub(crate) type Listing = BTreeMap<String, Stat>;
 
-/// The script run in the new release's parent dir. `$1` new release dir,
-/// `$2` previous release dir, `$3` 1 if paths were removed; then the
-/// relative paths to replace or remove. The tar stream is on stdin; the
-/// listing of the result (NUL-separated fields) goes to stdout.
-pub(crate) const SCRIPT: &str = r#"test -d "$2" || { echo "cutover: no previous release $2" >&2; exit 90; }
+/// A tree on this machine to push or compare with hosts, and its listing,
+/// read once however many hosts it goes to.
+#[derive(Debug)]
+pub struct LocalTree {
+    root: PathBuf,
+    listing: Listing,
+}
+
+impl LocalTree {
+    pub fn scan(root: PathBuf) -> io::Result<LocalTree> {
+        let listing = local_listing(&root)?;
+        Ok(LocalTree { root, listing })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub(crate) fn listing(&self) -> &Listing {
+        &self.listing
+    }
+}
+
+/// `find DIR` listing every file (not dir) below DIR: type, mode, size,
+/// mtime, link target and path, each NUL-terminated (see `parse_listing`).
+macro_rules! find_listing {
+    ($dir:literal) => {
+        concat!(
+            "find ",
+            $dir,
+            r" -mindepth 1 ! -type d -printf '%y\0%m\0%s\0%T@\0%l\0%P\0'"
+        )
+    };
+}
+
+/// The delta script. `$1` the new release dir, `$2` the previous release
+/// dir, `$3` 1 if paths were removed; then the relative paths to replace
+/// or remove. The tar stream is on stdin; the listing of the result goes
+/// to stdout.
+pub(crate) const SCRIPT: &str = concat!(
+    r#"test -d "$2" || { echo "cutover: no previous release $2" >&2; exit 90; }
 rm -rf -- "$1" && cp -al -- "$2" "$1" && cd "$1" || exit 90
 pruned=$3
 shift 3
 if [ $# -gt 0 ]; then rm -rf -- "$@" || exit 90; fi
 tar -x -f - || exit 90
 if [ "$pruned" = 1 ]; then find . -mindepth 1 -type d -empty -delete || exit 90; fi
-exec find . -mindepth 1 ! -type d -printf '%y\0%m\0%s\0%T@\0%l\0%P\0'"#;
+exec "#,
+    find_listing!(".")
+);
 
 /// Lists the dir `$1` (given with a trailing slash, so a symlink to a dir
-/// is followed) in the same form.
-pub(crate) const LIST: &str =
-    r#"exec find "$1" -mindepth 1 ! -type d -printf '%y\0%m\0%s\0%T@\0%l\0%P\0'"#;
+/// is followed).
+pub(crate) const LIST: &str = concat!("exec ", find_listing!(r#""$1""#));
 
 /// What differs between the expected listing and the one found.
 pub(crate) fn differences(expected: &Listing, found: &Listing) -> Vec<Drift> {
@@ -106,7 +143,7 @@ pub(crate) fn archive(root: &Path, paths: &[String]) -> io::Result<Vec<u8>> {
 }
 
 /// The local tree as the quick check sees it.
-pub(crate) fn local_listing(root: &Path) -> io::Result<Listing> {
+fn local_listing(root: &Path) -> io::Result<Listing> {
     fn walk(root: &Path, dir: &Path, out: &mut Listing) -> io::Result<()> {
         for entry in std::fs::read_dir(dir)? {
             let entry = entry?;

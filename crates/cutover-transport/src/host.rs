@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use crate::command::{command_line, Command, Output};
-use crate::delta;
+use crate::delta::{self, LocalTree};
 use crate::error::TransportError;
 use crate::rsync::{self, Drift};
 
@@ -200,21 +200,19 @@ impl Host {
     /// the same dir completes it.
     pub async fn push_delta(
         &self,
-        local: &Path,
+        local: &LocalTree,
         remote_dir: &str,
         base: &str,
         changed: &[String],
         setup: Option<&Command>,
         timeout: Duration,
     ) -> Result<bool, TransportError> {
-        let io_err = |e: std::io::Error| TransportError::Spawn {
+        let input = delta::archive(local.root(), changed).map_err(|e| TransportError::Spawn {
             host: self.name().to_string(),
             command: "delta upload".into(),
-            detail: format!("reading {}: {e}", local.display()),
-        };
-        let input = delta::archive(local, changed).map_err(io_err)?;
-        let expected = delta::local_listing(local).map_err(io_err)?;
-        let removed = changed.iter().any(|p| !local.join(p).exists());
+            detail: format!("reading {}: {e}", local.root().display()),
+        })?;
+        let removed = changed.iter().any(|p| !local.listing().contains_key(p));
         let mut argv = vec![
             "sh".to_string(),
             "-c".into(),
@@ -232,7 +230,7 @@ impl Host {
         let out = self
             .run_line(&line, Some(&input), timeout, || "delta upload".into())
             .await?;
-        Ok(out.success() && delta::parse_listing(&out.stdout).as_ref() == Some(&expected))
+        Ok(out.success() && delta::parse_listing(&out.stdout).as_ref() == Some(local.listing()))
     }
 
     /// Sends `local` into `remote_dir` (created if missing), hard-linking
@@ -317,22 +315,17 @@ impl Host {
     /// checksum comparison of [`Host::diff`] instead.
     pub async fn quick_diff(
         &self,
-        local: &Path,
+        local: &LocalTree,
         remote_dir: &str,
         timeout: Duration,
     ) -> Result<Vec<Drift>, TransportError> {
-        let expected = delta::local_listing(local).map_err(|e| TransportError::Spawn {
-            host: self.name().to_string(),
-            command: "quick check".into(),
-            detail: format!("reading {}: {e}", local.display()),
-        })?;
         let dir = format!("{}/", remote_dir.trim_end_matches('/'));
         let out = self
             .run(&Command::new(["sh", "-c", delta::LIST, "sh", dir.as_str()]).timeout(timeout))
             .await?;
         match delta::parse_listing(&out.stdout).filter(|_| out.success()) {
-            Some(found) => Ok(delta::differences(&expected, &found)),
-            None => self.diff(local, remote_dir, timeout).await,
+            Some(found) => Ok(delta::differences(local.listing(), &found)),
+            None => self.diff(local.root(), remote_dir, timeout).await,
         }
     }
 
