@@ -110,6 +110,11 @@ pub struct DeployArgs {
     /// workers (one connection each) and roll out any that differ.
     #[arg(long)]
     pub verify: bool,
+    /// Also delete the shared/ data (and, for a removed job, the KV) of the
+    /// allocations this deploy stops. Without it they are kept until
+    /// `cutover job purge JOB`.
+    #[arg(long)]
+    pub purge_data: bool,
 }
 
 #[derive(Debug, Args)]
@@ -196,6 +201,14 @@ pub enum JobCommand {
         /// Only these workers (comma-separated).
         #[arg(long, value_delimiter = ',', value_name = "W,...")]
         workers: Option<Vec<String>>,
+    },
+    /// Delete what a stopped job left: the shared/ data of each stopped
+    /// allocation and, for a job removed from the project, its KV.
+    Purge {
+        job: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
     },
 }
 

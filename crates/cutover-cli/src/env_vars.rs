@@ -9,3 +9,6 @@ pub const CUTOVER_USER: &str = "CUTOVER_USER";
 pub const USER: &str = "USER";
 /// `~/` in configured paths.
 pub const HOME: &str = "HOME";
+/// Where private scratch dirs go (staging, ssh control sockets); else the
+/// system temp dir (`TMPDIR`, then /tmp).
+pub const XDG_RUNTIME_DIR: &str = "XDG_RUNTIME_DIR";

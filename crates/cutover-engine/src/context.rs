@@ -27,6 +27,9 @@ pub struct Context {
     /// The operator's environment, for templates' `env`.
     pub env: BTreeMap<String, String>,
     pub reporter: Arc<dyn Reporter>,
+    /// Where private scratch dirs go (staging, ssh control sockets): the
+    /// operator's `$XDG_RUNTIME_DIR` if there is one, else the temp dir.
+    pub runtime_dir: PathBuf,
     /// How to load the project again after git changed it (a release's pull).
     pub load: LoadOptions,
 }
@@ -47,8 +50,15 @@ impl Context {
             operator: self.operator.clone(),
             env: self.env.clone(),
             reporter: self.reporter.clone(),
+            runtime_dir: self.runtime_dir.clone(),
             load: self.load.clone(),
         }
+    }
+
+    /// What templates see as `env`: only the variables that
+    /// `[templates] env` in cutover.toml allows, never the whole environment.
+    pub fn template_env(&self) -> BTreeMap<String, String> {
+        self.project.config.template_env.filter(&self.env)
     }
 
     pub fn holder(&self, command: &str, ticket: Option<&str>) -> LockHolder {

@@ -42,6 +42,8 @@ pub struct DeployOptions {
     /// Check allocations the store calls unchanged against their workers,
     /// and roll out those that differ.
     pub verify: bool,
+    /// Also delete the `shared/` data and KV of what reconcile stops.
+    pub purge_data: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -109,6 +111,8 @@ pub struct StopResult {
     pub why: String,
     pub ok: bool,
     pub message: String,
+    /// The allocation's `shared/` data (and the job's KV) were kept.
+    pub data_kept: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -225,11 +229,11 @@ pub async fn deploy(ctx: &Context, opts: &DeployOptions) -> Result<DeployReport,
         .await?;
     report.seq = Some(seq);
 
-    // Stage what will be uploaded, once per distinct tree.
-    let stage_root = tempfile::Builder::new()
-        .prefix("cutover-stage-")
-        .tempdir()
-        .map_err(EngineError::io("creating the staging directory"))?;
+    // Stage what will be uploaded, once per distinct tree, in a private
+    // dir (rendered files may hold secrets). A run killed with -9 left
+    // its own behind: it is removed now that this run holds the lock.
+    crate::scratch::Scratch::sweep(&ctx.runtime_dir, &ctx.project.root);
+    let stage_root = crate::scratch::Scratch::create(&ctx.runtime_dir, "stage", &ctx.project.root)?;
     let wanted: BTreeSet<Key> = plan
         .jobs()
         .flat_map(|j| {
@@ -287,16 +291,14 @@ pub async fn deploy(ctx: &Context, opts: &DeployOptions) -> Result<DeployReport,
             needed.insert(s.worker.clone(), w.clone());
         }
     }
-    let fleet = Fleet::lazy(
-        &ctx.project.config.ssh,
-        needed.values().cloned().collect(),
-        &ctx.reporter,
-    )?;
+    let fleet = Fleet::lazy(ctx, needed.values().cloned().collect())?;
 
+    let redactor = kv.redactor();
     let run = Arc::new(Run {
         project: ctx.project.clone(),
         store: ctx.store.clone(),
-        reporter: ctx.reporter.clone(),
+        reporter: redactor.reporter(ctx.reporter.clone()),
+        redactor,
         fleet,
         staged,
         bases,
@@ -307,7 +309,8 @@ pub async fn deploy(ctx: &Context, opts: &DeployOptions) -> Result<DeployReport,
         timeout: ctx.project.config.ssh.command_timeout,
         limit: Arc::new(Semaphore::new(ctx.project.config.ssh.max_parallel)),
         kv,
-        env: ctx.env.clone(),
+        env: ctx.template_env(),
+        purge_data: opts.purge_data,
     });
 
     report.stops = reconcile(&run, &plan.stops).await;
@@ -406,6 +409,8 @@ struct Run {
     project: Arc<Project>,
     store: Arc<dyn StateStore>,
     reporter: Arc<dyn Reporter>,
+    /// Secret values, redacted from every message shown or recorded.
+    redactor: crate::redact::Redactor,
     fleet: Fleet,
     staged: BTreeMap<(String, String), Arc<LocalTree>>,
     bases: BTreeMap<Key, DeltaBase>,
@@ -416,8 +421,9 @@ struct Run {
     seq: i64,
     timeout: Duration,
     limit: Arc<Semaphore>,
-    kv: BTreeMap<String, BTreeMap<String, String>>,
+    kv: crate::kv::TemplateKv,
     env: BTreeMap<String, String>,
+    purge_data: bool,
 }
 
 impl Run {
@@ -483,7 +489,7 @@ async fn reconcile(run: &Arc<Run>, stops: &[StopPlan]) -> Vec<StopResult> {
         tasks.spawn(async move {
             let r = stop_one(&run, &s).await;
             let ok = r.is_ok();
-            let message = r.err().unwrap_or_default();
+            let message = run.redactor.redact(&r.err().unwrap_or_default());
             run.reporter.event(&Event::StopDone {
                 job: s.job.clone(),
                 worker: s.worker.clone(),
@@ -497,6 +503,7 @@ async fn reconcile(run: &Arc<Run>, stops: &[StopPlan]) -> Vec<StopResult> {
                 why: s.why,
                 ok,
                 message,
+                data_kept: !run.purge_data,
             }
         });
     }
@@ -505,16 +512,28 @@ async fn reconcile(run: &Arc<Run>, stops: &[StopPlan]) -> Vec<StopResult> {
         out.push(r);
     }
     out.sort_by(|a, b| (&a.job, &a.worker).cmp(&(&b.job, &b.worker)));
+    if !run.purge_data {
+        return out;
+    }
 
-    // Forget what is fully gone: KV of removed jobs, addresses of removed workers.
+    // Asked to purge: forget what is fully gone, KV of removed jobs and
+    // addresses of removed workers.
     for r in out.iter().filter(|r| r.ok) {
         let job_left =
             run.project.jobs.contains_key(&r.job) || out.iter().any(|o| o.job == r.job && !o.ok);
         if !job_left {
-            let _ = run.store.kv_delete(&r.job, None).await;
+            if let Err(e) = run.store.kv_delete(&r.job, None).await {
+                run.reporter.event(&Event::Message {
+                    text: format!("cannot delete the KV of removed job {}: {e}", r.job),
+                });
+            }
         }
         if run.project.worker(&r.worker).is_none() {
-            let _ = run.store.forget_worker(&r.worker).await;
+            if let Err(e) = run.store.forget_worker(&r.worker).await {
+                run.reporter.event(&Event::Message {
+                    text: format!("cannot forget removed worker {}: {e}", r.worker),
+                });
+            }
         }
     }
     out
@@ -559,21 +578,53 @@ async fn stop_one(run: &Run, s: &StopPlan) -> Result<(), String> {
         )
         .await?;
     }
-    // A disabled worker is stopped and otherwise left alone.
+    // A disabled worker is stopped and otherwise left alone. Elsewhere the
+    // release dirs go; `shared/` (the job's data) stays unless the
+    // operator asked for it to go.
     let disabled = run.project.worker(&s.worker).is_some_and(|w| w.disabled);
-    if !disabled {
-        let out = host
-            .run(&remote::remove_job(&job_dir, run.timeout))
-            .await
-            .map_err(|e| e.to_string())?;
+    let cleanup = match (run.purge_data, disabled) {
+        (true, _) => Some(remote::remove_job(&job_dir, run.timeout)),
+        (false, false) => Some(remote::remove_releases(&job_dir, run.timeout)),
+        (false, true) => None,
+    };
+    if let Some(cmd) = cleanup {
+        let out = host.run(&cmd).await.map_err(|e| e.to_string())?;
         if !out.success() {
-            return Err(format!("removing {job_dir} failed: {}", out.tail(3)));
+            return Err(format!("cleaning up {job_dir} failed: {}", out.tail(3)));
         }
     }
+    if run.purge_data {
+        run.store
+            .delete_allocation(&s.job, &s.worker)
+            .await
+            .map_err(|e| e.to_string())?;
+        return Ok(());
+    }
+    // Kept as `stopped`: `cutover job purge` finds its data through it.
+    let rec = AllocationRecord {
+        job: s.job.clone(),
+        worker: s.worker.clone(),
+        status: AllocStatus::Stopped,
+        hash: None,
+        version: rec.and_then(|r| r.version.clone()),
+        release_id: None,
+        previous_release_id: None,
+        health: "unknown".into(),
+        message: format!("stopped: {}; shared/ data kept", s.why),
+        updated_at: cutover_state::now_rfc3339(),
+    };
     run.store
-        .delete_allocation(&s.job, &s.worker)
+        .put_allocation(&rec)
         .await
         .map_err(|e| e.to_string())?;
+    if let Some(w) = run.workers.get(&s.worker) {
+        if let Ok(json) = serde_json::to_string(w) {
+            run.store
+                .put_known_worker(&w.name, &json)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+    }
     Ok(())
 }
 
@@ -827,6 +878,7 @@ async fn run_job(run: &Arc<Run>, jp: &JobPlan) -> JobResult {
 }
 
 fn finish(run: &Run, mut r: JobResult, status: JobStatus, message: String) -> JobResult {
+    let message = run.redactor.redact(&message);
     run.reporter.event(&Event::JobDone {
         job: r.job.clone(),
         status: format!("{status:?}").to_lowercase(),
@@ -846,6 +898,7 @@ fn done(
     message: String,
     reverted: bool,
 ) -> AllocResult {
+    let message = run.redactor.redact(&message);
     run.reporter.event(&Event::AllocDone {
         job: job.name.clone(),
         worker: a.worker.clone(),
@@ -1118,7 +1171,7 @@ async fn record_failure(run: &Run, job: &Job, a: &AllocPlan, message: &str) {
         release_id: old.and_then(|o| o.release_id.clone()),
         previous_release_id: old.and_then(|o| o.previous_release_id.clone()),
         health: "unhealthy".into(),
-        message: message.to_string(),
+        message: run.redactor.redact(message),
         updated_at: cutover_state::now_rfc3339(),
     };
     let _ = run.store.put_allocation(&rec).await;

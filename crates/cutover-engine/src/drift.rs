@@ -136,7 +136,7 @@ async fn on_workers(
         .collect::<std::collections::BTreeMap<_, _>>()
         .into_values()
         .collect();
-    let fleet = Fleet::connect(&ctx.project.config.ssh, workers, &ctx.reporter).await?;
+    let fleet = Fleet::connect(ctx, workers).await?;
     let timeout = ctx.project.config.ssh.command_timeout;
     let mut tasks = tokio::task::JoinSet::new();
     for (job, worker) in keys {

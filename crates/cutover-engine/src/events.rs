@@ -1,9 +1,9 @@
 //! What the engine tells the operator while it works. The engine emits
 //! events; one reporter (the CLI's printer) owns the terminal.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     ConnectFailed {

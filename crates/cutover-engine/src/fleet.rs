@@ -6,12 +6,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use cutover_model::{KnownHostsPolicy, SshSettings, TransportKind, Worker};
+use cutover_model::{KnownHostsPolicy, TransportKind, Worker};
 use cutover_transport::{Host, HostSpec, KnownHosts, SshOptions};
 use tokio::sync::{OnceCell, Semaphore};
 
 use crate::events::{Event, Reporter};
-use crate::EngineError;
+use crate::scratch::Scratch;
+use crate::{Context, EngineError};
 
 type Conn = Result<Arc<Host>, String>;
 
@@ -21,7 +22,7 @@ pub(crate) struct Fleet {
     /// Handshakes in flight at once (`[ssh] max_parallel`).
     limit: Semaphore,
     reporter: Arc<dyn Reporter>,
-    _control_dir: tempfile::TempDir,
+    _control_dir: Scratch,
 }
 
 fn spec(w: &Worker) -> HostSpec {
@@ -36,16 +37,11 @@ fn spec(w: &Worker) -> HostSpec {
 
 impl Fleet {
     /// A fleet that connects to each worker when it is first used.
-    pub fn lazy(
-        ssh: &SshSettings,
-        workers: Vec<Worker>,
-        reporter: &Arc<dyn Reporter>,
-    ) -> Result<Fleet, EngineError> {
-        // Short path: control sockets must fit in sun_path.
-        let control_dir = tempfile::Builder::new()
-            .prefix("cutover-ssh-")
-            .tempdir_in("/tmp")
-            .map_err(EngineError::io("creating the ssh control directory"))?;
+    pub fn lazy(ctx: &Context, workers: Vec<Worker>) -> Result<Fleet, EngineError> {
+        let ssh = &ctx.project.config.ssh;
+        let reporter = &ctx.reporter;
+        // The runtime dir is short: control sockets must fit in sun_path.
+        let control_dir = Scratch::create(&ctx.runtime_dir, "ssh", &ctx.project.root)?;
         let opts = SshOptions {
             user: ssh.user.clone(),
             port: ssh.port,
@@ -72,12 +68,8 @@ impl Fleet {
     }
 
     /// A fleet with every worker connected (in parallel) before it returns.
-    pub async fn connect(
-        ssh: &SshSettings,
-        workers: Vec<Worker>,
-        reporter: &Arc<dyn Reporter>,
-    ) -> Result<Fleet, EngineError> {
-        let fleet = Fleet::lazy(ssh, workers, reporter)?;
+    pub async fn connect(ctx: &Context, workers: Vec<Worker>) -> Result<Fleet, EngineError> {
+        let fleet = Fleet::lazy(ctx, workers)?;
         let names: Vec<String> = fleet.workers.keys().cloned().collect();
         crate::join::join_all(names.iter().map(|n| fleet.host(n))).await;
         Ok(fleet)

@@ -25,8 +25,10 @@ pub(crate) async fn check_allocation(
     if spec.is_empty() {
         return Ok(());
     }
+    let no_secrets = std::collections::BTreeSet::new();
     let rctx = cutover_model::tree::RenderContext {
         kv,
+        secrets: &no_secrets,
         env: operator_env,
     };
     let render = |t: &Option<String>| -> Result<Option<String>, String> {

@@ -73,12 +73,7 @@ pub async fn run_target(
             "run `cutover deploy` first",
         ));
     }
-    let fleet = Fleet::connect(
-        &ctx.project.config.ssh,
-        workers.iter().map(|(w, _)| w.clone()).collect(),
-        &ctx.reporter,
-    )
-    .await?;
+    let fleet = Fleet::connect(ctx, workers.iter().map(|(w, _)| w.clone()).collect()).await?;
     let timeout = ctx.project.config.ssh.command_timeout;
     let mut out = Vec::new();
     for (w, rec) in &workers {
@@ -114,4 +109,101 @@ pub async fn run_target(
     }
     fleet.close().await;
     Ok(out)
+}
+
+/// One allocation whose data `cutover job purge` deleted (or could not).
+#[derive(Debug, Clone, Serialize)]
+pub struct Purged {
+    pub worker: String,
+    pub ok: bool,
+    pub message: String,
+}
+
+/// What `cutover job purge JOB` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct PurgeReport {
+    pub job: String,
+    pub allocations: Vec<Purged>,
+    /// The job's KV was deleted (a job no longer in the project).
+    pub kv_deleted: bool,
+}
+
+/// The stopped allocations of `job` whose data a purge would delete.
+pub async fn purgeable(ctx: &Context, job: &str) -> Result<Vec<String>, EngineError> {
+    let stopped: Vec<String> = ctx
+        .store
+        .allocations()
+        .await?
+        .into_iter()
+        .filter(|r| r.job == job && r.status == AllocStatus::Stopped)
+        .map(|r| r.worker)
+        .collect();
+    let in_project = ctx.project.jobs.contains_key(job);
+    let has_kv = !ctx.store.kv_list(Some(job)).await?.is_empty();
+    if stopped.is_empty() && (in_project || !has_kv) {
+        return Err(EngineError::usage(
+            format!("job `{job}` has no stopped allocation with data to purge"),
+            "a purge deletes what reconcile kept of a stopped job: see `cutover cat allocations`",
+        ));
+    }
+    Ok(stopped)
+}
+
+/// Deletes the `shared/` data of every stopped allocation of `job` and,
+/// for a job no longer in the project, its KV. Under the project lock.
+pub async fn purge(ctx: &Context, job: &str, command: &str) -> Result<PurgeReport, EngineError> {
+    let _lock = ctx.store.lock(&ctx.holder(command, None)).await?;
+    let workers = purgeable(ctx, job).await?;
+    let known: std::collections::BTreeMap<String, cutover_model::Worker> = ctx
+        .store
+        .known_workers()
+        .await?
+        .into_iter()
+        .filter_map(|(name, json)| Some((name, serde_json::from_str(&json).ok()?)))
+        .collect();
+    let targets: Vec<cutover_model::Worker> = workers
+        .iter()
+        .filter_map(|n| ctx.project.worker(n).or(known.get(n)).cloned())
+        .collect();
+    let fleet = Fleet::lazy(ctx, targets.clone())?;
+    let timeout = ctx.project.config.ssh.command_timeout;
+    let mut report = PurgeReport {
+        job: job.to_string(),
+        allocations: Vec::new(),
+        kv_deleted: false,
+    };
+    for name in &workers {
+        let result = async {
+            let worker = targets
+                .iter()
+                .find(|w| &w.name == name)
+                .ok_or_else(|| format!("no known address for worker {name}"))?;
+            let host = fleet.host(name).await?;
+            let job_dir = worker.job_dir(job);
+            let out = host
+                .run(&remote::remove_job(&job_dir, timeout))
+                .await
+                .map_err(|e| e.to_string())?;
+            if !out.success() {
+                return Err(format!("removing {job_dir} failed: {}", out.tail(3)));
+            }
+            ctx.store
+                .delete_allocation(job, name)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        .await;
+        report.allocations.push(Purged {
+            worker: name.clone(),
+            ok: result.is_ok(),
+            message: result.err().unwrap_or_default(),
+        });
+    }
+    let all_ok = report.allocations.iter().all(|p| p.ok);
+    if all_ok && !ctx.project.jobs.contains_key(job) {
+        ctx.store.kv_delete(job, None).await?;
+        report.kv_deleted = true;
+    }
+    fleet.close().await;
+    Ok(report)
 }

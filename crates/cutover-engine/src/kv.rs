@@ -2,7 +2,7 @@
 //! encrypted with the project key before they reach the store and are only
 //! decrypted in memory, to render or when the operator asks with `--reveal`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use cutover_state::{KvRecord, Secret, SecretKey};
 use serde::Serialize;
@@ -11,10 +11,35 @@ use crate::{Context, EngineError};
 
 pub const ROLLOUT_ORDER: &str = "rollout_order";
 
-fn key(ctx: &Context) -> Result<SecretKey, EngineError> {
-    Ok(SecretKey::load_or_create(
-        &ctx.workspace.join("secret.key"),
-    )?)
+const KEY_FILE: &str = "secret.key";
+
+/// The project key, for secrets already in the store (`existing`, one is
+/// enough to check the key against). A new key is made only when the
+/// store holds no secret: a lost key is restored, never replaced, or the
+/// old secrets could not be read and new ones would be under another key.
+fn key(ctx: &Context, existing: Option<&KvRecord>) -> Result<SecretKey, EngineError> {
+    let path = ctx.workspace.join(KEY_FILE);
+    let key = match (SecretKey::load(&path)?, existing) {
+        (Some(key), _) => key,
+        (None, None) => SecretKey::create(&path)?,
+        (None, Some(r)) => return Err(EngineError::usage(
+            format!(
+                "{} is missing, and the store holds secrets encrypted with it (such as `{}/{}`)",
+                path.display(),
+                r.job,
+                r.key
+            ),
+            format!(
+                "restore the key file from your backup to {} (32 bytes, mode 0600); \
+                     cutover does not make a new key over existing secrets",
+                path.display()
+            ),
+        )),
+    };
+    if let Some(r) = existing {
+        decrypt(&key, r, &path)?;
+    }
+    Ok(key)
 }
 
 fn check_job(ctx: &Context, job: &str) -> Result<(), EngineError> {
@@ -28,17 +53,33 @@ fn check_job(ctx: &Context, job: &str) -> Result<(), EngineError> {
     ))
 }
 
-fn decrypt(key: &SecretKey, r: &KvRecord) -> Result<String, EngineError> {
+fn decrypt(key: &SecretKey, r: &KvRecord, path: &std::path::Path) -> Result<String, EngineError> {
     key.decrypt(&r.value)
         .map(|s| s.expose().to_string())
         .map_err(|reason| {
-            cutover_state::StateError::Secret {
-                job: r.job.clone(),
-                key: r.key.clone(),
-                reason,
-            }
-            .into()
+            EngineError::usage(
+                format!(
+                    "cannot decrypt secret `{}/{}` with {}: {reason}",
+                    r.job,
+                    r.key,
+                    path.display()
+                ),
+                format!(
+                    "restore the key that encrypted it to {} from your backup",
+                    path.display()
+                ),
+            )
         })
+}
+
+/// The first secret in `recs`, to check a key against.
+async fn first_secret(ctx: &Context) -> Result<Option<KvRecord>, EngineError> {
+    Ok(ctx
+        .store
+        .kv_list(None)
+        .await?
+        .into_iter()
+        .find(|r| r.secret))
 }
 
 /// A value as shown to the operator: secrets stay hidden unless revealed.
@@ -71,7 +112,7 @@ pub async fn put(
         ));
     }
     let bytes = if secret {
-        key(ctx)?.encrypt(&value)
+        key(ctx, first_secret(ctx).await?.as_ref())?.encrypt(&value)
     } else {
         value.expose().as_bytes().to_vec()
     };
@@ -95,16 +136,16 @@ pub async fn list(
         check_job(ctx, j)?;
     }
     let recs = ctx.store.kv_list(job).await?;
-    let secret_key = if reveal && recs.iter().any(|r| r.secret) {
-        Some(key(ctx)?)
-    } else {
-        None
+    let secret_key = match recs.iter().find(|r| r.secret) {
+        Some(first) if reveal => Some(key(ctx, Some(first))?),
+        _ => None,
     };
+    let path = ctx.workspace.join(KEY_FILE);
     recs.into_iter()
         .map(|r| {
             let value = match (&secret_key, r.secret) {
                 (_, false) => Some(String::from_utf8_lossy(&r.value).into_owned()),
-                (Some(k), true) => Some(decrypt(k, &r)?),
+                (Some(k), true) => Some(decrypt(k, &r, &path)?),
                 (None, true) => None,
             };
             Ok(KvView {
@@ -142,32 +183,64 @@ pub async fn delete(ctx: &Context, job: &str, k: &str) -> Result<(), EngineError
     Ok(())
 }
 
-/// Every job's keys, decrypted, for rendering templates. Held in memory only.
-pub(crate) async fn for_templates(
-    ctx: &Context,
-) -> Result<BTreeMap<String, BTreeMap<String, String>>, EngineError> {
+/// Every job's keys, decrypted, for rendering templates. Held in memory
+/// only; which keys are secrets is kept too, so that a file rendered from
+/// one is private on the worker and its value is redacted from output.
+#[derive(Debug, Default)]
+pub(crate) struct TemplateKv {
+    values: BTreeMap<String, BTreeMap<String, String>>,
+    secrets: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl TemplateKv {
+    /// One job's keys.
+    pub fn get(&self, job: &str) -> Option<&BTreeMap<String, String>> {
+        self.values.get(job)
+    }
+
+    /// The names of one job's secret keys.
+    pub fn secret_keys(&self, job: &str) -> &BTreeSet<String> {
+        static NONE: BTreeSet<String> = BTreeSet::new();
+        self.secrets.get(job).unwrap_or(&NONE)
+    }
+
+    /// Every secret value, to redact wherever output is shown or recorded.
+    pub fn redactor(&self) -> crate::redact::Redactor {
+        crate::redact::Redactor::new(self.secrets.iter().flat_map(|(job, keys)| {
+            keys.iter()
+                .filter_map(move |k| self.values.get(job)?.get(k).cloned())
+        }))
+    }
+}
+
+pub(crate) async fn for_templates(ctx: &Context) -> Result<TemplateKv, EngineError> {
     let recs = ctx.store.kv_list(None).await?;
-    let secret_key = if recs.iter().any(|r| r.secret) {
-        Some(key(ctx)?)
-    } else {
-        None
+    let secret_key = match recs.iter().find(|r| r.secret) {
+        Some(first) => Some(key(ctx, Some(first))?),
+        None => None,
     };
-    let mut out: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    let path = ctx.workspace.join(KEY_FILE);
+    let mut out = TemplateKv::default();
     for r in recs {
         let value = match (&secret_key, r.secret) {
-            (Some(k), true) => decrypt(k, &r)?,
+            (Some(k), true) => decrypt(k, &r, &path)?,
             _ => String::from_utf8_lossy(&r.value).into_owned(),
         };
-        out.entry(r.job).or_default().insert(r.key, value);
+        if r.secret {
+            out.secrets
+                .entry(r.job.clone())
+                .or_default()
+                .insert(r.key.clone());
+        }
+        out.values.entry(r.job).or_default().insert(r.key, value);
     }
     Ok(out)
 }
 
 /// A job's `rollout_order`: worker names separated by commas or whitespace.
-pub(crate) fn rollout_order(
-    kv: &BTreeMap<String, BTreeMap<String, String>>,
-) -> BTreeMap<String, Vec<String>> {
-    kv.iter()
+pub(crate) fn rollout_order(kv: &TemplateKv) -> BTreeMap<String, Vec<String>> {
+    kv.values
+        .iter()
         .filter_map(|(job, keys)| {
             let order = keys.get(ROLLOUT_ORDER)?;
             let names = order

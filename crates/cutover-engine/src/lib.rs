@@ -18,9 +18,11 @@ mod hooks;
 pub mod jobrun;
 mod join;
 pub mod kv;
+pub mod redact;
 pub mod release;
 mod remote;
 mod render;
+mod scratch;
 
 pub use context::{Context, Operator};
 pub use error::EngineError;

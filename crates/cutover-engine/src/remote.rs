@@ -218,7 +218,18 @@ pub(crate) fn stop(job_dir: &str, env: Vec<(String, String)>, timeout: Duration)
     cmd
 }
 
-/// Removes a job's directory from the worker.
+/// Removes a job's directory, data included, from the worker (only when
+/// the operator asked: `--purge-data`, `cutover job purge`).
 pub(crate) fn remove_job(job_dir: &str, timeout: Duration) -> Command {
     script(r#"rm -rf -- "$1""#, &[job_dir]).timeout(timeout)
+}
+
+/// Removes a stopped job's releases and `current` from the worker, and
+/// keeps its `shared/` data.
+pub(crate) fn remove_releases(job_dir: &str, timeout: Duration) -> Command {
+    script(
+        r#"[ ! -e "$1" ] || rm -rf -- "$1/current" "$1/.current.tmp" "$1/releases""#,
+        &[job_dir],
+    )
+    .timeout(timeout)
 }

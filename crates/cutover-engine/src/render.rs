@@ -26,10 +26,11 @@ pub(crate) struct Rendered {
 pub(crate) fn render_all(
     ctx: &Context,
     scope: Option<&BTreeSet<String>>,
-    kv: &BTreeMap<String, BTreeMap<String, String>>,
+    kv: &crate::kv::TemplateKv,
 ) -> Result<Rendered, EngineError> {
     let project = &ctx.project;
     let empty = BTreeMap::new();
+    let template_env = ctx.template_env();
     let mut out = Rendered {
         trees: BTreeMap::new(),
         candidates: BTreeMap::new(),
@@ -45,7 +46,8 @@ pub(crate) fn render_all(
         out.files += source.file_count();
         let rctx = RenderContext {
             kv: kv.get(&job.name).unwrap_or(&empty),
-            env: &ctx.env,
+            secrets: kv.secret_keys(&job.name),
+            env: &template_env,
         };
         for w in project.workers_for(job) {
             let tree = source.render(job, w, &rctx)?;

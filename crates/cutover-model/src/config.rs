@@ -15,6 +15,32 @@ pub struct ProjectConfig {
     pub store_url: Option<String>,
     pub trust_public_keys: Vec<PathBuf>,
     pub trust_threshold: u32,
+    /// `[templates] env`: which environment variables templates may read.
+    pub template_env: EnvAllowList,
+}
+
+/// The environment variable names (globs) that templates may read as `env`.
+#[derive(Debug, Clone, Default)]
+pub struct EnvAllowList {
+    pub patterns: Vec<String>,
+    pub(crate) set: globset::GlobSet,
+}
+
+impl EnvAllowList {
+    pub fn allows(&self, name: &str) -> bool {
+        self.set.is_match(name)
+    }
+
+    /// The allowed part of an environment.
+    pub fn filter<'a>(
+        &self,
+        vars: impl IntoIterator<Item = (&'a String, &'a String)>,
+    ) -> std::collections::BTreeMap<String, String> {
+        vars.into_iter()
+            .filter(|(k, _)| self.allows(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -164,6 +164,14 @@ struct RawProject {
     ssh: RawSsh,
     store: Option<RawStore>,
     trust: Option<RawTrust>,
+    #[serde(default)]
+    templates: RawTemplates,
+}
+
+#[derive(Deserialize, Default)]
+struct RawTemplates {
+    #[serde(default)]
+    env: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -278,6 +286,23 @@ struct RawHooks {
     after_allocation_started: Option<String>,
     after_allocation_stopped: Option<String>,
     job_control: Option<String>,
+}
+
+/// Why a worker or job name cannot be used, if it cannot: names become
+/// state records, lines of the release state file and paths on workers.
+fn name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        return Some("is empty");
+    }
+    if name.len() > 64 {
+        return Some("is longer than 64 characters");
+    }
+    if name.starts_with(['.', '-']) {
+        return Some("starts with `.` or `-`");
+    }
+    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+    (!name.chars().all(ok))
+        .then_some("holds a character other than letters, digits, `_`, `-` and `.`")
 }
 
 /// Parses one of a fixed set of words, reporting the choices on a mismatch.
@@ -437,6 +462,7 @@ impl Loader<'_> {
                 .map_or("project".into(), |n| n.to_string_lossy().into_owned())
         });
         let trust = raw.trust.as_ref();
+        let template_env = self.template_env(&src, &raw.templates.env);
         Some(ProjectConfig {
             name,
             main_branch: raw.main_branch.unwrap_or_else(|| "main".into()),
@@ -448,7 +474,38 @@ impl Loader<'_> {
                 .map(|t| t.public_keys.iter().map(|p| self.path(p)).collect())
                 .unwrap_or_default(),
             trust_threshold: trust.and_then(|t| t.threshold).unwrap_or(1),
+            template_env,
         })
+    }
+
+    /// `[templates] env`: the globs of environment variable names that
+    /// templates may read as `env.NAME`. Nothing else of the operator's
+    /// environment reaches a worker.
+    fn template_env(&mut self, src: &SourceFile, globs: &[Spanned<String>]) -> EnvAllowList {
+        let mut builder = globset::GlobSetBuilder::new();
+        let mut patterns = Vec::new();
+        for g in globs {
+            match globset::GlobBuilder::new(g.get_ref())
+                .literal_separator(true)
+                .build()
+            {
+                Ok(glob) => {
+                    builder.add(glob);
+                    patterns.push(g.get_ref().clone());
+                }
+                Err(e) => self.diags.push(
+                    src.diag(
+                        g.span(),
+                        format!("`{}` is not a valid glob: {e}", g.get_ref()),
+                    )
+                    .with_help("write names or globs such as \"APP_*\""),
+                ),
+            }
+        }
+        let set = builder
+            .build()
+            .unwrap_or_else(|_| globset::GlobSet::empty());
+        EnvAllowList { patterns, set }
     }
 
     fn load_workers(&mut self) -> Option<Vec<Worker>> {
@@ -460,6 +517,7 @@ impl Loader<'_> {
         )?;
         let raw: RawWorkers = typed(&src, &mut self.diags)?;
         let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        let mut places: BTreeMap<(String, Option<u16>, String), String> = BTreeMap::new();
         let mut workers = Vec::new();
         for entry in &raw.worker {
             let w = entry.get_ref();
@@ -480,6 +538,18 @@ impl Loader<'_> {
                         "worker names must be unique; `{}` is first defined on line {first_line}",
                         name.get_ref()
                     )),
+                );
+                continue;
+            }
+            if let Some(problem) = name_problem(name.get_ref()) {
+                self.diags.push(
+                    src.diag(
+                        name.span(),
+                        format!("worker name `{}` {problem}", name.get_ref().escape_debug()),
+                    )
+                    .with_help(
+                        "worker names are letters, digits, `_`, `-` and `.` (they name state records and files)",
+                    ),
                 );
                 continue;
             }
@@ -523,6 +593,23 @@ impl Loader<'_> {
                     continue;
                 }
             };
+            let place = (host.clone(), w.port, root.clone());
+            if let Some(other) = places.get(&place) {
+                self.diags.push(
+                    src.diag(
+                        name.span(),
+                        format!(
+                            "worker `{}` has the same host and root as `{other}`",
+                            name.get_ref()
+                        ),
+                    )
+                    .with_help(
+                        "two workers in one root would overwrite each other's releases; give each its own root",
+                    ),
+                );
+                continue;
+            }
+            places.insert(place, name.get_ref().clone());
             workers.push(Worker {
                 name: name.get_ref().clone(),
                 host,
@@ -544,11 +631,34 @@ impl Loader<'_> {
         let Ok(entries) = std::fs::read_dir(&jobs_dir) else {
             return jobs;
         };
-        let mut names: Vec<String> = entries
-            .filter_map(Result::ok)
-            .filter(|e| e.path().join(JOB_FILE).is_file())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
+        let mut names: Vec<String> = Vec::new();
+        for e in entries.filter_map(Result::ok) {
+            if !e.path().is_dir() {
+                continue;
+            }
+            let name = e.file_name().to_string_lossy().into_owned();
+            let rel = PathBuf::from("jobs").join(&name);
+            // A job dir without its manifest (a misnamed `job.tml`) is not a
+            // removed job: taking it for one would stop it everywhere.
+            if !e.path().join(JOB_FILE).is_file() {
+                self.diags.push(
+                    Diagnostic::file(&rel, format!("{}/ has no {JOB_FILE}", rel.display()))
+                        .with_help(format!(
+                            "a directory under jobs/ is a job: add jobs/{name}/{JOB_FILE} (is it misnamed?), \
+                             or remove the directory to remove the job"
+                        )),
+                );
+                continue;
+            }
+            if let Some(problem) = name_problem(&name) {
+                self.diags.push(
+                    Diagnostic::file(&rel, format!("job name `{name}` {problem}"))
+                        .with_help("name jobs with letters, digits, `_`, `-` and `.`"),
+                );
+                continue;
+            }
+            names.push(name);
+        }
         names.sort();
         for name in names {
             let rel = PathBuf::from("jobs").join(&name).join(JOB_FILE);

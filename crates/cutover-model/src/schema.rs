@@ -36,6 +36,7 @@ pub const PROJECT: Shape = Table(&[
         ]),
     ),
     ("store", Table(&[("url", Value)])),
+    ("templates", Table(&[("env", Value)])),
     (
         "trust",
         Table(&[("public_keys", Value), ("threshold", Value)]),

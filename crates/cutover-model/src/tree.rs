@@ -59,7 +59,9 @@ struct Template {
 pub enum TreeError {
     #[error("cannot read {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
-    #[error("{file}: template error for worker `{worker}`: {message}")]
+    #[error("{} is refused: {why}", path.display())]
+    Refused { path: PathBuf, why: String },
+    #[error("{file}: {message} (rendering for worker `{worker}`)")]
     Template {
         file: String,
         worker: String,
@@ -85,7 +87,8 @@ impl JobSource {
             templates: Vec::new(),
             bytes: 0,
         };
-        src.walk(&job.dir, "")?;
+        src.walk(&job.dir)?;
+        src.files.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(src)
     }
 
@@ -93,31 +96,72 @@ impl JobSource {
         self.files.len() + self.templates.len()
     }
 
-    fn walk(&mut self, dir: &Path, prefix: &str) -> Result<(), TreeError> {
+    /// Reads every file of the job dir. Anything cutover cannot ship
+    /// faithfully is refused with its path, before anything is changed.
+    fn walk(&mut self, dir: &Path) -> Result<(), TreeError> {
         let io_err = |path: &Path| {
             let path = path.to_path_buf();
             move |source| TreeError::Io { path, source }
         };
-        let mut entries: Vec<_> = std::fs::read_dir(dir)
-            .map_err(io_err(dir))?
-            .collect::<Result<_, _>>()
-            .map_err(io_err(dir))?;
-        entries.sort_by_key(|e| e.file_name());
-        for entry in entries {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let rel = if prefix.is_empty() {
-                name.clone()
-            } else {
-                format!("{prefix}/{name}")
+        let job = self.job.clone();
+        let refuse = |path: &Path, why: &str| TreeError::Refused {
+            path: Path::new("jobs")
+                .join(&job)
+                .join(path.strip_prefix(dir).unwrap_or(path)),
+            why: why.to_string(),
+        };
+        let mut outputs: BTreeMap<String, PathBuf> = BTreeMap::new();
+        for entry in walkdir::WalkDir::new(dir).min_depth(1).sort_by_file_name() {
+            let entry = entry.map_err(|e| {
+                let path = e.path().unwrap_or(dir).to_path_buf();
+                TreeError::Io {
+                    path,
+                    source: e.into(),
+                }
+            })?;
+            let path = entry.path();
+            let rel = path.strip_prefix(dir).unwrap_or(path);
+            // Paths are compared, hashed and sent as text: a name that is
+            // not UTF-8 would be merged with another one.
+            let Some(rel) = rel.to_str().map(str::to_string) else {
+                return Err(refuse(path, "its name is not UTF-8; rename it"));
             };
             if rel == JOB_FILE {
                 continue;
             }
-            let path = entry.path();
-            let meta = std::fs::symlink_metadata(&path).map_err(io_err(&path))?;
+            let kind = entry.file_type();
+            if kind.is_dir() {
+                continue;
+            }
+            if !kind.is_file() && !kind.is_symlink() {
+                // Reading a FIFO blocks forever; sockets and devices are
+                // not content.
+                return Err(refuse(
+                    path,
+                    "it is a FIFO, socket or device file; a job tree holds only files, dirs and symlinks",
+                ));
+            }
+            let meta = entry.metadata().map_err(|e| TreeError::Io {
+                path: path.to_path_buf(),
+                source: e.into(),
+            })?;
             let mode = meta.permissions().mode() & 0o7777;
-            if meta.file_type().is_symlink() {
-                let target = std::fs::read_link(&path).map_err(io_err(&path))?;
+            let out_path = match rel.strip_suffix(TEMPLATE_SUFFIX) {
+                Some(out) if kind.is_file() => out.to_string(),
+                _ => rel.clone(),
+            };
+            if let Some(first) = outputs.insert(out_path.clone(), path.to_path_buf()) {
+                return Err(refuse(
+                    path,
+                    &format!(
+                        "it and jobs/{}/{} would both land on the worker as {out_path}; remove one",
+                        self.job,
+                        first.strip_prefix(dir).unwrap_or(&first).display()
+                    ),
+                ));
+            }
+            if kind.is_symlink() {
+                let target = std::fs::read_link(path).map_err(io_err(path))?;
                 let hash = blake3::hash(target.as_os_str().as_encoded_bytes());
                 self.files.push(Entry {
                     path: rel,
@@ -125,26 +169,24 @@ impl JobSource {
                     hash,
                     content: Content::Symlink(target),
                 });
-            } else if meta.is_dir() {
-                self.walk(&path, &rel)?;
-            } else if let Some(out) = rel.strip_suffix(TEMPLATE_SUFFIX) {
-                let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+            } else if out_path != rel {
+                let text = std::fs::read_to_string(path).map_err(io_err(path))?;
                 self.templates.push(Template {
-                    path: out.to_string(),
-                    source_path: rel.clone(),
+                    path: out_path,
+                    source_path: rel,
                     mode,
                     text,
                 });
             } else {
                 let mut hasher = blake3::Hasher::new();
-                let file = std::fs::File::open(&path).map_err(io_err(&path))?;
-                hasher.update_reader(file).map_err(io_err(&path))?;
+                let file = std::fs::File::open(path).map_err(io_err(path))?;
+                hasher.update_reader(file).map_err(io_err(path))?;
                 self.bytes += meta.len();
                 self.files.push(Entry {
                     path: rel,
                     mode,
                     hash: hasher.finalize(),
-                    content: Content::Disk(path),
+                    content: Content::Disk(path.to_path_buf()),
                 });
             }
         }
@@ -161,18 +203,30 @@ impl JobSource {
         let mut entries = self.files.clone();
         if !self.templates.is_empty() {
             let env = environment();
-            let vars = vars(job, worker, ctx);
             for t in &self.templates {
                 let fail = |e: minijinja::Error| TreeError::Template {
                     file: format!("jobs/{}/{}{}", job.name, t.source_path, line_of(&e)),
                     worker: worker.name.clone(),
-                    message: describe(&e),
+                    message: describe_in(&e, &t.text),
                 };
+                let kv = TrackedKv::new(ctx);
+                let vars = vars(
+                    job,
+                    worker,
+                    ctx,
+                    minijinja::Value::from_dyn_object(kv.clone()),
+                );
                 let out = env.render_str(&t.text, &vars).map_err(fail)?;
                 let bytes: Arc<[u8]> = Arc::from(out.into_bytes());
+                // A file that holds a secret is for the job's user alone.
+                let mode = if kv.read_secret() {
+                    t.mode & 0o700
+                } else {
+                    t.mode
+                };
                 entries.push(Entry {
                     path: t.path.clone(),
-                    mode: t.mode,
+                    mode,
                     hash: blake3::hash(&bytes),
                     content: Content::Rendered(bytes),
                 });
@@ -202,7 +256,12 @@ fn environment() -> minijinja::Environment<'static> {
     env
 }
 
-fn vars(job: &Job, worker: &Worker, ctx: &RenderContext<'_>) -> minijinja::Value {
+fn vars(
+    job: &Job,
+    worker: &Worker,
+    ctx: &RenderContext<'_>,
+    kv: minijinja::Value,
+) -> minijinja::Value {
     minijinja::context! {
         worker => minijinja::context! {
             name => &worker.name,
@@ -214,7 +273,7 @@ fn vars(job: &Job, worker: &Worker, ctx: &RenderContext<'_>) -> minijinja::Value
             name => &job.name,
             version => &job.manifest.version,
         },
-        kv => ctx.kv,
+        kv => kv,
         env => ctx.env,
     }
 }
@@ -231,12 +290,31 @@ pub fn render_str(
         return Ok(text.to_string());
     }
     environment()
-        .render_str(text, vars(job, worker, ctx))
-        .map_err(|e| describe(&e))
+        .render_str(
+            text,
+            vars(job, worker, ctx, minijinja::Value::from(ctx.kv.clone())),
+        )
+        .map_err(|e| describe_in(&e, text))
 }
 
 fn line_of(e: &minijinja::Error) -> String {
     e.line().map(|l| format!(":{l}")).unwrap_or_default()
+}
+
+/// Like [`describe`], and for an undefined value, the expression that
+/// named it (`undefined variable kv.no_such_key`), read off the source.
+fn describe_in(e: &minijinja::Error, source: &str) -> String {
+    if e.kind() == minijinja::ErrorKind::UndefinedError {
+        let expr = e
+            .range()
+            .and_then(|r| source.get(r))
+            .map(str::trim)
+            .filter(|x| !x.is_empty() && !x.contains('\n'));
+        if let Some(expr) = expr {
+            return format!("undefined variable {expr}");
+        }
+    }
+    describe(e)
 }
 
 fn describe(e: &minijinja::Error) -> String {
@@ -249,10 +327,55 @@ fn describe(e: &minijinja::Error) -> String {
     msg
 }
 
+/// `kv` as templates see it: a map that notes whether a secret was read.
+#[derive(Debug)]
+struct TrackedKv {
+    values: BTreeMap<String, String>,
+    secrets: std::collections::BTreeSet<String>,
+    read_secret: std::sync::atomic::AtomicBool,
+}
+
+impl TrackedKv {
+    fn new(ctx: &RenderContext<'_>) -> Arc<TrackedKv> {
+        Arc::new(TrackedKv {
+            values: ctx.kv.clone(),
+            secrets: ctx.secrets.clone(),
+            read_secret: false.into(),
+        })
+    }
+
+    fn read_secret(&self) -> bool {
+        self.read_secret.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl minijinja::value::Object for TrackedKv {
+    fn get_value(self: &Arc<Self>, key: &minijinja::Value) -> Option<minijinja::Value> {
+        let key = key.as_str()?;
+        let value = self.values.get(key)?;
+        if self.secrets.contains(key) {
+            self.read_secret
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        Some(minijinja::Value::from(value.as_str()))
+    }
+
+    fn enumerate(self: &Arc<Self>) -> minijinja::value::Enumerator {
+        let keys: Vec<minijinja::Value> = self
+            .values
+            .keys()
+            .map(|k| minijinja::Value::from(k.as_str()))
+            .collect();
+        minijinja::value::Enumerator::Values(keys)
+    }
+}
+
 /// What templates may read besides the worker and the job.
 #[derive(Debug)]
 pub struct RenderContext<'a> {
     pub kv: &'a BTreeMap<String, String>,
+    /// Which of `kv` are secrets: a file that reads one is made private.
+    pub secrets: &'a std::collections::BTreeSet<String>,
     pub env: &'a BTreeMap<String, String>,
 }
 

@@ -50,17 +50,36 @@ const NONCE_LEN: usize = 12;
 impl SecretKey {
     /// Loads the key, creating it (owner-only) on first use.
     pub fn load_or_create(path: &Path) -> Result<SecretKey, StateError> {
-        let io = |source| StateError::Io {
-            path: path.display().to_string(),
-            source,
-        };
+        match SecretKey::load(path)? {
+            Some(key) => Ok(key),
+            None => SecretKey::create(path),
+        }
+    }
+
+    /// Loads the key; `None` when there is no key file.
+    pub fn load(path: &Path) -> Result<Option<SecretKey>, StateError> {
         match std::fs::read(path) {
-            Ok(bytes) if bytes.len() == 32 => Ok(SecretKey(*Key::from_slice(&bytes))),
+            Ok(bytes) if bytes.len() == 32 => Ok(Some(SecretKey(*Key::from_slice(&bytes)))),
             Ok(_) => Err(StateError::Corrupt(format!(
                 "{} is not a 32-byte key; restore it from a backup (secrets cannot be read without it)",
                 path.display()
             ))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StateError::Io {
+                path: path.display().to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// Creates a new key file (owner-only); refuses to replace one.
+    pub fn create(path: &Path) -> Result<SecretKey, StateError> {
+        let io = |source| StateError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        {
+            {
                 let key = ChaCha20Poly1305::generate_key(&mut OsRng);
                 let mut f = std::fs::OpenOptions::new()
                     .write(true)
@@ -72,7 +91,6 @@ impl SecretKey {
                 f.sync_all().map_err(io)?;
                 Ok(SecretKey(key))
             }
-            Err(e) => Err(io(e)),
         }
     }
 

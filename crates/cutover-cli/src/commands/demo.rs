@@ -54,6 +54,7 @@ pub async fn run(g: &Global) -> Result<u8, CliError> {
         force: false,
         sync_only: false,
         verify: false,
+        purge_data: false,
     };
     step("cutover deploy --dry-run   (the plan; nothing changes)");
     let s = Session::open_at(&dir, &g, "deploy").await?;

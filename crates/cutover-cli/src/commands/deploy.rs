@@ -20,6 +20,7 @@ pub async fn run(s: &Session, a: DeployArgs) -> Result<u8, CliError> {
         dirty,
         lock_held: false,
         verify: a.verify,
+        purge_data: a.purge_data,
     };
     if !s.json && !opts.dry_run {
         // The plan is computed inside the engine; announce the start only.
@@ -126,6 +127,25 @@ fn summarize(r: &DeployReport) {
                 r.outcome.as_str(),
                 counts(&r.plan)
             );
+            let mut kept: Vec<&str> = r
+                .stops
+                .iter()
+                .filter(|s| s.ok && s.data_kept)
+                .map(|s| s.job.as_str())
+                .collect();
+            kept.dedup();
+            for job in kept {
+                let at: Vec<&str> = r
+                    .stops
+                    .iter()
+                    .filter(|s| s.ok && s.data_kept && s.job == job)
+                    .map(|s| s.worker.as_str())
+                    .collect();
+                println!(
+                    "[deploy] kept the shared/ data of {job} on {} (and its KV); delete it with `cutover job purge {job}`",
+                    at.join(", ")
+                );
+            }
             if !failed.is_empty() {
                 println!(
                     "[deploy] failed: {}; fix the cause and run `cutover deploy` again: only what failed is retried",

@@ -362,6 +362,65 @@ pub async fn job_run(
     Ok(rc)
 }
 
+/// `cutover job purge JOB [--yes]`: asks first unless `--yes`.
+pub async fn job_purge(s: &Session, job: &str, yes: bool) -> Result<u8, CliError> {
+    let workers = jobrun::purgeable(&s.ctx, job).await?;
+    if !yes {
+        use std::io::{BufRead, IsTerminal, Write};
+        if !std::io::stdin().is_terminal() {
+            return Err(CliError::usage(
+                format!("`cutover job purge {job}` deletes data and asks first, but stdin is not a terminal"),
+                format!("run it again with --yes to delete the shared/ data of {job} on: {}", workers.join(", ")),
+            ));
+        }
+        print!(
+            "delete the shared/ data of {job} on {} for good{}? type the job name to confirm: ",
+            if workers.is_empty() {
+                "no worker".to_string()
+            } else {
+                workers.join(", ")
+            },
+            if s.ctx.project.jobs.contains_key(job) {
+                ""
+            } else {
+                ", and its KV"
+            },
+        );
+        let _ = std::io::stdout().flush();
+        let mut answer = String::new();
+        let _ = std::io::stdin().lock().read_line(&mut answer);
+        if answer.trim() != job {
+            println!("[job] purge of {job} cancelled: nothing was deleted");
+            return Ok(0);
+        }
+    }
+    let report = jobrun::purge(&s.ctx, job, &command_line()).await?;
+    let rc = if report.allocations.iter().all(|p| p.ok) {
+        0
+    } else {
+        1
+    };
+    let outcome = if rc == 0 { "success" } else { "failed" };
+    s.audit(&command_line(), outcome, rc, "");
+    if s.json {
+        super::print_json(serde_json::json!({
+            "outcome": outcome, "exit_code": rc, "report": report,
+        }));
+        return Ok(rc);
+    }
+    for p in &report.allocations {
+        if p.ok {
+            println!("[job] {job}@{}: data deleted", p.worker);
+        } else {
+            println!("[job] {job}@{}: purge FAILED: {}", p.worker, p.message);
+        }
+    }
+    if report.kv_deleted {
+        println!("[job] {job}: KV deleted");
+    }
+    Ok(rc)
+}
+
 pub async fn lock_status(s: &Session) -> Result<u8, CliError> {
     let holder = s.store.lock_status().await?;
     if s.json {

@@ -49,6 +49,9 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
             target,
             workers,
         }) => inspect::job_run(&Session::open(g, "job").await?, &job, &target, workers).await,
+        Command::Job(JobCommand::Purge { job, yes }) => {
+            inspect::job_purge(&Session::open(g, "job").await?, &job, yes).await
+        }
         Command::Lock(LockCommand::Status) => {
             inspect::lock_status(&Session::open(g, "lock").await?).await
         }
@@ -105,6 +108,7 @@ impl Session {
                 operator: operator(),
                 env: std::env::vars().collect::<BTreeMap<_, _>>(),
                 reporter,
+                runtime_dir: runtime_dir(),
                 load: load_options(),
             },
             json: g.json,
@@ -161,6 +165,15 @@ pub fn load_options() -> LoadOptions {
     LoadOptions {
         home: std::env::var_os(env_vars::HOME).map(PathBuf::from),
     }
+}
+
+/// `$XDG_RUNTIME_DIR` when it is an absolute, existing dir; else the
+/// system temp dir. Either way cutover makes its own 0700 dirs in it.
+pub fn runtime_dir() -> PathBuf {
+    std::env::var_os(env_vars::XDG_RUNTIME_DIR)
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute() && p.is_dir())
+        .unwrap_or_else(std::env::temp_dir)
 }
 
 pub fn load_project(root: &Path) -> Result<Project, CliError> {

@@ -365,7 +365,7 @@ fn an_unreachable_worker_fails_alone_and_the_rerun_finishes_the_job() {
 }
 
 #[test]
-fn removed_job_and_removed_worker_are_stopped_and_cleaned_up() {
+fn removed_job_and_removed_worker_are_stopped_and_their_data_kept_until_purged() {
     let (fleet, p) = setup(3);
     p.job("api", "version = \"1\"\n");
     p.job("old", "version = \"1\"\n");
@@ -378,11 +378,23 @@ fn removed_job_and_removed_worker_are_stopped_and_cleaned_up() {
         plan.stdout.contains("job removed from the project"),
         "{plan:?}"
     );
-    p.expect(&["deploy"], 0);
+    let out = p.expect(&["deploy"], 0);
+    assert!(
+        out.stdout.contains(
+            "[deploy] kept the shared/ data of old on w1, w2, w3 (and its KV); delete it with `cutover job purge old`"
+        ),
+        "{out:?}"
+    );
     for w in &fleet.workers {
         assert!(
-            !w.path("jobs/old").exists(),
-            "files of the removed job remain on {}",
+            !w.path("jobs/old/releases").exists() && !w.path("jobs/old/current").exists(),
+            "releases of the removed job remain on {}",
+            w.name
+        );
+        assert_eq!(
+            w.read("jobs/old/shared/data.txt"),
+            "data-1\n",
+            "data kept on {}",
             w.name
         );
         assert!(
@@ -393,11 +405,38 @@ fn removed_job_and_removed_worker_are_stopped_and_cleaned_up() {
     }
     let kv = p.expect(&["cat", "kv"], 0);
     assert!(
-        !kv.stdout.contains("old"),
-        "KV of a removed job is purged: {kv:?}"
+        kv.stdout.contains("old"),
+        "KV of a removed job is kept: {kv:?}"
     );
+    // A second deploy does not stop it again.
+    let again = p.expect(&["deploy"], 0);
+    assert!(again.stdout.contains("nothing to do"), "{again:?}");
 
-    // Drop w3 from workers.toml: its allocation is stopped and its files removed.
+    // The operator asks: the data and the KV go.
+    let refused = p.expect(&["job", "purge", "old"], 2);
+    assert!(refused.stderr.contains("--yes"), "{refused:?}");
+    let purged = p.expect(&["job", "purge", "old", "--yes"], 0);
+    assert!(
+        purged.stdout.contains("[job] old@w2: data deleted"),
+        "{purged:?}"
+    );
+    assert!(
+        purged.stdout.contains("[job] old: KV deleted"),
+        "{purged:?}"
+    );
+    for w in &fleet.workers {
+        assert!(
+            !w.path("jobs/old").exists(),
+            "purge left data on {}",
+            w.name
+        );
+    }
+    let kv = p.expect(&["cat", "kv"], 0);
+    assert!(!kv.stdout.contains("old"), "{kv:?}");
+    p.expect(&["job", "purge", "old", "--yes"], 2);
+
+    // Drop w3 from workers.toml: its allocation is stopped, its releases
+    // removed, its data kept.
     let labels: [(&str, &[&str]); 2] = [("w1", &["web"]), ("w2", &["web"])];
     let toml = fleet.workers_toml(&labels);
     let kept: String = toml
@@ -406,7 +445,7 @@ fn removed_job_and_removed_worker_are_stopped_and_cleaned_up() {
         .collect::<Vec<_>>()
         .join("[[worker]]");
     p.write("workers.toml", &kept);
-    let out = p.expect(&["deploy"], 0);
+    let out = p.expect(&["deploy", "--purge-data"], 0);
     assert!(
         out.stdout
             .contains("api@w3: stopped (worker removed from workers.toml)"),
@@ -414,7 +453,10 @@ fn removed_job_and_removed_worker_are_stopped_and_cleaned_up() {
     );
     let w3 = fleet.worker("w3");
     assert!(w3.read("stopped.log").contains("stop api w3"));
-    assert!(!w3.path("jobs/api").exists());
+    assert!(
+        !w3.path("jobs/api").exists(),
+        "--purge-data deletes the data too"
+    );
     assert!(fleet.worker("w1").path("jobs/api/current").exists());
 }
 

@@ -73,9 +73,14 @@ fn hooks_run_on_this_machine_with_the_allocations_concerned() {
         log.contains("after_allocation_stopped api [w2] 1>2"),
         "{log}"
     );
+    let w2 = fleet.worker("w2");
     assert!(
-        !fleet.worker("w2").path("jobs/api").exists(),
-        "a worker that no longer matches is cleaned up"
+        !w2.path("jobs/api/releases").exists() && !w2.path("jobs/api/current").exists(),
+        "a worker that no longer matches has its releases removed"
+    );
+    assert!(
+        w2.path("jobs/api/shared/data.txt").exists(),
+        "and its data kept"
     );
 }
 

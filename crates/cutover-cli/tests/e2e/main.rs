@@ -8,4 +8,5 @@ mod deploy;
 mod lifecycle;
 mod plan;
 mod release;
+mod safety;
 mod secrets;

@@ -210,6 +210,8 @@ impl Fleet {
         }
         let known_hosts = dir.path().join("known_hosts");
         std::fs::write(&known_hosts, known).expect("known_hosts");
+        // The developer's ~/.ssh/config must not apply to the test fleet.
+        std::fs::write(dir.path().join("ssh_config"), "").expect("ssh_config");
         Fleet {
             dir,
             workers,
@@ -236,10 +238,11 @@ impl Fleet {
     /// cutover.toml settings that reach this fleet.
     pub fn project_toml(&self) -> String {
         format!(
-            "name = \"test\"\n\n[ssh]\nuser = \"{}\"\nidentity_file = \"{}\"\nknown_hosts = \"strict\"\nknown_hosts_file = \"{}\"\nconnect_timeout = \"3s\"\ncommand_timeout = \"60s\"\n",
+            "name = \"test\"\n\n[ssh]\nuser = \"{}\"\nidentity_file = \"{}\"\nknown_hosts = \"strict\"\nknown_hosts_file = \"{}\"\nconfig_file = \"{}\"\nconnect_timeout = \"3s\"\ncommand_timeout = \"60s\"\n",
             self.user,
             self.key.display(),
-            self.known_hosts.display()
+            self.known_hosts.display(),
+            self.dir.path().join("ssh_config").display()
         )
     }
 
@@ -324,6 +327,19 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
 /// A project directory with helpers to write files and run cutover in it.
 pub struct Project {
     pub dir: tempfile::TempDir,
+    /// cutover's TMPDIR in this test: where its private scratch dirs go.
+    pub tmp: tempfile::TempDir,
+}
+
+impl Drop for Project {
+    /// Every test asserts that cutover cleaned up its scratch dirs (staged
+    /// trees may hold secrets), unless it is already failing.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let left = self.leftovers();
+            assert!(left.is_empty(), "cutover left {left:?} in its TMPDIR");
+        }
+    }
 }
 
 pub struct Output {
@@ -352,6 +368,7 @@ impl Project {
     pub fn new() -> Project {
         Project {
             dir: tempfile::tempdir().expect("tempdir"),
+            tmp: tempfile::tempdir().expect("tempdir"),
         }
     }
 
@@ -401,6 +418,8 @@ impl Project {
             .args(args)
             .current_dir(self.dir.path())
             .env("CUTOVER_USER", "tester")
+            .env("TMPDIR", self.tmp.path())
+            .env_remove("XDG_RUNTIME_DIR")
             .env_remove("CUTOVER_PROJECT")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
@@ -411,6 +430,17 @@ impl Project {
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         }
+    }
+
+    /// What cutover left in its TMPDIR (nothing, after a run that ended).
+    pub fn leftovers(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.tmp.path())
+            .expect("tmp")
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
     }
 
     /// Runs cutover and asserts the exit code.

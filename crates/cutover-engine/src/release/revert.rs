@@ -79,7 +79,7 @@ pub async fn revert(ctx: &Context, opts: &RevertOptions) -> Result<RevertReport,
         .iter()
         .filter_map(|n| ctx.project.worker(n).cloned())
         .collect();
-    let fleet = Fleet::connect(&ctx.project.config.ssh, workers, &ctx.reporter).await?;
+    let fleet = Fleet::connect(ctx, workers).await?;
     let timeout = ctx.project.config.ssh.command_timeout;
     let kv = crate::kv::for_templates(ctx).await?;
     let empty = BTreeMap::new();
@@ -121,7 +121,7 @@ pub async fn revert(ctx: &Context, opts: &RevertOptions) -> Result<RevertReport,
                     job,
                     worker,
                     kv.get(job_name).unwrap_or(&empty),
-                    &ctx.env,
+                    &ctx.template_env(),
                 )?;
                 let rec = records
                     .iter()

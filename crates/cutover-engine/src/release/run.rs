@@ -389,12 +389,7 @@ async fn prepare(
                     .map(|w| (w.name.clone(), w.clone()))
             })
             .collect();
-        let fleet = Fleet::connect(
-            &ctx.project.config.ssh,
-            workers.into_values().collect(),
-            &ctx.reporter,
-        )
-        .await?;
+        let fleet = Fleet::connect(&ctx, workers.into_values().collect()).await?;
         for b in wanted {
             let job = &ctx.project.jobs[&b.job];
             let worker = ctx.project.worker(&b.worker).expect("filtered above");
@@ -687,12 +682,7 @@ pub(crate) async fn health_all(
         .iter()
         .map(|(_, w, _)| (w.name.clone(), (*w).clone()))
         .collect();
-    let fleet = Fleet::connect(
-        &ctx.project.config.ssh,
-        workers.into_values().collect(),
-        &ctx.reporter,
-    )
-    .await?;
+    let fleet = Fleet::connect(ctx, workers.into_values().collect()).await?;
     let empty = BTreeMap::new();
     let mut bad = Vec::new();
     for (job, worker, r) in targets {
@@ -711,7 +701,7 @@ pub(crate) async fn health_all(
                     &host,
                     &env,
                     kv.get(&job.name).unwrap_or(&empty),
-                    &ctx.env,
+                    &ctx.template_env(),
                     None,
                 )
                 .await

@@ -1,0 +1,386 @@
+//! Nothing lost, nothing leaked (issue 9): each test reproduces a way an
+//! unlucky or hostile operator lost data or leaked a secret, against real
+//! sshd workers.
+
+use std::os::unix::fs::PermissionsExt;
+
+use crate::support::{Fleet, Project};
+
+const POISON: &str = "p0is0n-s3cret-9d2e";
+
+fn setup(n: usize) -> (Fleet, Project) {
+    let fleet = Fleet::start(n);
+    let p = Project::new();
+    let labels: Vec<(String, Vec<&str>)> = fleet
+        .workers
+        .iter()
+        .map(|w| (w.name.clone(), vec!["web"]))
+        .collect();
+    let labels: Vec<(&str, &[&str])> = labels
+        .iter()
+        .map(|(n, l)| (n.as_str(), l.as_slice()))
+        .collect();
+    p.write("cutover.toml", &fleet.project_toml());
+    p.write("workers.toml", &fleet.workers_toml(&labels));
+    (fleet, p)
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    std::fs::symlink_metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+/// Issue 9 item 1: staged trees (with decrypted secrets) and ssh control
+/// sockets live in private 0700 dirs that are gone when the run ends; a
+/// dead run's dir is swept, a live one's never.
+#[test]
+fn staging_is_private_and_removed_and_only_dead_runs_are_swept() {
+    let (fleet, p) = setup(1);
+    let probe = p.path().join("probe.txt");
+    p.job("api", "version = \"1\"\n");
+    // `start` runs on the worker (this machine) while cutover is running:
+    // it records the mode of every scratch dir cutover has made.
+    p.write(
+        "jobs/api/Makefile",
+        &crate::support::MAKEFILE.replace(
+            "start:\n",
+            &format!(
+                "start:\n\t@for d in {}/cutover-*; do stat -c '%a %n' \"$$d\"; find \"$$d\" -name db.conf -printf 'file %m %p\\n'; done > {}\n",
+                p.tmp.path().display(),
+                probe.display()
+            ),
+        ),
+    );
+    p.write("jobs/api/db.conf.tpl", "password = {{ kv.pw }}\n");
+    p.expect(&["kv", "put", "api", "pw", POISON, "--secret"], 0);
+
+    // A run killed with -9 left its staging behind (a dead pid), and a live
+    // run of the same project (this test's pid) has one.
+    let dead = p.tmp.path().join("cutover-stage-dead01");
+    std::fs::create_dir(&dead).expect("mkdir");
+    std::fs::write(dead.join("secret.txt"), POISON).expect("w");
+    std::fs::write(
+        dead.join(".owner"),
+        format!("pid=4194300\nstart=1\nproject={}\n", p.path().display()),
+    )
+    .expect("w");
+    let live = p.tmp.path().join("cutover-stage-live01");
+    std::fs::create_dir(&live).expect("mkdir");
+    std::fs::write(
+        live.join(".owner"),
+        format!(
+            "pid={}\nstart=\nproject={}\n",
+            std::process::id(),
+            p.path().display()
+        ),
+    )
+    .expect("w");
+
+    p.expect(&["deploy"], 0);
+    let seen = std::fs::read_to_string(&probe).expect("probe ran");
+    let dirs: Vec<&str> = seen
+        .lines()
+        .filter(|l| !l.contains("live01") && !l.contains("dead01"))
+        .collect();
+    assert!(
+        dirs.iter().any(|l| l.contains("cutover-stage-"))
+            && dirs.iter().any(|l| l.contains("cutover-ssh-")),
+        "{seen}"
+    );
+    for line in &dirs {
+        let private = if line.starts_with("file ") {
+            line.starts_with("file 600 ")
+        } else {
+            line.starts_with("700 ")
+        };
+        assert!(private, "not private: {line}\n{seen}");
+    }
+    assert!(dirs.iter().any(|l| l.starts_with("file ")), "{seen}");
+    assert!(!dead.exists(), "a dead run's staging is swept");
+    assert!(live.exists(), "a live run's staging is never removed");
+    std::fs::remove_dir_all(&live).expect("rm");
+    assert_eq!(p.leftovers(), Vec::<String>::new());
+    assert_eq!(
+        fleet.workers[0].read("jobs/api/current/db.conf"),
+        format!("password = {POISON}\n")
+    );
+}
+
+/// Items 2 and 3: a file rendered from a secret is 0600 on the worker;
+/// `env` holds only what `[templates] env` allows.
+#[test]
+fn secret_files_are_private_and_env_holds_only_allowed_variables() {
+    let (fleet, p) = setup(1);
+    p.job("api", "version = \"1\"\n");
+    p.write("jobs/api/db.conf.tpl", "password = {{ kv.pw }}\n");
+    p.write("jobs/api/plain.conf.tpl", "host = {{ kv.host }}\n");
+    p.write(
+        "jobs/api/env.conf.tpl",
+        "token = {{ env.CUTOVER_ADMIN_TOKEN }}\n",
+    );
+    p.expect(&["kv", "put", "api", "pw", POISON, "--secret"], 0);
+    p.expect(&["kv", "put", "api", "host", "db.internal"], 0);
+
+    let env = [("CUTOVER_ADMIN_TOKEN", POISON), ("APP_NAME", "shop")];
+    let out = p.cutover_env(&["deploy"], &env);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("jobs/api/env.conf.tpl:1: undefined variable env.CUTOVER_ADMIN_TOKEN"),
+        "{out:?}"
+    );
+    assert!(!out.all().contains(POISON), "{out:?}");
+
+    p.write("jobs/api/env.conf.tpl", "app = {{ env.APP_NAME }}\n");
+    p.write(
+        "cutover.toml",
+        &format!("{}\n[templates]\nenv = [\"APP_*\"]\n", fleet.project_toml()),
+    );
+    let out = p.cutover_env(&["deploy"], &env);
+    assert_eq!(out.code, 0, "{out:?}");
+    let w = &fleet.workers[0];
+    assert_eq!(w.read("jobs/api/current/env.conf"), "app = shop\n");
+    assert_eq!(mode(&w.path("jobs/api/current/db.conf")), 0o600);
+    assert_eq!(mode(&w.path("jobs/api/current/plain.conf")), 0o644);
+    assert_eq!(mode(&w.path("jobs/api/current/env.conf")), 0o644);
+}
+
+/// Item 4: a lost or wrong key is refused, never silently replaced.
+#[test]
+fn a_lost_secret_key_is_refused_and_never_regenerated_over_secrets() {
+    let (_fleet, p) = setup(1);
+    p.job("api", "version = \"1\"\n");
+    p.write("jobs/api/db.conf.tpl", "password = {{ kv.pw }}\n");
+    p.expect(&["kv", "put", "api", "pw", POISON, "--secret"], 0);
+    let key = p.path().join(".cutover/secret.key");
+    let saved = std::fs::read(&key).expect("key");
+    std::fs::remove_file(&key).expect("rm");
+
+    for args in [
+        &["deploy"][..],
+        &["kv", "put", "api", "other", "x", "--secret"],
+        &["kv", "get", "api", "pw", "--reveal"],
+    ] {
+        let out = p.expect(args, 2);
+        assert!(
+            out.stderr.contains(".cutover/secret.key is missing")
+                && out.stderr.contains("restore the key file from your backup"),
+            "{args:?}: {out:?}"
+        );
+        assert!(
+            !key.exists(),
+            "{args:?} made a new key over existing secrets"
+        );
+    }
+
+    std::fs::write(&key, [7u8; 32]).expect("wrong key");
+    let out = p.expect(&["kv", "put", "api", "other", "x", "--secret"], 2);
+    assert!(
+        out.stderr.contains("cannot decrypt secret `api/pw`") && out.stderr.contains("secret.key"),
+        "{out:?}"
+    );
+    std::fs::write(&key, &saved).expect("restore");
+    p.expect(&["deploy"], 0);
+}
+
+/// Item 5: a template error names the file, the line and the variable.
+#[test]
+fn a_template_error_names_the_variable() {
+    let (_fleet, p) = setup(1);
+    p.job("api", "version = \"1\"\n");
+    p.write(
+        "jobs/api/config.tpl",
+        "# config\nname = {{ job.name }}\nkey = {{ kv.no_such_key }}\n",
+    );
+    let out = p.expect(&["deploy", "--dry-run"], 2);
+    assert!(
+        out.stderr
+            .contains("jobs/api/config.tpl:3: undefined variable kv.no_such_key"),
+        "{out:?}"
+    );
+}
+
+/// Item 6: a failing target that echoes a secret: the value is redacted
+/// from the output, the store and the audit log.
+#[test]
+fn a_secret_echoed_by_a_failing_target_is_redacted_everywhere() {
+    let (_fleet, p) = setup(1);
+    p.job("api", "version = \"1\"\n");
+    p.write("jobs/api/db.conf.tpl", "password = {{ kv.pw }}\n");
+    p.write(
+        "jobs/api/Makefile",
+        "start:\n\t@cat db.conf; echo \"login failed for $$(cat db.conf)\" >&2; exit 3\nstop:\n\t@true\n",
+    );
+    p.expect(&["kv", "put", "api", "pw", POISON, "--secret"], 0);
+    let out = p.expect(&["deploy"], 1);
+    assert!(out.all().contains("<redacted>"), "{out:?}");
+    let mut seen = vec![out.all()];
+    seen.push(p.expect(&["deploy", "--json"], 1).all());
+    seen.push(p.expect(&["status", "--json"], 0).all());
+    seen.push(p.expect(&["cat", "allocations", "--json"], 0).all());
+    seen.push(p.expect(&["cat", "deployments", "--json"], 0).all());
+    seen.push(std::fs::read_to_string(p.path().join(".cutover/audit.log")).expect("audit"));
+    for (i, text) in seen.iter().enumerate() {
+        assert!(
+            !text.contains(POISON),
+            "output {i} leaks the secret:\n{text}"
+        );
+    }
+    let db = std::fs::read(p.path().join(".cutover/state.db")).expect("db");
+    assert!(
+        !db.windows(POISON.len()).any(|w| w == POISON.as_bytes()),
+        "state.db holds the secret in plain text"
+    );
+}
+
+/// Item 7: a job dir without job.toml is an error, not a removed job.
+#[test]
+fn a_misnamed_job_manifest_is_an_error_not_a_removed_job() {
+    let (fleet, p) = setup(2);
+    p.job("api", "version = \"1\"\n");
+    p.job("web", "version = \"1\"\n");
+    p.expect(&["deploy"], 0);
+    p.expect(&["kv", "put", "web", "pw", POISON, "--secret"], 0);
+    let manifest = std::fs::read(p.path().join("jobs/web/job.toml")).expect("read");
+    p.remove("jobs/web/job.toml");
+    p.write("jobs/web/job.tml", &String::from_utf8_lossy(&manifest));
+
+    for args in [&["deploy"][..], &["deploy", "--dry-run"], &["check"]] {
+        let out = p.expect(args, 2);
+        assert!(
+            out.stderr.contains("jobs/web/ has no job.toml"),
+            "{args:?}: {out:?}"
+        );
+    }
+    for w in &fleet.workers {
+        assert!(w.path("jobs/web/current/Makefile").exists(), "{}", w.name);
+        assert!(!w.read("stopped.log").contains("stop web"), "{}", w.name);
+    }
+    // Named right again, nothing was lost: no rollout, the secret is there.
+    p.remove("jobs/web/job.tml");
+    p.write("jobs/web/job.toml", &String::from_utf8_lossy(&manifest));
+    let out = p.expect(&["deploy"], 0);
+    assert!(out.stdout.contains("nothing to do"), "{out:?}");
+    p.expect(&["kv", "get", "web", "pw"], 0);
+}
+
+/// Item 8: a label typo stops the allocation and keeps its data.
+#[test]
+fn a_label_typo_stops_the_allocation_but_keeps_its_data() {
+    let (fleet, p) = setup(2);
+    p.job("api", "version = \"1\"\nselectors = [\"web\"]\n");
+    p.expect(&["deploy"], 0);
+    std::fs::write(
+        fleet.workers[1].path("jobs/api/shared/orders.db"),
+        "42 orders\n",
+    )
+    .expect("w");
+    let labels: [(&str, &[&str]); 2] = [("w1", &["web"]), ("w2", &["wbe", "web2"])];
+    p.write("workers.toml", &fleet.workers_toml(&labels));
+    // `wbe` is a label no job selects, so the file is valid; the typo only
+    // shows as a stop in the plan.
+    let out = p.expect(&["deploy"], 0);
+    assert!(
+        out.stdout
+            .contains("api@w2: stopped (worker no longer matches the job's selectors)"),
+        "{out:?}"
+    );
+    assert!(
+        out.stdout.contains("kept the shared/ data of api on w2"),
+        "{out:?}"
+    );
+    let w2 = &fleet.workers[1];
+    assert_eq!(w2.read("jobs/api/shared/orders.db"), "42 orders\n");
+
+    // The typo fixed: the allocation starts again, on its data.
+    let labels: [(&str, &[&str]); 2] = [("w1", &["web"]), ("w2", &["web"])];
+    p.write("workers.toml", &fleet.workers_toml(&labels));
+    p.expect(&["deploy"], 0);
+    assert_eq!(w2.read("jobs/api/shared/orders.db"), "42 orders\n");
+    assert!(w2.path("jobs/api/current/Makefile").exists());
+}
+
+/// Item 10: worker names that would corrupt state, and two workers in one root.
+#[test]
+fn unsafe_worker_names_and_shared_roots_are_refused() {
+    let (fleet, p) = setup(1);
+    p.job("api", "version = \"1\"\n");
+    let w = &fleet.workers[0];
+    for bad in ["web 1", "a=b", "x/y", "q\\\"uote", "tab\\there"] {
+        p.write(
+            "workers.toml",
+            &format!(
+                "[[worker]]\nname = \"{bad}\"\nhost = \"{}\"\nport = {}\nroot = \"{}\"\n",
+                w.ip,
+                w.port,
+                w.root.display()
+            ),
+        );
+        let out = p.expect(&["check"], 2);
+        assert!(out.stderr.contains("worker name"), "{bad}: {out:?}");
+    }
+    let one = format!(
+        "[[worker]]\nname = \"a\"\nhost = \"{}\"\nport = {}\nroot = \"{}\"\n",
+        w.ip,
+        w.port,
+        w.root.display()
+    );
+    p.write(
+        "workers.toml",
+        &format!("{one}\n{}", one.replace("\"a\"", "\"b\"")),
+    );
+    let out = p.expect(&["check"], 2);
+    assert!(
+        out.stderr
+            .contains("worker `b` has the same host and root as `a`"),
+        "{out:?}"
+    );
+}
+
+/// Item 11: what cannot be shipped faithfully is refused with its path,
+/// quickly (a FIFO used to hang even a dry run, holding the lock).
+#[test]
+fn fifos_non_utf8_names_and_template_collisions_are_refused() {
+    let (fleet, p) = setup(1);
+    p.job("api", "version = \"1\"\n");
+    p.expect(&["deploy"], 0);
+    let before = crate::support::snapshot(&fleet.workers[0].root);
+
+    let fifo = p.path().join("jobs/api/pipe");
+    let ok = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(ok.success());
+    for args in [&["deploy", "--dry-run"][..], &["deploy"]] {
+        let out = p.expect(args, 2);
+        assert!(
+            out.stderr.contains("jobs/api/pipe is refused") && out.stderr.contains("FIFO"),
+            "{out:?}"
+        );
+    }
+    std::fs::remove_file(&fifo).expect("rm");
+
+    use std::os::unix::ffi::OsStrExt;
+    let odd = p
+        .path()
+        .join("jobs/api")
+        .join(std::ffi::OsStr::from_bytes(b"caf\xe9.txt"));
+    std::fs::write(&odd, "latin-1 name").expect("w");
+    let out = p.expect(&["deploy"], 2);
+    assert!(out.stderr.contains("not UTF-8"), "{out:?}");
+    std::fs::remove_file(&odd).expect("rm");
+
+    p.write("jobs/api/app.conf", "a\n");
+    p.write("jobs/api/app.conf.tpl", "b\n");
+    let out = p.expect(&["deploy"], 2);
+    assert!(
+        out.stderr
+            .contains("would both land on the worker as app.conf"),
+        "{out:?}"
+    );
+    assert_eq!(before, crate::support::snapshot(&fleet.workers[0].root));
+}
