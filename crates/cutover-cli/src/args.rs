@@ -79,6 +79,9 @@ pub enum Command {
     /// The project lock that keeps deploys from running at the same time.
     #[command(subcommand)]
     Lock(LockCommand),
+    /// The state store: rebuild it from what the workers carry.
+    #[command(subcommand)]
+    State(StateCommand),
     /// Deploy an example project to three local workers, change it, redeploy, and clean up.
     Demo,
 }
@@ -275,4 +278,12 @@ pub enum LockCommand {
     Status,
     /// Clear the lock record left by a process that is gone.
     Release,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StateCommand {
+    /// Rebuild the store's allocation records from what each worker carries
+    /// (`<root>/jobs/<job>/promoted.json`, written at every promotion): after
+    /// a lost or damaged .cutover/state.db, nothing is redeployed.
+    Rebuild,
 }

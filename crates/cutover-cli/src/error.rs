@@ -59,6 +59,12 @@ impl CliError {
             CliError::Engine(EngineError::Locked(_)) => Some(
                 "wait for it to finish; if that process is gone, the next run takes the lock over (see `cutover lock status`)".into(),
             ),
+            CliError::Engine(EngineError::State(cutover_state::StateError::Db { path, .. })) => {
+                Some(format!(
+                    "if {path} is damaged, move it aside (with its -wal and -shm files) and run \
+                     `cutover state rebuild`: the workers carry what they run"
+                ))
+            }
             CliError::Engine(EngineError::Template(_)) => Some(
                 "fix the template, or set the missing value with `cutover kv put JOB KEY VALUE`".into(),
             ),

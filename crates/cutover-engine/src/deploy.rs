@@ -128,7 +128,7 @@ pub struct DeployReport {
 
 /// Plans (and unless `dry_run`, executes) a deploy of the working tree.
 pub async fn deploy(ctx: &Context, opts: &DeployOptions) -> Result<DeployReport, EngineError> {
-    let (mut recorded, records) = render::recorded(ctx).await?;
+    let (mut recorded, mut records) = render::recorded(ctx).await?;
     if let Some(jobs) = &opts.jobs {
         for j in jobs {
             if !ctx.project.jobs.contains_key(j) && !records.iter().any(|r| &r.job == j) {
@@ -145,6 +145,9 @@ pub async fn deploy(ctx: &Context, opts: &DeployOptions) -> Result<DeployReport,
     } else {
         Some(ctx.store.lock(&ctx.holder(&opts.command, None)).await?)
     };
+    if !opts.dry_run && rebuild_missing(ctx, &records).await? {
+        (recorded, records) = render::recorded(ctx).await?;
+    }
 
     let kv = kv::for_templates(ctx).await?;
     let rollout_order = kv::rollout_order(&kv);
@@ -217,10 +220,11 @@ pub async fn deploy(ctx: &Context, opts: &DeployOptions) -> Result<DeployReport,
         return Ok(report);
     }
 
+    let started_at = cutover_state::now_rfc3339();
     let seq = ctx
         .store
         .begin_deployment(&NewDeployment {
-            started_at: cutover_state::now_rfc3339(),
+            started_at: started_at.clone(),
             head: opts.head.clone(),
             dirty: opts.dirty,
             command: opts.command.clone(),
@@ -306,6 +310,7 @@ pub async fn deploy(ctx: &Context, opts: &DeployOptions) -> Result<DeployReport,
         records,
         workers: needed,
         seq,
+        stamp: release_stamp(&started_at),
         timeout: ctx.project.config.ssh.command_timeout,
         limit: Arc::new(Semaphore::new(ctx.project.config.ssh.max_parallel)),
         kv,
@@ -395,6 +400,54 @@ pub async fn deploy(ctx: &Context, opts: &DeployOptions) -> Result<DeployReport,
     Ok(report)
 }
 
+/// Where the store has no record of a worker that a job selects (a lost
+/// or new store, or a new worker), asks the worker what it carries, so
+/// that a lost store never means redeploying the fleet from scratch.
+/// Returns whether any record was rebuilt.
+async fn rebuild_missing(ctx: &Context, records: &[AllocationRecord]) -> Result<bool, EngineError> {
+    let unknown: BTreeSet<String> = ctx
+        .project
+        .workers
+        .iter()
+        .filter(|w| !w.disabled && !records.iter().any(|r| r.worker == w.name))
+        .filter(|w| {
+            ctx.project
+                .jobs
+                .values()
+                .any(|j| w.matches(&j.manifest.selectors))
+        })
+        .map(|w| w.name.clone())
+        .collect();
+    if unknown.is_empty() {
+        return Ok(false);
+    }
+    let report = crate::rebuild::rebuild(ctx, Some(&unknown), true).await?;
+    if report.rebuilt.is_empty() {
+        return Ok(false);
+    }
+    ctx.reporter.event(&Event::Message {
+        text: format!(
+            "the state store had no record of {}: rebuilt {} allocation record(s) from what the workers carry",
+            unknown.iter().cloned().collect::<Vec<_>>().join(", "),
+            report.rebuilt.len()
+        ),
+    });
+    Ok(true)
+}
+
+/// `YYYYMMDDTHHMMSSmmm` (UTC) of a run that started at `started_at`.
+fn release_stamp(started_at: &str) -> String {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_millis());
+    let base: String = started_at
+        .chars()
+        .take(19)
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect();
+    format!("{base}{millis:03}")
+}
+
 /// Above this many changed files an upload is a plain rsync.
 const DELTA_MAX_FILES: usize = 256;
 
@@ -419,6 +472,8 @@ struct Run {
     records: BTreeMap<Key, AllocationRecord>,
     workers: BTreeMap<String, Worker>,
     seq: i64,
+    /// When the deployment started, UTC, `YYYYMMDDTHHMMSSmmm`.
+    stamp: String,
     timeout: Duration,
     limit: Arc<Semaphore>,
     kv: crate::kv::TemplateKv,
@@ -427,6 +482,29 @@ struct Run {
 }
 
 impl Run {
+    /// A release dir's name: the deployment, when it started, and the
+    /// tree. The time keeps names unique when the store (and with it the
+    /// deployment counter) was lost, so an upload never lands in the dir
+    /// of a release that is running or kept.
+    fn release_id(&self, hash: &str) -> String {
+        format!(
+            "r{:06}-{}-{}",
+            self.seq,
+            self.stamp,
+            &hash[..12.min(hash.len())]
+        )
+    }
+
+    /// What pruning after a switch must keep on this allocation: besides
+    /// `current` and the release it replaces, the last healthy release.
+    fn prune(&self, job: &Job, worker: &str) -> remote::Prune {
+        let rec = self.records.get(&(job.name.clone(), worker.to_string()));
+        remote::Prune {
+            keep: job.manifest.keep_releases,
+            protect: rec.and_then(|r| r.release_id.clone()).into_iter().collect(),
+        }
+    }
+
     fn step(&self, job: &str, worker: &str, step: &str) {
         self.reporter.event(&Event::Step {
             job: job.into(),
@@ -801,9 +879,16 @@ async fn run_job(run: &Arc<Run>, jp: &JobPlan) -> JobResult {
                 Err(e) => failures.push((a, Some(s), e)),
             }
         }
-        for (a, s) in &healthy {
-            promote(run, job, a, s).await;
+        let promoted =
+            crate::join::join_all(healthy.iter().map(|(a, s)| promote(run, job, a, s))).await;
+        let mut kept = Vec::new();
+        for ((a, s), r) in healthy.into_iter().zip(promoted) {
+            match r {
+                Ok(()) => kept.push((a, s)),
+                Err(e) => failures.push((a, Some(s), e)),
+            }
         }
+        let healthy = kept;
 
         if failures.is_empty() {
             for (a, s) in healthy {
@@ -943,7 +1028,7 @@ async fn upload_one(run: &Run, job: &Job, a: &AllocPlan) -> Result<Uploaded, Str
     let worker = &run.workers[&a.worker];
     let host = run.fleet.host(&a.worker).await?;
     let job_dir = worker.job_dir(&job.name);
-    let release = format!("r{:06}-{}", run.seq, &a.hash[..12.min(a.hash.len())]);
+    let release = run.release_id(&a.hash);
     let dest = format!("{job_dir}/releases/{release}");
     let stage = run
         .staged
@@ -951,7 +1036,7 @@ async fn upload_one(run: &Run, job: &Job, a: &AllocPlan) -> Result<Uploaded, Str
         .ok_or_else(|| "internal error: tree not staged".to_string())?;
     let base = run.bases.get(&(job.name.clone(), a.worker.clone()));
     let base_dir = base.map(|b| format!("{job_dir}/releases/{}", b.release));
-    let setup = remote::upload_setup(&job_dir, job.manifest.keep_releases, &release, run.timeout);
+    let setup = remote::upload_setup(&job_dir, &release, run.timeout);
     if let (Some(b), Some(base_dir)) = (base, &base_dir) {
         let n = b.changed.len();
         let step = format!("upload {n} changed file{}", if n == 1 { "" } else { "s" });
@@ -1023,11 +1108,13 @@ async fn activate_one(
     let cmd = match make_target {
         Some(target) => {
             run.step(&job.name, &a.worker, target);
-            remote::switch_and_run(&env, target, folded.as_ref(), run.timeout)
+            let prune = run.prune(job, &a.worker);
+            remote::switch_and_run(&env, target, folded.as_ref(), &prune, run.timeout)
         }
         None => {
             run.step(&job.name, &a.worker, "switch");
-            remote::switch(&job_dir, &up.release, run.timeout)
+            let prune = run.prune(job, &a.worker);
+            remote::switch(&job_dir, &up.release, Some(&prune), run.timeout)
         }
     };
     let out = host.run(&cmd).await.map_err(|e| (None, e.to_string()))?;
@@ -1131,7 +1218,40 @@ async fn check_one(run: &Run, job: &Job, a: &AllocPlan, s: &Switched) -> Result<
     .await
 }
 
-async fn promote(run: &Run, job: &Job, a: &AllocPlan, s: &Switched) {
+/// Records a healthy allocation as promoted: on its worker first
+/// (`promoted.json`, what `state rebuild` reads), then in the store. A
+/// store that cannot be written fails the allocation: the next run must
+/// not take it for promoted, nor this one go on as if it were.
+async fn promote(run: &Run, job: &Job, a: &AllocPlan, s: &Switched) -> Result<(), String> {
+    let now = cutover_state::now_rfc3339();
+    let carried = crate::rebuild::Carried {
+        release: s.release.clone(),
+        version: a.new_version.clone(),
+        hash: a.hash.clone(),
+        seq: run.seq,
+        promoted_at: now.clone(),
+    };
+    if let (Ok(host), Ok(json)) = (
+        run.fleet.host(&a.worker).await,
+        serde_json::to_string(&carried),
+    ) {
+        let job_dir = run.workers[&a.worker].job_dir(&job.name);
+        let written = host
+            .run(&remote::record_promoted(&job_dir, &json, run.timeout))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|out| out.success().then_some(()).ok_or_else(|| out.tail(2)));
+        if let Err(e) = written {
+            run.reporter.event(&Event::Message {
+                text: format!(
+                    "warning: {}@{}: cannot write {}: {e}",
+                    job.name,
+                    a.worker,
+                    remote::PROMOTED_FILE
+                ),
+            });
+        }
+    }
     let rec = AllocationRecord {
         job: job.name.clone(),
         worker: a.worker.clone(),
@@ -1146,17 +1266,26 @@ async fn promote(run: &Run, job: &Job, a: &AllocPlan, s: &Switched) {
             "healthy".into()
         },
         message: String::new(),
-        updated_at: cutover_state::now_rfc3339(),
+        updated_at: now,
     };
+    let store_failed =
+        |e: cutover_state::StateError| format!("recording the promotion failed: {e}");
     if let Some(json) = run.manifests.get(&(job.name.clone(), a.hash.clone())) {
-        let _ = run.store.put_tree(&job.name, &a.hash, json).await;
+        run.store
+            .put_tree(&job.name, &a.hash, json)
+            .await
+            .map_err(store_failed)?;
     }
-    let _ = run.store.put_allocation(&rec).await;
+    run.store.put_allocation(&rec).await.map_err(store_failed)?;
     if let Some(w) = run.workers.get(&a.worker) {
         if let Ok(json) = serde_json::to_string(w) {
-            let _ = run.store.put_known_worker(&w.name, &json).await;
+            run.store
+                .put_known_worker(&w.name, &json)
+                .await
+                .map_err(store_failed)?;
         }
     }
+    Ok(())
 }
 
 async fn record_failure(run: &Run, job: &Job, a: &AllocPlan, message: &str) {
@@ -1174,7 +1303,14 @@ async fn record_failure(run: &Run, job: &Job, a: &AllocPlan, message: &str) {
         message: run.redactor.redact(message),
         updated_at: cutover_state::now_rfc3339(),
     };
-    let _ = run.store.put_allocation(&rec).await;
+    if let Err(e) = run.store.put_allocation(&rec).await {
+        run.reporter.event(&Event::Message {
+            text: format!(
+                "warning: {}@{}: cannot record the failure: {e}",
+                job.name, a.worker
+            ),
+        });
+    }
 }
 
 /// Switches one allocation of a failed batch back to the release it ran
@@ -1192,7 +1328,7 @@ async fn revert_one(run: &Run, job: &Job, a: &AllocPlan, s: Option<&Switched>) -
         Some(prev) => {
             let r = async {
                 let out = host
-                    .run(&remote::switch(&job_dir, prev, run.timeout))
+                    .run(&remote::switch(&job_dir, prev, None, run.timeout))
                     .await
                     .map_err(|e| e.to_string())?;
                 if !out.success() {

@@ -22,19 +22,21 @@ fn key(ctx: &Context, existing: Option<&KvRecord>) -> Result<SecretKey, EngineEr
     let key = match (SecretKey::load(&path)?, existing) {
         (Some(key), _) => key,
         (None, None) => SecretKey::create(&path)?,
-        (None, Some(r)) => return Err(EngineError::usage(
-            format!(
+        (None, Some(r)) => {
+            return Err(EngineError::usage(
+                format!(
                 "{} is missing, and the store holds secrets encrypted with it (such as `{}/{}`)",
                 path.display(),
                 r.job,
                 r.key
             ),
-            format!(
-                "restore the key file from your backup to {} (32 bytes, mode 0600); \
+                format!(
+                    "restore the key file from your backup to {} (32 bytes, mode 0600); \
                      cutover does not make a new key over existing secrets",
-                path.display()
-            ),
-        )),
+                    path.display()
+                ),
+            ))
+        }
     };
     if let Some(r) = existing {
         decrypt(&key, r, &path)?;

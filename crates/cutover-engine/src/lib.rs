@@ -18,6 +18,7 @@ mod hooks;
 pub mod jobrun;
 mod join;
 pub mod kv;
+pub mod rebuild;
 pub mod redact;
 pub mod release;
 mod remote;

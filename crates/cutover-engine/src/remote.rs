@@ -14,39 +14,56 @@ fn script(text: &str, args: &[&str]) -> Command {
 }
 
 /// Runs on the worker right before an upload, in the upload's own remote
-/// command (before rsync's receiver or the delta script): creates the job's dirs and deletes the oldest release
-/// dirs so that, with the one being uploaded, `keep` remain. It never
-/// deletes what `current` points at (the release a failed batch switches
-/// back to). A `release` dir already there (an upload cut short) is
-/// removed: an upload always starts from nothing or from hard links.
-pub(crate) fn upload_setup(
-    job_dir: &str,
-    keep: usize,
-    release: &str,
-    timeout: Duration,
-) -> Command {
-    let older = keep.saturating_sub(1).to_string();
-    // Plain sh: in the usual case (dirs there, nothing to prune) it starts
-    // no process at all.
+/// command (before rsync's receiver or the delta script): creates the
+/// job's dirs. A `release` dir already there is an upload of this run cut
+/// short, and is removed, unless `current` points at it: that is never
+/// written into. Nothing is pruned here, so an upload that fails has
+/// touched no existing release.
+pub(crate) fn upload_setup(job_dir: &str, release: &str, timeout: Duration) -> Command {
+    // Plain sh: in the usual case it starts no process at all.
     script(
-        r#"d=$1 k=$2 new=$3
+        r#"d=$1 new=$2
 { [ -d "$d/releases" ] && [ -d "$d/shared" ]; } || mkdir -p "$d/releases" "$d/shared" || exit
-cd "$d/releases" || exit
-[ ! -e "$new" ] || rm -rf -- "$new" || exit
-set -- *
-[ -e "$1" ] || set --
-n=$(($# - k))
-[ "$n" -gt 0 ] || exit 0
-c=$(readlink ../current 2>/dev/null); c=${c#releases/}
-for r; do
-  [ "$n" -gt 0 ] || break
-  n=$((n - 1))
-  [ "$r" = "$c" ] || [ "$r" = "$new" ] || rm -rf -- "$r"
-done"#,
-        &[job_dir, &older, release],
+[ -e "$d/releases/$new" ] || exit 0
+c=$(readlink "$d/current" 2>/dev/null)
+[ "${c#releases/}" != "$new" ] || { echo "cutover: $new is the running release; not writing into it" >&2; exit 1; }
+rm -rf -- "$d/releases/$new""#,
+        &[job_dir, release],
     )
     .timeout(timeout)
 }
+
+/// What pruning after a switch keeps: the newest `keep` release dirs and,
+/// whatever their age, the ones named here (the release the store calls
+/// promoted: the last healthy one, which a failed batch or a revert
+/// switches back to). `current` and the release it pointed at before the
+/// switch are always kept.
+pub(crate) struct Prune {
+    pub keep: usize,
+    pub protect: Vec<String>,
+}
+
+impl Prune {
+    fn args(&self) -> [String; 2] {
+        [self.keep.to_string(), self.protect.join(" ")]
+    }
+}
+
+/// Deletes the oldest release dirs beyond `$KEEP`, never `$NEW`, `$p` (the
+/// previous `current`) or one of `$PROTECT`. Errors are not fatal: a
+/// release that could not be pruned is pruned next time.
+const PRUNE: &str = r#"
+( cd "$1/releases" 2>/dev/null || exit 0
+  keep=$KEEP prot=" $PROTECT $NEW $p "
+  set -- *
+  [ -e "$1" ] || exit 0
+  n=$(($# - keep))
+  for r; do
+    [ "$n" -gt 0 ] || break
+    case "$prot" in *" $r "*) continue ;; esac
+    n=$((n - 1))
+    rm -rf -- "$r"
+  done ) || true"#;
 
 /// The switch of `current`, by an atomic rename of a new symlink. It prints
 /// the release `current` pointed at before (the one to switch back to) as
@@ -55,13 +72,19 @@ const SWITCH: &str = r#"p=$(readlink "$1/current" 2>/dev/null); p=${p#releases/}
 test -d "$1/releases/$2" && ln -sfn "releases/$2" "$1/.current.tmp" && mv -Tf "$1/.current.tmp" "$1/current""#;
 const PREVIOUS: &str = "cutover-previous=";
 
-/// Points `current` at a release.
-pub(crate) fn switch(job_dir: &str, release: &str, timeout: Duration) -> Command {
-    script(
-        &format!("{SWITCH} || exit\necho \"{PREVIOUS}$p\""),
-        &[job_dir, release],
-    )
-    .timeout(timeout)
+/// Points `current` at a release (and prunes, when asked).
+pub(crate) fn switch(
+    job_dir: &str,
+    release: &str,
+    prune: Option<&Prune>,
+    timeout: Duration,
+) -> Command {
+    let mut text = format!("{SWITCH} || exit\necho \"{PREVIOUS}$p\"");
+    let [keep, protect] = prune.map(Prune::args).unwrap_or_default();
+    if prune.is_some() {
+        text.push_str(&format!("\nKEEP=$3 PROTECT=$4 NEW=$2{PRUNE}"));
+    }
+    script(&text, &[job_dir, release, &keep, &protect]).timeout(timeout)
 }
 
 /// The release `current` pointed at before a switch, from its output.
@@ -96,12 +119,14 @@ pub(crate) fn switch_and_run(
     env: &LifecycleEnv<'_>,
     target: &str,
     health: Option<&FoldedHealth<'_>>,
+    prune: &Prune,
     timeout: Duration,
 ) -> Command {
     let job_dir = env.worker.job_dir(&env.job.name);
     let mut text = format!(
         r#"{{ {SWITCH}; }} || {{ echo "{SWITCH_MARK} to $2" >&2; exit {SWITCH_FAILED}; }}
-echo "{PREVIOUS}$p""#
+echo "{PREVIOUS}$p"
+KEEP=$6 PROTECT=$7 NEW=$2{PRUNE}"#
     );
     let (command, secs) = match health {
         None => {
@@ -123,9 +148,18 @@ rc=$?
             )
         }
     };
+    let [keep, protect] = prune.args();
     env.apply(script(
         &text,
-        &[&job_dir, env.release, target, &command, &secs],
+        &[
+            &job_dir,
+            env.release,
+            target,
+            &command,
+            &secs,
+            &keep,
+            &protect,
+        ],
     ))
     .timeout(timeout + health.map_or(Duration::ZERO, |h| h.timeout))
 }
@@ -230,6 +264,38 @@ pub(crate) fn remove_releases(job_dir: &str, timeout: Duration) -> Command {
     script(
         r#"[ ! -e "$1" ] || rm -rf -- "$1/current" "$1/.current.tmp" "$1/releases""#,
         &[job_dir],
+    )
+    .timeout(timeout)
+}
+
+/// The file on each worker that says what an allocation runs, written at
+/// promote: a lost state store is rebuilt from these.
+pub(crate) const PROMOTED_FILE: &str = "promoted.json";
+
+/// Writes `<job>/promoted.json` atomically (temp file, rename).
+pub(crate) fn record_promoted(job_dir: &str, json: &str, timeout: Duration) -> Command {
+    script(
+        &format!(
+            r#"printf '%s\n' "$2" > "$1/.{PROMOTED_FILE}.tmp" && mv -f "$1/.{PROMOTED_FILE}.tmp" "$1/{PROMOTED_FILE}""#
+        ),
+        &[job_dir, json],
+    )
+    .timeout(timeout)
+}
+
+/// Prints, for each job dir under `<root>/jobs/`, a line `JOB<TAB>CURRENT<TAB>JSON`:
+/// the release `current` points at and the content of promoted.json.
+pub(crate) fn read_promoted(root: &str, timeout: Duration) -> Command {
+    script(
+        &format!(
+            r#"for d in "$1"/jobs/*/; do
+  [ -f "${{d}}{PROMOTED_FILE}" ] || continue
+  j=${{d%/}}; j=${{j##*/}}
+  c=$(readlink "$d/current" 2>/dev/null); c=${{c#releases/}}
+  printf '%s\t%s\t%s\n' "$j" "$c" "$(tr -d '\n' < "${{d}}{PROMOTED_FILE}")"
+done"#
+        ),
+        &[root],
     )
     .timeout(timeout)
 }

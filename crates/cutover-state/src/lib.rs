@@ -63,6 +63,10 @@ pub trait StateStore: Send + Sync {
     fn finish_deployment<'a>(&'a self, seq: i64, outcome: &'a str, summary: &'a str)
         -> Fut<'a, ()>;
     fn deployments(&self, limit: i64) -> Fut<'_, Vec<DeploymentRecord>>;
+    /// Records a `state rebuild` as deployment `seq` when the store's
+    /// counter is below it, so that later deployments number after what
+    /// the workers carry.
+    fn record_rebuild<'a>(&'a self, seq: i64, summary: &'a str) -> Fut<'a, ()>;
 
     /// Raw rows: a secret's value is ciphertext; see [`SecretKey`].
     fn kv_list<'a>(&'a self, job: Option<&'a str>) -> Fut<'a, Vec<KvRecord>>;

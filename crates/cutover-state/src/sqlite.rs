@@ -220,6 +220,26 @@ impl StateStore for SqliteStore {
         })
     }
 
+    fn record_rebuild<'a>(&'a self, seq: i64, summary: &'a str) -> Fut<'a, ()> {
+        Box::pin(async move {
+            let now = crate::now_rfc3339();
+            sqlx::query(
+                "INSERT INTO deployments (seq, started_at, finished_at, dirty, command, user, outcome, summary)
+                 SELECT ?, ?, ?, 0, 'state rebuild', '', 'rebuilt', ?
+                 WHERE ? > COALESCE((SELECT MAX(seq) FROM deployments), 0)",
+            )
+            .bind(seq)
+            .bind(&now)
+            .bind(&now)
+            .bind(summary)
+            .bind(seq)
+            .execute(&self.pool)
+            .await
+            .map_err(self.err())?;
+            Ok(())
+        })
+    }
+
     fn finish_deployment<'a>(
         &'a self,
         seq: i64,

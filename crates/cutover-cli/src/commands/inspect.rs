@@ -421,6 +421,51 @@ pub async fn job_purge(s: &Session, job: &str, yes: bool) -> Result<u8, CliError
     Ok(rc)
 }
 
+/// `cutover state rebuild`.
+pub async fn state_rebuild(s: &Session) -> Result<u8, CliError> {
+    let command = command_line();
+    let _lock = s.ctx.store.lock(&s.ctx.holder(&command, None)).await?;
+    let report = cutover_engine::rebuild::rebuild(&s.ctx, None, false).await?;
+    let rc = if report.unreachable.is_empty() { 0 } else { 1 };
+    let outcome = if rc == 0 { "success" } else { "partial" };
+    s.audit(
+        &command,
+        outcome,
+        rc,
+        &format!("rebuilt={}", report.rebuilt.len()),
+    );
+    if s.json {
+        super::print_json(serde_json::json!({
+            "outcome": outcome, "exit_code": rc, "report": report,
+        }));
+        return Ok(rc);
+    }
+    for r in &report.rebuilt {
+        let note = if r.current_differs {
+            " (current points elsewhere: the next deploy rolls it out again)"
+        } else {
+            ""
+        };
+        println!(
+            "[state] {}@{}: {} version {}{note}",
+            r.job, r.worker, r.release, r.version
+        );
+    }
+    for (w, e) in &report.unreachable {
+        println!("[state] {w}: cannot read: {e}");
+    }
+    println!(
+        "[state] rebuilt {} allocation record(s) from the workers{}",
+        report.rebuilt.len(),
+        if rc == 0 {
+            ""
+        } else {
+            "; run it again once every worker is reachable"
+        }
+    );
+    Ok(rc)
+}
+
 pub async fn lock_status(s: &Session) -> Result<u8, CliError> {
     let holder = s.store.lock_status().await?;
     if s.json {

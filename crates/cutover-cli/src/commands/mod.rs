@@ -17,7 +17,7 @@ use cutover_engine::{Context, EngineError, Operator, Reporter};
 use cutover_model::{LoadOptions, Project, StateBackend};
 use cutover_state::SqliteStore;
 
-use crate::args::{Cli, Command, Global, JobCommand, LockCommand, Progress};
+use crate::args::{Cli, Command, Global, JobCommand, LockCommand, Progress, StateCommand};
 use crate::env_vars;
 use crate::error::CliError;
 use crate::output::{self, LinePrinter, LiveProgress, Silent};
@@ -54,6 +54,9 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         }
         Command::Lock(LockCommand::Status) => {
             inspect::lock_status(&Session::open(g, "lock").await?).await
+        }
+        Command::State(StateCommand::Rebuild) => {
+            inspect::state_rebuild(&Session::open(g, "state").await?).await
         }
         Command::Lock(LockCommand::Release) => {
             inspect::lock_release(&Session::open(g, "lock").await?).await

@@ -384,3 +384,121 @@ fn fifos_non_utf8_names_and_template_collisions_are_refused() {
     );
     assert_eq!(before, crate::support::snapshot(&fleet.workers[0].root));
 }
+
+/// Item 9: pruning never deletes the last healthy release. Two failed
+/// deploys in a row with keep_releases = 2 used to prune it, leaving
+/// nothing healthy to switch back to.
+#[test]
+fn pruning_keeps_the_last_healthy_release_through_failed_deploys() {
+    let (fleet, p) = setup(1);
+    p.job("api", "version = \"1\"\nkeep_releases = 2\n");
+    p.expect(&["deploy"], 0);
+    let w = &fleet.workers[0];
+    let healthy = w.current("api").expect("current");
+    for i in 2..=4 {
+        p.job("api", &format!("version = \"{i}\"\nkeep_releases = 2\n"));
+        p.write("jobs/api/health.txt", "down\n");
+        p.expect(&["deploy"], 1);
+        let releases = w.releases("api");
+        assert!(
+            releases.contains(&healthy),
+            "deploy {i} pruned the last healthy release {healthy}: {releases:?}"
+        );
+        assert!(releases.len() <= 3, "{releases:?}");
+    }
+    // Healthy again: the new release is the last healthy one, so the next
+    // deploy prunes down to keep_releases.
+    p.remove("jobs/api/health.txt");
+    p.expect(&["deploy"], 0);
+    p.write("jobs/api/n.txt", "1\n");
+    p.expect(&["deploy"], 0);
+    let releases = w.releases("api");
+    assert_eq!(releases.len(), 2, "{releases:?}");
+    assert_eq!(w.current("api").as_deref(), Some(releases[1].as_str()));
+}
+
+/// Items 12 and 13: with state.db lost, deploy rebuilds the records from
+/// what the workers carry: no upload, no restart, the same releases.
+#[test]
+fn a_lost_state_store_is_rebuilt_from_the_workers_not_redeployed() {
+    let (fleet, p) = setup(2);
+    p.job("api", "version = \"1\"\n");
+    p.write("jobs/api/app.conf", "a = 1\n");
+    p.expect(&["deploy"], 0);
+    let before: Vec<_> = fleet
+        .workers
+        .iter()
+        .map(|w| (w.current("api"), w.releases("api"), w.events("api")))
+        .collect();
+    for f in ["state.db", "state.db-wal", "state.db-shm"] {
+        let _ = std::fs::remove_file(p.path().join(".cutover").join(f));
+    }
+    let out = p.expect(&["deploy"], 0);
+    assert!(
+        out.stdout
+            .contains("rebuilt 2 allocation record(s) from what the workers carry")
+            && out.stdout.contains("nothing to do"),
+        "{out:?}"
+    );
+    let after: Vec<_> = fleet
+        .workers
+        .iter()
+        .map(|w| (w.current("api"), w.releases("api"), w.events("api")))
+        .collect();
+    assert_eq!(before, after, "a lost store made cutover redeploy");
+
+    // The next change numbers after what the workers carry.
+    p.write("jobs/api/app.conf", "a = 2\n");
+    p.expect(&["deploy"], 0);
+    for w in &fleet.workers {
+        let current = w.current("api").expect("current");
+        assert!(current.starts_with("r000002-"), "{current}");
+    }
+
+    // `state rebuild` by hand, and a damaged store.
+    std::fs::write(
+        p.path().join(".cutover/state.db"),
+        "this is not a database\n",
+    )
+    .expect("w");
+    for f in ["state.db-wal", "state.db-shm"] {
+        let _ = std::fs::remove_file(p.path().join(".cutover").join(f));
+    }
+    let out = p.expect(&["status"], 1);
+    assert!(
+        out.stderr.contains(".cutover/state.db") && out.stderr.contains("cutover state rebuild"),
+        "{out:?}"
+    );
+    std::fs::remove_file(p.path().join(".cutover/state.db")).expect("rm");
+    let out = p.expect(&["state", "rebuild"], 0);
+    assert!(out.stdout.contains("[state] api@w1: r000002-"), "{out:?}");
+    let out = p.expect(&["deploy"], 0);
+    assert!(out.stdout.contains("nothing to do"), "{out:?}");
+}
+
+/// Item 12: even when the workers carry nothing (a store lost before they
+/// did), a new release never lands in the dir of the running one.
+#[test]
+fn without_store_or_records_an_upload_never_touches_the_running_release() {
+    let (fleet, p) = setup(1);
+    p.job("api", "version = \"1\"\n");
+    p.expect(&["deploy"], 0);
+    let w = &fleet.workers[0];
+    let live = w.current("api").expect("current");
+    let live_snapshot = crate::support::snapshot(&w.path(&format!("jobs/api/releases/{live}")));
+    for f in ["state.db", "state.db-wal", "state.db-shm"] {
+        let _ = std::fs::remove_file(p.path().join(".cutover").join(f));
+    }
+    std::fs::remove_file(w.path("jobs/api/promoted.json")).expect("rm");
+    p.expect(&["deploy"], 0);
+    let now = w.current("api").expect("current");
+    assert_ne!(
+        now, live,
+        "the new release reused the running release's dir"
+    );
+    assert_eq!(
+        live_snapshot,
+        crate::support::snapshot(&w.path(&format!("jobs/api/releases/{live}"))),
+        "the previous release was written into"
+    );
+}

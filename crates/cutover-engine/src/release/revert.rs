@@ -285,7 +285,7 @@ async fn switch_back(
         .iter()
         .find(|r| r.job == b.job && r.worker == b.worker);
     let out = host
-        .run(&remote::switch(&job_dir, &b.release_id, timeout))
+        .run(&remote::switch(&job_dir, &b.release_id, None, timeout))
         .await
         .map_err(|e| e.to_string())?;
     if !out.success() {
