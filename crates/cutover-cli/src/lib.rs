@@ -10,6 +10,9 @@ mod output;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
+
+use cutover_engine::interrupt::Interrupt;
 
 use clap::Parser;
 
@@ -36,11 +39,71 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(commands::run(cli)) {
-        Ok(code) => ExitCode::from(code),
+    let result = runtime.block_on(async {
+        tokio::spawn(listen_for_signals(interrupt()));
+        // The command runs until it ends, or until a second signal asks to
+        // abort: then it is dropped where it stands, which removes its
+        // scratch dirs and frees the lock, and its deployment is recorded.
+        let signals = interrupt();
+        let outcome = {
+            let command = commands::run(cli);
+            tokio::pin!(command);
+            tokio::select! {
+                r = &mut command => Some(r),
+                () = signals.aborted() => None,
+            }
+        };
+        match outcome {
+            Some(r) => r,
+            None => {
+                if let Some((store, seq)) = interrupt().take_running() {
+                    let _ = store.finish_deployment(seq, "interrupted", "{}").await;
+                }
+                eprintln!("cutover: aborted; the next run resumes what was not promoted");
+                Ok(interrupt().exit_code().unwrap_or(130))
+            }
+        }
+    });
+    // Remote steps still running (a second signal) are not waited for.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    let interrupted = interrupt().exit_code();
+    match result {
+        Ok(code) => ExitCode::from(interrupted.filter(|_| code != 0).unwrap_or(code)),
         Err(e) => {
             e.print(json);
-            ExitCode::from(e.exit_code())
+            ExitCode::from(interrupted.unwrap_or(e.exit_code()))
+        }
+    }
+}
+
+/// The signals of this process: one per process, shared by every command.
+pub(crate) fn interrupt() -> Arc<Interrupt> {
+    static INTERRUPT: OnceLock<Arc<Interrupt>> = OnceLock::new();
+    INTERRUPT.get_or_init(Interrupt::new).clone()
+}
+
+/// SIGINT and SIGTERM: the first asks the run to start nothing new and
+/// finish what is in flight, the second to abort at once.
+async fn listen_for_signals(interrupt: Arc<Interrupt>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return;
+    };
+    loop {
+        let sig = tokio::select! {
+            _ = int.recv() => cutover_engine::interrupt::SIGINT,
+            _ = term.recv() => cutover_engine::interrupt::SIGTERM,
+        };
+        if interrupt.receive(sig) {
+            eprintln!(
+                "cutover: interrupted: finishing the steps in flight and starting nothing new \
+                 (a second Ctrl-C or SIGTERM stops at once)"
+            );
+        } else {
+            eprintln!("cutover: stopping at once");
         }
     }
 }

@@ -30,6 +30,8 @@ pub struct Context {
     /// Where private scratch dirs go (staging, ssh control sockets): the
     /// operator's `$XDG_RUNTIME_DIR` if there is one, else the temp dir.
     pub runtime_dir: PathBuf,
+    /// Signals received: a run starts nothing new once one came.
+    pub interrupt: Arc<crate::interrupt::Interrupt>,
     /// How to load the project again after git changed it (a release's pull).
     pub load: LoadOptions,
 }
@@ -51,6 +53,7 @@ impl Context {
             env: self.env.clone(),
             reporter: self.reporter.clone(),
             runtime_dir: self.runtime_dir.clone(),
+            interrupt: self.interrupt.clone(),
             load: self.load.clone(),
         }
     }

@@ -58,6 +58,9 @@ pub enum Outcome {
     Failed,
     /// A dry run: the plan only.
     Planned,
+    /// A signal stopped the run: in-flight steps finished, nothing new
+    /// started; the next run retries what is not promoted.
+    Interrupted,
 }
 
 impl Outcome {
@@ -68,10 +71,14 @@ impl Outcome {
             Outcome::Partial => "partial",
             Outcome::Failed => "failed",
             Outcome::Planned => "planned",
+            Outcome::Interrupted => "interrupted",
         }
     }
     pub fn ok(self) -> bool {
-        !matches!(self, Outcome::Partial | Outcome::Failed)
+        !matches!(
+            self,
+            Outcome::Partial | Outcome::Failed | Outcome::Interrupted
+        )
     }
 }
 
@@ -94,6 +101,8 @@ pub enum JobStatus {
     Failed,
     /// Not started: a job it depends on failed.
     Blocked,
+    /// Stopped by a signal before its last batch.
+    Interrupted,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -204,15 +213,10 @@ pub async fn deploy(ctx: &Context, opts: &DeployOptions) -> Result<DeployReport,
     if opts.dry_run {
         return Ok(report);
     }
-    if report.took_over_lock.is_some() {
-        // The holder died mid-run: its deployment record says "running" forever.
-        for d in ctx.store.deployments(20).await? {
-            if d.outcome == "running" {
-                ctx.store
-                    .finish_deployment(d.seq, "interrupted", &d.summary)
-                    .await?;
-            }
-        }
+    if lock.is_some() {
+        // This run holds the lock, so no other is live: a deployment still
+        // "running" belongs to a process that died.
+        finish_dead_runs(ctx).await?;
     }
     if plan.is_noop() {
         // Everything is promoted: no connection, no deployment record.
@@ -232,6 +236,7 @@ pub async fn deploy(ctx: &Context, opts: &DeployOptions) -> Result<DeployReport,
         })
         .await?;
     report.seq = Some(seq);
+    ctx.interrupt.set_running(ctx.store.clone(), seq);
 
     // Stage what will be uploaded, once per distinct tree, in a private
     // dir (rendered files may hold secrets). A run killed with -9 left
@@ -316,6 +321,7 @@ pub async fn deploy(ctx: &Context, opts: &DeployOptions) -> Result<DeployReport,
         kv,
         env: ctx.template_env(),
         purge_data: opts.purge_data,
+        interrupt: ctx.interrupt.clone(),
     });
 
     report.stops = reconcile(&run, &plan.stops).await;
@@ -324,6 +330,15 @@ pub async fn deploy(ctx: &Context, opts: &DeployOptions) -> Result<DeployReport,
     for wave in &plan.waves {
         let mut tasks = tokio::task::JoinSet::new();
         for jp in &wave.jobs {
+            if run.interrupt.is_set() && jp.has_work() {
+                report.jobs.push(JobResult {
+                    job: jp.job.clone(),
+                    status: JobStatus::Interrupted,
+                    message: "not started: interrupted".into(),
+                    allocations: Vec::new(),
+                });
+                continue;
+            }
             let job = &run.project.jobs[&jp.job];
             let failed_dep = job
                 .manifest
@@ -377,13 +392,16 @@ pub async fn deploy(ctx: &Context, opts: &DeployOptions) -> Result<DeployReport,
     }
 
     let any_failed = report.stops.iter().any(|s| !s.ok)
-        || report
-            .jobs
-            .iter()
-            .any(|j| matches!(j.status, JobStatus::Failed | JobStatus::Blocked));
+        || report.jobs.iter().any(|j| {
+            matches!(
+                j.status,
+                JobStatus::Failed | JobStatus::Blocked | JobStatus::Interrupted
+            )
+        });
     let any_done = report.stops.iter().any(|s| s.ok)
         || report.jobs.iter().any(|j| j.status == JobStatus::Succeeded);
     report.outcome = match (any_failed, any_done) {
+        _ if ctx.interrupt.is_set() => Outcome::Interrupted,
         (false, _) => Outcome::Success,
         (true, true) => Outcome::Partial,
         (true, false) => Outcome::Failed,
@@ -392,12 +410,41 @@ pub async fn deploy(ctx: &Context, opts: &DeployOptions) -> Result<DeployReport,
     ctx.store
         .finish_deployment(seq, report.outcome.as_str(), &summary)
         .await?;
+    ctx.interrupt.clear_running();
     if let Ok(run) = Arc::try_unwrap(run) {
         run.fleet.close().await;
     }
     drop(stage_root);
     drop(lock);
     Ok(report)
+}
+
+/// Records every deployment still "running" as interrupted. Called with
+/// the lock held: its process is gone.
+pub(crate) async fn finish_dead_runs(ctx: &Context) -> Result<(), EngineError> {
+    for d in ctx.store.deployments(100).await? {
+        if d.outcome == "running" {
+            ctx.store
+                .finish_deployment(d.seq, "interrupted", &d.summary)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// The recorded deployments, newest first; one still "running" while no
+/// process holds the lock is shown as what it is: interrupted.
+pub async fn deployments(
+    ctx: &Context,
+    limit: i64,
+) -> Result<Vec<cutover_state::DeploymentRecord>, EngineError> {
+    let mut deps = ctx.store.deployments(limit).await?;
+    if ctx.store.lock_status().await?.is_none() {
+        for d in deps.iter_mut().filter(|d| d.outcome == "running") {
+            d.outcome = "interrupted".into();
+        }
+    }
+    Ok(deps)
 }
 
 /// Where the store has no record of a worker that a job selects (a lost
@@ -479,6 +526,7 @@ struct Run {
     kv: crate::kv::TemplateKv,
     env: BTreeMap<String, String>,
     purge_data: bool,
+    interrupt: Arc<crate::interrupt::Interrupt>,
 }
 
 impl Run {
@@ -793,6 +841,12 @@ async fn run_job(run: &Arc<Run>, jp: &JobPlan) -> JobResult {
                 let Ok(slot) = gate.clone().acquire_owned().await else {
                     return;
                 };
+                if run.interrupt.is_set() {
+                    // Start no upload: the batches that would use it
+                    // will not run.
+                    let _ = tx.send(Err("interrupted before its upload".into()));
+                    continue;
+                }
                 let (run, job_name) = (run.clone(), job_name.clone());
                 running.spawn(async move {
                     let _slot = slot;
@@ -812,6 +866,17 @@ async fn run_job(run: &Arc<Run>, jp: &JobPlan) -> JobResult {
     let _abort = AbortOnDrop(driver.abort_handle());
 
     for batch in 1..=jp.batches {
+        if run.interrupt.is_set() {
+            return finish(
+                run,
+                result,
+                JobStatus::Interrupted,
+                format!(
+                    "interrupted before batch {batch}/{}: batches before it are promoted, the rest run next time",
+                    jp.batches
+                ),
+            );
+        }
         let members: Vec<&AllocPlan> = jp
             .allocations
             .iter()

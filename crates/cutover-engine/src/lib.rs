@@ -15,6 +15,7 @@ mod events;
 mod fleet;
 mod health;
 mod hooks;
+pub mod interrupt;
 pub mod jobrun;
 mod join;
 pub mod kv;

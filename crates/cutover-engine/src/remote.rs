@@ -84,7 +84,9 @@ pub(crate) fn switch(
     if prune.is_some() {
         text.push_str(&format!("\nKEEP=$3 PROTECT=$4 NEW=$2{PRUNE}"));
     }
-    script(&text, &[job_dir, release, &keep, &protect]).timeout(timeout)
+    script(&text, &[job_dir, release, &keep, &protect])
+        .timeout(timeout)
+        .label("switch current")
 }
 
 /// The release `current` pointed at before a switch, from its output.
@@ -162,6 +164,7 @@ rc=$?
         ],
     ))
     .timeout(timeout + health.map_or(Duration::ZERO, |h| h.timeout))
+    .label(format!("switch, make {target}"))
 }
 
 /// The message for a lifecycle target that failed.
@@ -247,7 +250,8 @@ pub(crate) fn stop(job_dir: &str, env: Vec<(String, String)>, timeout: Duration)
         r#"if [ -e "$1/current" ]; then exec make -C "$1/current" stop; fi"#,
         &[job_dir],
     )
-    .timeout(timeout);
+    .timeout(timeout)
+    .label("make stop");
     cmd.env = env;
     cmd
 }

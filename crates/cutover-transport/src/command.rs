@@ -9,6 +9,9 @@ pub struct Command {
     pub env: Vec<(String, String)>,
     pub cwd: Option<String>,
     pub timeout: Duration,
+    /// What errors call the command (`make start`), when its argv does
+    /// not say it well (a script).
+    pub label: Option<String>,
 }
 
 impl Command {
@@ -22,6 +25,7 @@ impl Command {
             env: Vec::new(),
             cwd: None,
             timeout: Duration::from_secs(600),
+            label: None,
         }
     }
 
@@ -37,6 +41,11 @@ impl Command {
 
     pub fn cwd(mut self, dir: impl Into<String>) -> Self {
         self.cwd = Some(dir.into());
+        self
+    }
+
+    pub fn label(mut self, label: impl Into<String>) -> Self {
+        self.label = Some(label.into());
         self
     }
 

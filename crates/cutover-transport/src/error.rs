@@ -12,7 +12,7 @@ pub enum TransportError {
         command: String,
         detail: String,
     },
-    #[error("on {host}: `{command}` timed out after {}s", .after.as_secs())]
+    #[error("on {host}: `{command}` timed out after {}s; it was stopped on the worker", .after.as_secs_f64())]
     Timeout {
         host: String,
         command: String,

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::command::{command_line, Command, Output};
+use crate::command::{command_line, shell_quote, Command, Output};
 use crate::delta::{self, LocalTree};
 use crate::error::TransportError;
 use crate::rsync::{self, Drift};
@@ -111,12 +111,36 @@ impl Host {
     }
 
     /// Runs a command; a non-zero exit is an `Ok` output, not an error.
+    ///
+    /// The timeout is enforced on the host itself: the command runs under
+    /// `timeout`, which gives it a process group of its own and, when time
+    /// is up, kills that whole group (TERM, then KILL 5 s later), so
+    /// nothing it started keeps running. This side waits a little longer,
+    /// for a host without `timeout` or a connection that hangs.
     pub async fn run(&self, cmd: &Command) -> Result<Output, TransportError> {
-        self.run_line(&command_line(cmd), None, cmd.timeout, || cmd.argv.join(" "))
-            .await
+        let inner = shell_quote(&command_line(cmd));
+        let secs = format!("{:.3}", cmd.timeout.as_secs_f64());
+        let line = format!(
+            "if command -v timeout >/dev/null 2>&1; then exec timeout -k 5 {secs} sh -c {inner}; \
+             else exec sh -c {inner}; fi"
+        );
+        let started = std::time::Instant::now();
+        let out = self
+            .run_line(&line, None, cmd.timeout + GRACE, || label(cmd))
+            .await?;
+        if out.code == Some(TIMED_OUT) && started.elapsed() >= cmd.timeout {
+            return Err(TransportError::Timeout {
+                host: self.name().to_string(),
+                command: label(cmd),
+                after: cmd.timeout,
+            });
+        }
+        Ok(out)
     }
 
     /// Runs a shell line, feeding it `input` on stdin (else no stdin).
+    /// Local commands get a process group of their own, so that a Ctrl-C
+    /// at the terminal reaches cutover alone, which decides what stops.
     async fn run_line(
         &self,
         line: &str,
@@ -148,6 +172,7 @@ impl Host {
                     let mut child = tokio::process::Command::new("sh")
                         .arg("-c")
                         .arg(line)
+                        .process_group(0)
                         .stdin(stdin())
                         .stdout(Stdio::piped())
                         .stderr(Stdio::piped())
@@ -381,4 +406,28 @@ fn describe_ssh_error(e: &openssh::Error) -> String {
         source = s.source();
     }
     msg.trim().to_string()
+}
+
+/// GNU `timeout`'s exit status when the command ran out of time.
+const TIMED_OUT: i32 = 124;
+/// How much longer than a command's own timeout this side waits for it.
+const GRACE: Duration = Duration::from_secs(10);
+
+/// A command as errors name it: the program and its first words, or the
+/// first line of a script.
+fn label(cmd: &Command) -> String {
+    if let Some(label) = &cmd.label {
+        return label.clone();
+    }
+    let text = match cmd.argv.as_slice() {
+        [sh, c, script, ..] if sh == "sh" && c == "-c" => {
+            script.lines().next().unwrap_or_default().to_string()
+        }
+        argv => argv.join(" "),
+    };
+    if text.chars().count() > 80 {
+        format!("{}...", text.chars().take(77).collect::<String>())
+    } else {
+        text
+    }
 }

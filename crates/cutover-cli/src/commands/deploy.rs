@@ -27,7 +27,11 @@ pub async fn run(s: &Session, a: DeployArgs) -> Result<u8, CliError> {
         println!("[deploy] planning {}", s.ctx.project.config.name);
     }
     let report = deploy::deploy(&s.ctx, &opts).await?;
-    let rc = if report.outcome.ok() { 0 } else { 1 };
+    let rc = if report.outcome.ok() {
+        0
+    } else {
+        s.failure_rc()
+    };
     if !opts.dry_run {
         let detail = report
             .seq
@@ -146,7 +150,11 @@ fn summarize(r: &DeployReport) {
                     at.join(", ")
                 );
             }
-            if !failed.is_empty() {
+            if r.outcome == Outcome::Interrupted {
+                println!(
+                    "[deploy] interrupted: what was promoted stays promoted; run `cutover deploy` to finish the rest"
+                );
+            } else if !failed.is_empty() {
                 println!(
                     "[deploy] failed: {}; fix the cause and run `cutover deploy` again: only what failed is retried",
                     failed.join(", ")

@@ -272,7 +272,7 @@ pub async fn cat(s: &Session, a: CatArgs) -> Result<u8, CliError> {
                 )
             }
             CatWhat::Deployments => {
-                let deps = s.store.deployments(50).await?;
+                let deps = cutover_engine::deploy::deployments(&s.ctx, 50).await?;
                 (
                     vec![
                         "SEQ", "STARTED", "FINISHED", "OUTCOME", "HEAD", "USER", "COMMAND",

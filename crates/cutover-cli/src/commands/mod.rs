@@ -112,11 +112,18 @@ impl Session {
                 env: std::env::vars().collect::<BTreeMap<_, _>>(),
                 reporter,
                 runtime_dir: runtime_dir(),
+                interrupt: crate::interrupt(),
                 load: load_options(),
             },
             json: g.json,
             store,
         })
+    }
+
+    /// The exit code of a run that failed: 1, or 130 / 143 when a signal
+    /// stopped it.
+    pub fn failure_rc(&self) -> u8 {
+        self.ctx.interrupt.exit_code().unwrap_or(1)
     }
 
     /// Appends this command to `.cutover/audit.log`.

@@ -130,7 +130,7 @@ pub async fn run(s: &Session, c: ReleaseCommand) -> Result<u8, CliError> {
                 command: command_line(),
             };
             let report = release::revert(&s.ctx, &opts).await?;
-            let rc = if report.ok { 0 } else { 1 };
+            let rc = if report.ok { 0 } else { s.failure_rc() };
             s.audit(
                 &opts.command,
                 if report.ok { "reverted" } else { "failed" },
@@ -155,7 +155,11 @@ pub async fn run(s: &Session, c: ReleaseCommand) -> Result<u8, CliError> {
         ReleaseCommand::ReturnToMain => {
             let command = command_line();
             let report = release::return_to_main(&s.ctx, &command).await?;
-            let rc = if report.outcome.ok() { 0 } else { 1 };
+            let rc = if report.outcome.ok() {
+                0
+            } else {
+                s.failure_rc()
+            };
             s.audit(&command, report.outcome.as_str(), rc, "");
             if s.json {
                 super::print_json(
@@ -181,7 +185,7 @@ async fn release_run(s: &Session, opts: &ReleaseOptions) -> Result<u8, CliError>
         ReleaseOutcome::Complete => (0, "complete"),
         ReleaseOutcome::DryRun => (0, "dry-run"),
         ReleaseOutcome::NothingToRelease { .. } => (5, "nothing-to-release"),
-        ReleaseOutcome::Failed { .. } => (1, "failed"),
+        ReleaseOutcome::Failed { .. } => (s.failure_rc(), "failed"),
     };
     if !opts.dry_run {
         let mut detail = format!("ticket {t}");

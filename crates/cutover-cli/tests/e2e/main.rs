@@ -10,3 +10,4 @@ mod plan;
 mod release;
 mod safety;
 mod secrets;
+mod signals;

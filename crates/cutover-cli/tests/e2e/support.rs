@@ -432,6 +432,38 @@ impl Project {
         }
     }
 
+    /// Starts cutover in the background (for tests that signal or kill it).
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        Command::new(BIN)
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("CUTOVER_USER", "tester")
+            .env("TMPDIR", self.tmp.path())
+            .env_remove("XDG_RUNTIME_DIR")
+            .env_remove("CUTOVER_PROJECT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn cutover")
+    }
+
+    /// Like [`Project::spawn`], with stderr written to `log` as it comes.
+    pub fn spawn_logged(&self, args: &[&str], log: &Path) -> Child {
+        Command::new(BIN)
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("CUTOVER_USER", "tester")
+            .env("TMPDIR", self.tmp.path())
+            .env_remove("XDG_RUNTIME_DIR")
+            .env_remove("CUTOVER_PROJECT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(log).expect("log"))
+            .spawn()
+            .expect("spawn cutover")
+    }
+
     /// What cutover left in its TMPDIR (nothing, after a run that ended).
     pub fn leftovers(&self) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(self.tmp.path())
@@ -479,4 +511,53 @@ pub fn snapshot(dir: &Path) -> Vec<(String, u32, Vec<u8>)> {
     walk(dir, dir, &mut out);
     out.sort();
     out
+}
+
+/// Waits (up to 30 s) until `path` exists: how a test knows a remote step
+/// has reached a gate.
+#[track_caller]
+pub fn wait_for(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits (up to 30 s) until `done` says so.
+#[track_caller]
+pub fn wait_until(done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Sends `signal` to a child process.
+pub fn signal(child: &Child, signal: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(ok.success());
+}
+
+/// Waits for a spawned cutover and collects what it printed.
+pub fn finish(child: Child) -> Output {
+    let out = child.wait_with_output().expect("wait");
+    Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Whether a process with this pid exists.
+pub fn alive(pid: &str) -> bool {
+    Path::new(&format!("/proc/{}", pid.trim())).exists()
 }

@@ -172,6 +172,11 @@ pub async fn run(ctx: &Context, opts: &ReleaseOptions) -> Result<ReleaseReport, 
                 "run without --skip-prepare",
             ));
         }
+        if let Some(rc) = ctx.interrupt.exit_code() {
+            // A signal came during the previous phase: stop here, recorded.
+            let message = format!("interrupted before phase {}", phase.as_str());
+            return interrupted(ctx, &log, opts, phase, rc, message, state, report).await;
+        }
         log.phase(phase, "start", "")?;
         say(ctx, format!("{}: start", phase.as_str()));
         let result = match phase {
@@ -215,6 +220,14 @@ pub async fn run(ctx: &Context, opts: &ReleaseOptions) -> Result<ReleaseReport, 
                 return Err(e);
             }
             Err(Refusal::Failed(e)) => {
+                // A run stopped by a signal records the signal's code.
+                let e = match ctx.interrupt.exit_code() {
+                    Some(rc) => PhaseError {
+                        rc: i32::from(rc),
+                        message: format!("interrupted: {}", e.message),
+                    },
+                    None => e,
+                };
                 log.phase(phase, "failed", &format!("rc={}", e.rc))?;
                 let failure =
                     serde_json::json!({ "phase": phase, "rc": e.rc, "output": e.message })
@@ -235,6 +248,34 @@ pub async fn run(ctx: &Context, opts: &ReleaseOptions) -> Result<ReleaseReport, 
     }
     log.event("orchestrator", "done", "rc=0")?;
     report.state = Some(state);
+    Ok(report)
+}
+
+/// Ends a release that a signal stopped between phases: the phase it did
+/// not start is logged as failed with the signal's code.
+#[allow(clippy::too_many_arguments)]
+async fn interrupted(
+    ctx: &Context,
+    log: &ReleaseLog,
+    opts: &ReleaseOptions,
+    phase: Phase,
+    rc: u8,
+    message: String,
+    state: StateFile,
+    mut report: ReleaseReport,
+) -> Result<ReleaseReport, EngineError> {
+    log.phase(phase, "failed", &format!("rc={rc}"))?;
+    let failure = serde_json::json!({ "phase": phase, "rc": rc, "output": message }).to_string();
+    ctx.store
+        .meta_put(&super::failure_key(&opts.ticket), &failure)
+        .await?;
+    report.failure_output = message.clone();
+    report.outcome = ReleaseOutcome::Failed {
+        phase,
+        rc: i32::from(rc),
+        message,
+    };
+    report.state = (!state.base_sha.is_empty()).then_some(state);
     Ok(report)
 }
 
