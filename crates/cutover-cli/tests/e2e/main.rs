@@ -4,6 +4,7 @@
 mod support;
 
 mod check;
+mod crash;
 mod deploy;
 mod lifecycle;
 mod plan;

@@ -153,6 +153,9 @@ impl Fleet {
             // Debian's sshd needs its privilege separation directory.
             let _ = std::fs::create_dir_all("/run/sshd");
         }
+        // Programs put here shadow the system's on every worker (a test
+        // wraps `rsync` to hold an upload at a gate).
+        std::fs::create_dir_all(dir.path().join("shims")).expect("shims");
         let mut known = String::new();
         let mut workers = Vec::new();
         for i in 0..n {
@@ -190,7 +193,8 @@ impl Fleet {
                      MaxSessions 200\n\
                      MaxStartups 200\n\
                      LogLevel ERROR\n\
-                     SetEnv SHLVL=1\n",
+                     SetEnv SHLVL=1 PATH={shims}:/usr/local/bin:/usr/bin:/bin\n",
+                    shims = dir.path().join("shims").display(),
                     hk = host_key.display(),
                     pid = wdir.join("sshd.pid").display(),
                     auth = authorized.display(),
@@ -233,6 +237,14 @@ impl Fleet {
             .iter_mut()
             .find(|w| w.name == name)
             .expect("worker")
+    }
+
+    /// Puts an executable `name` with `script` first on the workers' PATH.
+    pub fn shim(&self, name: &str, script: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.dir.path().join("shims").join(name);
+        std::fs::write(&path, script).expect("shim");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     }
 
     /// cutover.toml settings that reach this fleet.
@@ -329,13 +341,15 @@ pub struct Project {
     pub dir: tempfile::TempDir,
     /// cutover's TMPDIR in this test: where its private scratch dirs go.
     pub tmp: tempfile::TempDir,
+    /// Whether dropping the project asserts that TMPDIR is empty.
+    pub check_tmp: std::cell::Cell<bool>,
 }
 
 impl Drop for Project {
     /// Every test asserts that cutover cleaned up its scratch dirs (staged
     /// trees may hold secrets), unless it is already failing.
     fn drop(&mut self) {
-        if !std::thread::panicking() {
+        if !std::thread::panicking() && self.check_tmp.get() {
             let left = self.leftovers();
             assert!(left.is_empty(), "cutover left {left:?} in its TMPDIR");
         }
@@ -369,6 +383,7 @@ impl Project {
         Project {
             dir: tempfile::tempdir().expect("tempdir"),
             tmp: tempfile::tempdir().expect("tempdir"),
+            check_tmp: std::cell::Cell::new(true),
         }
     }
 

@@ -20,6 +20,10 @@ pub struct StateFile {
     pub skipped_metadata: String,
     /// `job@worker` -> backup id.
     pub backups: BTreeMap<String, String>,
+    /// The phases that completed (or that the operator skipped), in order.
+    pub phases_done: Vec<String>,
+    /// When the release was reverted, if it was.
+    pub reverted: String,
 }
 
 pub fn releases_dir(workspace: &Path) -> PathBuf {
@@ -38,14 +42,16 @@ impl StateFile {
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         format!(
-            "TICKET={}\nBRANCH={}\nBASE_SHA={}\nMERGE_SHA={}\nSERVICES=\"{}\"\nSKIPPED_METADATA=\"{}\"\nBACKUPS=\"{}\"\n",
+            "TICKET={}\nBRANCH={}\nBASE_SHA={}\nMERGE_SHA={}\nSERVICES=\"{}\"\nSKIPPED_METADATA=\"{}\"\nBACKUPS=\"{}\"\nPHASES_DONE=\"{}\"\nREVERTED=\"{}\"\n",
             self.ticket,
             self.branch,
             self.base_sha,
             self.merge_sha,
             self.services.join(" "),
             self.skipped_metadata,
-            backups.join(" ")
+            backups.join(" "),
+            self.phases_done.join(" "),
+            self.reverted,
         )
     }
 
@@ -66,6 +72,10 @@ impl StateFile {
                 "MERGE_SHA" => s.merge_sha = v,
                 "SERVICES" => s.services = v.split_whitespace().map(str::to_string).collect(),
                 "SKIPPED_METADATA" => s.skipped_metadata = v,
+                "PHASES_DONE" => {
+                    s.phases_done = v.split_whitespace().map(str::to_string).collect();
+                }
+                "REVERTED" => s.reverted = v,
                 "BACKUPS" => {
                     for item in v.split_whitespace() {
                         let (k, id) = item.rsplit_once('=').ok_or_else(|| {
@@ -81,6 +91,21 @@ impl StateFile {
             return Err("BASE_SHA and MERGE_SHA must be set".into());
         }
         Ok(s)
+    }
+
+    pub fn done(&self, phase: super::Phase) -> bool {
+        self.phases_done.iter().any(|p| p == phase.as_str())
+    }
+
+    /// The first phase that did not complete, if any.
+    pub fn first_incomplete(&self) -> Option<super::Phase> {
+        super::Phase::ALL.into_iter().find(|p| !self.done(*p))
+    }
+
+    pub fn mark_done(&mut self, phase: super::Phase) {
+        if !self.done(phase) {
+            self.phases_done.push(phase.as_str().to_string());
+        }
     }
 
     pub fn load(workspace: &Path, ticket: &str) -> Result<Option<StateFile>, EngineError> {

@@ -78,6 +78,17 @@ pub async fn last_failure(
     Ok(phase.map(|p| (p, v["output"].as_str().unwrap_or_default().to_string())))
 }
 
+/// A backup id as a backup command may print it: what `restore` gets.
+/// Bounded and of safe characters, whatever the worker printed.
+pub(crate) fn valid_backup_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._:@+-".contains(c))
+        && !id.starts_with('-')
+}
+
 fn base_key(ticket: &str) -> String {
     format!("release:{ticket}:base")
 }

@@ -88,8 +88,12 @@ pub async fn run(ctx: &Context, opts: &ReleaseOptions) -> Result<ReleaseReport, 
             "a ticket release runs in a clone of the project that tracks its remote",
         ));
     }
-    let resume = opts.from.filter(|p| *p != Phase::Prepare);
     let existing = StateFile::load(&ctx.workspace, &opts.ticket)?;
+    // `--from=prepare` with a state file resumes prepare on its recorded
+    // range; without one it is a fresh start.
+    let resume = opts
+        .from
+        .filter(|p| *p != Phase::Prepare || existing.is_some());
     if resume.is_some() && existing.is_none() {
         return Err(EngineError::usage(
             format!(
@@ -103,7 +107,7 @@ pub async fn run(ctx: &Context, opts: &ReleaseOptions) -> Result<ReleaseReport, 
         return dry_run(ctx, opts, &git, existing).await;
     }
 
-    if resume.is_none() && !opts.skip.contains(&Phase::Prepare) {
+    if existing.is_none() && !opts.skip.contains(&Phase::Prepare) {
         // Refusals that change nothing come before the lock and the log.
         preflight(ctx, opts, &git)?;
     }
@@ -111,6 +115,9 @@ pub async fn run(ctx: &Context, opts: &ReleaseOptions) -> Result<ReleaseReport, 
         .store
         .lock(&ctx.holder(&opts.command, Some(&opts.ticket)))
         .await?;
+    // Under the lock: a release in progress elsewhere is "locked", not
+    // "failed".
+    check_resume(opts, existing.as_ref())?;
     let log = ReleaseLog::new(&ctx.workspace, &opts.ticket);
     let mut report = ReleaseReport {
         ticket: opts.ticket.clone(),
@@ -140,6 +147,7 @@ pub async fn run(ctx: &Context, opts: &ReleaseOptions) -> Result<ReleaseReport, 
                 format!("{}: skipped by operator ({who})", phase.as_str()),
             );
             if phase != Phase::Prepare || !state.base_sha.is_empty() {
+                state.mark_done(phase);
                 let entry = format!(
                     "{}:{}@{}",
                     phase.as_str(),
@@ -159,6 +167,10 @@ pub async fn run(ctx: &Context, opts: &ReleaseOptions) -> Result<ReleaseReport, 
             continue;
         }
         if phase == Phase::Ticket && ticket_script(&ctx_now, &opts.ticket)?.is_none() {
+            state.mark_done(phase);
+            if !state.base_sha.is_empty() {
+                state.save(&ctx.workspace)?;
+            }
             log.phase(phase, "skipped-no-script", "")?;
             say(
                 ctx,
@@ -180,7 +192,7 @@ pub async fn run(ctx: &Context, opts: &ReleaseOptions) -> Result<ReleaseReport, 
         log.phase(phase, "start", "")?;
         say(ctx, format!("{}: start", phase.as_str()));
         let result = match phase {
-            Phase::Prepare => prepare(&ctx_now, opts, &git).await,
+            Phase::Prepare => prepare(&ctx_now, opts, &git, resume.map(|_| &state)).await,
             Phase::Migrate => migrate(&ctx_now, &state)
                 .await
                 .map(|plan| {
@@ -207,6 +219,8 @@ pub async fn run(ctx: &Context, opts: &ReleaseOptions) -> Result<ReleaseReport, 
                     // The clone moved to MERGE_SHA: plan from the project as it is now.
                     ctx_now = ctx.reload()?;
                 }
+                state.mark_done(phase);
+                state.save(&ctx.workspace)?;
                 log.phase(phase, "done", "rc=0")?;
                 say(ctx, format!("{}: done", phase.as_str()));
             }
@@ -314,6 +328,59 @@ fn git_failed(e: super::GitError) -> Refusal {
 }
 
 /// Refusals that need no lock and change nothing: dirty tree, wrong branch.
+/// Refuses a run that would skip over an incomplete phase: `--from=PHASE`
+/// while an earlier phase did not complete, and a plain re-run of a
+/// release that failed (which used to answer "nothing to release").
+fn check_resume(opts: &ReleaseOptions, existing: Option<&StateFile>) -> Result<(), EngineError> {
+    let Some(state) = existing else {
+        return Ok(());
+    };
+    let t = &opts.ticket;
+    if !state.reverted.is_empty() {
+        return Err(EngineError::usage(
+            format!("release {t} was reverted ({}); it is over", state.reverted),
+            format!("merge the fix and release it under a new ticket; `cutover release state {t}` shows what happened"),
+        ));
+    }
+    let Some(missing) = state.first_incomplete() else {
+        return Ok(());
+    };
+    let how = format!(
+        "resume with `cutover release run {t} --from={m}`, or roll back with `cutover release revert {t}`",
+        m = missing.as_str()
+    );
+    match opts.from {
+        None if !opts.dry_run => Err(EngineError::usage(
+            format!(
+                "release {t} failed in phase {}: it is not finished",
+                missing.as_str()
+            ),
+            how,
+        )),
+        Some(from) if from > missing => Err(EngineError::usage(
+            format!(
+                "--from={} would skip phase {} of release {t}, which did not complete{}",
+                from.as_str(),
+                missing.as_str(),
+                if missing == Phase::Prepare {
+                    format!(
+                        " (backups recorded: {})",
+                        if state.backups.is_empty() {
+                            "none".to_string()
+                        } else {
+                            state.backups.keys().cloned().collect::<Vec<_>>().join(", ")
+                        }
+                    )
+                } else {
+                    String::new()
+                }
+            ),
+            how,
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn preflight(ctx: &Context, opts: &ReleaseOptions, git: &Git) -> Result<String, EngineError> {
     let dirty = git
         .dirty()
@@ -347,7 +414,11 @@ async fn prepare(
     ctx: &Context,
     opts: &ReleaseOptions,
     git: &Git,
+    resumed: Option<&StateFile>,
 ) -> Result<Option<StateFile>, Refusal> {
+    if let Some(state) = resumed {
+        return prepare_again(ctx, git, state.clone()).await;
+    }
     let branch = preflight(ctx, opts, git).map_err(Refusal::Usage)?;
     let remote = &ctx.project.config.remote;
     git.run(&["fetch", "--quiet", remote]).map_err(git_failed)?;
@@ -372,7 +443,7 @@ async fn prepare(
     let ctx = ctx.reload()?;
     let changes = git.changes(&base, &merge).map_err(git_failed)?;
     let classification = classify(&ctx.project, &changes);
-    let mut state = StateFile {
+    let state = StateFile {
         ticket: opts.ticket.clone(),
         branch,
         base_sha: base,
@@ -392,27 +463,69 @@ async fn prepare(
         ),
     );
 
-    // What each affected allocation runs now, for revert to switch back to.
-    let records = ctx.store.allocations().await?;
-    let base_allocs: Vec<BaseAllocation> = records
-        .iter()
-        .filter(|r| state.services.contains(&r.job) && r.status != AllocStatus::Stopped)
-        .filter_map(|r| {
-            Some(BaseAllocation {
-                job: r.job.clone(),
-                worker: r.worker.clone(),
-                release_id: r.release_id.clone()?,
-                hash: r.hash.clone(),
-                version: r.version.clone(),
-            })
-        })
-        .collect();
-    let json = serde_json::to_string(&base_allocs).unwrap_or_default();
-    ctx.store.meta_put(&base_key(&opts.ticket), &json).await?;
+    backups(&ctx, &opts.ticket, state).await
+}
 
+/// Prepare, resumed: the range recorded in the state file is reused (a
+/// pull now would find nothing and answer "nothing to release"), and only
+/// the backups not yet taken are taken.
+async fn prepare_again(
+    ctx: &Context,
+    git: &Git,
+    state: StateFile,
+) -> Result<Option<StateFile>, Refusal> {
+    let head = git.head().map_err(git_failed)?;
+    if head != state.merge_sha {
+        return Err(Refusal::Usage(EngineError::usage(
+            format!(
+                "the clone is at {}, but release {} prepared MERGE_SHA={}",
+                &head[..12.min(head.len())],
+                state.ticket,
+                &state.merge_sha[..12]
+            ),
+            format!(
+                "check out {} (`git checkout {}`) and resume, or revert the release",
+                state.branch, state.merge_sha
+            ),
+        )));
+    }
+    say(
+        ctx,
+        format!(
+            "prepare: resuming BASE_SHA={} MERGE_SHA={} ({} backup(s) already taken)",
+            &state.base_sha[..12],
+            &state.merge_sha[..12],
+            state.backups.len()
+        ),
+    );
+    let ctx = ctx.reload()?;
+    let ticket = state.ticket.clone();
+    backups(&ctx, &ticket, state).await
+}
+
+/// Records what each affected allocation runs (once: a resumed prepare
+/// keeps what the first attempt recorded), then takes the backups that
+/// the state file does not have yet, saving it after each.
+async fn backups(
+    ctx: &Context,
+    ticket: &str,
+    mut state: StateFile,
+) -> Result<Option<StateFile>, Refusal> {
+    let ctx = ctx.with_project((*ctx.project).clone());
+    let recorded = super::load_base(&ctx, ticket).await?;
+    let base_allocs = if recorded.is_empty() {
+        record_base(&ctx, ticket, &state).await?
+    } else {
+        recorded
+    };
     // Backups, on each affected allocation whose job has one.
     let wanted: Vec<&BaseAllocation> = base_allocs
         .iter()
+        .filter(|b| {
+            !state
+                .backups
+                .contains_key(&format!("{}@{}", b.job, b.worker))
+        })
         .filter(|b| {
             ctx.project
                 .jobs
@@ -466,13 +579,13 @@ async fn prepare(
                     }));
                 }
             };
-            let Some(id) = id.filter(|i| !i.contains(char::is_whitespace) && !i.contains('='))
-            else {
+            let Some(id) = id.filter(|i| super::valid_backup_id(i)) else {
                 fleet.close().await;
                 return Err(Refusal::Failed(PhaseError {
                     rc: 1,
                     message: format!(
-                        "backup of {}@{}: `{}` printed no usable backup id (its last line must be the id, without spaces)",
+                        "backup of {}@{}: `{}` printed no usable backup id (its last line must be the id: \
+                         up to 128 letters, digits and `._:@+-`)",
                         b.job, b.worker, backup.command
                     ),
                 }));
@@ -487,6 +600,31 @@ async fn prepare(
         fleet.close().await;
     }
     Ok(Some(state))
+}
+
+/// What each affected allocation runs now, for revert to switch back to.
+async fn record_base(
+    ctx: &Context,
+    ticket: &str,
+    state: &StateFile,
+) -> Result<Vec<BaseAllocation>, EngineError> {
+    let records = ctx.store.allocations().await?;
+    let base_allocs: Vec<BaseAllocation> = records
+        .iter()
+        .filter(|r| state.services.contains(&r.job) && r.status != AllocStatus::Stopped)
+        .filter_map(|r| {
+            Some(BaseAllocation {
+                job: r.job.clone(),
+                worker: r.worker.clone(),
+                release_id: r.release_id.clone()?,
+                hash: r.hash.clone(),
+                version: r.version.clone(),
+            })
+        })
+        .collect();
+    let json = serde_json::to_string(&base_allocs).unwrap_or_default();
+    ctx.store.meta_put(&base_key(ticket), &json).await?;
+    Ok(base_allocs)
 }
 
 /// Runs an operator command in an allocation's `current`, with the
