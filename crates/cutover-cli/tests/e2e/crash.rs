@@ -193,10 +193,8 @@ fn repo(fleet: &Fleet, makefile: &str) -> Repo {
         base.path(),
         &["clone", "-q", origin.to_str().expect("utf8"), "dev"],
     );
-    for d in [&dev] {
-        g(d, &["config", "user.name", "Dev"]);
-        g(d, &["config", "user.email", "dev@example.com"]);
-    }
+    g(&dev, &["config", "user.name", "Dev"]);
+    g(&dev, &["config", "user.email", "dev@example.com"]);
     g(&dev, &["checkout", "-q", "-b", "main"]);
     write_file(&dev, "cutover.toml", &fleet.project_toml());
     write_file(
