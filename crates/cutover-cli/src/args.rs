@@ -179,6 +179,10 @@ pub enum ReleaseCommand {
         /// Restore no backup (you almost never want this).
         #[arg(long)]
         skip_data: bool,
+        /// Commit the git revert but do not push it (the next release
+        /// refuses to start until it is pushed).
+        #[arg(long)]
+        no_push: bool,
     },
     /// The state file, the last audit events, and where the release stands.
     State { ticket: String },

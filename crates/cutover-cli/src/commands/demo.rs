@@ -254,7 +254,7 @@ async fn release_demo(project: &Path, tmp: &Path, g: &Global) -> Result<(), CliE
     let rc = release::run(&s, run_args("102")).await?;
     println!("(exit code {rc})");
 
-    step("cutover release revert 102   (backup restored, old release back, merge reverted; nothing pushed)");
+    step("cutover release revert 102   (old release stopped, backup restored, switched back and started; merge reverted and pushed)");
     let s = Session::open_at(project, g, "release-revert").await?;
     release::run(
         &s,
@@ -262,6 +262,7 @@ async fn release_demo(project: &Path, tmp: &Path, g: &Global) -> Result<(), CliE
             ticket: "102".into(),
             skip_git: false,
             skip_data: false,
+            no_push: false,
         },
     )
     .await?;

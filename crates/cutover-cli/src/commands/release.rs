@@ -122,11 +122,13 @@ pub async fn run(s: &Session, c: ReleaseCommand) -> Result<u8, CliError> {
             ticket,
             skip_git,
             skip_data,
+            no_push,
         } => {
             let opts = RevertOptions {
                 ticket: ticket.clone(),
                 skip_git,
                 skip_data,
+                no_push,
                 command: command_line(),
             };
             let report = release::revert(&s.ctx, &opts).await?;
@@ -141,7 +143,14 @@ pub async fn run(s: &Session, c: ReleaseCommand) -> Result<u8, CliError> {
                 super::print_json(serde_json::json!({
                     "outcome": if report.ok { "reverted" } else { "failed" }, "exit_code": rc, "report": report,
                 }));
+            } else if let Some(when) = &report.already_reverted {
+                println!(
+                    "[release-revert] release {ticket} was already reverted ({when}): nothing was changed"
+                );
             } else if report.ok {
+                for key in &report.untouched {
+                    println!("[release-revert] {key}: not changed by the release; left running");
+                }
                 println!("[release-revert] release {ticket} reverted");
             } else {
                 for e in &report.errors {

@@ -287,6 +287,14 @@ fn release_killed_in(phase: &str) -> Result<(), String> {
     {
         return Err(format!("the kill did not land in {phase}:\n{log}"));
     }
+    if phase == "prepare" {
+        // Item 23: the state file was written, a backup is missing: later
+        // phases must not run as if prepare had completed.
+        let skip = r.p.cutover(&["release", "run", "77", "--from=migrate"]);
+        if skip.code != 2 || !skip.stderr.contains("would skip phase prepare") {
+            return Err(format!("--from=migrate after a killed prepare: {skip:?}"));
+        }
+    }
     std::fs::write(gates.path().join("go"), "").expect("go");
     let resumed =
         r.p.cutover(&["release", "run", "77", &format!("--from={phase}")]);

@@ -261,10 +261,17 @@ fn revert_drill_restores_the_backup_the_old_release_and_reverts_git() {
             w.root.display()
         ));
     }
+    // The broken release flushes its state into the data when it stops:
+    // a revert that restored the data before stopping it would lose it.
+    let flushing = crate::support::MAKEFILE.replace(
+        "stop:\n",
+        "stop:\n\t@echo flushed-by-broken > \"$(CUTOVER_SHARED)/data.txt\"\n",
+    );
     s.merge(
         "feat/9999",
         &[
             ("jobs/api/app.conf", "api = broken\n"),
+            ("jobs/api/Makefile", &flushing),
             ("releases/9999-migrate.sh", &script),
         ],
     );
@@ -288,6 +295,17 @@ fn revert_drill_restores_the_backup_the_old_release_and_reverts_git() {
         st.stdout.starts_with("release 9999: failed in verify"),
         "{st:?}"
     );
+    // Item 25: a plain re-run says where it failed and what to do (it used
+    // to answer "nothing to release").
+    let rerun = s.p.expect(&["release", "run", "9999"], 2);
+    assert!(
+        rerun.stderr.contains("release 9999 failed in phase verify")
+            && rerun
+                .stderr
+                .contains("cutover release run 9999 --from=verify")
+            && rerun.stderr.contains("cutover release revert 9999"),
+        "{rerun:?}"
+    );
 
     let out = s.p.expect(&["release", "revert", "9999"], 0);
     assert!(
@@ -309,15 +327,22 @@ fn revert_drill_restores_the_backup_the_old_release_and_reverts_git() {
             w.name
         );
         assert_eq!(w.read("jobs/api/current/app.conf"), "");
+        // Stopped (the broken release), then the old one started.
+        assert!(w.read("stopped.log").contains("stop api"), "{}", w.name);
         let ev = w.events("api");
-        let last_restart = ev
+        let last = ev
             .iter()
             .rev()
-            .find(|l| l.starts_with("restart"))
-            .expect("restarted");
+            .find(|l| !l.starts_with("healthy"))
+            .expect("events");
+        assert!(last.starts_with(&format!("start {old}")), "{ev:?}");
+        // `web` and `other` were not changed by the release: left alone.
         assert!(
-            last_restart.starts_with(&format!("restart {old}")),
-            "{ev:?}"
+            out.stdout.contains(&format!(
+                "[release-revert] web@{}: not changed by the release; left running",
+                w.name
+            )) || !out.stdout.contains("web@"),
+            "{out:?}"
         );
     }
     let subject = git(s.p.path(), &["log", "-1", "--format=%s"]);
@@ -326,10 +351,11 @@ fn revert_drill_restores_the_backup_the_old_release_and_reverts_git() {
         "{subject}"
     );
     assert_eq!(git(s.p.path(), &["rev-parse", "HEAD~1"]), merge_before);
+    git(&s.dev, &["fetch", "-q"]);
     assert_eq!(
-        git(s.p.path(), &["rev-parse", "origin/main"]),
-        merge_before,
-        "nothing was pushed"
+        git(&s.dev, &["rev-parse", "origin/main"]),
+        s.head(),
+        "the revert commit was pushed"
     );
     let drift = s.p.expect(&["drift"], 0);
     assert!(!drift.stdout.contains("DRIFT"), "{drift:?}");
@@ -342,6 +368,86 @@ fn revert_drill_restores_the_backup_the_old_release_and_reverts_git() {
         "phase=revert event=start".to_string(),
         "phase=revert event=done rc=0".to_string()
     ]));
+
+    // A second revert says so and changes nothing (it used to restore the
+    // backup again, over what the service wrote since).
+    for w in &s.fleet.workers {
+        std::fs::write(w.path("jobs/api/shared/data.txt"), "newer\n").expect("w");
+    }
+    let again = s.p.expect(&["release", "revert", "9999"], 0);
+    assert!(again.stdout.contains("was already reverted"), "{again:?}");
+    for w in &s.fleet.workers {
+        assert_eq!(w.read("jobs/api/shared/data.txt"), "newer\n");
+    }
+    // A re-run of the reverted release is refused, naming why.
+    let rerun = s.p.expect(&["release", "run", "9999"], 2);
+    assert!(rerun.stderr.contains("was reverted"), "{rerun:?}");
+}
+
+/// Items 21 and 28: revert touches only what migrate changed, and a revert
+/// kept local (--no-push) makes the next release refuse with the fix.
+#[test]
+fn revert_leaves_unchanged_allocations_alone_and_an_unpushed_revert_blocks_the_next_release() {
+    let s = setup(2);
+    // The release changes `web` only; `api` (with a backup) keeps running.
+    s.merge("feat/31", &[("jobs/web/page.html", "31\n")]);
+    s.p.expect(&["release", "run", "31"], 0);
+    let api_before: Vec<_> = s.fleet.workers.iter().map(|w| w.events("api")).collect();
+    for w in &s.fleet.workers {
+        std::fs::write(w.path("jobs/api/shared/data.txt"), "orders since\n").expect("w");
+    }
+    let out = s.p.expect(&["release", "revert", "31", "--no-push"], 0);
+    assert!(out.stdout.contains("not pushed (--no-push)"), "{out:?}");
+    for (w, before) in s.fleet.workers.iter().zip(api_before) {
+        assert_eq!(
+            w.read("jobs/api/shared/data.txt"),
+            "orders since\n",
+            "{}",
+            w.name
+        );
+        assert_eq!(w.events("api"), before, "api was restarted on {}", w.name);
+        assert_eq!(w.read("jobs/web/current/page.html"), "", "{}", w.name);
+    }
+
+    s.merge("feat/32", &[("jobs/web/page.html", "32\n")]);
+    let refused = s.p.expect(&["release", "run", "32"], 2);
+    assert!(
+        refused
+            .stderr
+            .contains("main has 1 commit(s) that origin/main does not have")
+            && refused.stderr.contains("git push origin main"),
+        "{refused:?}"
+    );
+    assert!(!s.p.path().join(".cutover/releases/32.env").exists());
+}
+
+/// Item 29: two scripts for one ticket are found in prepare, before any
+/// backup or deploy.
+#[test]
+fn two_ticket_scripts_are_refused_in_prepare() {
+    let s = setup(1);
+    s.merge(
+        "feat/41",
+        &[
+            ("jobs/api/app.conf", "41\n"),
+            ("releases/41-a.sh", "#!/bin/sh\ntrue\n"),
+            ("releases/41-b.sh", "#!/bin/sh\ntrue\n"),
+        ],
+    );
+    let out = s.p.expect(&["release", "run", "41"], 2);
+    assert!(
+        out.stderr.contains("41-a.sh") && out.stderr.contains("41-b.sh"),
+        "{out:?}"
+    );
+    let events = s.log_events("41");
+    assert_eq!(
+        events,
+        [
+            "phase=prepare event=start",
+            "phase=prepare event=failed rc=2"
+        ]
+    );
+    assert_eq!(s.fleet.workers[0].read("jobs/api/current/app.conf"), "");
 }
 
 #[test]
@@ -643,4 +749,81 @@ fn two_concurrent_runs_exactly_one_proceeds() {
     assert_eq!(doc["holder"]["ticket"], "5");
     assert!(first.wait().expect("wait").success());
     assert_eq!(s.p.expect(&["lock", "status"], 0).stdout.trim(), "unlocked");
+}
+
+/// Item 22: a BASE release that is gone from its worker is rebuilt from
+/// git at BASE_SHA before revert touches any data.
+#[test]
+fn revert_rebuilds_a_pruned_base_release_from_git() {
+    let s = setup(2);
+    let base = s.fleet.worker("w1").current("api").expect("current");
+    s.merge("feat/61", &[("jobs/api/app.conf", "api = 61\n")]);
+    s.p.expect(&["release", "run", "61"], 0);
+    // keep_releases pruned it (here: by hand, on w1).
+    std::fs::remove_dir_all(
+        s.fleet
+            .worker("w1")
+            .path(&format!("jobs/api/releases/{base}")),
+    )
+    .expect("rm");
+    let out = s.p.expect(&["release", "revert", "61"], 0);
+    assert!(
+        out.stdout.contains(&format!(
+            "api@w1: release {base} was pruned; rebuilt from BASE_SHA"
+        )),
+        "{out:?}"
+    );
+    for w in &s.fleet.workers {
+        assert_eq!(
+            w.current("api").as_deref(),
+            Some(base.as_str()),
+            "{}",
+            w.name
+        );
+        assert_eq!(w.read("jobs/api/current/app.conf"), "", "{}", w.name);
+        assert!(w.path("jobs/api/current/Makefile").exists());
+    }
+    s.p.expect(&["drift"], 0);
+}
+
+/// Item 26: a backup id is data, never shell: one with shell syntax is
+/// refused when a backup prints it and when a state file holds it.
+#[test]
+fn a_hostile_backup_id_never_reaches_a_shell() {
+    let s = setup(1);
+    let pwned = s._base.path().join("pwned");
+    let hostile = format!("x;touch${{IFS}}{}", pwned.display());
+    let makefile = crate::support::MAKEFILE.replace(
+        "backup:\n",
+        &format!("backup:\n\t@echo '{hostile}'; exit 0\nbackup-real:\n"),
+    );
+    // Release 70 ships the hostile backup target (its own backup ran the
+    // old one); release 71's prepare runs it.
+    s.merge("feat/70", &[("jobs/api/Makefile", &makefile)]);
+    s.p.expect(&["release", "run", "70"], 0);
+    s.merge("feat/71", &[("jobs/api/app.conf", "71\n")]);
+    let out = s.p.expect(&["release", "run", "71"], 1);
+    assert!(
+        out.stdout.contains("printed no usable backup id"),
+        "{out:?}"
+    );
+    assert!(!pwned.exists());
+
+    // A state file edited to hold one: revert refuses it, runs nothing.
+    let env = s.p.path().join(".cutover/releases/70.env");
+    let text = std::fs::read_to_string(&env).expect("state file");
+    let text: Vec<String> = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("BACKUPS=") {
+                format!("BACKUPS=\"api@w1={hostile}\"")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    std::fs::write(&env, text.join("\n")).expect("w");
+    let out = s.p.expect(&["release", "revert", "70", "--skip-git"], 1);
+    assert!(out.stdout.contains("is not a valid id"), "{out:?}");
+    assert!(!pwned.exists(), "the backup id ran as a command");
 }

@@ -13,6 +13,7 @@
 mod files;
 mod git;
 pub mod plan;
+mod rebuild_base;
 mod revert;
 mod run;
 

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::files::{ReleaseLog, StateFile};
 use super::git::Git;
-use super::run::{health_all, in_current, say};
+use super::run::say;
 use super::{load_base, BaseAllocation};
 use crate::deploy::{self, DeployOptions};
 use crate::fleet::Fleet;
@@ -19,6 +19,9 @@ pub struct RevertOptions {
     pub ticket: String,
     pub skip_git: bool,
     pub skip_data: bool,
+    /// Keep the revert commit local (by default it is pushed, or the next
+    /// release's `pull --ff-only` would fail).
+    pub no_push: bool,
     pub command: String,
 }
 
@@ -26,189 +29,139 @@ pub struct RevertOptions {
 pub struct RevertReport {
     pub ticket: String,
     pub ok: bool,
+    /// The release had been reverted before: nothing was done.
+    pub already_reverted: Option<String>,
     pub restored: Vec<String>,
     pub switched_back: Vec<String>,
     pub stopped: Vec<String>,
+    /// Allocations the release did not change: left running as they are.
+    pub untouched: Vec<String>,
     pub git: Option<String>,
     pub errors: Vec<String>,
 }
 
+/// One allocation migrate changed, and what to put back.
+struct Changed<'a> {
+    job: &'a cutover_model::Job,
+    worker: &'a cutover_model::Worker,
+    /// What it ran at BASE_SHA; `None` for an allocation the release created.
+    base: Option<&'a BaseAllocation>,
+    /// What it runs now (the release migrate promoted).
+    now: Option<&'a AllocationRecord>,
+    backup: Option<&'a String>,
+}
+
+impl Changed<'_> {
+    fn key(&self) -> String {
+        format!("{}@{}", self.job.name, self.worker.name)
+    }
+}
+
+/// Reverts a ticket release: for each allocation migrate changed, in the
+/// job's batches, stop the new release, restore its backup, switch back
+/// to the BASE release, start it and check its health; then revert git
+/// and push the revert. Everything that can refuse does so before any
+/// worker is touched.
 pub async fn revert(ctx: &Context, opts: &RevertOptions) -> Result<RevertReport, EngineError> {
     super::check_ticket(&opts.ticket)?;
-    let state = StateFile::load(&ctx.workspace, &opts.ticket)?.ok_or_else(|| {
+    let mut state = StateFile::load(&ctx.workspace, &opts.ticket)?.ok_or_else(|| {
         EngineError::usage(
             format!("no state file for ticket {} (.cutover/releases/{}.env): revert has nothing to restore", opts.ticket, opts.ticket),
             "without it, put things back by hand: `cutover deploy` from the commit you want, and restore data from your own backups",
         )
     })?;
+    let mut report = RevertReport {
+        ticket: opts.ticket.clone(),
+        ok: true,
+        already_reverted: None,
+        restored: Vec::new(),
+        switched_back: Vec::new(),
+        stopped: Vec::new(),
+        untouched: Vec::new(),
+        git: None,
+        errors: Vec::new(),
+    };
+    if !state.reverted.is_empty() {
+        // A second revert would restore the backup over newer data.
+        report.already_reverted = Some(state.reverted.clone());
+        return Ok(report);
+    }
     let _lock = ctx
         .store
         .lock(&ctx.holder(&opts.command, Some(&opts.ticket)))
         .await?;
-    let log = ReleaseLog::new(&ctx.workspace, &opts.ticket);
-    log.event("revert", "start", "")?;
-    let mut report = RevertReport {
-        ticket: opts.ticket.clone(),
-        ok: true,
-        restored: Vec::new(),
-        switched_back: Vec::new(),
-        stopped: Vec::new(),
-        git: None,
-        errors: Vec::new(),
-    };
     let base = load_base(ctx, &opts.ticket).await?;
     let records = ctx.store.allocations().await?;
-    let services: BTreeSet<&String> = state.services.iter().collect();
+    let (changed, untouched) = changed_allocations(ctx, &state, &base, &records);
+    report.untouched = untouched;
+    refuse_missing_backups(ctx, &changed, opts)?;
 
-    // Every worker concerned: those with a backup, a base release, or an
-    // allocation the release created.
-    let mut names: BTreeSet<String> = base.iter().map(|b| b.worker.clone()).collect();
-    names.extend(
-        state
-            .backups
-            .keys()
-            .filter_map(|k| k.split_once('@').map(|(_, w)| w.to_string())),
-    );
-    names.extend(
-        records
-            .iter()
-            .filter(|r| services.contains(&r.job))
-            .map(|r| r.worker.clone()),
-    );
-    let workers: Vec<cutover_model::Worker> = names
+    let workers: BTreeMap<String, cutover_model::Worker> = changed
         .iter()
-        .filter_map(|n| ctx.project.worker(n).cloned())
+        .map(|c| (c.worker.name.clone(), c.worker.clone()))
         .collect();
-    let fleet = Fleet::connect(ctx, workers).await?;
-    let timeout = ctx.project.config.ssh.command_timeout;
-    let kv = crate::kv::for_templates(ctx).await?;
-    let empty = BTreeMap::new();
-
-    // 1. Data: every recorded backup is restored.
-    if opts.skip_data {
-        log.event(
-            "revert",
-            "skipped-by-operator",
-            &format!(
-                "step=data user={} host={}",
-                ctx.operator.user, ctx.operator.host
-            ),
-        )?;
-    } else {
-        for (key, id) in &state.backups {
-            let Some((job_name, worker_name)) = key.split_once('@') else {
-                continue;
-            };
-            let r = async {
-                let job = ctx
-                    .project
-                    .jobs
-                    .get(job_name)
-                    .ok_or(format!("job {job_name} is not in the project"))?;
-                let worker = ctx
-                    .project
-                    .worker(worker_name)
-                    .ok_or(format!("worker {worker_name} is not in workers.toml"))?;
-                let restore = job
-                    .manifest
-                    .backup
-                    .as_ref()
-                    .and_then(|b| b.restore.clone())
-                    .ok_or(format!("job {job_name} has no [backup] restore command"))?;
-                let command = render_restore(
-                    &restore,
-                    id,
-                    job,
-                    worker,
-                    kv.get(job_name).unwrap_or(&empty),
-                    &ctx.template_env(),
-                )?;
-                let rec = records
-                    .iter()
-                    .find(|r| r.job == job_name && r.worker == worker_name);
-                let version = rec.and_then(|r| r.version.clone()).unwrap_or_default();
-                let release = rec.and_then(|r| r.release_id.clone()).unwrap_or_default();
-                let env = LifecycleEnv {
-                    job,
-                    worker,
-                    release: &release,
-                    current_version: &version,
-                    new_version: &version,
-                };
-                in_current(timeout, &fleet, &env, &command).await
-            }
-            .await;
-            match r {
-                Ok(_) => {
-                    say(ctx, format!("restored backup {id} on {key}"));
-                    report.restored.push(format!("{key}={id}"));
+    let fleet = Fleet::connect(ctx, workers.into_values().collect()).await?;
+    let result = async {
+        ensure_base_releases(ctx, &fleet, &state, &changed).await?;
+        let log = ReleaseLog::new(&ctx.workspace, &opts.ticket);
+        log.event("revert", "start", "")?;
+        if opts.skip_data {
+            log.event(
+                "revert",
+                "skipped-by-operator",
+                &format!(
+                    "step=data user={} host={}",
+                    ctx.operator.user, ctx.operator.host
+                ),
+            )?;
+        }
+        let kv = crate::kv::for_templates(ctx).await?;
+        // Batch by batch within each job, the members of a batch at once.
+        for job in ctx.project.jobs.values() {
+            let mine: Vec<&Changed> = changed.iter().filter(|c| c.job.name == job.name).collect();
+            let size = job.manifest.max_concurrent_upgrades.max(1);
+            for batch in mine.chunks(size) {
+                let results = crate::join::join_all(
+                    batch
+                        .iter()
+                        .map(|c| revert_one(ctx, &fleet, c, &kv, opts.skip_data)),
+                )
+                .await;
+                for (c, r) in batch.iter().zip(results) {
+                    match r {
+                        Ok(done) => {
+                            if let Some(id) = c.backup.filter(|_| !opts.skip_data) {
+                                report.restored.push(format!("{}={id}", c.key()));
+                            }
+                            match done {
+                                Reverted::SwitchedBack(release) => {
+                                    say(ctx, format!("{}: switched back to {release}", c.key()));
+                                    report.switched_back.push(format!("{}={release}", c.key()));
+                                }
+                                Reverted::Stopped => {
+                                    say(
+                                        ctx,
+                                        format!("{}: stopped (created by the release)", c.key()),
+                                    );
+                                    report.stopped.push(c.key());
+                                }
+                            }
+                        }
+                        Err(e) => report.errors.push(format!("{}: {e}", c.key())),
+                    }
                 }
-                Err(e) => report.errors.push(format!("restore {key}={id}: {e}")),
-            }
-        }
-    }
-
-    // 2. Code: each allocation goes back to the release it ran at BASE_SHA.
-    for b in &base {
-        match switch_back(ctx, &fleet, b, &records).await {
-            Ok(()) => {
-                say(
-                    ctx,
-                    format!("{}@{}: switched back to {}", b.job, b.worker, b.release_id),
-                );
-                report
-                    .switched_back
-                    .push(format!("{}@{}={}", b.job, b.worker, b.release_id));
-            }
-            Err(e) => report.errors.push(format!("{}@{}: {e}", b.job, b.worker)),
-        }
-    }
-    // Allocations the release created have nothing to go back to: stop them.
-    for r in records.iter().filter(|r| services.contains(&r.job)) {
-        if base.iter().any(|b| b.job == r.job && b.worker == r.worker) {
-            continue;
-        }
-        let (Some(job), Some(worker)) =
-            (ctx.project.jobs.get(&r.job), ctx.project.worker(&r.worker))
-        else {
-            continue;
-        };
-        let version = r.version.clone().unwrap_or_default();
-        let release = r.release_id.clone().unwrap_or_default();
-        let env = LifecycleEnv {
-            job,
-            worker,
-            release: &release,
-            current_version: &version,
-            new_version: "",
-        };
-        match fleet.get(&worker.name) {
-            Ok(host) => match host.run(&remote::lifecycle(&env, "stop", timeout)).await {
-                Ok(o) if o.success() => {
-                    let _ = host
-                        .run(&remote::remove_job(&worker.job_dir(&job.name), timeout))
-                        .await;
-                    ctx.store.delete_allocation(&r.job, &r.worker).await?;
-                    report.stopped.push(format!("{}@{}", r.job, r.worker));
+                if !report.errors.is_empty() {
+                    break; // halt: the rest stay as they are, and are retried
                 }
-                Ok(o) => report.errors.push(format!(
-                    "{}@{}: make stop failed: {}",
-                    r.job,
-                    r.worker,
-                    o.tail(3)
-                )),
-                Err(e) => report.errors.push(format!("{}@{}: {e}", r.job, r.worker)),
-            },
-            Err(e) => report.errors.push(format!("{}@{}: {e}", r.job, r.worker)),
+            }
         }
+        Ok::<_, EngineError>(log)
     }
+    .await;
     fleet.close().await;
+    let log = result?;
 
-    // 3. Health of what was switched back.
-    let jobs: BTreeSet<String> = base.iter().map(|b| b.job.clone()).collect();
-    report.errors.extend(health_all(ctx, &jobs).await?);
-
-    // 4. Git: revert the merge (or the fast-forwarded range). Nothing is pushed.
+    // Git: revert the merge (or the fast-forwarded range), and push it.
     if opts.skip_git {
         log.event(
             "revert",
@@ -220,23 +173,336 @@ pub async fn revert(ctx: &Context, opts: &RevertOptions) -> Result<RevertReport,
         )?;
     } else if report.errors.is_empty() {
         let git = Git::new(&ctx.project.root);
-        let r = revert_git(&git, &state);
-        match r {
+        match revert_git(&git, &state, &ctx.project.config.remote, !opts.no_push) {
             Ok(msg) => {
                 say(ctx, format!("git: {msg}"));
                 report.git = Some(msg);
             }
-            Err(e) => report.errors.push(format!("git revert: {e}")),
+            Err(e) => report.errors.push(format!("git: {e}")),
         }
     }
 
     report.ok = report.errors.is_empty();
     if report.ok {
+        state.reverted = cutover_state::now_rfc3339();
+        state.save(&ctx.workspace)?;
         log.event("revert", "done", "rc=0")?;
     } else {
         log.event("revert", "failed", "rc=1")?;
     }
     Ok(report)
+}
+
+/// The allocations migrate changed (its record names another release than
+/// the one it ran at BASE_SHA, or it was created), and the keys of those
+/// it did not change: those keep running, with the data they took since.
+fn changed_allocations<'a>(
+    ctx: &'a Context,
+    state: &'a StateFile,
+    base: &'a [BaseAllocation],
+    records: &'a [AllocationRecord],
+) -> (Vec<Changed<'a>>, Vec<String>) {
+    let services: BTreeSet<&String> = state.services.iter().collect();
+    let mut changed = Vec::new();
+    let mut untouched = Vec::new();
+    for r in records.iter().filter(|r| services.contains(&r.job)) {
+        let (Some(job), Some(worker)) =
+            (ctx.project.jobs.get(&r.job), ctx.project.worker(&r.worker))
+        else {
+            continue;
+        };
+        let b = base.iter().find(|b| b.job == r.job && b.worker == r.worker);
+        let key = format!("{}@{}", r.job, r.worker);
+        let moved = match b {
+            Some(b) => r.release_id.as_deref() != Some(b.release_id.as_str()),
+            None => r.status != AllocStatus::Stopped,
+        };
+        if !moved {
+            untouched.push(key);
+            continue;
+        }
+        changed.push(Changed {
+            job,
+            worker,
+            base: b,
+            now: Some(r),
+            backup: state.backups.get(&key),
+        });
+    }
+    (changed, untouched)
+}
+
+/// A job with a `[backup]` whose changed allocation has no backup (a
+/// prepare that died before taking it): restoring nothing would look like
+/// success. Refused unless the operator says `--skip-data`.
+fn refuse_missing_backups(
+    ctx: &Context,
+    changed: &[Changed<'_>],
+    opts: &RevertOptions,
+) -> Result<(), EngineError> {
+    if opts.skip_data {
+        return Ok(());
+    }
+    let missing: Vec<String> = changed
+        .iter()
+        .filter(|c| c.base.is_some() && c.job.manifest.backup.is_some() && c.backup.is_none())
+        .map(Changed::key)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let _ = ctx;
+    Err(EngineError::usage(
+        format!(
+            "no backup was recorded for {} (their job declares [backup]): a revert would restore nothing",
+            missing.join(", ")
+        ),
+        format!(
+            "restore their data yourself and run `cutover release revert {} --skip-data`",
+            opts.ticket
+        ),
+    ))
+}
+
+enum Reverted {
+    SwitchedBack(String),
+    Stopped,
+}
+
+/// One allocation: stop the release migrate put there, restore the
+/// backup, switch back to the BASE release, start it, check its health.
+/// An allocation the release created is stopped (its data is kept).
+async fn revert_one(
+    ctx: &Context,
+    fleet: &Fleet,
+    c: &Changed<'_>,
+    kv: &crate::kv::TemplateKv,
+    skip_data: bool,
+) -> Result<Reverted, String> {
+    let host = fleet.get(&c.worker.name)?;
+    let timeout = ctx.project.config.ssh.command_timeout;
+    let job_dir = c.worker.job_dir(&c.job.name);
+    let now_release = c.now.and_then(|r| r.release_id.clone()).unwrap_or_default();
+    let now_version = c.now.and_then(|r| r.version.clone()).unwrap_or_default();
+    let base_version = c.base.and_then(|b| b.version.clone()).unwrap_or_default();
+    let lifecycle = |release: &str, target: &str, current: &str, new: &str| {
+        let env = LifecycleEnv {
+            job: c.job,
+            worker: c.worker,
+            release,
+            current_version: current,
+            new_version: new,
+        };
+        remote::lifecycle(&env, target, timeout)
+    };
+    let run = |cmd: cutover_transport::Command, what: String| {
+        let host = host.clone();
+        async move {
+            let out = host.run(&cmd).await.map_err(|e| e.to_string())?;
+            if out.success() {
+                Ok(out.stdout)
+            } else {
+                Err(format!("{what} failed: {}", out.tail(5)))
+            }
+        }
+    };
+
+    // 1. The broken release stops writing.
+    run(
+        lifecycle(&now_release, "stop", &now_version, &base_version),
+        "make stop".into(),
+    )
+    .await?;
+    let Some(base) = c.base else {
+        run(
+            remote::remove_releases(&job_dir, timeout),
+            "removing its releases".into(),
+        )
+        .await?;
+        record(ctx, c, None).await?;
+        return Ok(Reverted::Stopped);
+    };
+    // 2. Its data goes back to the backup.
+    if let Some(id) = c.backup.filter(|_| !skip_data) {
+        restore(ctx, c, id, kv, &now_release, &host).await?;
+    }
+    // 3. `current` goes back to the BASE release, which starts.
+    run(
+        remote::switch(&job_dir, &base.release_id, None, timeout),
+        format!("switching back to {}", base.release_id),
+    )
+    .await?;
+    run(
+        lifecycle(&base.release_id, "start", &now_version, &base_version),
+        "make start".into(),
+    )
+    .await?;
+    record(ctx, c, Some(base)).await?;
+    // 4. And must be healthy.
+    let env = LifecycleEnv {
+        job: c.job,
+        worker: c.worker,
+        release: &base.release_id,
+        current_version: &base_version,
+        new_version: &base_version,
+    };
+    let empty = BTreeMap::new();
+    crate::health::check_allocation(
+        &host,
+        &env,
+        kv.get(&c.job.name).unwrap_or(&empty),
+        &ctx.template_env(),
+        None,
+    )
+    .await?;
+    Ok(Reverted::SwitchedBack(base.release_id.clone()))
+}
+
+/// Runs the job's restore command for backup `id` in `current`. The id is
+/// checked (safe characters, bounded) and also given as `BACKUP_ID`, so a
+/// restore command can use it without any interpolation.
+async fn restore(
+    ctx: &Context,
+    c: &Changed<'_>,
+    id: &str,
+    kv: &crate::kv::TemplateKv,
+    release: &str,
+    host: &cutover_transport::Host,
+) -> Result<(), String> {
+    if !super::valid_backup_id(id) {
+        return Err(format!(
+            "backup id {id:?} in the state file is not a valid id; restore it by hand"
+        ));
+    }
+    let template = c
+        .job
+        .manifest
+        .backup
+        .as_ref()
+        .and_then(|b| b.restore.clone())
+        .ok_or(format!(
+            "job {} has no [backup] restore command",
+            c.job.name
+        ))?;
+    let empty = BTreeMap::new();
+    let command = render_restore(
+        &template,
+        id,
+        c.job,
+        c.worker,
+        kv.get(&c.job.name).unwrap_or(&empty),
+        &ctx.template_env(),
+    )?;
+    let version = c.now.and_then(|r| r.version.clone()).unwrap_or_default();
+    let env = LifecycleEnv {
+        job: c.job,
+        worker: c.worker,
+        release,
+        current_version: &version,
+        new_version: &version,
+    };
+    let dir = format!("{}/current", c.worker.job_dir(&c.job.name));
+    let cmd = env
+        .apply(cutover_transport::Command::shell(&command))
+        .env("BACKUP_ID", id)
+        .cwd(dir)
+        .timeout(ctx.project.config.ssh.command_timeout)
+        .label("restore");
+    let out = host.run(&cmd).await.map_err(|e| e.to_string())?;
+    if out.success() {
+        say(ctx, format!("restored backup {id} on {}", c.key()));
+        Ok(())
+    } else {
+        Err(format!("restore of backup {id} failed: {}", out.tail(5)))
+    }
+}
+
+/// The store after one allocation was reverted.
+async fn record(
+    ctx: &Context,
+    c: &Changed<'_>,
+    base: Option<&BaseAllocation>,
+) -> Result<(), String> {
+    let rec = match base {
+        Some(b) => AllocationRecord {
+            job: b.job.clone(),
+            worker: b.worker.clone(),
+            status: AllocStatus::Promoted,
+            hash: b.hash.clone(),
+            version: b.version.clone(),
+            release_id: Some(b.release_id.clone()),
+            previous_release_id: c.now.and_then(|r| r.release_id.clone()),
+            health: "unknown".into(),
+            message: String::new(),
+            updated_at: cutover_state::now_rfc3339(),
+        },
+        None => AllocationRecord {
+            job: c.job.name.clone(),
+            worker: c.worker.name.clone(),
+            status: AllocStatus::Stopped,
+            hash: None,
+            version: c.now.and_then(|r| r.version.clone()),
+            release_id: None,
+            previous_release_id: None,
+            health: "unknown".into(),
+            message: "stopped by a release revert; shared/ data kept".into(),
+            updated_at: cutover_state::now_rfc3339(),
+        },
+    };
+    ctx.store
+        .put_allocation(&rec)
+        .await
+        .map_err(|e| format!("recording it in the state store: {e}"))
+}
+
+/// Before any data is touched: each BASE release must still be on its
+/// worker (keep_releases may have pruned it). One that is gone is rebuilt
+/// from git at BASE_SHA; if the rebuilt tree is not the one recorded, the
+/// revert is refused with nothing changed.
+async fn ensure_base_releases(
+    ctx: &Context,
+    fleet: &Fleet,
+    state: &StateFile,
+    changed: &[Changed<'_>],
+) -> Result<(), EngineError> {
+    let timeout = ctx.project.config.ssh.command_timeout;
+    let mut missing = Vec::new();
+    for c in changed {
+        let Some(b) = c.base else { continue };
+        let host = fleet.get(&c.worker.name).map_err(|e| {
+            EngineError::usage(
+                e,
+                "every worker of the release must be reachable for a revert",
+            )
+        })?;
+        let dir = format!(
+            "{}/releases/{}",
+            c.worker.job_dir(&c.job.name),
+            b.release_id
+        );
+        let cmd = cutover_transport::Command::new(["test", "-d", dir.as_str()]).timeout(timeout);
+        let there = host
+            .run(&cmd)
+            .await
+            .map_err(|e| {
+                EngineError::usage(e.to_string(), "check the worker and run the revert again")
+            })?
+            .success();
+        if !there {
+            missing.push(c);
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    super::rebuild_base::rebuild(ctx, fleet, state, &missing_refs(&missing)).await
+}
+
+fn missing_refs<'a>(missing: &[&'a Changed<'a>]) -> Vec<(String, String, BaseAllocation)> {
+    missing
+        .iter()
+        .filter_map(|c| Some((c.job.name.clone(), c.worker.name.clone(), c.base?.clone())))
+        .collect()
 }
 
 fn render_restore(
@@ -263,94 +529,44 @@ fn render_restore(
         .map_err(|e| format!("restore command: {e}"))
 }
 
-async fn switch_back(
-    ctx: &Context,
-    fleet: &Fleet,
-    b: &BaseAllocation,
-    records: &[AllocationRecord],
-) -> Result<(), String> {
-    let job = ctx
-        .project
-        .jobs
-        .get(&b.job)
-        .ok_or(format!("job {} is not in the project", b.job))?;
-    let worker = ctx
-        .project
-        .worker(&b.worker)
-        .ok_or(format!("worker {} is not in workers.toml", b.worker))?;
-    let host = fleet.get(&b.worker)?;
-    let timeout = ctx.project.config.ssh.command_timeout;
-    let job_dir = worker.job_dir(&b.job);
-    let now = records
-        .iter()
-        .find(|r| r.job == b.job && r.worker == b.worker);
-    let out = host
-        .run(&remote::switch(&job_dir, &b.release_id, None, timeout))
-        .await
-        .map_err(|e| e.to_string())?;
-    if !out.success() {
-        return Err(format!(
-            "release {} is no longer on the worker ({}); deploy BASE_SHA instead",
-            b.release_id,
-            out.tail(2)
-        ));
-    }
-    let current = now.and_then(|r| r.version.clone()).unwrap_or_default();
-    let old = b.version.clone().unwrap_or_default();
-    let env = LifecycleEnv {
-        job,
-        worker,
-        release: &b.release_id,
-        current_version: &current,
-        new_version: &old,
-    };
-    let out = host
-        .run(&remote::lifecycle(&env, "restart", timeout))
-        .await
-        .map_err(|e| e.to_string())?;
-    if !out.success() {
-        return Err(format!("make restart failed: {}", out.tail(5)));
-    }
-    let rec = AllocationRecord {
-        job: b.job.clone(),
-        worker: b.worker.clone(),
-        status: AllocStatus::Promoted,
-        hash: b.hash.clone(),
-        version: b.version.clone(),
-        release_id: Some(b.release_id.clone()),
-        previous_release_id: now.and_then(|r| r.release_id.clone()),
-        health: "unknown".into(),
-        message: String::new(),
-        updated_at: cutover_state::now_rfc3339(),
-    };
-    ctx.store
-        .put_allocation(&rec)
-        .await
-        .map_err(|e| e.to_string())
-}
-
-fn revert_git(git: &Git, state: &StateFile) -> Result<String, String> {
+fn revert_git(git: &Git, state: &StateFile, remote: &str, push: bool) -> Result<String, String> {
     let parents = git.parents(&state.merge_sha).map_err(|e| e.to_string())?;
-    if parents.len() > 1 {
-        git.run(&["revert", "--no-edit", "-m", "1", &state.merge_sha])
-            .map_err(|e| {
-                let _ = git.run(&["revert", "--abort"]);
-                e.to_string()
-            })?;
-        Ok(format!(
-            "reverted merge {} (git revert -m 1); nothing was pushed",
-            &state.merge_sha[..12]
-        ))
+    let (args, what): (Vec<String>, String) = if parents.len() > 1 {
+        (
+            ["revert", "--no-edit", "-m", "1", &state.merge_sha]
+                .map(str::to_string)
+                .to_vec(),
+            format!(
+                "reverted merge {} (git revert -m 1)",
+                &state.merge_sha[..12]
+            ),
+        )
     } else {
         let range = format!("{}..{}", state.base_sha, state.merge_sha);
-        git.run(&["revert", "--no-edit", &range]).map_err(|e| {
-            let _ = git.run(&["revert", "--abort"]);
-            e.to_string()
-        })?;
-        Ok(format!(
-            "reverted {range} (fast-forwarded commits); nothing was pushed"
-        ))
+        (
+            ["revert", "--no-edit", range.as_str()]
+                .map(str::to_string)
+                .to_vec(),
+            format!("reverted {range} (fast-forwarded commits)"),
+        )
+    };
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    git.run(&args).map_err(|e| {
+        let _ = git.run(&["revert", "--abort"]);
+        e.to_string()
+    })?;
+    if !push {
+        return Ok(format!(
+            "{what}; not pushed (--no-push): push it before the next release, which refuses while {} is ahead of {remote}",
+            state.branch
+        ));
     }
+    let refspec = format!("HEAD:{}", state.branch);
+    git.run(&["push", "--quiet", remote, &refspec])
+        .map_err(|e| {
+            format!("{what}, but the push failed: {e}; push it with `git push {remote} {refspec}`")
+        })?;
+    Ok(format!("{what}; pushed to {remote}/{}", state.branch))
 }
 
 /// After a hotfix-branch release: main checked out, fast-forwarded,

@@ -422,6 +422,7 @@ async fn prepare(
     let branch = preflight(ctx, opts, git).map_err(Refusal::Usage)?;
     let remote = &ctx.project.config.remote;
     git.run(&["fetch", "--quiet", remote]).map_err(git_failed)?;
+    refuse_local_commits(git, remote, &branch)?;
     let base = git.head().map_err(git_failed)?;
     if git.branch().as_deref() != Some(branch.as_str()) {
         let tracking = format!("{remote}/{branch}");
@@ -453,6 +454,9 @@ async fn prepare(
     };
     // Written before anything else happens: from here, revert knows BASE_SHA.
     state.save(&ctx.workspace)?;
+    // Several scripts for the ticket: found now, before any backup or
+    // service, not after migrate.
+    ticket_script(&ctx, &opts.ticket).map_err(Refusal::Usage)?;
     say(
         &ctx,
         format!(
@@ -464,6 +468,27 @@ async fn prepare(
     );
 
     backups(&ctx, &opts.ticket, state).await
+}
+
+/// Refuses a clone whose branch has commits its remote lacks (a revert
+/// that was not pushed): `pull --ff-only` would fail, or release them.
+fn refuse_local_commits(git: &Git, remote: &str, branch: &str) -> Result<(), Refusal> {
+    let range = format!("{remote}/{branch}..HEAD");
+    let Ok(count) = git.run(&["rev-list", "--count", &range]) else {
+        return Ok(()); // no remote branch yet: nothing to compare
+    };
+    let n: usize = count.trim().parse().unwrap_or(0);
+    if n == 0 {
+        return Ok(());
+    }
+    Err(Refusal::Usage(EngineError::usage(
+        format!(
+            "{branch} has {n} commit(s) that {remote}/{branch} does not have (a release revert that was not pushed?)"
+        ),
+        format!(
+            "push them with `git push {remote} {branch}`, or drop them with `git reset --hard {remote}/{branch}`, then run the release again"
+        ),
+    )))
 }
 
 /// Prepare, resumed: the range recorded in the state file is reused (a
