@@ -170,9 +170,9 @@ def timed(cmd, cwd=None, env=None):
 class Cutover:
     name = "cutover"
 
-    def __init__(self, fleet, src, work, binary):
-        self.fleet, self.bin = fleet, binary
-        self.proj = work / "cutover-project"
+    def __init__(self, fleet, src, work, binary, name="cutover"):
+        self.fleet, self.bin, self.name = fleet, binary, name
+        self.proj = work / f"{name}-project"
         job = self.proj / "jobs" / "bench"
         job.parent.mkdir(parents=True)
         shutil.copytree(src, job, symlinks=True)
@@ -402,12 +402,16 @@ def main():
     ap.add_argument("--tools", default="cutover,ansible,pyinfra")
     ap.add_argument("--peer-max-n", type=int, default=1000, help="skip the peers above this fleet size")
     ap.add_argument("--cutover", required=True, help="path to the cutover binary")
+    ap.add_argument("--cutover-base", help="another cutover binary (say, main before a change), "
+                    "measured in the same run as the tool `cutover-base`")
     ap.add_argument("--venv", required=True, help="virtualenv with ansible and pyinfra")
     ap.add_argument("--out", default=str(HERE / "results"))
     a = ap.parse_args()
     results = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cores": os.cpu_count(),
                "runs": a.runs, "sizes": {}}
     tools = a.tools.split(",")
+    if a.cutover_base:
+        tools.insert(tools.index("cutover") + 1 if "cutover" in tools else 0, "cutover-base")
     for n in [int(x) for x in a.n.split(",")]:
         print(f"== N = {n}", flush=True)
         work = Path(tempfile.mkdtemp(prefix=f"cutover-bench-{n}-"))
@@ -421,6 +425,7 @@ def main():
                 if t != "cutover" and n > a.peer_max_n:
                     continue
                 tool = {"cutover": lambda: Cutover(fleet, src, work, a.cutover),
+                        "cutover-base": lambda: Cutover(fleet, src, work, a.cutover_base, "cutover-base"),
                         "ansible": lambda: Ansible(fleet, src, work, Path(a.venv)),
                         "pyinfra": lambda: Pyinfra(fleet, src, work, Path(a.venv))}[t]()
                 row[t] = run_scenarios(tool, fleet, a.runs)
@@ -446,7 +451,7 @@ def report(results, out: Path, final=True):
         lines.append(f"| {n} | floor: ssh true | {ssh_f:.2f} | | | | | | | | | |")
         lines.append(f"| {n} | floor: rsync -a | {rs_f:.2f} | {med(fl['rsync_noop']):.2f} | | | | | | | | |")
         cut = row.get("cutover")
-        for tool in ["cutover", "ansible", "pyinfra"]:
+        for tool in ["cutover", "cutover-base", "ansible", "pyinfra"]:
             if tool not in row:
                 continue
             r = row[tool]

@@ -36,11 +36,7 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::Usage { .. } => 2,
-            CliError::Engine(e) => match e {
-                EngineError::Config(_) | EngineError::Usage { .. } | EngineError::Template(_) => 2,
-                EngineError::Locked(_) => 3,
-                EngineError::State(_) | EngineError::Io { .. } => 1,
-            },
+            CliError::Engine(e) => e.exit_code(),
         }
     }
 

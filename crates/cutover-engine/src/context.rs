@@ -44,6 +44,14 @@ impl Context {
         Ok(self.with_project(project))
     }
 
+    /// The same context, reporting to `reporter`.
+    pub fn with_reporter(&self, reporter: Arc<dyn Reporter>) -> Context {
+        Context {
+            reporter,
+            ..self.with_project((*self.project).clone())
+        }
+    }
+
     pub fn with_project(&self, project: Project) -> Context {
         Context {
             project: Arc::new(project),

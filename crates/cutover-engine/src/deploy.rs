@@ -315,7 +315,7 @@ pub async fn deploy(ctx: &Context, opts: &DeployOptions) -> Result<DeployReport,
         records,
         workers: needed,
         seq,
-        stamp: release_stamp(&started_at),
+        stamp: cutover_state::now_compact_millis(),
         timeout: ctx.project.config.ssh.command_timeout,
         limit: Arc::new(Semaphore::new(ctx.project.config.ssh.max_parallel)),
         kv,
@@ -368,12 +368,7 @@ pub async fn deploy(ctx: &Context, opts: &DeployOptions) -> Result<DeployReport,
         while let Some(joined) = tasks.join_next().await {
             match joined {
                 Ok(r) => results.push(r),
-                Err(e) => {
-                    return Err(EngineError::usage(
-                        format!("internal error: a job task panicked: {e}"),
-                        "please report this",
-                    ))
-                }
+                Err(e) => return Err(EngineError::Internal(format!("a job task panicked: {e}"))),
             }
         }
         results.sort_by(|a, b| a.job.cmp(&b.job));
@@ -480,19 +475,6 @@ async fn rebuild_missing(ctx: &Context, records: &[AllocationRecord]) -> Result<
         ),
     });
     Ok(true)
-}
-
-/// `YYYYMMDDTHHMMSSmmm` (UTC) of a run that started at `started_at`.
-fn release_stamp(started_at: &str) -> String {
-    let millis = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_millis());
-    let base: String = started_at
-        .chars()
-        .take(19)
-        .filter(|c| c.is_ascii_alphanumeric())
-        .collect();
-    format!("{base}{millis:03}")
 }
 
 /// Above this many changed files an upload is a plain rsync.

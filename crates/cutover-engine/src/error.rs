@@ -26,6 +26,9 @@ pub enum EngineError {
         #[source]
         source: std::io::Error,
     },
+    /// A bug: cutover itself failed (a task panicked).
+    #[error("internal error: {0}; please report it")]
+    Internal(String),
 }
 
 impl From<StateError> for EngineError {
@@ -38,6 +41,15 @@ impl From<StateError> for EngineError {
 }
 
 impl EngineError {
+    /// The exit code of SPEC section 11 for this error: decided here, once.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            EngineError::Config(_) | EngineError::Usage { .. } | EngineError::Template(_) => 2,
+            EngineError::Locked(_) => 3,
+            EngineError::State(_) | EngineError::Io { .. } | EngineError::Internal(_) => 1,
+        }
+    }
+
     pub fn usage(message: impl Into<String>, help: impl Into<String>) -> Self {
         EngineError::Usage {
             message: message.into(),

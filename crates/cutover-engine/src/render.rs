@@ -22,8 +22,17 @@ pub(crate) struct Rendered {
     pub files: usize,
 }
 
-/// Renders every allocation of the jobs in `scope` (`None` = all).
+/// Renders every allocation of the jobs in `scope` (`None` = all). It
+/// reads and hashes every file: the async runtime is told it blocks.
 pub(crate) fn render_all(
+    ctx: &Context,
+    scope: Option<&BTreeSet<String>>,
+    kv: &crate::kv::TemplateKv,
+) -> Result<Rendered, EngineError> {
+    tokio::task::block_in_place(|| render_blocking(ctx, scope, kv))
+}
+
+fn render_blocking(
     ctx: &Context,
     scope: Option<&BTreeSet<String>>,
     kv: &crate::kv::TemplateKv,

@@ -18,7 +18,7 @@ pub use lock::{LockHolder, ProjectLock};
 pub use records::*;
 pub use secret::{Secret, SecretKey};
 pub use sqlite::SqliteStore;
-pub use time::{now_rfc3339, rfc3339};
+pub use time::{now_compact_millis, now_rfc3339, rfc3339};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {

@@ -144,38 +144,34 @@ pub(crate) fn archive(root: &Path, paths: &[String]) -> io::Result<Vec<u8>> {
 
 /// The local tree as the quick check sees it.
 fn local_listing(root: &Path) -> io::Result<Listing> {
-    fn walk(root: &Path, dir: &Path, out: &mut Listing) -> io::Result<()> {
-        for entry in std::fs::read_dir(dir)? {
-            let entry = entry?;
-            let path = entry.path();
-            let meta = std::fs::symlink_metadata(&path)?;
-            if meta.is_dir() {
-                walk(root, &path, out)?;
-                continue;
-            }
-            let rel = path
-                .strip_prefix(root)
-                .map_err(io::Error::other)?
-                .to_string_lossy()
-                .into_owned();
-            let stat = if meta.file_type().is_symlink() {
-                Stat::Symlink {
-                    target: std::fs::read_link(&path)?.to_string_lossy().into_owned(),
-                }
-            } else {
-                Stat::File {
-                    mode: meta.permissions().mode() & 0o7777,
-                    size: meta.len(),
-                    mtime_ns: i128::from(meta.mtime()) * 1_000_000_000
-                        + i128::from(meta.mtime_nsec()),
-                }
-            };
-            out.insert(rel, stat);
-        }
-        Ok(())
-    }
     let mut out = Listing::new();
-    walk(root, root, &mut out)?;
+    for entry in walkdir::WalkDir::new(root).min_depth(1) {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        if meta.is_dir() {
+            continue;
+        }
+        let rel = entry
+            .path()
+            .strip_prefix(root)
+            .map_err(io::Error::other)?
+            .to_string_lossy()
+            .into_owned();
+        let stat = if meta.file_type().is_symlink() {
+            Stat::Symlink {
+                target: std::fs::read_link(entry.path())?
+                    .to_string_lossy()
+                    .into_owned(),
+            }
+        } else {
+            Stat::File {
+                mode: meta.permissions().mode() & 0o7777,
+                size: meta.len(),
+                mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+            }
+        };
+        out.insert(rel, stat);
+    }
     Ok(out)
 }
 

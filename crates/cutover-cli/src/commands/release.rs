@@ -194,7 +194,15 @@ async fn release_run(s: &Session, opts: &ReleaseOptions) -> Result<u8, CliError>
         ReleaseOutcome::Complete => (0, "complete"),
         ReleaseOutcome::DryRun => (0, "dry-run"),
         ReleaseOutcome::NothingToRelease { .. } => (5, "nothing-to-release"),
-        ReleaseOutcome::Failed { .. } => (s.failure_rc(), "failed"),
+        // The phase's own code: 4 for drift found in verify, 130/143 when
+        // a signal stopped it, else 1.
+        ReleaseOutcome::Failed { rc, .. } => (
+            match rc {
+                4 | 130 | 143 => *rc as u8,
+                _ => 1,
+            },
+            "failed",
+        ),
     };
     if !opts.dry_run {
         let mut detail = format!("ticket {t}");

@@ -133,13 +133,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EngineError> {
     let io = |what: &str| EngineError::io(format!("{what} {}", path.display()));
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io("creating the directory of"))?;
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = std::fs::File::create(&tmp).map_err(io("writing"))?;
-        f.write_all(bytes).map_err(io("writing"))?;
-        f.sync_all().map_err(io("syncing"))?;
-    }
-    std::fs::rename(&tmp, path).map_err(io("renaming into"))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io("writing"))?;
+    tmp.write_all(bytes).map_err(io("writing"))?;
+    tmp.as_file().sync_all().map_err(io("syncing"))?;
+    tmp.persist(path)
+        .map_err(|e| io("renaming into")(e.error))?;
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
     }
@@ -223,8 +221,13 @@ mod tests {
         let text = s.render();
         assert_eq!(
             text,
-            "TICKET=1234\nBRANCH=main\nBASE_SHA=a1b2\nMERGE_SHA=e5f6\nSERVICES=\"redmine wikijs\"\nSKIPPED_METADATA=\"\"\nBACKUPS=\"redmine@web-1=20260518_153012\"\n"
+            "TICKET=1234\nBRANCH=main\nBASE_SHA=a1b2\nMERGE_SHA=e5f6\nSERVICES=\"redmine wikijs\"\nSKIPPED_METADATA=\"\"\nBACKUPS=\"redmine@web-1=20260518_153012\"\nPHASES_DONE=\"\"\nREVERTED=\"\"\n"
         );
+        s.phases_done = vec!["prepare".into(), "migrate".into()];
+        let text = s.render();
+        assert!(text.contains("PHASES_DONE=\"prepare migrate\"\n"));
+        assert_eq!(StateFile::parse(&text), Ok(s.clone()));
+        assert_eq!(s.first_incomplete(), Some(crate::release::Phase::Ticket));
         assert_eq!(StateFile::parse(&text), Ok(s));
     }
 }

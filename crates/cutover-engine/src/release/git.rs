@@ -30,12 +30,15 @@ impl Git {
             dir: self.dir.display().to_string(),
             stderr,
         };
-        let out = Command::new("git")
-            .args(args)
-            .current_dir(&self.dir)
-            .env("GIT_TERMINAL_PROMPT", "0")
-            .output()
-            .map_err(|e| fail(format!("cannot run git: {e}")))?;
+        // git blocks (a fetch may take seconds): the async runtime is told.
+        let out = tokio::task::block_in_place(|| {
+            Command::new("git")
+                .args(args)
+                .current_dir(&self.dir)
+                .env("GIT_TERMINAL_PROMPT", "0")
+                .output()
+        })
+        .map_err(|e| fail(format!("cannot run git: {e}")))?;
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_string())
         } else {

@@ -90,6 +90,10 @@ pub async fn revert(ctx: &Context, opts: &RevertOptions) -> Result<RevertReport,
         .store
         .lock(&ctx.holder(&opts.command, Some(&opts.ticket)))
         .await?;
+    let kv = crate::kv::for_templates(ctx).await?;
+    let redactor = kv.redactor();
+    let redacted = ctx.with_reporter(redactor.reporter(ctx.reporter.clone()));
+    let ctx = &redacted;
     let base = load_base(ctx, &opts.ticket).await?;
     let records = ctx.store.allocations().await?;
     let (changed, untouched) = changed_allocations(ctx, &state, &base, &records);
@@ -115,7 +119,6 @@ pub async fn revert(ctx: &Context, opts: &RevertOptions) -> Result<RevertReport,
                 ),
             )?;
         }
-        let kv = crate::kv::for_templates(ctx).await?;
         // Batch by batch within each job, the members of a batch at once.
         for job in ctx.project.jobs.values() {
             let mine: Vec<&Changed> = changed.iter().filter(|c| c.job.name == job.name).collect();
@@ -183,6 +186,9 @@ pub async fn revert(ctx: &Context, opts: &RevertOptions) -> Result<RevertReport,
     }
 
     report.ok = report.errors.is_empty();
+    for e in &mut report.errors {
+        *e = redactor.redact(e);
+    }
     if report.ok {
         state.reverted = cutover_state::now_rfc3339();
         state.save(&ctx.workspace)?;

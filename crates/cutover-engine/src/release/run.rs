@@ -81,6 +81,11 @@ pub(crate) fn say(ctx: &Context, text: impl Into<String>) {
 
 pub async fn run(ctx: &Context, opts: &ReleaseOptions) -> Result<ReleaseReport, EngineError> {
     super::check_ticket(&opts.ticket)?;
+    // Whatever a backup, a ticket script or a health command prints, a
+    // secret value never reaches the terminal, the log or the store.
+    let redactor = crate::kv::for_templates(ctx).await?.redactor();
+    let redacted = ctx.with_reporter(redactor.reporter(ctx.reporter.clone()));
+    let ctx = &redacted;
     let git = Git::new(&ctx.project.root);
     if !git.is_repo() {
         return Err(EngineError::usage(
@@ -241,6 +246,10 @@ pub async fn run(ctx: &Context, opts: &ReleaseOptions) -> Result<ReleaseReport, 
                         message: format!("interrupted: {}", e.message),
                     },
                     None => e,
+                };
+                let e = PhaseError {
+                    message: redactor.redact(&e.message),
+                    ..e
                 };
                 log.phase(phase, "failed", &format!("rc={}", e.rc))?;
                 let failure =
