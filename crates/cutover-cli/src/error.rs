@@ -61,8 +61,15 @@ impl CliError {
                      `cutover state rebuild`: the workers carry what they run"
                 ))
             }
-            CliError::Engine(EngineError::Template(_)) => Some(
+            CliError::Engine(EngineError::Template(cutover_model::tree::TreeError::Template {
+                ..
+            })) => Some(
                 "fix the template, or set the missing value with `cutover kv put JOB KEY VALUE`".into(),
+            ),
+            CliError::Engine(EngineError::Template(cutover_model::tree::TreeError::Refused {
+                ..
+            })) => Some(
+                "remove or rename it: a job tree holds files, directories and symlinks with UTF-8 names, one per path on the worker".into(),
             ),
             _ => None,
         }

@@ -154,8 +154,44 @@ pub async fn deploy(ctx: &Context, opts: &DeployOptions) -> Result<DeployReport,
     } else {
         Some(ctx.store.lock(&ctx.holder(&opts.command, None)).await?)
     };
-    if !opts.dry_run && rebuild_missing(ctx, &records).await? {
-        (recorded, records) = render::recorded(ctx).await?;
+    // One set of connections for the whole run, opened lazily: a run with
+    // nothing to do opens none; workers the store forgot are asked what
+    // they run over the same connections the rollout then uses.
+    let known: BTreeMap<String, Worker> = ctx
+        .store
+        .known_workers()
+        .await?
+        .into_iter()
+        .filter_map(|(name, json)| Some((name, serde_json::from_str::<Worker>(&json).ok()?)))
+        .filter(|(name, _)| ctx.project.worker(name).is_none())
+        .collect();
+    let fleet = Fleet::lazy(
+        ctx,
+        ctx.project
+            .workers
+            .iter()
+            .chain(known.values())
+            .cloned()
+            .collect(),
+    )?;
+    if let Some(rebuilt) = rebuild_missing(ctx, &records, !opts.dry_run, &fleet).await? {
+        if opts.dry_run {
+            // Nothing is written: the plan uses what the workers said.
+            for r in &rebuilt {
+                recorded.insert(
+                    (r.job.clone(), r.worker.clone()),
+                    cutover_model::plan::Recorded {
+                        promoted_hash: r.hash.clone(),
+                        promoted_version: r.version.clone(),
+                        failed: r.status == AllocStatus::Failed,
+                        ..Default::default()
+                    },
+                );
+            }
+            records.extend(rebuilt);
+        } else {
+            (recorded, records) = render::recorded(ctx).await?;
+        }
     }
 
     let kv = kv::for_templates(ctx).await?;
@@ -211,6 +247,7 @@ pub async fn deploy(ctx: &Context, opts: &DeployOptions) -> Result<DeployReport,
             .map(|h| h.to_string()),
     };
     if opts.dry_run {
+        fleet.close().await;
         return Ok(report);
     }
     if lock.is_some() {
@@ -221,6 +258,13 @@ pub async fn deploy(ctx: &Context, opts: &DeployOptions) -> Result<DeployReport,
     if plan.is_noop() {
         // Everything is promoted: no connection, no deployment record.
         report.outcome = Outcome::Unchanged;
+        fleet.close().await;
+        return Ok(report);
+    }
+    if ctx.interrupt.is_set() {
+        // Stopped while planning: nothing was started.
+        report.outcome = Outcome::Interrupted;
+        fleet.close().await;
         return Ok(report);
     }
 
@@ -238,153 +282,178 @@ pub async fn deploy(ctx: &Context, opts: &DeployOptions) -> Result<DeployReport,
     report.seq = Some(seq);
     ctx.interrupt.set_running(ctx.store.clone(), seq);
 
-    // Stage what will be uploaded, once per distinct tree, in a private
-    // dir (rendered files may hold secrets). A run killed with -9 left
-    // its own behind: it is removed now that this run holds the lock.
-    crate::scratch::Scratch::sweep(&ctx.runtime_dir, &ctx.project.root);
-    let stage_root = crate::scratch::Scratch::create(&ctx.runtime_dir, "stage", &ctx.project.root)?;
-    let wanted: BTreeSet<Key> = plan
-        .jobs()
-        .flat_map(|j| {
-            j.allocations
-                .iter()
-                .filter(|a| a.action != Action::Skip)
-                .map(move |a| (j.job.clone(), a.worker.clone()))
-        })
-        .collect();
-    let staged = render::stage(stage_root.path(), &rendered.trees, &wanted)?;
-    let records: BTreeMap<Key, AllocationRecord> = records
-        .into_iter()
-        .map(|r| ((r.job.clone(), r.worker.clone()), r))
-        .collect();
-    // Where the store knows which release a worker runs and what is in it,
-    // the upload sends only the files that differ from that release.
-    let bases: BTreeMap<Key, DeltaBase> = wanted
-        .iter()
-        .filter_map(|k| {
-            let release = records.get(k)?.release_id.clone()?;
-            let old = recorded.get(k)?.promoted_manifest.as_ref()?;
-            let changed =
-                cutover_model::tree::changed_paths(old, &rendered.candidates.get(k)?.manifest);
-            (changed.len() <= DELTA_MAX_FILES).then(|| (k.clone(), DeltaBase { release, changed }))
-        })
-        .collect();
-    let manifests = wanted
-        .iter()
-        .filter_map(|k| {
-            let c = rendered.candidates.get(k)?;
-            Some((
-                (k.0.clone(), c.hash.clone()),
-                serde_json::to_string(&c.manifest).ok()?,
-            ))
-        })
-        .collect();
-
-    // Connect to every worker with work: those in the project, and those
-    // removed from it whose last known address the store remembers.
-    let known: BTreeMap<String, Worker> = ctx
-        .store
-        .known_workers()
-        .await?
-        .into_iter()
-        .filter_map(|(name, json)| Some((name, serde_json::from_str::<Worker>(&json).ok()?)))
-        .collect();
-    let mut needed: BTreeMap<String, Worker> = BTreeMap::new();
-    for (_, worker) in &wanted {
-        if let Some(w) = ctx.project.worker(worker) {
-            needed.insert(worker.clone(), w.clone());
+    // From here the deployment is on record: whatever fails below, the
+    // record is finished (as failed), never left "running".
+    let executed = async {
+        // Stage what will be uploaded, once per distinct tree, in a private
+        // dir (rendered files may hold secrets). A run killed with -9 left
+        // its own behind: it is removed now that this run holds the lock.
+        crate::scratch::Scratch::sweep(&ctx.runtime_dir);
+        let stage_root =
+            crate::scratch::Scratch::create(&ctx.runtime_dir, "stage", &ctx.project.root)?;
+        let wanted: BTreeSet<Key> = plan
+            .jobs()
+            .flat_map(|j| {
+                j.allocations
+                    .iter()
+                    .filter(|a| a.action != Action::Skip)
+                    .map(move |a| (j.job.clone(), a.worker.clone()))
+            })
+            .collect();
+        let staged = render::stage(stage_root.path(), &rendered.trees, &wanted)?;
+        let records: BTreeMap<Key, AllocationRecord> = records
+            .into_iter()
+            .map(|r| ((r.job.clone(), r.worker.clone()), r))
+            .collect();
+        // Where the store knows which release a worker runs and what is in it,
+        // the upload sends only the files that differ from that release.
+        let mut ticket_bases: BTreeMap<Key, Vec<String>> = BTreeMap::new();
+        for b in crate::release::open_bases(ctx).await? {
+            ticket_bases
+                .entry((b.job, b.worker))
+                .or_default()
+                .push(b.release_id);
         }
+        let bases: BTreeMap<Key, DeltaBase> = wanted
+            .iter()
+            .filter_map(|k| {
+                let release = records.get(k)?.release_id.clone()?;
+                let old = recorded.get(k)?.promoted_manifest.as_ref()?;
+                let changed =
+                    cutover_model::tree::changed_paths(old, &rendered.candidates.get(k)?.manifest);
+                (changed.len() <= DELTA_MAX_FILES)
+                    .then(|| (k.clone(), DeltaBase { release, changed }))
+            })
+            .collect();
+        let manifests = wanted
+            .iter()
+            .filter_map(|k| {
+                let c = rendered.candidates.get(k)?;
+                Some((
+                    (k.0.clone(), c.hash.clone()),
+                    serde_json::to_string(&c.manifest).ok()?,
+                ))
+            })
+            .collect();
+
+        // Connect to every worker with work: those in the project, and those
+        // removed from it whose last known address the store remembers.
+        let mut needed: BTreeMap<String, Worker> = BTreeMap::new();
+        for (_, worker) in &wanted {
+            if let Some(w) = ctx.project.worker(worker) {
+                needed.insert(worker.clone(), w.clone());
+            }
+        }
+        for s in &plan.stops {
+            if let Some(w) = ctx.project.worker(&s.worker).or(known.get(&s.worker)) {
+                needed.insert(s.worker.clone(), w.clone());
+            }
+        }
+
+        let redactor = kv.redactor();
+        let run = Arc::new(Run {
+            project: ctx.project.clone(),
+            store: ctx.store.clone(),
+            reporter: redactor.reporter(ctx.reporter.clone()),
+            redactor,
+            fleet,
+            staged,
+            bases,
+            ticket_bases,
+            manifests,
+            records,
+            workers: needed,
+            seq,
+            stamp: cutover_state::now_compact_millis(),
+            timeout: ctx.project.config.ssh.command_timeout,
+            limit: Arc::new(Semaphore::new(ctx.project.config.ssh.max_parallel)),
+            kv,
+            env: ctx.template_env(),
+            purge_data: opts.purge_data,
+            interrupt: ctx.interrupt.clone(),
+        });
+
+        if !run.interrupt.is_set() {
+            report.stops = reconcile(&run, &plan.stops).await;
+        }
+
+        let mut failed_jobs: BTreeSet<String> = BTreeSet::new();
+        for wave in &plan.waves {
+            let mut tasks = tokio::task::JoinSet::new();
+            for jp in &wave.jobs {
+                if run.interrupt.is_set() && jp.has_work() {
+                    report.jobs.push(JobResult {
+                        job: jp.job.clone(),
+                        status: JobStatus::Interrupted,
+                        message: "not started: interrupted".into(),
+                        allocations: Vec::new(),
+                    });
+                    continue;
+                }
+                let job = &run.project.jobs[&jp.job];
+                let failed_dep = job
+                    .manifest
+                    .depends_on
+                    .iter()
+                    .find(|d| failed_jobs.contains(*d))
+                    .cloned();
+                if let Some(dep) = failed_dep {
+                    let because = format!("job `{dep}` it depends on failed");
+                    run.reporter.event(&Event::JobBlocked {
+                        job: jp.job.clone(),
+                        because: because.clone(),
+                    });
+                    report.jobs.push(JobResult {
+                        job: jp.job.clone(),
+                        status: JobStatus::Blocked,
+                        message: because,
+                        allocations: Vec::new(),
+                    });
+                    continue;
+                }
+                let run = run.clone();
+                let jp = jp.clone();
+                tasks.spawn(async move { run_job(&run, &jp).await });
+            }
+            let mut results = Vec::new();
+            while let Some(joined) = tasks.join_next().await {
+                match joined {
+                    Ok(r) => results.push(r),
+                    Err(e) => {
+                        return Err(EngineError::Internal(format!("a job task panicked: {e}")))
+                    }
+                }
+            }
+            results.sort_by(|a, b| a.job.cmp(&b.job));
+            for r in results {
+                if matches!(r.status, JobStatus::Failed) {
+                    failed_jobs.insert(r.job.clone());
+                }
+                report.jobs.push(r);
+            }
+            // Blocked jobs block their own dependents too.
+            for r in &report.jobs {
+                if r.status == JobStatus::Blocked {
+                    failed_jobs.insert(r.job.clone());
+                }
+            }
+        }
+        Ok::<_, EngineError>((run, stage_root))
     }
-    for s in &plan.stops {
-        if let Some(w) = ctx.project.worker(&s.worker).or(known.get(&s.worker)) {
-            needed.insert(s.worker.clone(), w.clone());
-        }
-    }
-    let fleet = Fleet::lazy(ctx, needed.values().cloned().collect())?;
-
-    let redactor = kv.redactor();
-    let run = Arc::new(Run {
-        project: ctx.project.clone(),
-        store: ctx.store.clone(),
-        reporter: redactor.reporter(ctx.reporter.clone()),
-        redactor,
-        fleet,
-        staged,
-        bases,
-        manifests,
-        records,
-        workers: needed,
-        seq,
-        stamp: cutover_state::now_compact_millis(),
-        timeout: ctx.project.config.ssh.command_timeout,
-        limit: Arc::new(Semaphore::new(ctx.project.config.ssh.max_parallel)),
-        kv,
-        env: ctx.template_env(),
-        purge_data: opts.purge_data,
-        interrupt: ctx.interrupt.clone(),
-    });
-
-    report.stops = reconcile(&run, &plan.stops).await;
-
-    let mut failed_jobs: BTreeSet<String> = BTreeSet::new();
-    for wave in &plan.waves {
-        let mut tasks = tokio::task::JoinSet::new();
-        for jp in &wave.jobs {
-            if run.interrupt.is_set() && jp.has_work() {
-                report.jobs.push(JobResult {
-                    job: jp.job.clone(),
-                    status: JobStatus::Interrupted,
-                    message: "not started: interrupted".into(),
-                    allocations: Vec::new(),
+    .await;
+    let (run, stage_root) = match executed {
+        Ok(done) => done,
+        Err(e) => {
+            let summary = serde_json::json!({ "error": e.to_string() }).to_string();
+            if let Err(store) = ctx.store.finish_deployment(seq, "failed", &summary).await {
+                ctx.reporter.event(&Event::Message {
+                    text: format!("warning: cannot record deployment {seq} as failed: {store}"),
                 });
-                continue;
             }
-            let job = &run.project.jobs[&jp.job];
-            let failed_dep = job
-                .manifest
-                .depends_on
-                .iter()
-                .find(|d| failed_jobs.contains(*d))
-                .cloned();
-            if let Some(dep) = failed_dep {
-                let because = format!("job `{dep}` it depends on failed");
-                run.reporter.event(&Event::JobBlocked {
-                    job: jp.job.clone(),
-                    because: because.clone(),
-                });
-                report.jobs.push(JobResult {
-                    job: jp.job.clone(),
-                    status: JobStatus::Blocked,
-                    message: because,
-                    allocations: Vec::new(),
-                });
-                continue;
-            }
-            let run = run.clone();
-            let jp = jp.clone();
-            tasks.spawn(async move { run_job(&run, &jp).await });
+            ctx.interrupt.clear_running();
+            return Err(e);
         }
-        let mut results = Vec::new();
-        while let Some(joined) = tasks.join_next().await {
-            match joined {
-                Ok(r) => results.push(r),
-                Err(e) => return Err(EngineError::Internal(format!("a job task panicked: {e}"))),
-            }
-        }
-        results.sort_by(|a, b| a.job.cmp(&b.job));
-        for r in results {
-            if matches!(r.status, JobStatus::Failed) {
-                failed_jobs.insert(r.job.clone());
-            }
-            report.jobs.push(r);
-        }
-        // Blocked jobs block their own dependents too.
-        for r in &report.jobs {
-            if r.status == JobStatus::Blocked {
-                failed_jobs.insert(r.job.clone());
-            }
-        }
-    }
+    };
 
     let any_failed = report.stops.iter().any(|s| !s.ok)
         || report.jobs.iter().any(|j| {
@@ -445,8 +514,14 @@ pub async fn deployments(
 /// Where the store has no record of a worker that a job selects (a lost
 /// or new store, or a new worker), asks the worker what it carries, so
 /// that a lost store never means redeploying the fleet from scratch.
-/// Returns whether any record was rebuilt.
-async fn rebuild_missing(ctx: &Context, records: &[AllocationRecord]) -> Result<bool, EngineError> {
+/// Returns the records rebuilt, if any (written to the store unless `write`
+/// is false, for a dry run).
+async fn rebuild_missing(
+    ctx: &Context,
+    records: &[AllocationRecord],
+    write: bool,
+    fleet: &Fleet,
+) -> Result<Option<Vec<AllocationRecord>>, EngineError> {
     let unknown: BTreeSet<String> = ctx
         .project
         .workers
@@ -461,20 +536,21 @@ async fn rebuild_missing(ctx: &Context, records: &[AllocationRecord]) -> Result<
         .map(|w| w.name.clone())
         .collect();
     if unknown.is_empty() {
-        return Ok(false);
+        return Ok(None);
     }
-    let report = crate::rebuild::rebuild(ctx, Some(&unknown), true).await?;
+    let report = crate::rebuild::rebuild(ctx, Some(&unknown), true, write, Some(fleet)).await?;
     if report.rebuilt.is_empty() {
-        return Ok(false);
+        return Ok(None);
     }
     ctx.reporter.event(&Event::Message {
         text: format!(
-            "the state store had no record of {}: rebuilt {} allocation record(s) from what the workers carry",
+            "the state store had no record of {}: {} {} allocation record(s) from what the workers carry",
             unknown.iter().cloned().collect::<Vec<_>>().join(", "),
+            if write { "rebuilt" } else { "read (dry run: not written)" },
             report.rebuilt.len()
         ),
     });
-    Ok(true)
+    Ok(Some(report.records))
 }
 
 /// Above this many changed files an upload is a plain rsync.
@@ -496,6 +572,8 @@ struct Run {
     fleet: Fleet,
     staged: BTreeMap<(String, String), Arc<LocalTree>>,
     bases: BTreeMap<Key, DeltaBase>,
+    /// BASE release ids of unfinished ticket releases, per allocation.
+    ticket_bases: BTreeMap<Key, Vec<String>>,
     /// (job, hash) -> manifest JSON of each tree being rolled out.
     manifests: BTreeMap<(String, String), String>,
     records: BTreeMap<Key, AllocationRecord>,
@@ -526,12 +604,18 @@ impl Run {
     }
 
     /// What pruning after a switch must keep on this allocation: besides
-    /// `current` and the release it replaces, the last healthy release.
+    /// `current` and the release it replaces, the last healthy release and
+    /// the BASE release of an unfinished ticket release (its revert needs it).
     fn prune(&self, job: &Job, worker: &str) -> remote::Prune {
-        let rec = self.records.get(&(job.name.clone(), worker.to_string()));
+        let key = (job.name.clone(), worker.to_string());
+        let rec = self.records.get(&key);
         remote::Prune {
             keep: job.manifest.keep_releases,
-            protect: rec.and_then(|r| r.release_id.clone()).into_iter().collect(),
+            protect: rec
+                .and_then(|r| r.release_id.clone())
+                .into_iter()
+                .chain(self.ticket_bases.get(&key).into_iter().flatten().cloned())
+                .collect(),
         }
     }
 
@@ -653,6 +737,28 @@ async fn stop_one(run: &Run, s: &StopPlan) -> Result<(), String> {
         .workers
         .get(&s.worker)
         .ok_or_else(|| format!("no known address for removed worker {}", s.worker))?;
+    // A worker removed from workers.toml whose host and root a worker of
+    // the project still has was renamed: its job dir is the other's, live.
+    // Only the old record goes.
+    let port = run.project.config.ssh.port;
+    if let Some(now) = run
+        .project
+        .workers
+        .iter()
+        .find(|w| s.worker_removed && w.same_root_as(worker, port))
+    {
+        run.store
+            .delete_allocation(&s.job, &s.worker)
+            .await
+            .map_err(|e| e.to_string())?;
+        run.reporter.event(&Event::Message {
+            text: format!(
+                "{}@{}: forgotten, not stopped: worker `{}` has the same host and root (renamed?)",
+                s.job, s.worker, now.name
+            ),
+        });
+        return Ok(());
+    }
     let host = run.fleet.host(&s.worker).await?;
     let job_dir = worker.job_dir(&s.job);
     let rec = run.records.get(&(s.job.clone(), s.worker.clone()));

@@ -125,10 +125,8 @@ async fn on_workers(
     if keys.is_empty() {
         return Ok(Vec::new());
     }
-    let stage_root = tempfile::Builder::new()
-        .prefix("cutover-drift-")
-        .tempdir()
-        .map_err(EngineError::io("creating the staging directory"))?;
+    // Rendered files may hold secrets: a private scratch dir, like deploy's.
+    let stage_root = crate::scratch::Scratch::create(&ctx.runtime_dir, "drift", &ctx.project.root)?;
     let staged = render::stage(stage_root.path(), trees, keys)?;
     let workers: Vec<_> = keys
         .iter()

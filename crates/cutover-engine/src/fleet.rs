@@ -42,7 +42,7 @@ impl Fleet {
         let reporter = &ctx.reporter;
         // The runtime dir is short: control sockets must fit in sun_path.
         // What a run killed with -9 left (its owner is provably gone).
-        Scratch::sweep(&ctx.runtime_dir, &ctx.project.root);
+        Scratch::sweep(&ctx.runtime_dir);
         let control_dir = Scratch::create(&ctx.runtime_dir, "ssh", &ctx.project.root)?;
         let opts = SshOptions {
             user: ssh.user.clone(),

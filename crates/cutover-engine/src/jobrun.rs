@@ -108,6 +108,11 @@ pub async fn run_target(
         out.push(r);
     }
     fleet.close().await;
+    // What a target printed may hold a secret it read.
+    let redactor = crate::kv::for_templates(ctx).await?.redactor();
+    for r in &mut out {
+        r.output = redactor.redact(&r.output);
+    }
     Ok(out)
 }
 
@@ -172,12 +177,33 @@ pub async fn purge(ctx: &Context, job: &str, command: &str) -> Result<PurgeRepor
         allocations: Vec::new(),
         kv_deleted: false,
     };
+    let records = ctx.store.allocations().await?;
+    let port = ctx.project.config.ssh.port;
     for name in &workers {
         let result = async {
             let worker = targets
                 .iter()
                 .find(|w| &w.name == name)
                 .ok_or_else(|| format!("no known address for worker {name}"))?;
+            // The same job dir under another name (a renamed worker) that
+            // runs the job: its data is live, not left over.
+            let live = ctx.project.workers.iter().find(|w| {
+                w.name != *name
+                    && w.same_root_as(worker, port)
+                    && records.iter().any(|r| {
+                        r.job == job && r.worker == w.name && r.status != AllocStatus::Stopped
+                    })
+            });
+            if let Some(w) = live {
+                ctx.store
+                    .delete_allocation(job, name)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                return Err(format!(
+                    "not purged: worker `{}` has the same host and root and runs {job}; only the old record was dropped",
+                    w.name
+                ));
+            }
             let host = fleet.host(name).await?;
             let job_dir = worker.job_dir(job);
             let out = host

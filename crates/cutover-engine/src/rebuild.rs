@@ -38,17 +38,29 @@ pub struct Rebuilt {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RebuildReport {
     pub rebuilt: Vec<Rebuilt>,
+    /// The records read back (written to the store unless a dry run).
+    #[serde(skip)]
+    pub records: Vec<AllocationRecord>,
     /// Workers that could not be read, with why.
     pub unreachable: Vec<(String, String)>,
 }
 
+/// `cutover state rebuild`: every worker of the project, read and written.
+pub async fn rebuild_store(ctx: &Context) -> Result<RebuildReport, EngineError> {
+    rebuild(ctx, None, false, true, None).await
+}
+
 /// Reads every worker of the project (or only `only`) and writes an
 /// allocation record for each allocation it carries. With
-/// `keep_existing`, records the store already has are left as they are.
-pub async fn rebuild(
+/// `keep_existing`, records the store already has are left as they are;
+/// with `write` false (a dry run), nothing is written: the records are
+/// only returned.
+pub(crate) async fn rebuild(
     ctx: &Context,
     only: Option<&BTreeSet<String>>,
     keep_existing: bool,
+    write: bool,
+    fleet: Option<&Fleet>,
 ) -> Result<RebuildReport, EngineError> {
     let workers: Vec<Worker> = ctx
         .project
@@ -68,7 +80,15 @@ pub async fn rebuild(
         .into_iter()
         .map(|r| (r.job, r.worker))
         .collect();
-    let fleet = Fleet::lazy(ctx, workers.clone())?;
+    // The caller's connections when it has them (a deploy goes on to use
+    // them), else this command's own.
+    let own = match fleet {
+        Some(_) => None,
+        None => Some(Fleet::lazy(ctx, workers.clone())?),
+    };
+    let Some(fleet) = fleet.or(own.as_ref()) else {
+        return Ok(report);
+    };
     let timeout = ctx.project.config.ssh.command_timeout;
     let reads = crate::join::join_all(workers.iter().map(|w| async {
         let host = fleet.host(&w.name).await?;
@@ -95,38 +115,52 @@ pub async fn rebuild(
         for (job, current, carried) in parse(&text) {
             if !ctx.project.jobs.contains_key(&job)
                 || (keep_existing && existing.contains(&(job.clone(), w.name.clone())))
+                || current.is_empty()
             {
+                // A job dir whose `current` is gone runs nothing.
                 continue;
             }
+            // `current` points elsewhere: a run died between its switch and
+            // its promotion. Recorded as failed, so the next deploy rolls
+            // the allocation out again rather than trusting either release.
+            let differs = current != carried.release;
             max_seq = max_seq.max(carried.seq);
-            ctx.store
-                .put_allocation(&AllocationRecord {
-                    job: job.clone(),
-                    worker: w.name.clone(),
-                    status: AllocStatus::Promoted,
-                    hash: Some(carried.hash.clone()),
-                    version: Some(carried.version.clone()),
-                    release_id: Some(carried.release.clone()),
-                    previous_release_id: None,
-                    health: "unknown".into(),
-                    message: "rebuilt from the worker".into(),
-                    updated_at: cutover_state::now_rfc3339(),
-                })
-                .await?;
-            ctx.store
-                .put_known_worker(&w.name, &serde_json::to_string(w).unwrap_or_default())
-                .await?;
+            let rec = AllocationRecord {
+                job: job.clone(),
+                worker: w.name.clone(),
+                status: if differs {
+                    AllocStatus::Failed
+                } else {
+                    AllocStatus::Promoted
+                },
+                hash: Some(carried.hash.clone()),
+                version: Some(carried.version.clone()),
+                release_id: Some(carried.release.clone()),
+                previous_release_id: None,
+                health: "unknown".into(),
+                message: "rebuilt from the worker".into(),
+                updated_at: cutover_state::now_rfc3339(),
+            };
+            if write {
+                ctx.store.put_allocation(&rec).await?;
+                ctx.store
+                    .put_known_worker(&w.name, &serde_json::to_string(w).unwrap_or_default())
+                    .await?;
+            }
+            report.records.push(rec);
             report.rebuilt.push(Rebuilt {
                 job,
                 worker: w.name.clone(),
-                current_differs: current != carried.release,
+                current_differs: differs,
                 release: carried.release,
                 version: carried.version,
             });
         }
     }
-    fleet.close().await;
-    if max_seq > 0 {
+    if let Some(own) = own {
+        own.close().await;
+    }
+    if write && max_seq > 0 {
         let summary = serde_json::json!({ "rebuilt": report.rebuilt.len() }).to_string();
         ctx.store.record_rebuild(max_seq, &summary).await?;
     }

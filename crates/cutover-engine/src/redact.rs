@@ -70,10 +70,8 @@ struct Redacting {
 
 impl Reporter for Redacting {
     fn event(&self, e: &Event) {
-        let json = serde_json::to_string(e).unwrap_or_default();
-        if self.redactor.redact(&json) == json {
-            return self.inner.event(e);
-        }
+        // Each string field is redacted as itself: in serialized JSON a
+        // secret holding `"` or `\` would be escaped and not match.
         let mut value: serde_json::Value = serde_json::to_value(e).unwrap_or_default();
         redact_value(&mut value, &self.redactor);
         match serde_json::from_value::<Event>(value) {
@@ -106,9 +104,29 @@ mod tests {
             r.redact("pw=hunter2-poison or hunter2, ab"),
             "pw=<redacted> or <redacted>, ab"
         );
+        let quoted = Redactor::new(["sup3r\"secret\\x".to_string()]);
+        assert_eq!(quoted.redact("pw=sup3r\"secret\\x"), "pw=<redacted>");
         let r = Redactor::new([
             "-----BEGIN KEY-----\nc2VjcmV0LWtleS1ib2R5\n-----END KEY-----".to_string(),
         ]);
         assert_eq!(r.redact("tail: c2VjcmV0LWtleS1ib2R5"), "tail: <redacted>");
+    }
+
+    #[test]
+    fn the_reporter_redacts_secrets_with_quotes_and_backslashes() {
+        struct Collect(std::sync::Mutex<Vec<String>>);
+        impl Reporter for Collect {
+            fn event(&self, e: &Event) {
+                if let Event::Message { text } = e {
+                    self.0.lock().expect("lock").push(text.clone());
+                }
+            }
+        }
+        let seen = Arc::new(Collect(std::sync::Mutex::new(Vec::new())));
+        let r = Redactor::new(["sup3r\"secret\\x".to_string()]).reporter(seen.clone());
+        r.event(&Event::Message {
+            text: "hook: pw=sup3r\"secret\\x".into(),
+        });
+        assert_eq!(*seen.0.lock().expect("lock"), ["hook: pw=<redacted>"]);
     }
 }

@@ -262,11 +262,11 @@ pub(crate) fn remove_job(job_dir: &str, timeout: Duration) -> Command {
     script(r#"rm -rf -- "$1""#, &[job_dir]).timeout(timeout)
 }
 
-/// Removes a stopped job's releases and `current` from the worker, and
-/// keeps its `shared/` data.
+/// Removes a stopped job's releases, `current` and `promoted.json` (it
+/// runs nothing now) from the worker, and keeps its `shared/` data.
 pub(crate) fn remove_releases(job_dir: &str, timeout: Duration) -> Command {
     script(
-        r#"[ ! -e "$1" ] || rm -rf -- "$1/current" "$1/.current.tmp" "$1/releases""#,
+        r#"[ ! -e "$1" ] || rm -rf -- "$1/current" "$1/.current.tmp" "$1/releases" "$1/promoted.json""#,
         &[job_dir],
     )
     .timeout(timeout)

@@ -46,11 +46,12 @@ impl Scratch {
         self.dir.path()
     }
 
-    /// Removes the scratch dirs of `project` under `base` whose owner
-    /// process is gone. The caller holds the project lock, so no live run
-    /// of this project owns one; a dir whose owner still runs is kept
-    /// whatever it holds. Returns what was removed.
-    pub fn sweep(base: &Path, project: &Path) -> Vec<PathBuf> {
+    /// Removes the scratch dirs under `base` whose owner process is gone
+    /// (whatever project it ran: a dead run's dir is no one's). A dir whose
+    /// owner still runs, or that this process cannot judge (another pid
+    /// namespace, no /proc), is kept, whatever it holds. Returns what was
+    /// removed.
+    pub fn sweep(base: &Path) -> Vec<PathBuf> {
         let Ok(entries) = std::fs::read_dir(base) else {
             return Vec::new();
         };
@@ -67,7 +68,7 @@ impl Scratch {
             let Some(owner) = Owner::parse(&text) else {
                 continue;
             };
-            if owner.project == project && !owner.alive() && std::fs::remove_dir_all(&dir).is_ok() {
+            if owner.gone() && std::fs::remove_dir_all(&dir).is_ok() {
                 removed.push(dir);
             }
         }
@@ -82,6 +83,8 @@ struct Owner {
     /// The process's start time (clock ticks since boot), so that a reused
     /// pid is not taken for the owner.
     start: Option<u64>,
+    /// The pid namespace the pid belongs to (`pid:[4026531836]`).
+    pid_ns: Option<String>,
     project: PathBuf,
 }
 
@@ -91,15 +94,17 @@ impl Owner {
         Owner {
             pid,
             start: start_time(pid),
+            pid_ns: pid_namespace(),
             project: project.to_path_buf(),
         }
     }
 
     fn to_text(&self) -> String {
         format!(
-            "pid={}\nstart={}\nproject={}\n",
+            "pid={}\nstart={}\npidns={}\nproject={}\n",
             self.pid,
             self.start.map(|s| s.to_string()).unwrap_or_default(),
+            self.pid_ns.clone().unwrap_or_default(),
             self.project.display()
         )
     }
@@ -112,8 +117,15 @@ impl Owner {
         Some(Owner {
             pid: field("pid")?.parse().ok()?,
             start: field("start").and_then(|s| s.parse().ok()),
+            pid_ns: field("pidns").filter(|s| !s.is_empty()).map(str::to_string),
             project: PathBuf::from(field("project")?),
         })
+    }
+
+    /// Whether the owner is provably gone: its pid, in this pid
+    /// namespace, no longer runs the process that made the dir.
+    fn gone(&self) -> bool {
+        self.pid_ns == pid_namespace() && !self.alive()
     }
 
     /// Whether the owner process still runs. Without /proc to ask, it is
@@ -127,6 +139,13 @@ impl Owner {
             Some(now) => self.start.is_none_or(|s| s == now),
         }
     }
+}
+
+/// This process's pid namespace, as /proc names it.
+fn pid_namespace() -> Option<String> {
+    std::fs::read_link("/proc/self/ns/pid")
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned())
 }
 
 /// Field 22 of /proc/PID/stat: when the process started.
@@ -162,12 +181,21 @@ mod tests {
         let live = Scratch::create(base.path(), "stage", project).expect("live");
         let dead = base.path().join("cutover-stage-dead");
         std::fs::create_dir(&dead).expect("mkdir");
-        std::fs::write(dead.join(OWNER), "pid=4194999\nstart=1\nproject=/srv/p\n").expect("w");
-        let other = base.path().join("cutover-stage-other");
-        std::fs::create_dir(&other).expect("mkdir");
-        std::fs::write(other.join(OWNER), "pid=4194999\nstart=1\nproject=/srv/q\n").expect("w");
-        assert_eq!(Scratch::sweep(base.path(), project), vec![dead.clone()]);
-        assert!(live.path().exists() && other.exists() && !dead.exists());
+        let ns = pid_namespace().unwrap_or_default();
+        std::fs::write(
+            dead.join(OWNER),
+            format!("pid=4194999\nstart=1\npidns={ns}\nproject=/srv/p\n"),
+        )
+        .expect("w");
+        let elsewhere = base.path().join("cutover-stage-elsewhere");
+        std::fs::create_dir(&elsewhere).expect("mkdir");
+        std::fs::write(
+            elsewhere.join(OWNER),
+            "pid=4194999\nstart=1\npidns=pid:[1]\nproject=/srv/q\n",
+        )
+        .expect("w");
+        assert_eq!(Scratch::sweep(base.path()), vec![dead.clone()]);
+        assert!(live.path().exists() && elsewhere.exists() && !dead.exists());
         let mode = std::fs::metadata(live.path())
             .expect("meta")
             .permissions()

@@ -97,6 +97,25 @@ impl Worker {
         selectors.iter().all(|s| self.labels.contains(s))
     }
 
+    /// Whether two workers reach the same deploy root on the same machine
+    /// (a worker renamed in workers.toml is one): what one does to a job
+    /// dir, the other sees.
+    pub fn same_root_as(&self, other: &Worker, default_port: u16) -> bool {
+        let port = |w: &Worker| match w.transport {
+            TransportKind::Local => None,
+            TransportKind::Ssh => Some(w.port.unwrap_or(default_port)),
+        };
+        let root = |w: &Worker| {
+            std::path::Path::new(&w.root)
+                .components()
+                .collect::<std::path::PathBuf>()
+        };
+        self.host == other.host
+            && self.transport == other.transport
+            && port(self) == port(other)
+            && root(self) == root(other)
+    }
+
     /// Where a job lives on this worker.
     pub fn job_dir(&self, job: &str) -> String {
         format!("{}/jobs/{job}", self.root.trim_end_matches('/'))

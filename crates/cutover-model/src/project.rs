@@ -288,6 +288,15 @@ struct RawHooks {
     job_control: Option<String>,
 }
 
+/// A path with `//`, `/./` and a trailing `/` removed (`..` is kept: it may
+/// cross a symlink).
+fn normal_path(p: &Path) -> String {
+    p.components()
+        .collect::<PathBuf>()
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// Why a worker or job name cannot be used, if it cannot: names become
 /// state records, lines of the release state file and paths on workers.
 fn name_problem(name: &str) -> Option<&'static str> {
@@ -354,7 +363,8 @@ fn duration(
 impl Loader<'_> {
     fn load(mut self) -> Result<Project, Diagnostics> {
         let config = self.load_config();
-        let workers = self.load_workers();
+        let default_port = config.as_ref().map_or(22, |c| c.ssh.port);
+        let workers = self.load_workers(default_port);
         let jobs = self.load_jobs(&workers);
         match (config, workers) {
             (Some(config), Some(workers)) if self.diags.is_empty() => Ok(Project {
@@ -508,7 +518,7 @@ impl Loader<'_> {
         EnvAllowList { patterns, set }
     }
 
-    fn load_workers(&mut self) -> Option<Vec<Worker>> {
+    fn load_workers(&mut self, default_port: u16) -> Option<Vec<Worker>> {
         let src = read_source(
             self.root,
             Path::new(WORKERS_FILE),
@@ -578,9 +588,9 @@ impl Loader<'_> {
             };
             let root = match &w.root {
                 None => "/opt/cutover".to_string(),
-                Some(r) if r.get_ref().starts_with('/') => r.get_ref().clone(),
+                Some(r) if r.get_ref().starts_with('/') => normal_path(Path::new(r.get_ref())),
                 Some(r) if transport == TransportKind::Local => {
-                    self.root.join(r.get_ref()).to_string_lossy().into_owned()
+                    normal_path(&self.root.join(r.get_ref()))
                 }
                 Some(r) => {
                     self.diags.push(
@@ -593,7 +603,13 @@ impl Loader<'_> {
                     continue;
                 }
             };
-            let place = (host.clone(), w.port, root.clone());
+            // One place on disk, however it is written: a port left to the
+            // default is the default port, `/srv//x/` is `/srv/x`.
+            let port = match transport {
+                TransportKind::Local => None,
+                TransportKind::Ssh => Some(w.port.unwrap_or(default_port)),
+            };
+            let place = (host.clone(), port, root.clone());
             if let Some(other) = places.get(&place) {
                 self.diags.push(
                     src.diag(

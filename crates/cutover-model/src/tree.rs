@@ -131,6 +131,18 @@ impl JobSource {
             }
             let kind = entry.file_type();
             if kind.is_dir() {
+                // A dir takes its name on the worker too (`conf/` beside
+                // `conf.tpl` would collide).
+                if let Some(first) = outputs.insert(rel.clone(), path.to_path_buf()) {
+                    return Err(refuse(
+                        path,
+                        &format!(
+                            "it and jobs/{}/{} would both land on the worker as {rel}; rename one",
+                            self.job,
+                            first.strip_prefix(dir).unwrap_or(&first).display()
+                        ),
+                    ));
+                }
                 continue;
             }
             if !kind.is_file() && !kind.is_symlink() {

@@ -369,7 +369,12 @@ impl Host {
             cmd.arg("-e")
                 .arg(format!("ssh -o BatchMode=yes -S {}", ctl.display()));
         }
-        cmd.args(&args).stdin(Stdio::null()).kill_on_drop(true);
+        // Its own process group: a Ctrl-C at the terminal must not cut the
+        // transfer; cutover lets it finish.
+        cmd.args(&args)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .process_group(0);
         let out = tokio::time::timeout(timeout, cmd.output()).await;
         match out {
             Ok(Ok(o)) => Ok(Output::from_std(o)),

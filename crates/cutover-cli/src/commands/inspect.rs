@@ -26,6 +26,13 @@ pub fn check(g: &Global) -> Result<u8, CliError> {
         }
         Err(e) => return Err(e),
     };
+    // Every job tree as a deploy would read it: what cannot be shipped
+    // (a FIFO, a name that is not UTF-8, two files for one path) is bad
+    // input here too.
+    for job in project.jobs.values() {
+        cutover_model::tree::JobSource::scan(job)
+            .map_err(|e| CliError::Engine(cutover_engine::EngineError::Template(e)))?;
+    }
     let allocations: usize = project
         .jobs
         .values()
@@ -97,24 +104,50 @@ pub async fn status(s: &Session, jobs: Option<Vec<String>>) -> Result<u8, CliErr
             .get(&r.job)
             .is_some_and(|j| p.workers_for(j).any(|w| w.name == r.worker));
         if !wanted {
+            let stopped = r.status == cutover_state::AllocStatus::Stopped;
+            let (status, note) = if stopped {
+                (
+                    "stopped",
+                    format!(
+                        "shared/ data kept; `cutover job purge {}` deletes it",
+                        r.job
+                    ),
+                )
+            } else {
+                (
+                    "to stop",
+                    "no longer in the project; the next deploy stops it".to_string(),
+                )
+            };
             rows.push(vec![
                 r.job.clone(),
                 r.worker.clone(),
-                "to stop".into(),
+                status.into(),
                 r.version.clone().unwrap_or_else(|| "-".into()),
                 short(&r.hash),
                 r.health.clone(),
                 r.release_id.clone().unwrap_or_else(|| "-".into()),
-                "no longer in the project; the next deploy stops it".into(),
+                note,
             ]);
-            docs.push(serde_json::json!({"job": r.job, "worker": r.worker, "status": "to stop"}));
+            docs.push(serde_json::json!({"job": r.job, "worker": r.worker, "status": status}));
         }
     }
+    // The last deployment, as it stands: one whose process died shows as
+    // interrupted.
+    let last = cutover_engine::deploy::deployments(&s.ctx, 1)
+        .await?
+        .into_iter()
+        .next();
     if s.json {
-        super::print_json(
-            serde_json::json!({"outcome": "ok", "exit_code": 0, "allocations": docs}),
-        );
-    } else if rows.is_empty() {
+        super::print_json(serde_json::json!({
+            "outcome": "ok", "exit_code": 0, "allocations": docs,
+            "last_deployment": last.as_ref().map(|d| serde_json::json!({
+                "seq": d.seq, "outcome": d.outcome, "started_at": d.started_at,
+            })),
+        }));
+        return Ok(0);
+    }
+    if rows.is_empty() {
         println!("no allocations: add jobs under jobs/ and workers to workers.toml");
     } else {
         table(
@@ -122,6 +155,12 @@ pub async fn status(s: &Session, jobs: Option<Vec<String>>) -> Result<u8, CliErr
                 "JOB", "WORKER", "STATUS", "VERSION", "HASH", "HEALTH", "RELEASE", "NOTE",
             ],
             &rows,
+        );
+    }
+    if let Some(d) = last {
+        println!(
+            "last deployment: {} {} ({}, {})",
+            d.seq, d.outcome, d.started_at, d.command
         );
     }
     Ok(0)
@@ -425,7 +464,7 @@ pub async fn job_purge(s: &Session, job: &str, yes: bool) -> Result<u8, CliError
 pub async fn state_rebuild(s: &Session) -> Result<u8, CliError> {
     let command = command_line();
     let _lock = s.ctx.store.lock(&s.ctx.holder(&command, None)).await?;
-    let report = cutover_engine::rebuild::rebuild(&s.ctx, None, false).await?;
+    let report = cutover_engine::rebuild::rebuild_store(&s.ctx).await?;
     let rc = if report.unreachable.is_empty() { 0 } else { 1 };
     let outcome = if rc == 0 { "success" } else { "partial" };
     s.audit(

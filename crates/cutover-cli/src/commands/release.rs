@@ -194,11 +194,12 @@ async fn release_run(s: &Session, opts: &ReleaseOptions) -> Result<u8, CliError>
         ReleaseOutcome::Complete => (0, "complete"),
         ReleaseOutcome::DryRun => (0, "dry-run"),
         ReleaseOutcome::NothingToRelease { .. } => (5, "nothing-to-release"),
-        // The phase's own code: 4 for drift found in verify, 130/143 when
-        // a signal stopped it, else 1.
-        ReleaseOutcome::Failed { rc, .. } => (
-            match rc {
-                4 | 130 | 143 => *rc as u8,
+        // 4 for drift found in verify, 130/143 when a signal stopped it,
+        // else 1 (a ticket script's own exit status is in the log only).
+        ReleaseOutcome::Failed { phase, rc, .. } => (
+            match (phase, rc) {
+                _ if s.ctx.interrupt.is_set() => s.failure_rc(),
+                (Phase::Verify, 4) => 4,
                 _ => 1,
             },
             "failed",

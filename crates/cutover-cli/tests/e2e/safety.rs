@@ -64,7 +64,13 @@ fn staging_is_private_and_removed_and_only_dead_runs_are_swept() {
     std::fs::write(dead.join("secret.txt"), POISON).expect("w");
     std::fs::write(
         dead.join(".owner"),
-        format!("pid=4194300\nstart=1\nproject={}\n", p.path().display()),
+        format!(
+            "pid=4194300\nstart=1\npidns={}\nproject={}\n",
+            std::fs::read_link("/proc/self/ns/pid")
+                .expect("pid ns")
+                .display(),
+            p.path().display()
+        ),
     )
     .expect("w");
     let live = p.tmp.path().join("cutover-stage-live01");
@@ -501,4 +507,209 @@ fn without_store_or_records_an_upload_never_touches_the_running_release() {
         crate::support::snapshot(&w.path(&format!("jobs/api/releases/{live}"))),
         "the previous release was written into"
     );
+}
+
+/// Item 18: the store becomes unwritable in the middle of a batch (made
+/// immutable by the lifecycle target): the run fails naming the file, and
+/// after the fix the next run rolls out only what was not promoted.
+#[test]
+fn an_unwritable_store_mid_batch_fails_the_run_and_the_next_run_finishes_it() {
+    let (fleet, p) = setup(2);
+    let dir = p.path().join(".cutover");
+    let chattr = |flag: &str, files: &[&str]| {
+        std::process::Command::new("chattr")
+            .arg(flag)
+            .args(files.iter().map(|f| dir.join(f)))
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    p.job("api", "version = \"1\"\nmax_concurrent_starts = 1\n");
+    p.expect(&["kv", "put", "api", "k", "v"], 0); // the store exists
+    if !chattr("+i", &["state.db"]) {
+        eprintln!("SKIPPED: chattr +i is not available on this filesystem");
+        return;
+    }
+    chattr("-i", &["state.db"]);
+    // w1's start (batch 1) makes the store immutable before its promotion.
+    p.write(
+        "jobs/api/Makefile",
+        &crate::support::MAKEFILE.replacen(
+            "start:\n",
+            &format!(
+                "start:\n\t@if [ \"$(CUTOVER_WORKER)\" = w1 ]; then chattr +i {d}/state.db {d}/state.db-wal 2>/dev/null || true; fi\n",
+                d = dir.display()
+            ),
+            1,
+        ),
+    );
+    let out = p.cutover(&["deploy"]);
+    chattr("-i", &["state.db", "state.db-wal"]);
+    chattr("-i", &["state.db"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.all().contains(".cutover/state.db")
+            && out.all().contains("recording the promotion failed"),
+        "{out:?}"
+    );
+    assert!(
+        fleet.workers[1].current("api").is_none(),
+        "batch 2 ran after the store failed"
+    );
+
+    // w1 is healthy and carries its promotion: only w2 is rolled out.
+    let out = p.expect(&["deploy"], 0);
+    assert!(out.stdout.contains("(1 start, 1 unchanged)"), "{out:?}");
+    assert_eq!(
+        fleet.workers[0]
+            .events("api")
+            .iter()
+            .filter(|e| e.starts_with("start"))
+            .count(),
+        1
+    );
+    for w in &fleet.workers {
+        assert!(w.current("api").is_some(), "{}", w.name);
+    }
+    let status = p.expect(&["status"], 0);
+    assert_eq!(status.stdout.matches("promoted").count(), 2, "{status:?}");
+}
+
+/// Review: a worker renamed in workers.toml (same host and root) is not a
+/// removed worker: its live job dir is not stopped, cleaned or purged.
+#[test]
+fn a_renamed_worker_keeps_its_running_job() {
+    let (fleet, p) = setup(2);
+    p.job("api", "version = \"1\"\n");
+    p.expect(&["deploy"], 0);
+    let w2 = &fleet.workers[1];
+    let before = w2.current("api").expect("current");
+    let toml = std::fs::read_to_string(p.path().join("workers.toml")).expect("workers");
+    p.write(
+        "workers.toml",
+        &toml.replace("name = \"w2\"", "name = \"web-2\""),
+    );
+    let out = p.expect(&["deploy"], 0);
+    assert!(
+        out.stdout
+            .contains("api@w2: forgotten, not stopped: worker `web-2` has the same host and root"),
+        "{out:?}"
+    );
+    assert_eq!(w2.current("api").as_deref(), Some(before.as_str()));
+    assert!(
+        !w2.read("stopped.log").contains("stop api"),
+        "the live job was stopped"
+    );
+    p.expect(&["drift"], 0);
+    let out = p.expect(&["deploy"], 0);
+    assert!(out.stdout.contains("nothing to do"), "{out:?}");
+    // A root written another way is the same root.
+    let toml = std::fs::read_to_string(p.path().join("workers.toml")).expect("workers");
+    let root = fleet.workers[0].root.display().to_string();
+    p.write(
+        "workers.toml",
+        &format!(
+            "{toml}\n[[worker]]\nname = \"again\"\nhost = \"{}\"\nport = {}\nroot = \"{}//\"\n",
+            fleet.workers[0].ip, fleet.workers[0].port, root
+        ),
+    );
+    let out = p.expect(&["check"], 2);
+    assert!(
+        out.stderr.contains("has the same host and root as `w1`"),
+        "{out:?}"
+    );
+}
+
+/// Review: a stopped allocation no longer claims, on its worker, to run
+/// anything: a lost store does not bring it back as promoted.
+#[test]
+fn a_stopped_allocation_is_not_rebuilt_as_running() {
+    let (fleet, p) = setup(2);
+    p.job("api", "version = \"1\"\nselectors = [\"web\"]\n");
+    p.expect(&["deploy"], 0);
+    p.write(
+        "workers.toml",
+        &fleet.workers_toml(&[("w1", &["web"]), ("w2", &["db"])]),
+    );
+    p.expect(&["deploy"], 0);
+    assert!(!fleet.workers[1].path("jobs/api/promoted.json").exists());
+    for f in ["state.db", "state.db-wal", "state.db-shm"] {
+        let _ = std::fs::remove_file(p.path().join(".cutover").join(f));
+    }
+    p.write(
+        "workers.toml",
+        &fleet.workers_toml(&[("w1", &["web"]), ("w2", &["web"])]),
+    );
+    let out = p.expect(&["deploy"], 0);
+    assert!(out.stdout.contains("api@w2: start ok"), "{out:?}");
+    assert!(fleet.workers[1].current("api").is_some());
+}
+
+/// Review: a secret with quotes and backslashes, printed by a hook and by
+/// `cutover job run`, is still redacted.
+#[test]
+fn secrets_with_quotes_are_redacted_from_hooks_and_job_run() {
+    let (_fleet, p) = setup(1);
+    let secret = "sup3r\"se\\cret";
+    p.write(
+        "hooks/show.sh",
+        // printf, not echo: dash's echo would cut the line at `\c`.
+        "printf 'pw=%s\\n' \"$(cat $CUTOVER_PROJECT/pw.txt)\"; exit 1\n",
+    );
+    p.write("pw.txt", secret);
+    p.job(
+        "api",
+        "version = \"1\"\n[hooks]\npre_deploy = \"sh hooks/show.sh\"\n",
+    );
+    p.write("jobs/api/db.conf.tpl", "password = {{ kv.pw }}\n");
+    p.write(
+        "jobs/api/Makefile",
+        &format!("{}show:\n\t@cat db.conf\n", crate::support::MAKEFILE),
+    );
+    let put = std::process::Command::new(crate::support::BIN)
+        .args(["kv", "put", "api", "pw", "-", "--secret"])
+        .current_dir(p.path())
+        .env("TMPDIR", p.tmp.path())
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin
+                .take()
+                .expect("stdin")
+                .write_all(secret.as_bytes())?;
+            c.wait()
+        })
+        .expect("kv put");
+    assert!(put.success());
+    let out = p.expect(&["deploy"], 1);
+    assert!(out.all().contains("pw=<redacted>"), "{out:?}");
+    assert!(!out.all().contains(secret), "{out:?}");
+    p.job("api", "version = \"1\"\n");
+    p.write(
+        "jobs/api/Makefile",
+        &format!("{}show:\n\t@cat db.conf\n", crate::support::MAKEFILE),
+    );
+    p.expect(&["deploy"], 0);
+    let out = p.expect(&["job", "run", "api", "--target", "show"], 0);
+    assert!(out.stdout.contains("password = <redacted>"), "{out:?}");
+    assert!(!out.all().contains(secret), "{out:?}");
+}
+
+/// Review: a file and a dir that would land on one path are refused, by
+/// `check` as by `deploy`.
+#[test]
+fn a_template_beside_a_dir_of_its_name_is_refused() {
+    let (_fleet, p) = setup(1);
+    p.job("api", "version = \"1\"\n");
+    p.write("jobs/api/conf/a.txt", "a\n");
+    p.write("jobs/api/conf.tpl", "b\n");
+    for args in [&["check"][..], &["deploy", "--dry-run"]] {
+        let out = p.expect(args, 2);
+        assert!(
+            out.stderr.contains("would both land on the worker as conf"),
+            "{args:?} {out:?}"
+        );
+        assert!(out.stderr.contains("remove or rename it"), "{out:?}");
+    }
 }

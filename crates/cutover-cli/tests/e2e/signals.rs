@@ -151,6 +151,11 @@ fn a_killed_run_is_shown_as_interrupted() {
             && !deps.stdout.contains("\"running\""),
         "{deps:?}"
     );
+    let status = p.expect(&["status"], 0);
+    assert!(
+        status.stdout.contains("last deployment: 1 interrupted"),
+        "{status:?}"
+    );
     std::fs::write(gates.path().join("go"), "").expect("go");
     p.expect(&["deploy"], 0);
     let deps = p.expect(&["cat", "deployments"], 0);

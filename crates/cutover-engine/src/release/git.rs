@@ -1,5 +1,6 @@
 //! The project's git clone, driven through the system `git`.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -35,6 +36,9 @@ impl Git {
             Command::new("git")
                 .args(args)
                 .current_dir(&self.dir)
+                // Its own process group: a Ctrl-C reaches cutover, which
+                // decides what stops, not a fetch or a push half-way.
+                .process_group(0)
                 .env("GIT_TERMINAL_PROMPT", "0")
                 .output()
         })
@@ -93,7 +97,10 @@ impl Git {
             .collect())
     }
 
-    /// Writes the tree of `rev` into `dir` (for planning another revision).
+    /// Writes the tree of `rev` into `dir` (for planning another revision,
+    /// or rebuilding a pruned release). Modes are as a checkout under the
+    /// usual umask makes them (git keeps only 644 and 755): they are part
+    /// of a tree's fingerprint.
     pub fn export(&self, rev: &str, dir: &Path) -> Result<(), GitError> {
         let fail = |stderr: String| GitError {
             args: format!("archive {rev}"),
@@ -101,8 +108,9 @@ impl Git {
             stderr,
         };
         let archive = Command::new("git")
-            .args(["archive", "--format=tar", rev])
+            .args(["-c", "tar.umask=0022", "archive", "--format=tar", rev])
             .current_dir(&self.dir)
+            .process_group(0)
             .output()
             .map_err(|e| fail(e.to_string()))?;
         if !archive.status.success() {
@@ -114,6 +122,7 @@ impl Git {
         let mut tar = Command::new("tar")
             .args(["-x", "-C"])
             .arg(dir)
+            .process_group(0)
             .stdin(std::process::Stdio::piped())
             .spawn()
             .map_err(|e| fail(format!("cannot run tar: {e}")))?;

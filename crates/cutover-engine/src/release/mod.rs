@@ -146,3 +146,26 @@ pub fn standing(lines: &[String]) -> String {
     }
     standing
 }
+
+/// The BASE releases of every ticket release that is neither complete nor
+/// reverted: a revert of it switches back to them, so pruning keeps them.
+pub(crate) async fn open_bases(ctx: &Context) -> Result<Vec<BaseAllocation>, EngineError> {
+    let dir = files::releases_dir(&ctx.workspace);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(ticket) = name.strip_suffix(".env") else {
+            continue;
+        };
+        let Ok(Some(state)) = StateFile::load(&ctx.workspace, ticket) else {
+            continue;
+        };
+        if state.reverted.is_empty() && state.first_incomplete().is_some() {
+            out.extend(load_base(ctx, ticket).await?);
+        }
+    }
+    Ok(out)
+}

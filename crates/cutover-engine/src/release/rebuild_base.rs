@@ -22,7 +22,14 @@ pub(crate) async fn rebuild(
 ) -> Result<(), EngineError> {
     let export = Scratch::create(&ctx.runtime_dir, "base", &ctx.project.root)?;
     let tree = export.path().join("tree");
-    export_commit(&ctx.project.root, &state.base_sha, &tree)?;
+    super::git::Git::new(&ctx.project.root)
+        .export(&state.base_sha, &tree)
+        .map_err(|e| {
+            EngineError::usage(
+                format!("exporting BASE_SHA: {e}"),
+                "is the commit still in this clone?",
+            )
+        })?;
     let project = cutover_model::Project::load(&tree, &ctx.load).map_err(|d| {
         EngineError::usage(
             format!(
@@ -94,49 +101,6 @@ pub(crate) async fn rebuild(
                 b.release_id
             ),
         );
-    }
-    Ok(())
-}
-
-/// `git archive COMMIT | tar -x -C dir`.
-fn export_commit(
-    repo: &std::path::Path,
-    commit: &str,
-    dir: &std::path::Path,
-) -> Result<(), EngineError> {
-    std::fs::create_dir_all(dir).map_err(EngineError::io(format!("creating {}", dir.display())))?;
-    let archive = dir.with_extension("tar");
-    let git = super::git::Git::new(repo);
-    // Modes as a checkout under the usual umask makes them (git keeps
-    // only 644 and 755): they are part of the fingerprint.
-    git.run(&[
-        "-c",
-        "tar.umask=0022",
-        "archive",
-        "--format=tar",
-        "-o",
-        &archive.display().to_string(),
-        commit,
-    ])
-    .map_err(|e| {
-        EngineError::usage(
-            format!("exporting BASE_SHA: {e}"),
-            "is the commit still in this clone?",
-        )
-    })?;
-    let ok = std::process::Command::new("tar")
-        .arg("-xf")
-        .arg(&archive)
-        .arg("-C")
-        .arg(dir)
-        .status()
-        .map_err(EngineError::io("running tar"))?
-        .success();
-    if !ok {
-        return Err(EngineError::usage(
-            "extracting the BASE_SHA export failed",
-            "is tar installed?",
-        ));
     }
     Ok(())
 }

@@ -98,6 +98,23 @@ pub async fn revert(ctx: &Context, opts: &RevertOptions) -> Result<RevertReport,
     let records = ctx.store.allocations().await?;
     let (changed, untouched) = changed_allocations(ctx, &state, &base, &records);
     report.untouched = untouched;
+    // Jobs the release removed: their allocations were stopped (data
+    // kept); they come back with the git revert, which restores jobs/<job>.
+    let removed: BTreeSet<String> = base
+        .iter()
+        .filter(|b| !ctx.project.jobs.contains_key(&b.job))
+        .map(|b| b.job.clone())
+        .collect();
+    if !removed.is_empty() && opts.skip_git {
+        return Err(EngineError::usage(
+            format!(
+                "release {} removed {}: they come back only with the git revert",
+                opts.ticket,
+                removed.iter().cloned().collect::<Vec<_>>().join(", ")
+            ),
+            "run the revert without --skip-git",
+        ));
+    }
     refuse_missing_backups(ctx, &changed, opts)?;
 
     let workers: BTreeMap<String, cutover_model::Worker> = changed
@@ -180,6 +197,9 @@ pub async fn revert(ctx: &Context, opts: &RevertOptions) -> Result<RevertReport,
             Ok(msg) => {
                 say(ctx, format!("git: {msg}"));
                 report.git = Some(msg);
+                if !removed.is_empty() {
+                    redeploy_removed(ctx, &opts.command, &removed, &mut report).await?;
+                }
             }
             Err(e) => report.errors.push(format!("git: {e}")),
         }
@@ -197,6 +217,49 @@ pub async fn revert(ctx: &Context, opts: &RevertOptions) -> Result<RevertReport,
         log.event("revert", "failed", "rc=1")?;
     }
     Ok(report)
+}
+
+/// Jobs the release removed, back in the project after the git revert:
+/// deployed again on their kept `shared/` data.
+async fn redeploy_removed(
+    ctx: &Context,
+    command: &str,
+    removed: &BTreeSet<String>,
+    report: &mut RevertReport,
+) -> Result<(), EngineError> {
+    let ctx = ctx.reload()?;
+    let missing: Vec<&String> = removed
+        .iter()
+        .filter(|j| !ctx.project.jobs.contains_key(*j))
+        .collect();
+    if !missing.is_empty() {
+        report.errors.push(format!(
+            "jobs {missing:?} are still not in the project after the git revert"
+        ));
+        return Ok(());
+    }
+    let opts = DeployOptions {
+        jobs: Some(removed.clone()),
+        command: command.to_string(),
+        lock_held: true,
+        ..DeployOptions::default()
+    };
+    let deployed = deploy::deploy(&ctx, &opts).await?;
+    for j in &deployed.jobs {
+        if j.status == deploy::JobStatus::Succeeded {
+            for a in j.allocations.iter().filter(|a| a.ok) {
+                report.switched_back.push(format!(
+                    "{}@{}={}",
+                    j.job,
+                    a.worker,
+                    a.release.clone().unwrap_or_default()
+                ));
+            }
+        } else if j.status != deploy::JobStatus::Unchanged {
+            report.errors.push(format!("{}: {}", j.job, j.message));
+        }
+    }
+    Ok(())
 }
 
 /// The allocations migrate changed (its record names another release than
@@ -557,10 +620,18 @@ fn revert_git(git: &Git, state: &StateFile, remote: &str, push: bool) -> Result<
         )
     };
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    git.run(&args).map_err(|e| {
-        let _ = git.run(&["revert", "--abort"]);
-        e.to_string()
-    })?;
+    // A revert whose push failed is retried: the revert commit is already
+    // there, and only the push is left.
+    let recent = git
+        .run(&["log", "-n", "50", "--format=%B"])
+        .unwrap_or_default();
+    let already = recent.contains(&format!("This reverts commit {}", state.merge_sha));
+    if !already {
+        git.run(&args).map_err(|e| {
+            let _ = git.run(&["revert", "--abort"]);
+            e.to_string()
+        })?;
+    }
     if !push {
         return Ok(format!(
             "{what}; not pushed (--no-push): push it before the next release, which refuses while {} is ahead of {remote}",

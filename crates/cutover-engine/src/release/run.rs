@@ -123,6 +123,8 @@ pub async fn run(ctx: &Context, opts: &ReleaseOptions) -> Result<ReleaseReport, 
     // Under the lock: a release in progress elsewhere is "locked", not
     // "failed".
     check_resume(opts, existing.as_ref())?;
+    // No other run is live: a deployment still "running" died with its process.
+    crate::deploy::finish_dead_runs(ctx).await?;
     let log = ReleaseLog::new(&ctx.workspace, &opts.ticket);
     let mut report = ReleaseReport {
         ticket: opts.ticket.clone(),
