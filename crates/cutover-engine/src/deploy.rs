@@ -619,6 +619,18 @@ impl Run {
         }
     }
 
+    /// What the worker carries once the allocation is promoted (JSON).
+    fn carried(&self, a: &AllocPlan, release: &str) -> String {
+        serde_json::to_string(&crate::rebuild::Carried {
+            release: release.to_string(),
+            version: a.new_version.clone(),
+            hash: a.hash.clone(),
+            seq: self.seq,
+            promoted_at: cutover_state::now_rfc3339(),
+        })
+        .unwrap_or_default()
+    }
+
     fn step(&self, job: &str, worker: &str, step: &str) {
         self.reporter.event(&Event::Step {
             job: job.into(),
@@ -849,6 +861,8 @@ struct Switched {
     previous: Option<String>,
     /// The first health command attempt, when it ran with the lifecycle.
     health: Option<Result<(), String>>,
+    /// The worker already wrote its promoted.json (in the same command).
+    carried: bool,
 }
 
 async fn run_job(run: &Arc<Run>, jp: &JobPlan) -> JobResult {
@@ -1258,11 +1272,27 @@ async fn activate_one(
         }
         _ => None,
     };
+    // Nothing but the target and that health command decides promotion:
+    // the worker records it in the same command.
+    let health = &job.manifest.health;
+    let carried = (make_target.is_some()
+        && job.manifest.hooks.after_allocation_started.is_none()
+        && health.http.is_none()
+        && health.tcp.is_none()
+        && (folded.is_some() || health.command.is_none()))
+    .then(|| run.carried(a, &up.release));
     let cmd = match make_target {
         Some(target) => {
             run.step(&job.name, &a.worker, target);
             let prune = run.prune(job, &a.worker);
-            remote::switch_and_run(&env, target, folded.as_ref(), &prune, run.timeout)
+            remote::switch_and_run(
+                &env,
+                target,
+                folded.as_ref(),
+                &prune,
+                carried.as_deref(),
+                run.timeout,
+            )
         }
         None => {
             run.step(&job.name, &a.worker, "switch");
@@ -1287,6 +1317,7 @@ async fn activate_one(
         release: up.release,
         previous: remote::previous_release(&out),
         health: None,
+        carried: carried.is_some() && out.success() && !out.stderr.contains("cannot write"),
     };
     if let Some(h) = &folded {
         switched.health = remote::folded_health(h.command, &out);
@@ -1377,17 +1408,8 @@ async fn check_one(run: &Run, job: &Job, a: &AllocPlan, s: &Switched) -> Result<
 /// not take it for promoted, nor this one go on as if it were.
 async fn promote(run: &Run, job: &Job, a: &AllocPlan, s: &Switched) -> Result<(), String> {
     let now = cutover_state::now_rfc3339();
-    let carried = crate::rebuild::Carried {
-        release: s.release.clone(),
-        version: a.new_version.clone(),
-        hash: a.hash.clone(),
-        seq: run.seq,
-        promoted_at: now.clone(),
-    };
-    if let (Ok(host), Ok(json)) = (
-        run.fleet.host(&a.worker).await,
-        serde_json::to_string(&carried),
-    ) {
+    let json = run.carried(a, &s.release);
+    if let (false, Ok(host)) = (s.carried, run.fleet.host(&a.worker).await) {
         let job_dir = run.workers[&a.worker].job_dir(&job.name);
         let written = host
             .run(&remote::record_promoted(&job_dir, &json, run.timeout))

@@ -100,7 +100,9 @@ async fn once(
         let cmd = env
             .apply(Command::shell(command))
             .cwd(dir)
-            .timeout(spec.timeout);
+            .timeout(spec.timeout)
+            .label(command.clone())
+            .kill_on_timeout();
         let out = host.run(&cmd).await.map_err(|e| e.to_string())?;
         if !out.success() {
             return Err(format!(

@@ -24,7 +24,9 @@ pub(crate) async fn run(hook: &str, env: &HookEnv<'_>, timeout: Duration) -> Res
         .env("CUTOVER_WORKERS", env.workers.join(" "))
         .env("CURRENT_VERSION", env.current_version)
         .env("NEW_VERSION", env.new_version)
-        .timeout(timeout);
+        .timeout(timeout)
+        .label(format!("hook {hook}"))
+        .kill_on_timeout();
     let local = Host::Local {
         name: "this machine".into(),
     };

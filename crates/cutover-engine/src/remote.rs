@@ -122,6 +122,7 @@ pub(crate) fn switch_and_run(
     target: &str,
     health: Option<&FoldedHealth<'_>>,
     prune: &Prune,
+    promoted: Option<&str>,
     timeout: Duration,
 ) -> Command {
     let job_dir = env.worker.job_dir(&env.job.name);
@@ -131,8 +132,12 @@ echo "{PREVIOUS}$p"
 KEEP=$6 PROTECT=$7 NEW=$2{PRUNE}"#
     );
     let (command, secs) = match health {
-        None => {
+        None if promoted.is_none() => {
             text.push_str("\nexec make -C \"$1/current\" \"$3\"");
+            (String::new(), String::new())
+        }
+        None => {
+            text.push_str("\nmake -C \"$1/current\" \"$3\" || exit");
             (String::new(), String::new())
         }
         Some(h) => {
@@ -150,6 +155,15 @@ rc=$?
             )
         }
     };
+    // When nothing else decides the promotion (no other check, no hook),
+    // what the worker carries is written here, once the target (and the
+    // health command) passed: no round trip of its own.
+    if promoted.is_some() {
+        text.push_str(&format!(
+            "\nprintf '%s\\n' \"$8\" > \"$1/.{PROMOTED_FILE}.tmp\" && mv -f \"$1/.{PROMOTED_FILE}.tmp\" \"$1/{PROMOTED_FILE}\" \
+             || echo \"cutover: cannot write {PROMOTED_FILE}\" >&2"
+        ));
+    }
     let [keep, protect] = prune.args();
     env.apply(script(
         &text,
@@ -161,10 +175,12 @@ rc=$?
             &secs,
             &keep,
             &protect,
+            promoted.unwrap_or_default(),
         ],
     ))
     .timeout(timeout + health.map_or(Duration::ZERO, |h| h.timeout))
     .label(format!("switch, make {target}"))
+    .kill_on_timeout()
 }
 
 /// The message for a lifecycle target that failed.
@@ -242,6 +258,8 @@ pub(crate) fn lifecycle(env: &LifecycleEnv<'_>, target: &str, timeout: Duration)
     let current = format!("{}/current", env.worker.job_dir(&env.job.name));
     env.apply(Command::new(["make", "-C", current.as_str(), target]))
         .timeout(timeout)
+        .label(format!("make {target}"))
+        .kill_on_timeout()
 }
 
 /// `make stop` in `current`, if there is a current release.
@@ -251,7 +269,8 @@ pub(crate) fn stop(job_dir: &str, env: Vec<(String, String)>, timeout: Duration)
         &[job_dir],
     )
     .timeout(timeout)
-    .label("make stop");
+    .label("make stop")
+    .kill_on_timeout();
     cmd.env = env;
     cmd
 }

@@ -110,7 +110,20 @@ impl JobSource {
                 .join(path.strip_prefix(dir).unwrap_or(path)),
             why: why.to_string(),
         };
+        // What lands where on the worker: one source per path.
         let mut outputs: BTreeMap<String, PathBuf> = BTreeMap::new();
+        let claim = |outputs: &mut BTreeMap<String, PathBuf>, at: &str, path: &Path| {
+            match outputs.insert(at.to_string(), path.to_path_buf()) {
+                None => Ok(()),
+                Some(first) => Err(refuse(
+                    path,
+                    &format!(
+                        "it and jobs/{job}/{} would both land on the worker as {at}; rename or remove one",
+                        first.strip_prefix(dir).unwrap_or(&first).display()
+                    ),
+                )),
+            }
+        };
         for entry in walkdir::WalkDir::new(dir).min_depth(1).sort_by_file_name() {
             let entry = entry.map_err(|e| {
                 let path = e.path().unwrap_or(dir).to_path_buf();
@@ -133,16 +146,7 @@ impl JobSource {
             if kind.is_dir() {
                 // A dir takes its name on the worker too (`conf/` beside
                 // `conf.tpl` would collide).
-                if let Some(first) = outputs.insert(rel.clone(), path.to_path_buf()) {
-                    return Err(refuse(
-                        path,
-                        &format!(
-                            "it and jobs/{}/{} would both land on the worker as {rel}; rename one",
-                            self.job,
-                            first.strip_prefix(dir).unwrap_or(&first).display()
-                        ),
-                    ));
-                }
+                claim(&mut outputs, &rel, path)?;
                 continue;
             }
             if !kind.is_file() && !kind.is_symlink() {
@@ -162,16 +166,7 @@ impl JobSource {
                 Some(out) if kind.is_file() => out.to_string(),
                 _ => rel.clone(),
             };
-            if let Some(first) = outputs.insert(out_path.clone(), path.to_path_buf()) {
-                return Err(refuse(
-                    path,
-                    &format!(
-                        "it and jobs/{}/{} would both land on the worker as {out_path}; remove one",
-                        self.job,
-                        first.strip_prefix(dir).unwrap_or(&first).display()
-                    ),
-                ));
-            }
+            claim(&mut outputs, &out_path, path)?;
             if kind.is_symlink() {
                 let target = std::fs::read_link(path).map_err(io_err(path))?;
                 let hash = blake3::hash(target.as_os_str().as_encoded_bytes());

@@ -12,6 +12,11 @@ pub struct Command {
     /// What errors call the command (`make start`), when its argv does
     /// not say it well (a script).
     pub label: Option<String>,
+    /// Enforce the timeout on the host too: the command runs under
+    /// `timeout`, which kills its whole process group when time is up.
+    /// For the operator's own steps (lifecycle targets, health, backups),
+    /// which may start processes that outlive a dropped connection.
+    pub kill_on_timeout: bool,
 }
 
 impl Command {
@@ -26,6 +31,7 @@ impl Command {
             cwd: None,
             timeout: Duration::from_secs(600),
             label: None,
+            kill_on_timeout: false,
         }
     }
 
@@ -41,6 +47,12 @@ impl Command {
 
     pub fn cwd(mut self, dir: impl Into<String>) -> Self {
         self.cwd = Some(dir.into());
+        self
+    }
+
+    /// See [`Command::kill_on_timeout`].
+    pub fn kill_on_timeout(mut self) -> Self {
+        self.kill_on_timeout = true;
         self
     }
 
@@ -85,9 +97,27 @@ pub(crate) fn shell_line(cmd: &Command, exec: bool) -> String {
         line.push_str(&shell_quote(dir));
         line.push_str(" && ");
     }
+    let body = argv_line(cmd);
+    if exec && cmd.kill_on_timeout {
+        // `timeout` puts the command in a process group of its own and
+        // kills the group (TERM, then KILL 5 s later) when time is up. A
+        // host without it runs the command as is.
+        let secs = format!("{:.3}", cmd.timeout.as_secs_f64());
+        line.push_str(&format!(
+            "if command -v timeout >/dev/null 2>&1; then exec timeout -k 5 {secs} {body}; else exec {body}; fi"
+        ));
+        return line;
+    }
     if exec {
         line.push_str("exec ");
     }
+    line.push_str(&body);
+    line
+}
+
+/// `env K=V ... ARGV...`, each word quoted (just ARGV without env).
+fn argv_line(cmd: &Command) -> String {
+    let mut line = String::new();
     if !cmd.env.is_empty() {
         line.push_str("env");
         for (k, v) in &cmd.env {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::command::{command_line, shell_quote, Command, Output};
+use crate::command::{command_line, Command, Output};
 use crate::delta::{self, LocalTree};
 use crate::error::TransportError;
 use crate::rsync::{self, Drift};
@@ -112,23 +112,20 @@ impl Host {
 
     /// Runs a command; a non-zero exit is an `Ok` output, not an error.
     ///
-    /// The timeout is enforced on the host itself: the command runs under
-    /// `timeout`, which gives it a process group of its own and, when time
-    /// is up, kills that whole group (TERM, then KILL 5 s later), so
-    /// nothing it started keeps running. This side waits a little longer,
-    /// for a host without `timeout` or a connection that hangs.
+    /// A command marked `kill_on_timeout` has its timeout enforced on the
+    /// host itself (see [`Command::kill_on_timeout`]): nothing it started
+    /// keeps running. This side then waits a little longer, for a host
+    /// without `timeout` or a connection that hangs.
     pub async fn run(&self, cmd: &Command) -> Result<Output, TransportError> {
-        let inner = shell_quote(&command_line(cmd));
-        let secs = format!("{:.3}", cmd.timeout.as_secs_f64());
-        let line = format!(
-            "if command -v timeout >/dev/null 2>&1; then exec timeout -k 5 {secs} sh -c {inner}; \
-             else exec sh -c {inner}; fi"
-        );
+        let line = command_line(cmd);
+        let wait = if cmd.kill_on_timeout {
+            cmd.timeout + GRACE
+        } else {
+            cmd.timeout
+        };
         let started = std::time::Instant::now();
-        let out = self
-            .run_line(&line, None, cmd.timeout + GRACE, || label(cmd))
-            .await?;
-        if out.code == Some(TIMED_OUT) && started.elapsed() >= cmd.timeout {
+        let out = self.run_line(&line, None, wait, || label(cmd)).await?;
+        if cmd.kill_on_timeout && out.code == Some(TIMED_OUT) && started.elapsed() >= cmd.timeout {
             return Err(TransportError::Timeout {
                 host: self.name().to_string(),
                 command: label(cmd),

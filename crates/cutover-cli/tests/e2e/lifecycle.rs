@@ -9,13 +9,7 @@ use std::sync::Arc;
 use crate::support::{Fleet, Project};
 
 fn setup(n: usize) -> (Fleet, Project) {
-    let fleet = Fleet::start(n);
-    let p = Project::new();
-    p.write("cutover.toml", &fleet.project_toml());
-    let names: Vec<String> = fleet.workers.iter().map(|w| w.name.clone()).collect();
-    let labels: Vec<(&str, &[&str])> = names.iter().map(|n| (n.as_str(), &["web"][..])).collect();
-    p.write("workers.toml", &fleet.workers_toml(&labels));
-    (fleet, p)
+    crate::support::web_fleet(n)
 }
 
 const HOOK: &str = "echo \"$CUTOVER_EVENT $CUTOVER_JOB [$CUTOVER_WORKERS] $CURRENT_VERSION>$NEW_VERSION\" >> \"$CUTOVER_PROJECT/hooks.log\"\n";

@@ -827,3 +827,53 @@ fn a_hostile_backup_id_never_reaches_a_shell() {
     assert!(out.stdout.contains("is not a valid id"), "{out:?}");
     assert!(!pwned.exists(), "the backup id ran as a command");
 }
+
+/// Review: a release that removed a job is reverted with the job running
+/// again, on the data reconcile kept.
+#[test]
+fn revert_brings_back_a_job_the_release_removed() {
+    let s = setup(2);
+    for w in &s.fleet.workers {
+        std::fs::write(w.path("jobs/other/shared/data.txt"), "kept\n").expect("w");
+    }
+    git(&s.dev, &["checkout", "-q", "-b", "feat/81"]);
+    git(&s.dev, &["rm", "-q", "-r", "jobs/other"]);
+    git(&s.dev, &["commit", "-q", "-m", "drop other"]);
+    git(&s.dev, &["checkout", "-q", "main"]);
+    git(
+        &s.dev,
+        &["merge", "-q", "--no-ff", "-m", "Merge feat/81", "feat/81"],
+    );
+    git(&s.dev, &["push", "-q", "origin", "main"]);
+    s.p.expect(&["release", "run", "81"], 0);
+    for w in &s.fleet.workers {
+        assert!(w.current("other").is_none(), "{}", w.name);
+    }
+    let out = s.p.expect(&["release", "revert", "81"], 0);
+    assert!(out.stdout.contains("release 81 reverted"), "{out:?}");
+    for w in &s.fleet.workers {
+        assert!(w.current("other").is_some(), "other is back on {}", w.name);
+        assert_eq!(w.read("jobs/other/shared/data.txt"), "kept\n", "{}", w.name);
+    }
+}
+
+/// Review: a revert whose push failed finishes once the push can be made:
+/// the revert commit is not made twice.
+#[test]
+fn a_revert_whose_push_failed_finishes_on_the_next_try() {
+    let s = setup(1);
+    s.merge("feat/91", &[("jobs/web/page.html", "91\n")]);
+    s.p.expect(&["release", "run", "91"], 0);
+    let origin = git(s.p.path(), &["remote", "get-url", "origin"]);
+    git(
+        s.p.path(),
+        &["remote", "set-url", "origin", "/nonexistent/origin.git"],
+    );
+    let out = s.p.expect(&["release", "revert", "91"], 1);
+    assert!(out.stdout.contains("the push failed"), "{out:?}");
+    git(s.p.path(), &["remote", "set-url", "origin", &origin]);
+    let out = s.p.expect(&["release", "revert", "91"], 0);
+    assert!(out.stdout.contains("release 91 reverted"), "{out:?}");
+    let subjects = git(s.p.path(), &["log", "-3", "--format=%s"]);
+    assert_eq!(subjects.matches("Revert").count(), 1, "{subjects}");
+}

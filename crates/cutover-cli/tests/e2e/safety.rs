@@ -9,20 +9,7 @@ use crate::support::{Fleet, Project};
 const POISON: &str = "p0is0n-s3cret-9d2e";
 
 fn setup(n: usize) -> (Fleet, Project) {
-    let fleet = Fleet::start(n);
-    let p = Project::new();
-    let labels: Vec<(String, Vec<&str>)> = fleet
-        .workers
-        .iter()
-        .map(|w| (w.name.clone(), vec!["web"]))
-        .collect();
-    let labels: Vec<(&str, &[&str])> = labels
-        .iter()
-        .map(|(n, l)| (n.as_str(), l.as_slice()))
-        .collect();
-    p.write("cutover.toml", &fleet.project_toml());
-    p.write("workers.toml", &fleet.workers_toml(&labels));
-    (fleet, p)
+    crate::support::web_fleet(n)
 }
 
 fn mode(path: &std::path::Path) -> u32 {

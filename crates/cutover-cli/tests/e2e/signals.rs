@@ -28,19 +28,7 @@ fn gated(p: &Project, gates: &Path) {
 }
 
 fn setup(n: usize) -> (Fleet, Project, tempfile::TempDir) {
-    let fleet = Fleet::start(n);
-    let p = Project::new();
-    p.write("cutover.toml", &fleet.project_toml());
-    let labels: Vec<(String, Vec<&str>)> = fleet
-        .workers
-        .iter()
-        .map(|w| (w.name.clone(), vec!["web"]))
-        .collect();
-    let labels: Vec<(&str, &[&str])> = labels
-        .iter()
-        .map(|(n, l)| (n.as_str(), l.as_slice()))
-        .collect();
-    p.write("workers.toml", &fleet.workers_toml(&labels));
+    let (fleet, p) = crate::support::web_fleet(n);
     p.job(
         "api",
         "version = \"1\"\nmax_concurrent_starts = 1\nmax_concurrent_upgrades = 1\n",

@@ -280,6 +280,17 @@ impl Fleet {
     }
 }
 
+/// A fleet of `n` workers labelled `web`, and a project that reaches them.
+pub fn web_fleet(n: usize) -> (Fleet, Project) {
+    let fleet = Fleet::start(n);
+    let p = Project::new();
+    p.write("cutover.toml", &fleet.project_toml());
+    let names: Vec<String> = fleet.workers.iter().map(|w| w.name.clone()).collect();
+    let labels: Vec<(&str, &[&str])> = names.iter().map(|n| (n.as_str(), &["web"][..])).collect();
+    p.write("workers.toml", &fleet.workers_toml(&labels));
+    (fleet, p)
+}
+
 /// A Makefile whose targets record what ran (release, versions, a
 /// timestamp) in the job's shared/events.log, and whose health target
 /// passes while `health.txt` (if any) says `ok`.
@@ -449,22 +460,15 @@ impl Project {
 
     /// Starts cutover in the background (for tests that signal or kill it).
     pub fn spawn(&self, args: &[&str]) -> Child {
-        Command::new(BIN)
-            .args(args)
-            .current_dir(self.dir.path())
-            .env("CUTOVER_USER", "tester")
-            .env("TMPDIR", self.tmp.path())
-            .env_remove("XDG_RUNTIME_DIR")
-            .env_remove("CUTOVER_PROJECT")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn cutover")
+        self.background(args, Stdio::piped())
     }
 
     /// Like [`Project::spawn`], with stderr written to `log` as it comes.
     pub fn spawn_logged(&self, args: &[&str], log: &Path) -> Child {
+        self.background(args, std::fs::File::create(log).expect("log").into())
+    }
+
+    fn background(&self, args: &[&str], stderr: Stdio) -> Child {
         Command::new(BIN)
             .args(args)
             .current_dir(self.dir.path())
@@ -474,7 +478,7 @@ impl Project {
             .env_remove("CUTOVER_PROJECT")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(log).expect("log"))
+            .stderr(stderr)
             .spawn()
             .expect("spawn cutover")
     }

@@ -476,7 +476,8 @@ async fn restore(
         .env("BACKUP_ID", id)
         .cwd(dir)
         .timeout(ctx.project.config.ssh.command_timeout)
-        .label("restore");
+        .label("restore")
+        .kill_on_timeout();
     let out = host.run(&cmd).await.map_err(|e| e.to_string())?;
     if out.success() {
         say(ctx, format!("restored backup {id} on {}", c.key()));

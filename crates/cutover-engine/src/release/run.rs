@@ -673,7 +673,12 @@ pub(crate) async fn in_current(
 ) -> Result<String, String> {
     let host = fleet.get(&env.worker.name)?;
     let dir = format!("{}/current", env.worker.job_dir(&env.job.name));
-    let cmd = env.apply(Command::shell(command)).cwd(dir).timeout(timeout);
+    let cmd = env
+        .apply(Command::shell(command))
+        .cwd(dir)
+        .timeout(timeout)
+        .label(command.to_string())
+        .kill_on_timeout();
     let out = host.run(&cmd).await.map_err(|e| e.to_string())?;
     if out.success() {
         Ok(out.stdout)
