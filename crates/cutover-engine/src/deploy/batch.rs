@@ -1,0 +1,320 @@
+//! One batch member: switch and lifecycle, health, promote (on the worker,
+//! then in the store), or the record of its failure and the switch back.
+
+use super::*;
+
+/// An allocation whose new release is in place and switched to.
+pub(super) struct Switched {
+    pub(super) release: String,
+    /// What `current` pointed at before the switch.
+    pub(super) previous: Option<String>,
+    /// The first health command attempt, when it ran with the lifecycle.
+    pub(super) health: Option<Result<(), String>>,
+    /// The worker already wrote its promoted.json (in the same command).
+    pub(super) carried: bool,
+}
+
+/// Switches `current` to the uploaded release and runs the lifecycle target.
+pub(super) async fn activate_one(
+    run: &Run,
+    job: &Job,
+    a: &AllocPlan,
+    up: Result<Uploaded, String>,
+) -> Result<Switched, RolloutError> {
+    let up = up.map_err(|e| (None, e))?;
+    let _permit = run.limit.acquire().await;
+    let worker = &run.workers[&a.worker];
+    let host = run.fleet.host(&a.worker).await.map_err(|e| (None, e))?;
+    let job_dir = worker.job_dir(&job.name);
+    // With make (not a job_control hook), the switch and the lifecycle
+    // target are one remote command; otherwise the switch runs alone.
+    let make_target = a
+        .action
+        .target()
+        .filter(|_| job.manifest.hooks.job_control.is_none());
+    let env = alloc_env(job, worker, &up.release, a);
+    // The health command's first attempt joins them when nothing (an
+    // `after_allocation_started` hook) must run between the two.
+    let folded = match (&job.manifest.health.command, make_target) {
+        (Some(command), Some(_)) if job.manifest.hooks.after_allocation_started.is_none() => {
+            Some(remote::FoldedHealth {
+                command,
+                timeout: job.manifest.health.timeout,
+            })
+        }
+        _ => None,
+    };
+    // Nothing but the target and that health command decides promotion:
+    // the worker records it in the same command.
+    let health = &job.manifest.health;
+    let carried = (make_target.is_some()
+        && job.manifest.hooks.after_allocation_started.is_none()
+        && health.http.is_none()
+        && health.tcp.is_none()
+        && (folded.is_some() || health.command.is_none()))
+    .then(|| run.carried(a, &up.release));
+    let cmd = match make_target {
+        Some(target) => {
+            run.step(&job.name, &a.worker, target);
+            let prune = run.prune(job, &a.worker);
+            remote::switch_and_run(
+                &env,
+                target,
+                folded.as_ref(),
+                &prune,
+                carried.as_deref(),
+                run.timeout,
+            )
+        }
+        None => {
+            run.step(&job.name, &a.worker, "switch");
+            let prune = run.prune(job, &a.worker);
+            remote::switch(&job_dir, &up.release, Some(&prune), run.timeout)
+        }
+    };
+    let out = host.run(&cmd).await.map_err(|e| (None, e.to_string()))?;
+    let switch_ok = match make_target {
+        Some(_) => !remote::switch_failed(&out),
+        None => out.success(),
+    };
+    if !switch_ok {
+        let e = format!(
+            "switching current to {} failed: {}",
+            up.release,
+            out.tail(3)
+        );
+        return Err((None, e));
+    }
+    let mut switched = Switched {
+        release: up.release,
+        previous: remote::previous_release(&out),
+        health: None,
+        carried: carried.is_some() && out.success() && !out.stderr.contains("cannot write"),
+    };
+    if let Some(h) = &folded {
+        switched.health = remote::folded_health(h.command, &out);
+    }
+    match (make_target, a.action.target()) {
+        // The target ran with the switch; a folded health result means it
+        // passed (the health command runs only after it).
+        (Some(target), _) if !out.success() && switched.health.is_none() => {
+            Err((Some(switched), remote::target_failed(target, &out)))
+        }
+        (Some(_), _) | (None, None) => Ok(switched),
+        // A job_control hook runs the target here, after the switch.
+        (None, Some(target)) => {
+            run.step(&job.name, &a.worker, target);
+            match lifecycle(run, job, worker, &host, target, &switched.release, a).await {
+                Ok(()) => Ok(switched),
+                Err(e) => Err((Some(switched), e)),
+            }
+        }
+    }
+}
+
+/// What an allocation's lifecycle target and health command see.
+pub(super) fn alloc_env<'a>(
+    job: &'a Job,
+    worker: &'a Worker,
+    release: &'a str,
+    a: &'a AllocPlan,
+) -> LifecycleEnv<'a> {
+    LifecycleEnv {
+        job,
+        worker,
+        release,
+        current_version: a.current_version.as_deref().unwrap_or_default(),
+        new_version: &a.new_version,
+    }
+}
+
+pub(super) async fn lifecycle(
+    run: &Run,
+    job: &Job,
+    worker: &Worker,
+    host: &cutover_transport::Host,
+    target: &str,
+    release: &str,
+    a: &AllocPlan,
+) -> Result<(), String> {
+    if let Some(control) = &job.manifest.hooks.job_control {
+        let current = a.current_version.as_deref().unwrap_or_default();
+        let env = run.hook_env(job, target, vec![worker.name.clone()], current);
+        return hooks::run(control, &env, run.timeout).await;
+    }
+    let env = alloc_env(job, worker, release, a);
+    let out = host
+        .run(&remote::lifecycle(&env, target, run.timeout))
+        .await
+        .map_err(|e| e.to_string())?;
+    if out.success() {
+        Ok(())
+    } else {
+        Err(remote::target_failed(target, &out))
+    }
+}
+
+pub(super) async fn check_one(
+    run: &Run,
+    job: &Job,
+    a: &AllocPlan,
+    s: &Switched,
+) -> Result<(), String> {
+    if job.manifest.health.is_empty() || a.action == Action::Sync {
+        return Ok(());
+    }
+    let _permit = run.limit.acquire().await;
+    let worker = &run.workers[&a.worker];
+    let host = run.fleet.host(&a.worker).await?;
+    run.step(&job.name, &a.worker, "health");
+    let env = alloc_env(job, worker, &s.release, a);
+    let empty = BTreeMap::new();
+    health::check_allocation(
+        &host,
+        &env,
+        run.kv.get(&job.name).unwrap_or(&empty),
+        &run.env,
+        s.health.clone(),
+    )
+    .await
+}
+
+/// Records a healthy allocation as promoted: on its worker first
+/// (`promoted.json`, what `state rebuild` reads), then in the store. A
+/// store that cannot be written fails the allocation: the next run must
+/// not take it for promoted, nor this one go on as if it were.
+pub(super) async fn promote(
+    run: &Run,
+    job: &Job,
+    a: &AllocPlan,
+    s: &Switched,
+) -> Result<(), String> {
+    let now = cutover_state::now_rfc3339();
+    let json = run.carried(a, &s.release);
+    if let (false, Ok(host)) = (s.carried, run.fleet.host(&a.worker).await) {
+        let job_dir = run.workers[&a.worker].job_dir(&job.name);
+        let written = host
+            .run(&remote::record_promoted(&job_dir, &json, run.timeout))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|out| out.success().then_some(()).ok_or_else(|| out.tail(2)));
+        if let Err(e) = written {
+            run.reporter.event(&Event::Message {
+                text: format!(
+                    "warning: {}@{}: cannot write {}: {e}",
+                    job.name,
+                    a.worker,
+                    remote::PROMOTED_FILE
+                ),
+            });
+        }
+    }
+    let rec = AllocationRecord {
+        job: job.name.clone(),
+        worker: a.worker.clone(),
+        status: AllocStatus::Promoted,
+        hash: Some(a.hash.clone()),
+        version: Some(a.new_version.clone()),
+        release_id: Some(s.release.clone()),
+        previous_release_id: s.previous.clone(),
+        health: if job.manifest.health.is_empty() || a.action == Action::Sync {
+            "unknown".into()
+        } else {
+            "healthy".into()
+        },
+        message: String::new(),
+        updated_at: now,
+    };
+    let store_failed =
+        |e: cutover_state::StateError| format!("recording the promotion failed: {e}");
+    if let Some(json) = run.manifests.get(&(job.name.clone(), a.hash.clone())) {
+        run.store
+            .put_tree(&job.name, &a.hash, json)
+            .await
+            .map_err(store_failed)?;
+    }
+    run.store.put_allocation(&rec).await.map_err(store_failed)?;
+    if let Some(w) = run.workers.get(&a.worker) {
+        if let Ok(json) = serde_json::to_string(w) {
+            run.store
+                .put_known_worker(&w.name, &json)
+                .await
+                .map_err(store_failed)?;
+        }
+    }
+    Ok(())
+}
+
+pub(super) async fn record_failure(run: &Run, job: &Job, a: &AllocPlan, message: &str) {
+    let key = (job.name.clone(), a.worker.clone());
+    let old = run.records.get(&key);
+    let rec = AllocationRecord {
+        job: job.name.clone(),
+        worker: a.worker.clone(),
+        status: AllocStatus::Failed,
+        hash: old.and_then(|o| o.hash.clone()),
+        version: old.and_then(|o| o.version.clone()),
+        release_id: old.and_then(|o| o.release_id.clone()),
+        previous_release_id: old.and_then(|o| o.previous_release_id.clone()),
+        health: "unhealthy".into(),
+        message: run.redactor.redact(message),
+        updated_at: cutover_state::now_rfc3339(),
+    };
+    if let Err(e) = run.store.put_allocation(&rec).await {
+        run.reporter.event(&Event::Message {
+            text: format!(
+                "warning: {}@{}: cannot record the failure: {e}",
+                job.name, a.worker
+            ),
+        });
+    }
+}
+
+/// Switches one allocation of a failed batch back to the release it ran
+/// before and restarts it; a new allocation is stopped instead.
+pub(super) async fn revert_one(run: &Run, job: &Job, a: &AllocPlan, s: Option<&Switched>) -> bool {
+    let Some(s) = s else {
+        return false; // never switched: the old release still runs
+    };
+    let worker = &run.workers[&a.worker];
+    let Ok(host) = run.fleet.host(&a.worker).await else {
+        return false;
+    };
+    let job_dir = worker.job_dir(&job.name);
+    let (ok, message) = match &s.previous {
+        Some(prev) => {
+            let r = async {
+                let out = host
+                    .run(&remote::switch(&job_dir, prev, None, run.timeout))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if !out.success() {
+                    return Err(format!("switch back failed: {}", out.tail(3)));
+                }
+                let back = AllocPlan {
+                    current_version: Some(a.new_version.clone()),
+                    new_version: a.current_version.clone().unwrap_or_default(),
+                    ..a.clone()
+                };
+                lifecycle(run, job, worker, &host, "restart", prev, &back).await
+            }
+            .await;
+            (r.is_ok(), r.err().unwrap_or_default())
+        }
+        None => {
+            let back = AllocPlan {
+                current_version: Some(a.new_version.clone()),
+                ..a.clone()
+            };
+            let r = lifecycle(run, job, worker, &host, "stop", &s.release, &back).await;
+            (r.is_ok(), r.err().unwrap_or_default())
+        }
+    };
+    run.reporter.event(&Event::Reverted {
+        job: job.name.clone(),
+        worker: a.worker.clone(),
+        ok,
+        message,
+    });
+    ok
+}

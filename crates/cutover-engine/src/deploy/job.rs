@@ -1,0 +1,243 @@
+//! One job of a wave: the pre_deploy hook, the uploads admitted in batch
+//! order, then batch by batch the switch, lifecycle, health and promote.
+
+use super::*;
+
+pub(super) async fn run_job(run: &Arc<Run>, jp: &JobPlan) -> JobResult {
+    let job = &run.project.jobs[&jp.job];
+    let mut result = JobResult {
+        job: jp.job.clone(),
+        status: JobStatus::Unchanged,
+        message: String::new(),
+        allocations: Vec::new(),
+    };
+    if !jp.has_work() {
+        return result;
+    }
+    run.reporter.event(&Event::JobStarted {
+        job: jp.job.clone(),
+        wave: jp.wave,
+        batches: jp.batches,
+    });
+    let all_workers: Vec<String> = jp
+        .allocations
+        .iter()
+        .filter(|a| a.action != Action::Skip)
+        .map(|a| a.worker.clone())
+        .collect();
+    let hooks = &job.manifest.hooks;
+    if let Err(e) = run
+        .hook(job, "pre_deploy", &hooks.pre_deploy, all_workers.clone())
+        .await
+    {
+        return finish(run, result, JobStatus::Failed, e);
+    }
+    // Every release dir is uploaded ahead of the rolling batches; the
+    // uploads stop (and are aborted) when this returns.
+    let mut uploads = upload::start_uploads(run, jp);
+    for batch in 1..=jp.batches {
+        if run.interrupt.is_set() {
+            return finish(
+                run,
+                result,
+                JobStatus::Interrupted,
+                format!(
+                    "interrupted before batch {batch}/{}: batches before it are promoted, the rest run next time",
+                    jp.batches
+                ),
+            );
+        }
+        if let Err(message) = run_batch(run, job, jp, batch, &mut uploads, &mut result).await {
+            return finish(run, result, JobStatus::Failed, message);
+        }
+    }
+    if let Err(e) = run
+        .hook(job, "post_deploy", &hooks.post_deploy, all_workers)
+        .await
+    {
+        return finish(run, result, JobStatus::Failed, e);
+    }
+    finish(run, result, JobStatus::Succeeded, String::new())
+}
+
+/// A batch member that failed: where it stands, and why.
+type Failure<'a> = (&'a AllocPlan, Option<Switched>, String);
+
+/// One batch: wait for its uploads, switch and start every member at once,
+/// the hook, health checks, promotion. On a failure, the batch is
+/// recorded and halted or switched back, and the job's message returned.
+async fn run_batch(
+    run: &Run,
+    job: &Job,
+    jp: &JobPlan,
+    batch: usize,
+    uploads: &mut upload::Uploads,
+    result: &mut JobResult,
+) -> Result<(), String> {
+    let members: Vec<&AllocPlan> = jp
+        .allocations
+        .iter()
+        .filter(|a| a.batch == Some(batch))
+        .collect();
+    run.reporter.event(&Event::BatchStarted {
+        job: jp.job.clone(),
+        batch,
+        batches: jp.batches,
+        workers: members.iter().map(|a| a.worker.clone()).collect(),
+    });
+    let ups = uploads.take(&members).await;
+    let outcomes = crate::join::join_all(
+        members
+            .iter()
+            .zip(ups)
+            .map(|(a, up)| activate_one(run, job, a, up)),
+    )
+    .await;
+    let mut switched: Vec<(&AllocPlan, Switched)> = Vec::new();
+    let mut failures: Vec<Failure> = Vec::new();
+    for (a, r) in members.iter().copied().zip(outcomes) {
+        match r {
+            Ok(s) => switched.push((a, s)),
+            Err((s, e)) => failures.push((a, s, e)),
+        }
+    }
+    if !switched.is_empty() && failures.is_empty() {
+        let started: Vec<String> = switched.iter().map(|(a, _)| a.worker.clone()).collect();
+        let hook = &job.manifest.hooks.after_allocation_started;
+        if let Err(e) = run
+            .hook(job, "after_allocation_started", hook, started)
+            .await
+        {
+            for (a, s) in switched.drain(..) {
+                failures.push((a, Some(s), e.clone()));
+            }
+        }
+    }
+    let healthy = check_and_promote(run, job, switched, &mut failures).await;
+    if failures.is_empty() {
+        for (a, s) in healthy {
+            let release = Some(s.release.clone());
+            result
+                .allocations
+                .push(done(run, job, a, true, release, String::new(), false));
+        }
+        return Ok(());
+    }
+    Err(fail_batch(run, job, jp, batch, failures, healthy, result).await)
+}
+
+/// Health checks of the switched members, then promotion of the healthy;
+/// what fails either joins `failures`.
+async fn check_and_promote<'a>(
+    run: &Run,
+    job: &Job,
+    switched: Vec<(&'a AllocPlan, Switched)>,
+    failures: &mut Vec<Failure<'a>>,
+) -> Vec<(&'a AllocPlan, Switched)> {
+    let checked =
+        crate::join::join_all(switched.iter().map(|(a, s)| check_one(run, job, a, s))).await;
+    let mut healthy = Vec::new();
+    for ((a, s), r) in switched.into_iter().zip(checked) {
+        match r {
+            Ok(()) => healthy.push((a, s)),
+            Err(e) => failures.push((a, Some(s), e)),
+        }
+    }
+    let promoted =
+        crate::join::join_all(healthy.iter().map(|(a, s)| promote(run, job, a, s))).await;
+    let mut kept = Vec::new();
+    for ((a, s), r) in healthy.into_iter().zip(promoted) {
+        match r {
+            Ok(()) => kept.push((a, s)),
+            Err(e) => failures.push((a, Some(s), e)),
+        }
+    }
+    kept
+}
+
+/// A failed batch: each failure recorded, then the batch halted or (with
+/// `on_failure = "revert"`) switched back, healthy members included.
+/// Returns the job's message.
+async fn fail_batch(
+    run: &Run,
+    job: &Job,
+    jp: &JobPlan,
+    batch: usize,
+    failures: Vec<Failure<'_>>,
+    healthy: Vec<(&AllocPlan, Switched)>,
+    result: &mut JobResult,
+) -> String {
+    let revert = job.manifest.on_failure == OnFailure::Revert;
+    let first_error = format!("{}: {}", failures[0].0.worker, failures[0].2);
+    for (a, s, e) in &failures {
+        record_failure(run, job, a, e).await;
+        let reverted = revert && revert_one(run, job, a, s.as_ref()).await;
+        let release = s.as_ref().map(|s| s.release.clone());
+        result
+            .allocations
+            .push(done(run, job, a, false, release, e.clone(), reverted));
+    }
+    for (a, s) in healthy {
+        let reverted = revert && revert_one(run, job, a, Some(&s)).await;
+        if reverted {
+            record_failure(run, job, a, "reverted with its failed batch").await;
+        }
+        result.allocations.push(done(
+            run,
+            job,
+            a,
+            !reverted,
+            Some(s.release),
+            String::new(),
+            reverted,
+        ));
+    }
+    let verb = if revert { "reverted" } else { "halted" };
+    format!(
+        "batch {batch}/{} failed and was {verb}: {first_error}",
+        jp.batches
+    )
+}
+
+pub(super) fn finish(run: &Run, mut r: JobResult, status: JobStatus, message: String) -> JobResult {
+    let message = run.redactor.redact(&message);
+    run.reporter.event(&Event::JobDone {
+        job: r.job.clone(),
+        status: format!("{status:?}").to_lowercase(),
+        message: message.clone(),
+    });
+    r.status = status;
+    r.message = message;
+    r
+}
+
+pub(super) fn done(
+    run: &Run,
+    job: &Job,
+    a: &AllocPlan,
+    ok: bool,
+    release: Option<String>,
+    message: String,
+    reverted: bool,
+) -> AllocResult {
+    let message = run.redactor.redact(&message);
+    run.reporter.event(&Event::AllocDone {
+        job: job.name.clone(),
+        worker: a.worker.clone(),
+        action: a.action.as_str().into(),
+        ok,
+        message: if reverted {
+            format!("{message} (reverted to the previous release)")
+        } else {
+            message.clone()
+        },
+    });
+    AllocResult {
+        worker: a.worker.clone(),
+        action: a.action,
+        ok,
+        release,
+        message,
+        reverted,
+    }
+}

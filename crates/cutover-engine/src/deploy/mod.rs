@@ -1,0 +1,529 @@
+//! `cutover deploy`: plan, reconcile, then roll each wave out in batches.
+//!
+//! Every allocation moves through explicit steps (prepare, upload, switch,
+//! lifecycle, health, promote), and its state is written to the store after
+//! each batch, before the next batch starts: a crash leaves a store that
+//! the next run plans from, retrying only what did not finish.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cutover_model::plan::{
+    self, Action, AllocPlan, JobPlan, Plan, PlanInput, PlanOptions, StopPlan,
+};
+use cutover_model::{Job, OnFailure, Project, Worker};
+use cutover_state::{AllocStatus, AllocationRecord, NewDeployment, StateStore};
+use cutover_transport::LocalTree;
+use serde::Serialize;
+use tokio::sync::{oneshot, Semaphore};
+
+use crate::events::{Event, Reporter};
+use crate::fleet::Fleet;
+use crate::health;
+use crate::hooks::{self, HookEnv};
+use crate::remote::{self, LifecycleEnv};
+use crate::render::{self, Key};
+use crate::{kv, Context, EngineError};
+
+mod batch;
+mod job;
+mod reconcile;
+mod run;
+mod upload;
+mod waves;
+
+use batch::{activate_one, check_one, promote, record_failure, revert_one, Switched};
+use job::run_job;
+use reconcile::reconcile;
+use run::{DeltaBase, Run, DELTA_MAX_FILES};
+use upload::{RolloutError, Uploaded};
+
+#[derive(Debug, Clone, Default)]
+pub struct DeployOptions {
+    pub jobs: Option<BTreeSet<String>>,
+    pub dry_run: bool,
+    pub force: bool,
+    pub sync_only: bool,
+    /// The command line, for the deployment record and the lock.
+    pub command: String,
+    /// The project's git HEAD and whether the tree was dirty.
+    pub head: Option<String>,
+    pub dirty: bool,
+    /// The caller (a ticket release) already holds the project lock.
+    pub lock_held: bool,
+    /// Check allocations the store calls unchanged against their workers,
+    /// and roll out those that differ.
+    pub verify: bool,
+    /// Also delete the `shared/` data and KV of what reconcile stops.
+    pub purge_data: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// Everything planned was done.
+    Success,
+    /// Nothing to do.
+    Unchanged,
+    /// Some jobs succeeded, some failed: the next run retries the failures.
+    Partial,
+    Failed,
+    /// A dry run: the plan only.
+    Planned,
+    /// A signal stopped the run: in-flight steps finished, nothing new
+    /// started; the next run retries what is not promoted.
+    Interrupted,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Unchanged => "unchanged",
+            Outcome::Partial => "partial",
+            Outcome::Failed => "failed",
+            Outcome::Planned => "planned",
+            Outcome::Interrupted => "interrupted",
+        }
+    }
+    pub fn ok(self) -> bool {
+        !matches!(
+            self,
+            Outcome::Partial | Outcome::Failed | Outcome::Interrupted
+        )
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AllocResult {
+    pub worker: String,
+    pub action: Action,
+    pub ok: bool,
+    pub release: Option<String>,
+    pub message: String,
+    /// Switched back to the previous release after its batch failed.
+    pub reverted: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    Succeeded,
+    Unchanged,
+    Failed,
+    /// Not started: a job it depends on failed.
+    Blocked,
+    /// Stopped by a signal before its last batch.
+    Interrupted,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JobResult {
+    pub job: String,
+    pub status: JobStatus,
+    pub message: String,
+    pub allocations: Vec<AllocResult>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StopResult {
+    pub job: String,
+    pub worker: String,
+    pub why: String,
+    pub ok: bool,
+    pub message: String,
+    /// The allocation's `shared/` data (and the job's KV) were kept.
+    pub data_kept: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeployReport {
+    pub outcome: Outcome,
+    pub seq: Option<i64>,
+    pub plan: Plan,
+    pub stops: Vec<StopResult>,
+    pub jobs: Vec<JobResult>,
+    /// The holder of a stale lock this run took over.
+    pub took_over_lock: Option<String>,
+}
+
+/// Plans (and unless `dry_run`, executes) a deploy of the working tree.
+pub async fn deploy(ctx: &Context, opts: &DeployOptions) -> Result<DeployReport, EngineError> {
+    let (recorded, records) = render::recorded(ctx).await?;
+    if let Some(jobs) = &opts.jobs {
+        for j in jobs {
+            if !ctx.project.jobs.contains_key(j) && !records.iter().any(|r| &r.job == j) {
+                let known: Vec<&str> = ctx.project.jobs.keys().map(String::as_str).collect();
+                return Err(EngineError::usage(
+                    format!("--jobs names `{j}`, which is not a job of this project"),
+                    format!("jobs: {}", known.join(", ")),
+                ));
+            }
+        }
+    }
+    let lock = if opts.dry_run || opts.lock_held {
+        None
+    } else {
+        Some(ctx.store.lock(&ctx.holder(&opts.command, None)).await?)
+    };
+    // One set of connections for the whole run, opened lazily: a run with
+    // nothing to do opens none; workers the store forgot are asked what
+    // they run over the same connections the rollout then uses.
+    let known: BTreeMap<String, Worker> = ctx
+        .store
+        .known_workers()
+        .await?
+        .into_iter()
+        .filter_map(|(name, json)| Some((name, serde_json::from_str::<Worker>(&json).ok()?)))
+        .filter(|(name, _)| ctx.project.worker(name).is_none())
+        .collect();
+    let fleet = Fleet::lazy(
+        ctx,
+        ctx.project
+            .workers
+            .iter()
+            .chain(known.values())
+            .cloned()
+            .collect(),
+    )?;
+    let Planned {
+        recorded,
+        records,
+        kv,
+        rendered,
+        plan,
+    } = plan_run(ctx, opts, &fleet, recorded, records).await?;
+    let mut report = DeployReport {
+        outcome: Outcome::Planned,
+        seq: None,
+        plan: plan.clone(),
+        stops: Vec::new(),
+        jobs: Vec::new(),
+        took_over_lock: lock
+            .as_ref()
+            .and_then(|l| l.took_over.as_ref())
+            .map(|h| h.to_string()),
+    };
+    if opts.dry_run {
+        fleet.close().await;
+        return Ok(report);
+    }
+    if lock.is_some() {
+        // This run holds the lock, so no other is live: a deployment still
+        // "running" belongs to a process that died.
+        finish_dead_runs(ctx).await?;
+    }
+    if plan.is_noop() {
+        // Everything is promoted: no connection, no deployment record.
+        report.outcome = Outcome::Unchanged;
+        fleet.close().await;
+        return Ok(report);
+    }
+    if ctx.interrupt.is_set() {
+        // Stopped while planning: nothing was started.
+        report.outcome = Outcome::Interrupted;
+        fleet.close().await;
+        return Ok(report);
+    }
+
+    let started_at = cutover_state::now_rfc3339();
+    let seq = ctx
+        .store
+        .begin_deployment(&NewDeployment {
+            started_at: started_at.clone(),
+            head: opts.head.clone(),
+            dirty: opts.dirty,
+            command: opts.command.clone(),
+            user: ctx.operator.user.clone(),
+        })
+        .await?;
+    report.seq = Some(seq);
+    ctx.interrupt.set_running(ctx.store.clone(), seq);
+
+    // From here the deployment is on record: whatever fails below, the
+    // record is finished (as failed), never left "running".
+    let executed = async {
+        // Stage what will be uploaded, once per distinct tree, in a private
+        // dir (rendered files may hold secrets). A run killed with -9 left
+        // its own behind: it is removed now that this run holds the lock.
+        crate::scratch::Scratch::sweep(&ctx.runtime_dir);
+        let stage_root =
+            crate::scratch::Scratch::create(&ctx.runtime_dir, "stage", &ctx.project.root)?;
+        let wanted: BTreeSet<Key> = plan
+            .jobs()
+            .flat_map(|j| {
+                j.allocations
+                    .iter()
+                    .filter(|a| a.action != Action::Skip)
+                    .map(move |a| (j.job.clone(), a.worker.clone()))
+            })
+            .collect();
+        let staged = render::stage(stage_root.path(), &rendered.trees, &wanted)?;
+        let records: BTreeMap<Key, AllocationRecord> = records
+            .into_iter()
+            .map(|r| ((r.job.clone(), r.worker.clone()), r))
+            .collect();
+        // Where the store knows which release a worker runs and what is in it,
+        // the upload sends only the files that differ from that release.
+        let mut ticket_bases: BTreeMap<Key, Vec<String>> = BTreeMap::new();
+        for b in crate::release::open_bases(ctx).await? {
+            ticket_bases
+                .entry((b.job, b.worker))
+                .or_default()
+                .push(b.release_id);
+        }
+        let bases: BTreeMap<Key, DeltaBase> = wanted
+            .iter()
+            .filter_map(|k| {
+                let release = records.get(k)?.release_id.clone()?;
+                let old = recorded.get(k)?.promoted_manifest.as_ref()?;
+                let changed =
+                    cutover_model::tree::changed_paths(old, &rendered.candidates.get(k)?.manifest);
+                (changed.len() <= DELTA_MAX_FILES)
+                    .then(|| (k.clone(), DeltaBase { release, changed }))
+            })
+            .collect();
+        let manifests = wanted
+            .iter()
+            .filter_map(|k| {
+                let c = rendered.candidates.get(k)?;
+                Some((
+                    (k.0.clone(), c.hash.clone()),
+                    serde_json::to_string(&c.manifest).ok()?,
+                ))
+            })
+            .collect();
+
+        // Connect to every worker with work: those in the project, and those
+        // removed from it whose last known address the store remembers.
+        let mut needed: BTreeMap<String, Worker> = BTreeMap::new();
+        for (_, worker) in &wanted {
+            if let Some(w) = ctx.project.worker(worker) {
+                needed.insert(worker.clone(), w.clone());
+            }
+        }
+        for s in &plan.stops {
+            if let Some(w) = ctx.project.worker(&s.worker).or(known.get(&s.worker)) {
+                needed.insert(s.worker.clone(), w.clone());
+            }
+        }
+
+        let redactor = kv.redactor();
+        let run = Arc::new(Run {
+            project: ctx.project.clone(),
+            store: ctx.store.clone(),
+            reporter: redactor.reporter(ctx.reporter.clone()),
+            redactor,
+            fleet,
+            staged,
+            bases,
+            ticket_bases,
+            manifests,
+            records,
+            workers: needed,
+            seq,
+            stamp: cutover_state::now_compact_millis(),
+            timeout: ctx.project.config.ssh.command_timeout,
+            limit: Arc::new(Semaphore::new(ctx.project.config.ssh.max_parallel)),
+            kv,
+            env: ctx.template_env(),
+            purge_data: opts.purge_data,
+            interrupt: ctx.interrupt.clone(),
+        });
+
+        if !run.interrupt.is_set() {
+            report.stops = reconcile(&run, &plan.stops).await;
+        }
+
+        waves::run_waves(&run, &plan, &mut report).await?;
+        Ok::<_, EngineError>((run, stage_root))
+    }
+    .await;
+    let (run, stage_root) = match executed {
+        Ok(done) => done,
+        Err(e) => {
+            let summary = serde_json::json!({ "error": e.to_string() }).to_string();
+            if let Err(store) = ctx.store.finish_deployment(seq, "failed", &summary).await {
+                ctx.reporter.event(&Event::Message {
+                    text: format!("warning: cannot record deployment {seq} as failed: {store}"),
+                });
+            }
+            ctx.interrupt.clear_running();
+            return Err(e);
+        }
+    };
+
+    report.outcome = waves::outcome(&report, ctx.interrupt.is_set());
+    let summary = serde_json::json!({ "stops": report.stops, "jobs": report.jobs }).to_string();
+    ctx.store
+        .finish_deployment(seq, report.outcome.as_str(), &summary)
+        .await?;
+    ctx.interrupt.clear_running();
+    if let Ok(run) = Arc::try_unwrap(run) {
+        run.fleet.close().await;
+    }
+    drop(stage_root);
+    drop(lock);
+    Ok(report)
+}
+
+/// What a run plans from.
+struct Planned {
+    recorded: BTreeMap<Key, cutover_model::plan::Recorded>,
+    records: Vec<AllocationRecord>,
+    kv: kv::TemplateKv,
+    rendered: render::Rendered,
+    plan: Plan,
+}
+
+/// The plan: records a worker carries but the store lost are read back
+/// first; every allocation is rendered and fingerprinted; with `--verify`,
+/// allocations the store calls unchanged are compared with their workers,
+/// and those that differ are planned again.
+async fn plan_run(
+    ctx: &Context,
+    opts: &DeployOptions,
+    fleet: &Fleet,
+    mut recorded: BTreeMap<Key, cutover_model::plan::Recorded>,
+    mut records: Vec<AllocationRecord>,
+) -> Result<Planned, EngineError> {
+    if let Some(rebuilt) = rebuild_missing(ctx, &records, !opts.dry_run, fleet).await? {
+        if opts.dry_run {
+            // Nothing is written: the plan uses what the workers said.
+            for r in &rebuilt {
+                recorded.insert(
+                    (r.job.clone(), r.worker.clone()),
+                    cutover_model::plan::Recorded {
+                        promoted_hash: r.hash.clone(),
+                        promoted_version: r.version.clone(),
+                        failed: r.status == AllocStatus::Failed,
+                        ..Default::default()
+                    },
+                );
+            }
+            records.extend(rebuilt);
+        } else {
+            (recorded, records) = render::recorded(ctx).await?;
+        }
+    }
+
+    let kv = kv::for_templates(ctx).await?;
+    let rollout_order = kv::rollout_order(&kv);
+    let rendered = render::render_all(ctx, opts.jobs.as_ref(), &kv)?;
+    let plan_opts = PlanOptions {
+        jobs: opts.jobs.clone(),
+        force: opts.force,
+        sync_only: opts.sync_only,
+    };
+    let mut plan = plan::plan(&PlanInput {
+        project: &ctx.project,
+        candidates: &rendered.candidates,
+        recorded: &recorded,
+        rollout_order: &rollout_order,
+        options: &plan_opts,
+    });
+    if opts.verify {
+        let skipped: BTreeSet<Key> = plan
+            .jobs()
+            .flat_map(|j| {
+                j.allocations
+                    .iter()
+                    .filter(|a| a.action == Action::Skip)
+                    .map(move |a| (j.job.clone(), a.worker.clone()))
+            })
+            .collect();
+        let found = crate::drift::compare(ctx, &rendered.trees, &skipped).await?;
+        if !found.is_empty() {
+            for (key, files) in found {
+                if let Some(r) = recorded.get_mut(&key) {
+                    r.drift = files;
+                }
+            }
+            plan = plan::plan(&PlanInput {
+                project: &ctx.project,
+                candidates: &rendered.candidates,
+                recorded: &recorded,
+                rollout_order: &rollout_order,
+                options: &plan_opts,
+            });
+        }
+    }
+    Ok(Planned {
+        recorded,
+        records,
+        kv,
+        rendered,
+        plan,
+    })
+}
+
+/// Records every deployment still "running" as interrupted. Called with
+/// the lock held: its process is gone.
+pub(crate) async fn finish_dead_runs(ctx: &Context) -> Result<(), EngineError> {
+    for d in ctx.store.deployments(100).await? {
+        if d.outcome == "running" {
+            ctx.store
+                .finish_deployment(d.seq, "interrupted", &d.summary)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// The recorded deployments, newest first; one still "running" while no
+/// process holds the lock is shown as what it is: interrupted.
+pub async fn deployments(
+    ctx: &Context,
+    limit: i64,
+) -> Result<Vec<cutover_state::DeploymentRecord>, EngineError> {
+    let mut deps = ctx.store.deployments(limit).await?;
+    if ctx.store.lock_status().await?.is_none() {
+        for d in deps.iter_mut().filter(|d| d.outcome == "running") {
+            d.outcome = "interrupted".into();
+        }
+    }
+    Ok(deps)
+}
+
+/// Where the store has no record of a worker that a job selects (a lost
+/// or new store, or a new worker), asks the worker what it carries, so
+/// that a lost store never means redeploying the fleet from scratch.
+/// Returns the records rebuilt, if any (written to the store unless `write`
+/// is false, for a dry run).
+async fn rebuild_missing(
+    ctx: &Context,
+    records: &[AllocationRecord],
+    write: bool,
+    fleet: &Fleet,
+) -> Result<Option<Vec<AllocationRecord>>, EngineError> {
+    let unknown: BTreeSet<String> = ctx
+        .project
+        .workers
+        .iter()
+        .filter(|w| !w.disabled && !records.iter().any(|r| r.worker == w.name))
+        .filter(|w| {
+            ctx.project
+                .jobs
+                .values()
+                .any(|j| w.matches(&j.manifest.selectors))
+        })
+        .map(|w| w.name.clone())
+        .collect();
+    if unknown.is_empty() {
+        return Ok(None);
+    }
+    let report = crate::rebuild::rebuild(ctx, Some(&unknown), true, write, Some(fleet)).await?;
+    if report.rebuilt.is_empty() {
+        return Ok(None);
+    }
+    ctx.reporter.event(&Event::Message {
+        text: format!(
+            "the state store had no record of {}: {} {} allocation record(s) from what the workers carry",
+            unknown.iter().cloned().collect::<Vec<_>>().join(", "),
+            if write { "rebuilt" } else { "read (dry run: not written)" },
+            report.rebuilt.len()
+        ),
+    });
+    Ok(Some(report.records))
+}

@@ -1,0 +1,173 @@
+//! Reconcile: stop the allocations that should no longer run (their
+//! `shared/` data is kept unless the operator asked), before the waves.
+
+use super::*;
+
+/// Stops allocations that should no longer run, then cleans up after them.
+pub(super) async fn reconcile(run: &Arc<Run>, stops: &[StopPlan]) -> Vec<StopResult> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for s in stops.iter().cloned() {
+        let run = run.clone();
+        tasks.spawn(async move {
+            let r = stop_one(&run, &s).await;
+            let ok = r.is_ok();
+            let message = run.redactor.redact(&r.err().unwrap_or_default());
+            run.reporter.event(&Event::StopDone {
+                job: s.job.clone(),
+                worker: s.worker.clone(),
+                why: s.why.clone(),
+                ok,
+                message: message.clone(),
+            });
+            StopResult {
+                job: s.job,
+                worker: s.worker,
+                why: s.why,
+                ok,
+                message,
+                data_kept: !run.purge_data,
+            }
+        });
+    }
+    let mut out = Vec::new();
+    while let Some(Ok(r)) = tasks.join_next().await {
+        out.push(r);
+    }
+    out.sort_by(|a, b| (&a.job, &a.worker).cmp(&(&b.job, &b.worker)));
+    if !run.purge_data {
+        return out;
+    }
+
+    // Asked to purge: forget what is fully gone, KV of removed jobs and
+    // addresses of removed workers.
+    for r in out.iter().filter(|r| r.ok) {
+        let job_left =
+            run.project.jobs.contains_key(&r.job) || out.iter().any(|o| o.job == r.job && !o.ok);
+        if !job_left {
+            if let Err(e) = run.store.kv_delete(&r.job, None).await {
+                run.reporter.event(&Event::Message {
+                    text: format!("cannot delete the KV of removed job {}: {e}", r.job),
+                });
+            }
+        }
+        if run.project.worker(&r.worker).is_none() {
+            if let Err(e) = run.store.forget_worker(&r.worker).await {
+                run.reporter.event(&Event::Message {
+                    text: format!("cannot forget removed worker {}: {e}", r.worker),
+                });
+            }
+        }
+    }
+    out
+}
+
+pub(super) async fn stop_one(run: &Run, s: &StopPlan) -> Result<(), String> {
+    let _permit = run.limit.acquire().await;
+    let worker = run
+        .workers
+        .get(&s.worker)
+        .ok_or_else(|| format!("no known address for removed worker {}", s.worker))?;
+    // A worker removed from workers.toml whose host and root a worker of
+    // the project still has was renamed: its job dir is the other's, live.
+    // Only the old record goes.
+    let port = run.project.config.ssh.port;
+    if let Some(now) = run
+        .project
+        .workers
+        .iter()
+        .find(|w| s.worker_removed && w.same_root_as(worker, port))
+    {
+        run.store
+            .delete_allocation(&s.job, &s.worker)
+            .await
+            .map_err(|e| e.to_string())?;
+        run.reporter.event(&Event::Message {
+            text: format!(
+                "{}@{}: forgotten, not stopped: worker `{}` has the same host and root (renamed?)",
+                s.job, s.worker, now.name
+            ),
+        });
+        return Ok(());
+    }
+    let host = run.fleet.host(&s.worker).await?;
+    let job_dir = worker.job_dir(&s.job);
+    let rec = run.records.get(&(s.job.clone(), s.worker.clone()));
+    let version = rec.and_then(|r| r.version.clone()).unwrap_or_default();
+    let env = vec![
+        ("CUTOVER_JOB".to_string(), s.job.clone()),
+        ("CUTOVER_WORKER".to_string(), s.worker.clone()),
+        ("CUTOVER_ROOT".to_string(), worker.root.clone()),
+        ("CUTOVER_SHARED".to_string(), format!("{job_dir}/shared")),
+        (
+            "CUTOVER_RELEASE".to_string(),
+            rec.and_then(|r| r.release_id.clone()).unwrap_or_default(),
+        ),
+        ("CURRENT_VERSION".to_string(), version),
+        ("NEW_VERSION".to_string(), String::new()),
+    ];
+    run.step(&s.job, &s.worker, "stop");
+    let out = host
+        .run(&remote::stop(&job_dir, env, run.timeout))
+        .await
+        .map_err(|e| e.to_string())?;
+    if !out.success() {
+        return Err(format!("make stop failed: {}", out.tail(5)));
+    }
+    if let Some(job) = run.project.jobs.get(&s.job) {
+        run.hook(
+            job,
+            "after_allocation_stopped",
+            &job.manifest.hooks.after_allocation_stopped,
+            vec![s.worker.clone()],
+        )
+        .await?;
+    }
+    // A disabled worker is stopped and otherwise left alone. Elsewhere the
+    // release dirs go; `shared/` (the job's data) stays unless the
+    // operator asked for it to go.
+    let disabled = run.project.worker(&s.worker).is_some_and(|w| w.disabled);
+    let cleanup = match (run.purge_data, disabled) {
+        (true, _) => Some(remote::remove_job(&job_dir, run.timeout)),
+        (false, false) => Some(remote::remove_releases(&job_dir, run.timeout)),
+        (false, true) => None,
+    };
+    if let Some(cmd) = cleanup {
+        let out = host.run(&cmd).await.map_err(|e| e.to_string())?;
+        if !out.success() {
+            return Err(format!("cleaning up {job_dir} failed: {}", out.tail(3)));
+        }
+    }
+    if run.purge_data {
+        run.store
+            .delete_allocation(&s.job, &s.worker)
+            .await
+            .map_err(|e| e.to_string())?;
+        return Ok(());
+    }
+    // Kept as `stopped`: `cutover job purge` finds its data through it.
+    let rec = AllocationRecord {
+        job: s.job.clone(),
+        worker: s.worker.clone(),
+        status: AllocStatus::Stopped,
+        hash: None,
+        version: rec.and_then(|r| r.version.clone()),
+        release_id: None,
+        previous_release_id: None,
+        health: "unknown".into(),
+        message: format!("stopped: {}; shared/ data kept", s.why),
+        updated_at: cutover_state::now_rfc3339(),
+    };
+    run.store
+        .put_allocation(&rec)
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Some(w) = run.workers.get(&s.worker) {
+        if let Ok(json) = serde_json::to_string(w) {
+            run.store
+                .put_known_worker(&w.name, &json)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,136 @@
+//! What the tasks of one deploy run share: the project, the store, the
+//! connections, the staged trees, and what each step needs to know.
+
+use super::*;
+
+/// Above this many changed files an upload is a plain rsync.
+pub(super) const DELTA_MAX_FILES: usize = 256;
+
+/// The release an allocation runs, and the files the new tree changes.
+pub(super) struct DeltaBase {
+    pub(super) release: String,
+    pub(super) changed: Vec<String>,
+}
+
+/// What the tasks of one run share.
+pub(super) struct Run {
+    pub(super) project: Arc<Project>,
+    pub(super) store: Arc<dyn StateStore>,
+    pub(super) reporter: Arc<dyn Reporter>,
+    /// Secret values, redacted from every message shown or recorded.
+    pub(super) redactor: crate::redact::Redactor,
+    pub(super) fleet: Fleet,
+    pub(super) staged: BTreeMap<(String, String), Arc<LocalTree>>,
+    pub(super) bases: BTreeMap<Key, DeltaBase>,
+    /// BASE release ids of unfinished ticket releases, per allocation.
+    pub(super) ticket_bases: BTreeMap<Key, Vec<String>>,
+    /// (job, hash) -> manifest JSON of each tree being rolled out.
+    pub(super) manifests: BTreeMap<(String, String), String>,
+    pub(super) records: BTreeMap<Key, AllocationRecord>,
+    pub(super) workers: BTreeMap<String, Worker>,
+    pub(super) seq: i64,
+    /// When the deployment started, UTC, `YYYYMMDDTHHMMSSmmm`.
+    pub(super) stamp: String,
+    pub(super) timeout: Duration,
+    pub(super) limit: Arc<Semaphore>,
+    pub(super) kv: crate::kv::TemplateKv,
+    pub(super) env: BTreeMap<String, String>,
+    pub(super) purge_data: bool,
+    pub(super) interrupt: Arc<crate::interrupt::Interrupt>,
+}
+
+impl Run {
+    /// A release dir's name: the deployment, when it started, and the
+    /// tree. The time keeps names unique when the store (and with it the
+    /// deployment counter) was lost, so an upload never lands in the dir
+    /// of a release that is running or kept.
+    pub(super) fn release_id(&self, hash: &str) -> String {
+        format!(
+            "r{:06}-{}-{}",
+            self.seq,
+            self.stamp,
+            &hash[..12.min(hash.len())]
+        )
+    }
+
+    /// What pruning after a switch must keep on this allocation: besides
+    /// `current` and the release it replaces, the last healthy release and
+    /// the BASE release of an unfinished ticket release (its revert needs it).
+    pub(super) fn prune(&self, job: &Job, worker: &str) -> remote::Prune {
+        let key = (job.name.clone(), worker.to_string());
+        let rec = self.records.get(&key);
+        remote::Prune {
+            keep: job.manifest.keep_releases,
+            protect: rec
+                .and_then(|r| r.release_id.clone())
+                .into_iter()
+                .chain(self.ticket_bases.get(&key).into_iter().flatten().cloned())
+                .collect(),
+        }
+    }
+
+    /// What the worker carries once the allocation is promoted (JSON).
+    pub(super) fn carried(&self, a: &AllocPlan, release: &str) -> String {
+        serde_json::to_string(&crate::rebuild::Carried {
+            release: release.to_string(),
+            version: a.new_version.clone(),
+            hash: a.hash.clone(),
+            seq: self.seq,
+            promoted_at: cutover_state::now_rfc3339(),
+        })
+        .unwrap_or_default()
+    }
+
+    pub(super) fn step(&self, job: &str, worker: &str, step: &str) {
+        self.reporter.event(&Event::Step {
+            job: job.into(),
+            worker: worker.into(),
+            step: step.into(),
+        });
+    }
+
+    pub(super) fn hook_env<'a>(
+        &'a self,
+        job: &'a Job,
+        event: &'a str,
+        workers: Vec<String>,
+        current: &'a str,
+    ) -> HookEnv<'a> {
+        HookEnv {
+            project: &self.project.root,
+            job: &job.name,
+            event,
+            workers,
+            current_version: current,
+            new_version: &job.manifest.version,
+        }
+    }
+
+    pub(super) async fn hook(
+        &self,
+        job: &Job,
+        name: &str,
+        hook: &Option<String>,
+        workers: Vec<String>,
+    ) -> Result<(), String> {
+        let Some(h) = hook else { return Ok(()) };
+        let current = workers
+            .first()
+            .and_then(|w| self.records.get(&(job.name.clone(), w.clone())))
+            .and_then(|r| r.version.clone())
+            .unwrap_or_default();
+        let r = hooks::run(
+            h,
+            &self.hook_env(job, name, workers, &current),
+            self.timeout,
+        )
+        .await;
+        self.reporter.event(&Event::Hook {
+            job: job.name.clone(),
+            hook: name.to_string(),
+            ok: r.is_ok(),
+            message: r.clone().err().unwrap_or_default(),
+        });
+        r
+    }
+}

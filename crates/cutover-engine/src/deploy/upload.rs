@@ -1,0 +1,167 @@
+//! Upload: a new release dir per allocation, complete before any switch.
+
+use super::*;
+
+/// The uploads of one job, started in batch order; each batch takes its
+/// members' results. Dropped (the job ended), it aborts the uploads still
+/// running: batches that never run need no release dir.
+pub(super) struct Uploads {
+    pending: BTreeMap<String, oneshot::Receiver<Result<Uploaded, String>>>,
+    driver: tokio::task::AbortHandle,
+}
+
+impl Drop for Uploads {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+impl Uploads {
+    /// Waits for the uploads of `members`, in their order.
+    pub(super) async fn take(&mut self, members: &[&AllocPlan]) -> Vec<Result<Uploaded, String>> {
+        let handles: Vec<_> = members
+            .iter()
+            .map(|a| self.pending.remove(&a.worker))
+            .collect();
+        crate::join::join_all(handles.into_iter().map(|h| async move {
+            match h {
+                Some(h) => h
+                    .await
+                    .unwrap_or_else(|_| Err("the upload task ended early".to_string())),
+                None => Err("internal error: not uploaded".to_string()),
+            }
+        }))
+        .await
+    }
+}
+
+/// Starts every upload of a job ahead of its rolling batches: each host
+/// connects and uploads in batch order, so batch 1 can switch while later
+/// hosts still upload. The running releases are untouched until their
+/// batch switches.
+///
+/// One driver admits the uploads strictly in batch order. Batch 1 goes
+/// alone, so that its hosts have the machine to themselves and the first
+/// restart (or the first failure) comes as early as it can; after it, up to
+/// two batches upload at once. After a signal it starts no more.
+pub(super) fn start_uploads(run: &Arc<Run>, jp: &JobPlan) -> Uploads {
+    let mut sizes: BTreeMap<usize, usize> = BTreeMap::new();
+    for b in jp.allocations.iter().filter_map(|a| a.batch) {
+        *sizes.entry(b).or_default() += 1;
+    }
+    let first = sizes.values().next().copied().unwrap_or(1);
+    let width = (2 * sizes.values().copied().max().unwrap_or(1)).max(4);
+    let mut order: Vec<AllocPlan> = jp
+        .allocations
+        .iter()
+        .filter(|a| a.batch.is_some())
+        .cloned()
+        .collect();
+    order.sort_by_key(|a| a.batch);
+    let mut pending = BTreeMap::new();
+    let mut senders = Vec::new();
+    for a in order {
+        let (tx, rx) = oneshot::channel();
+        pending.insert(a.worker.clone(), rx);
+        senders.push((a, tx));
+    }
+    let (run, job_name) = (run.clone(), jp.job.clone());
+    let driver = tokio::spawn(async move {
+        let gate = Arc::new(Semaphore::new(first));
+        let mut running = tokio::task::JoinSet::new();
+        for (i, (a, tx)) in senders.into_iter().enumerate() {
+            if i == first {
+                while running.join_next().await.is_some() {}
+                gate.add_permits(width.saturating_sub(first));
+            }
+            let Ok(slot) = gate.clone().acquire_owned().await else {
+                return;
+            };
+            if run.interrupt.is_set() {
+                let _ = tx.send(Err("interrupted before its upload".into()));
+                continue;
+            }
+            let (run, job_name) = (run.clone(), job_name.clone());
+            running.spawn(async move {
+                let _slot = slot;
+                let job = &run.project.jobs[&job_name];
+                let _ = tx.send(upload_one(&run, job, &a).await);
+            });
+        }
+        while running.join_next().await.is_some() {}
+    });
+    Uploads {
+        pending,
+        driver: driver.abort_handle(),
+    }
+}
+
+pub(super) type RolloutError = (Option<Switched>, String);
+
+/// A release dir written completely on the worker; `current` untouched.
+#[derive(Clone)]
+pub(super) struct Uploaded {
+    pub(super) release: String,
+}
+
+/// Writes the allocation's new release dir. The running release is not
+/// touched, so every allocation of a job uploads at once, ahead of the
+/// rolling batches: only the switch and the lifecycle roll.
+///
+/// It is one remote command: the job dir is created and old releases are
+/// pruned (`remote::upload_setup`) in the same command as the transfer.
+/// When the store knows the release the worker runs, the new one is made
+/// from it by hard links plus the changed files (`Host::push_delta`), and
+/// checked file by file; otherwise, or if that check fails, rsync sends
+/// what differs, hard-linking the rest from that release.
+pub(super) async fn upload_one(run: &Run, job: &Job, a: &AllocPlan) -> Result<Uploaded, String> {
+    let _permit = run.limit.acquire().await;
+    let worker = &run.workers[&a.worker];
+    let host = run.fleet.host(&a.worker).await?;
+    let job_dir = worker.job_dir(&job.name);
+    let release = run.release_id(&a.hash);
+    let dest = format!("{job_dir}/releases/{release}");
+    let stage = run
+        .staged
+        .get(&(job.name.clone(), a.hash.clone()))
+        .ok_or_else(|| "internal error: tree not staged".to_string())?;
+    let base = run.bases.get(&(job.name.clone(), a.worker.clone()));
+    let base_dir = base.map(|b| format!("{job_dir}/releases/{}", b.release));
+    let setup = remote::upload_setup(&job_dir, &release, run.timeout);
+    if let (Some(b), Some(base_dir)) = (base, &base_dir) {
+        let n = b.changed.len();
+        let step = format!("upload {n} changed file{}", if n == 1 { "" } else { "s" });
+        run.step(&job.name, &a.worker, &step);
+        let done = host
+            .push_delta(
+                stage,
+                &dest,
+                base_dir,
+                &b.changed,
+                Some(&setup),
+                run.timeout,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        if done {
+            return Ok(Uploaded { release });
+        }
+        let step = format!(
+            "upload with rsync: the worker's {} is not as shipped",
+            b.release
+        );
+        run.step(&job.name, &a.worker, &step);
+    } else {
+        run.step(&job.name, &a.worker, "upload with rsync");
+    }
+    host.push(
+        stage.root(),
+        &dest,
+        base_dir.as_deref(),
+        Some(&setup),
+        run.timeout,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    Ok(Uploaded { release })
+}
