@@ -543,15 +543,15 @@ fn drift_names_a_file_edited_by_hand_and_exits_4() {
 fn a_second_deploy_while_one_runs_is_refused_with_exit_3() {
     let (_fleet, p) = setup(1);
     p.job("api", "version = \"1\"\n");
-    let slow = crate::support::MAKEFILE.replace("start:\n", "start:\n\t@sleep 3\n");
-    p.write("jobs/api/Makefile", &slow);
-    let mut first = std::process::Command::new(crate::support::BIN)
-        .arg("deploy")
-        .current_dir(p.path())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn");
-    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let gates = tempfile::tempdir().expect("gates");
+    let held = crate::support::MAKEFILE.replacen(
+        "start:\n",
+        &format!("start:\n{}", crate::support::gate_line(gates.path())),
+        1,
+    );
+    p.write("jobs/api/Makefile", &held);
+    let first = p.spawn(&["deploy"]);
+    crate::support::wait_for(&gates.path().join("reached"));
     let out = p.expect(&["deploy"], 3);
     assert!(
         out.stderr.contains("the project lock is held by") && out.stderr.contains("pid"),
@@ -559,7 +559,9 @@ fn a_second_deploy_while_one_runs_is_refused_with_exit_3() {
     );
     let status = p.expect(&["lock", "status"], 0);
     assert!(status.stdout.starts_with("locked by"), "{status:?}");
-    assert!(first.wait().expect("wait").success());
+    std::fs::write(gates.path().join("go"), "").expect("go");
+    let first = crate::support::finish(first);
+    assert_eq!(first.code, 0, "{first:?}");
     assert_eq!(p.expect(&["lock", "status"], 0).stdout.trim(), "unlocked");
 }
 

@@ -135,22 +135,6 @@ impl Setup {
     }
 }
 
-/// Waits (up to 30 s) until the file contains `needle`.
-fn wait_for_line(path: &Path, needle: &str) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .contains(needle)
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "`{needle}` never appeared in {}",
-            path.display()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn a_merge_touching_two_jobs_is_released_in_four_phases() {
     let s = setup(2);
@@ -521,25 +505,29 @@ fn a_failed_ticket_script_resumes_from_ticket_without_redoing_earlier_phases() {
 #[test]
 fn a_release_killed_mid_migrate_resumes_from_migrate() {
     let s = setup(2);
-    let slow = crate::support::MAKEFILE.replace("restart:\n", "restart:\n\t@sleep 2\n");
+    // The new release's restart holds at a gate: the kill lands inside
+    // migrate, with w1 switched and restarting.
+    let gates = tempfile::tempdir().expect("gates");
+    let held = crate::support::MAKEFILE.replacen(
+        "restart:\n",
+        &format!("restart:\n{}", crate::support::gate_line(gates.path())),
+        1,
+    );
     s.merge(
         "feat/55",
-        &[("jobs/web/Makefile", &slow), ("jobs/web/page.html", "55\n")],
+        &[("jobs/web/Makefile", &held), ("jobs/web/page.html", "55\n")],
     );
-    let mut child = std::process::Command::new(crate::support::BIN)
-        .args(["release", "run", "55"])
-        .current_dir(s.p.path())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn");
+    let mut child = s.p.spawn(&["release", "run", "55"]);
     let log = s.p.path().join(".cutover/releases/55.log");
-    wait_for_line(&log, "phase=migrate event=start");
-    std::thread::sleep(std::time::Duration::from_millis(1200));
+    crate::support::wait_for(&gates.path().join("reached"));
     child.kill().expect("kill -9"); // SIGKILL
     child.wait().expect("reaped");
-    assert!(!std::fs::read_to_string(&log)
-        .expect("log")
-        .contains("phase=migrate event=done"));
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        text.contains("phase=migrate event=start") && !text.contains("phase=migrate event=done"),
+        "{text}"
+    );
+    std::fs::write(gates.path().join("go"), "").expect("go");
 
     let out = s.p.expect(&["release", "run", "55", "--from=migrate"], 0);
     assert_eq!(
@@ -725,19 +713,18 @@ fn hotfix_release_then_return_to_main() {
 #[test]
 fn two_concurrent_runs_exactly_one_proceeds() {
     let s = setup(1);
-    let slow = crate::support::MAKEFILE.replace("restart:\n", "restart:\n\t@sleep 3\n");
+    let gates = tempfile::tempdir().expect("gates");
+    let held = crate::support::MAKEFILE.replacen(
+        "restart:\n",
+        &format!("restart:\n{}", crate::support::gate_line(gates.path())),
+        1,
+    );
     s.merge(
         "feat/5",
-        &[("jobs/web/Makefile", &slow), ("jobs/web/p", "5\n")],
+        &[("jobs/web/Makefile", &held), ("jobs/web/p", "5\n")],
     );
-    let mut first = std::process::Command::new(crate::support::BIN)
-        .args(["release", "run", "5"])
-        .current_dir(s.p.path())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let log = s.p.path().join(".cutover/releases/5.log");
-    wait_for_line(&log, "phase=migrate event=start");
+    let first = s.p.spawn(&["release", "run", "5"]);
+    crate::support::wait_for(&gates.path().join("reached"));
     let second = s.p.expect(&["release", "run", "5"], 3);
     assert!(
         second.stderr.contains("the project lock is held by") && second.stderr.contains("ticket 5"),
@@ -747,7 +734,9 @@ fn two_concurrent_runs_exactly_one_proceeds() {
     let status = s.p.expect(&["lock", "status", "--json"], 0);
     let doc: serde_json::Value = serde_json::from_str(&status.stdout).expect("json");
     assert_eq!(doc["holder"]["ticket"], "5");
-    assert!(first.wait().expect("wait").success());
+    std::fs::write(gates.path().join("go"), "").expect("go");
+    let first = crate::support::finish(first);
+    assert_eq!(first.code, 0, "{first:?}");
     assert_eq!(s.p.expect(&["lock", "status"], 0).stdout.trim(), "unlocked");
 }
 

@@ -547,6 +547,15 @@ pub fn wait_for(path: &Path) {
     }
 }
 
+/// A make recipe line that says it was reached (`GATES/reached`) and
+/// waits for the test's `GATES/go`: where a test holds a remote step.
+pub fn gate_line(gates: &Path) -> String {
+    format!(
+        "\t@touch {g}/reached; while [ ! -e {g}/go ]; do sleep 0.05; done\n",
+        g = gates.display()
+    )
+}
+
 /// Waits (up to 30 s) until `done` says so.
 #[track_caller]
 pub fn wait_until(done: impl Fn() -> bool) {
