@@ -12,3 +12,4 @@ mod release;
 mod safety;
 mod secrets;
 mod signals;
+mod snapshots;
