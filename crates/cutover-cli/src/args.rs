@@ -288,6 +288,7 @@ pub enum LockCommand {
 pub enum StateCommand {
     /// Rebuild the store's allocation records from what each worker carries
     /// (`<root>/jobs/<job>/promoted.json`, written at every promotion): after
-    /// a lost or damaged .cutover/state.db, nothing is redeployed.
+    /// a lost or damaged .cutover/state.db, nothing is redeployed. Records
+    /// the store still has are kept.
     Rebuild,
 }

@@ -45,9 +45,11 @@ pub struct RebuildReport {
     pub unreachable: Vec<(String, String)>,
 }
 
-/// `cutover state rebuild`: every worker of the project, read and written.
+/// `cutover state rebuild`: every worker of the project is read; the
+/// records the store lacks are written (those it has are kept: they know
+/// more, a failure or a stop, than a worker's file).
 pub async fn rebuild_store(ctx: &Context) -> Result<RebuildReport, EngineError> {
-    rebuild(ctx, None, false, true, None).await
+    rebuild(ctx, None, true, true, None).await
 }
 
 /// Reads every worker of the project (or only `only`) and writes an

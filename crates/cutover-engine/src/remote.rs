@@ -322,3 +322,9 @@ done"#
     )
     .timeout(timeout)
 }
+
+/// Removes `promoted.json` from a job dir: it runs nothing now, or not
+/// what the file says.
+pub(crate) fn forget_promoted(job_dir: &str, timeout: Duration) -> Command {
+    script(&format!(r#"rm -f -- "$1/{PROMOTED_FILE}""#), &[job_dir]).timeout(timeout)
+}

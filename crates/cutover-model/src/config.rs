@@ -101,19 +101,22 @@ impl Worker {
     /// (a worker renamed in workers.toml is one): what one does to a job
     /// dir, the other sees.
     pub fn same_root_as(&self, other: &Worker, default_port: u16) -> bool {
-        let port = |w: &Worker| match w.transport {
-            TransportKind::Local => None,
-            TransportKind::Ssh => Some(w.port.unwrap_or(default_port)),
-        };
-        let root = |w: &Worker| {
-            std::path::Path::new(&w.root)
-                .components()
-                .collect::<std::path::PathBuf>()
-        };
-        self.host == other.host
-            && self.transport == other.transport
-            && port(self) == port(other)
-            && root(self) == root(other)
+        self.place(default_port) == other.place(default_port)
+    }
+
+    /// Where this worker's root is: the machine (this one for a local
+    /// worker, whatever its `host`; else the host, case-insensitive, and
+    /// port) and the root with `//`, `.`, `..` and a trailing `/` resolved.
+    pub fn place(&self, default_port: u16) -> (String, u16, String) {
+        let root = lexical_normal(std::path::Path::new(&self.root));
+        match self.transport {
+            TransportKind::Local => ("(local)".into(), 0, root),
+            TransportKind::Ssh => (
+                self.host.to_ascii_lowercase(),
+                self.port.unwrap_or(default_port),
+                root,
+            ),
+        }
     }
 
     /// Where a job lives on this worker.
@@ -210,4 +213,21 @@ pub struct Job {
     /// Absolute path of `jobs/<name>/`.
     pub dir: PathBuf,
     pub manifest: JobManifest,
+}
+
+/// A path with `//`, `.`, `..` and a trailing `/` resolved as text (a
+/// root is compared, never read, here).
+pub fn lexical_normal(p: &std::path::Path) -> String {
+    use std::path::Component;
+    let mut out: Vec<String> = Vec::new();
+    for c in p.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(n) => out.push(n.to_string_lossy().into_owned()),
+            Component::CurDir | Component::RootDir | Component::Prefix(_) => {}
+        }
+    }
+    format!("/{}", out.join("/"))
 }

@@ -527,7 +527,7 @@ impl Loader<'_> {
         )?;
         let raw: RawWorkers = typed(&src, &mut self.diags)?;
         let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-        let mut places: BTreeMap<(String, Option<u16>, String), String> = BTreeMap::new();
+        let mut places: BTreeMap<(String, u16, String), String> = BTreeMap::new();
         let mut workers = Vec::new();
         for entry in &raw.worker {
             let w = entry.get_ref();
@@ -604,12 +604,19 @@ impl Loader<'_> {
                 }
             };
             // One place on disk, however it is written: a port left to the
-            // default is the default port, `/srv//x/` is `/srv/x`.
-            let port = match transport {
-                TransportKind::Local => None,
-                TransportKind::Ssh => Some(w.port.unwrap_or(default_port)),
-            };
-            let place = (host.clone(), port, root.clone());
+            // default is the default port, `/srv//x/../x/` is `/srv/x`, a
+            // local worker is this machine whatever its `host`.
+            let place = Worker {
+                name: String::new(),
+                host: host.clone(),
+                port: w.port,
+                user: None,
+                labels: Vec::new(),
+                root: root.clone(),
+                transport,
+                disabled: false,
+            }
+            .place(default_port);
             if let Some(other) = places.get(&place) {
                 self.diags.push(
                     src.diag(

@@ -12,7 +12,10 @@ fn project() -> (tempfile::TempDir, Project) {
     };
     w("cutover.toml", "name = \"p\"\n");
     w("workers.toml", "[[worker]]\nname = \"w1\"\nhost = \"h\"\n");
-    w("jobs/api/job.toml", "version = \"1\"\nwatch = [\"src/api/**\"]\n");
+    w(
+        "jobs/api/job.toml",
+        "version = \"1\"\nwatch = [\"src/api/**\"]\n",
+    );
     w("jobs/web/job.toml", "version = \"1\"\n");
     let p = Project::load(dir.path(), &LoadOptions::default()).expect("loads");
     (dir, p)

@@ -124,15 +124,26 @@ impl Host {
             cmd.timeout
         };
         let started = std::time::Instant::now();
-        let out = self.run_line(&line, None, wait, || label(cmd)).await?;
-        if cmd.kill_on_timeout && out.code == Some(TIMED_OUT) && started.elapsed() >= cmd.timeout {
+        let result = self.run_line(&line, None, wait, || label(cmd)).await;
+        if !cmd.kill_on_timeout || started.elapsed() < cmd.timeout {
+            return result;
+        }
+        // Past its time, the command ended as `timeout` ends it: 124, or
+        // (it ignored TERM) killed 5 s later with its whole group, `timeout`
+        // included, which the connection reports as a process gone.
+        let killed = match &result {
+            Ok(out) => matches!(out.code, Some(TIMED_OUT) | Some(137) | None),
+            Err(TransportError::Spawn { .. }) => true,
+            Err(_) => false,
+        };
+        if killed {
             return Err(TransportError::Timeout {
                 host: self.name().to_string(),
                 command: label(cmd),
                 after: cmd.timeout,
             });
         }
-        Ok(out)
+        result
     }
 
     /// Runs a shell line, feeding it `input` on stdin (else no stdin).

@@ -700,3 +700,66 @@ fn a_template_beside_a_dir_of_its_name_is_refused() {
         assert!(out.stderr.contains("remove or rename it"), "{out:?}");
     }
 }
+
+/// Review: local workers are this machine whatever their `host`: a local
+/// worker renamed (and given a host) is the same root, not a removed one.
+#[test]
+fn a_renamed_local_worker_keeps_its_running_job() {
+    let p = Project::new();
+    let init = std::process::Command::new(crate::support::BIN)
+        .args(["init", "--example"])
+        .arg(p.path())
+        .env("TMPDIR", p.tmp.path())
+        .output()
+        .expect("init");
+    assert!(init.status.success(), "{init:?}");
+    p.expect(&["deploy"], 0);
+    let toml = std::fs::read_to_string(p.path().join("workers.toml")).expect("workers");
+    assert!(toml.contains("name = \"local-3\""), "{toml}");
+    p.write(
+        "workers.toml",
+        &toml.replace("name = \"local-3\"", "name = \"box-3\"\nhost = \"box-3\""),
+    );
+    let out = p.expect(&["deploy"], 0);
+    assert!(out.stdout.contains("forgotten, not stopped"), "{out:?}");
+    p.expect(&["drift"], 0);
+    // Two local workers in one root are refused, whatever their hosts say
+    // and however the root is written.
+    let toml = std::fs::read_to_string(p.path().join("workers.toml")).expect("workers");
+    p.write(
+        "workers.toml",
+        &format!(
+            "{toml}\n[[worker]]\nname = \"twin\"\nhost = \"other\"\ntransport = \"local\"\nroot = \"./local-workers/x/../local-1/\"\n"
+        ),
+    );
+    let out = p.expect(&["check"], 2);
+    assert!(
+        out.stderr
+            .contains("worker `twin` has the same host and root as `local-1`"),
+        "{out:?}"
+    );
+}
+
+/// Review: a first deploy whose batch is reverted stops its healthy members;
+/// they no longer claim to run anything, so a lost store plans them again.
+#[test]
+fn a_reverted_first_start_does_not_come_back_as_promoted() {
+    let (fleet, p) = setup(3);
+    p.job(
+        "api",
+        "version = \"1\"\nmax_concurrent_starts = 3\non_failure = \"revert\"\n",
+    );
+    p.write(
+        "jobs/api/health.txt.tpl",
+        "{% if worker.name == \"w2\" %}down{% else %}ok{% endif %}\n",
+    );
+    p.expect(&["deploy"], 1);
+    for w in &fleet.workers {
+        assert!(!w.path("jobs/api/promoted.json").exists(), "{}", w.name);
+    }
+    for f in ["state.db", "state.db-wal", "state.db-shm"] {
+        let _ = std::fs::remove_file(p.path().join(".cutover").join(f));
+    }
+    let plan = p.expect(&["deploy", "--dry-run"], 0);
+    assert_eq!(plan.stdout.matches(" start ").count(), 3, "{plan:?}");
+}

@@ -188,3 +188,36 @@ fn a_step_that_times_out_is_killed_on_the_worker() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// Review: a step that ignores TERM is killed 5 s later, and that is
+/// still reported as a timeout.
+#[test]
+fn a_step_that_ignores_term_is_killed_and_reported_as_a_timeout() {
+    let fleet = Fleet::start(1);
+    let p = Project::new();
+    p.write(
+        "cutover.toml",
+        &fleet
+            .project_toml()
+            .replace("command_timeout = \"60s\"", "command_timeout = \"1s\""),
+    );
+    p.write("workers.toml", &fleet.workers_toml(&[("w1", &["web"])]));
+    p.job("api", "version = \"1\"\n[health]\nattempts = 1\n");
+    p.write(
+        "jobs/api/Makefile",
+        "start:\n\t@true\nhang:\n\t@sh -c 'trap \"\" TERM; echo $$$$ > \"$(CUTOVER_SHARED)/hang.pid\"; sleep 60'\nstop:\n\t@true\n",
+    );
+    p.expect(&["deploy"], 0);
+    let out = p.expect(&["job", "run", "api", "--target", "hang"], 1);
+    assert!(out.stdout.contains("timed out after 1s"), "{out:?}");
+    let pid = fleet.workers[0].read("jobs/api/shared/hang.pid");
+    // Killed, then reaped by init: give it the moment that takes.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while alive(&pid) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the step {pid} outlived its kill"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

@@ -72,7 +72,22 @@ pub(super) async fn activate_one(
             remote::switch(&job_dir, &up.release, Some(&prune), run.timeout)
         }
     };
-    let out = host.run(&cmd).await.map_err(|e| (None, e.to_string()))?;
+    let out = match host.run(&cmd).await {
+        Ok(out) => out,
+        // Timed out: the switch came first and may well have happened (the
+        // target is what hangs). It is treated as switched, so that a
+        // revert puts the recorded release back.
+        Err(e @ cutover_transport::TransportError::Timeout { .. }) => {
+            let switched = Switched {
+                release: up.release,
+                previous: None,
+                health: None,
+                carried: false,
+            };
+            return Err((Some(switched), e.to_string()));
+        }
+        Err(e) => return Err((None, e.to_string())),
+    };
     let switch_ok = match make_target {
         Some(_) => !remote::switch_failed(&out),
         None => out.success(),
@@ -270,51 +285,116 @@ pub(super) async fn record_failure(run: &Run, job: &Job, a: &AllocPlan, message:
     }
 }
 
-/// Switches one allocation of a failed batch back to the release it ran
-/// before and restarts it; a new allocation is stopped instead.
-pub(super) async fn revert_one(run: &Run, job: &Job, a: &AllocPlan, s: Option<&Switched>) -> bool {
+/// What switching one member of a failed batch back did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Back {
+    /// Never switched, or the switch back failed: it runs what it ran.
+    Untouched,
+    /// Back on the release it ran before, restarted.
+    Restored,
+    /// Back on the release it ran before, but its restart failed.
+    RestartFailed,
+    /// A new allocation: stopped.
+    Stopped,
+}
+
+impl Back {
+    pub(super) fn reverted(self) -> bool {
+        matches!(self, Back::Restored | Back::Stopped)
+    }
+}
+
+/// Switches one allocation of a failed batch back to the release the store
+/// last recorded for it (or, without a record, the one `current` pointed
+/// at) and restarts it; a new allocation is stopped instead. What the
+/// worker carries follows: the restored release, or nothing.
+pub(super) async fn revert_one(run: &Run, job: &Job, a: &AllocPlan, s: Option<&Switched>) -> Back {
     let Some(s) = s else {
-        return false; // never switched: the old release still runs
+        return Back::Untouched; // never switched: the old release still runs
     };
     let worker = &run.workers[&a.worker];
     let Ok(host) = run.fleet.host(&a.worker).await else {
-        return false;
+        return Back::Untouched;
     };
     let job_dir = worker.job_dir(&job.name);
-    let (ok, message) = match &s.previous {
+    let rec = run.records.get(&(job.name.clone(), a.worker.clone()));
+    let target = rec
+        .and_then(|r| r.release_id.clone())
+        .or_else(|| s.previous.clone());
+    let (back, message) = match &target {
         Some(prev) => {
-            let r = async {
-                let out = host
-                    .run(&remote::switch(&job_dir, prev, None, run.timeout))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if !out.success() {
-                    return Err(format!("switch back failed: {}", out.tail(3)));
+            let switched = host
+                .run(&remote::switch(&job_dir, prev, None, run.timeout))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|out| {
+                    out.success()
+                        .then_some(())
+                        .ok_or_else(|| format!("switch back failed: {}", out.tail(3)))
+                });
+            match switched {
+                Err(e) => (Back::Untouched, e),
+                Ok(()) => {
+                    carry(run, &host, &job_dir, rec, prev).await;
+                    let again = AllocPlan {
+                        current_version: Some(a.new_version.clone()),
+                        new_version: a.current_version.clone().unwrap_or_default(),
+                        ..a.clone()
+                    };
+                    match lifecycle(run, job, worker, &host, "restart", prev, &again).await {
+                        Ok(()) => (Back::Restored, String::new()),
+                        Err(e) => (Back::RestartFailed, e),
+                    }
                 }
-                let back = AllocPlan {
-                    current_version: Some(a.new_version.clone()),
-                    new_version: a.current_version.clone().unwrap_or_default(),
-                    ..a.clone()
-                };
-                lifecycle(run, job, worker, &host, "restart", prev, &back).await
             }
-            .await;
-            (r.is_ok(), r.err().unwrap_or_default())
         }
         None => {
-            let back = AllocPlan {
+            let _ = host
+                .run(&remote::forget_promoted(&job_dir, run.timeout))
+                .await;
+            let again = AllocPlan {
                 current_version: Some(a.new_version.clone()),
                 ..a.clone()
             };
-            let r = lifecycle(run, job, worker, &host, "stop", &s.release, &back).await;
-            (r.is_ok(), r.err().unwrap_or_default())
+            match lifecycle(run, job, worker, &host, "stop", &s.release, &again).await {
+                Ok(()) => (Back::Stopped, String::new()),
+                Err(e) => (Back::RestartFailed, e),
+            }
         }
     };
     run.reporter.event(&Event::Reverted {
         job: job.name.clone(),
         worker: a.worker.clone(),
-        ok,
+        ok: back.reverted(),
         message,
     });
-    ok
+    back
+}
+
+/// After a switch back: the worker carries the release it runs again, as
+/// the store recorded it, or nothing when the store has no such record.
+async fn carry(
+    run: &Run,
+    host: &cutover_transport::Host,
+    job_dir: &str,
+    rec: Option<&AllocationRecord>,
+    release: &str,
+) {
+    let carried = rec
+        .filter(|r| r.release_id.as_deref() == Some(release))
+        .and_then(|r| {
+            serde_json::to_string(&crate::rebuild::Carried {
+                release: release.to_string(),
+                version: r.version.clone()?,
+                hash: r.hash.clone()?,
+                seq: run.seq,
+                promoted_at: r.updated_at.clone(),
+            })
+            .ok()
+        });
+    let cmd = match carried {
+        Some(json) => remote::record_promoted(job_dir, &json, run.timeout),
+        None => remote::forget_promoted(job_dir, run.timeout),
+    };
+    let _ = host.run(&cmd).await;
 }

@@ -171,25 +171,36 @@ async fn fail_batch(
     let first_error = format!("{}: {}", failures[0].0.worker, failures[0].2);
     for (a, s, e) in &failures {
         record_failure(run, job, a, e).await;
-        let reverted = revert && revert_one(run, job, a, s.as_ref()).await;
+        let reverted = revert && revert_one(run, job, a, s.as_ref()).await.reverted();
         let release = s.as_ref().map(|s| s.release.clone());
         result
             .allocations
             .push(done(run, job, a, false, release, e.clone(), reverted));
     }
     for (a, s) in healthy {
-        let reverted = revert && revert_one(run, job, a, Some(&s)).await;
-        if reverted {
-            record_failure(run, job, a, "reverted with its failed batch").await;
+        let back = if revert {
+            revert_one(run, job, a, Some(&s)).await
+        } else {
+            Back::Untouched
+        };
+        // Switched back, it no longer runs what was promoted.
+        let why = match back {
+            Back::Untouched => None,
+            Back::Restored | Back::Stopped => Some("reverted with its failed batch"),
+            Back::RestartFailed => Some("switched back with its failed batch; its restart failed"),
+        };
+        if let Some(why) = why {
+            record_failure(run, job, a, why).await;
         }
+        let message = why.unwrap_or_default().to_string();
         result.allocations.push(done(
             run,
             job,
             a,
-            !reverted,
+            why.is_none(),
             Some(s.release),
-            String::new(),
-            reverted,
+            message,
+            back.reverted(),
         ));
     }
     let verb = if revert { "reverted" } else { "halted" };

@@ -11,21 +11,24 @@ pub(super) async fn reconcile(run: &Arc<Run>, stops: &[StopPlan]) -> Vec<StopRes
         tasks.spawn(async move {
             let r = stop_one(&run, &s).await;
             let ok = r.is_ok();
+            let forgotten = matches!(r, Ok(Stopped::Forgotten));
             let message = run.redactor.redact(&r.err().unwrap_or_default());
-            run.reporter.event(&Event::StopDone {
-                job: s.job.clone(),
-                worker: s.worker.clone(),
-                why: s.why.clone(),
-                ok,
-                message: message.clone(),
-            });
+            if !forgotten {
+                run.reporter.event(&Event::StopDone {
+                    job: s.job.clone(),
+                    worker: s.worker.clone(),
+                    why: s.why.clone(),
+                    ok,
+                    message: message.clone(),
+                });
+            }
             StopResult {
                 job: s.job,
                 worker: s.worker,
                 why: s.why,
                 ok,
                 message,
-                data_kept: !run.purge_data,
+                data_kept: !run.purge_data && !forgotten,
             }
         });
     }
@@ -61,7 +64,15 @@ pub(super) async fn reconcile(run: &Arc<Run>, stops: &[StopPlan]) -> Vec<StopRes
     out
 }
 
-pub(super) async fn stop_one(run: &Run, s: &StopPlan) -> Result<(), String> {
+/// What became of an allocation reconcile stopped.
+pub(super) enum Stopped {
+    Stopped,
+    /// Its worker was renamed: the same root runs the job under the new
+    /// name, so only the old record was dropped.
+    Forgotten,
+}
+
+pub(super) async fn stop_one(run: &Run, s: &StopPlan) -> Result<Stopped, String> {
     let _permit = run.limit.acquire().await;
     let worker = run
         .workers
@@ -69,14 +80,16 @@ pub(super) async fn stop_one(run: &Run, s: &StopPlan) -> Result<(), String> {
         .ok_or_else(|| format!("no known address for removed worker {}", s.worker))?;
     // A worker removed from workers.toml whose host and root a worker of
     // the project still has was renamed: its job dir is the other's, live.
-    // Only the old record goes.
+    // Only the old record goes, when the worker that has its root runs the
+    // job; otherwise the job stops there as it would have.
     let port = run.project.config.ssh.port;
-    if let Some(now) = run
-        .project
-        .workers
-        .iter()
-        .find(|w| s.worker_removed && w.same_root_as(worker, port))
-    {
+    let job = run.project.jobs.get(&s.job);
+    if let Some(now) = run.project.workers.iter().find(|w| {
+        s.worker_removed
+            && w.same_root_as(worker, port)
+            && !w.disabled
+            && job.is_some_and(|j| w.matches(&j.manifest.selectors))
+    }) {
         run.store
             .delete_allocation(&s.job, &s.worker)
             .await
@@ -87,7 +100,7 @@ pub(super) async fn stop_one(run: &Run, s: &StopPlan) -> Result<(), String> {
                 s.job, s.worker, now.name
             ),
         });
-        return Ok(());
+        return Ok(Stopped::Forgotten);
     }
     let host = run.fleet.host(&s.worker).await?;
     let job_dir = worker.job_dir(&s.job);
@@ -126,23 +139,24 @@ pub(super) async fn stop_one(run: &Run, s: &StopPlan) -> Result<(), String> {
     // release dirs go; `shared/` (the job's data) stays unless the
     // operator asked for it to go.
     let disabled = run.project.worker(&s.worker).is_some_and(|w| w.disabled);
+    // A disabled worker keeps its release dirs, but no longer claims to
+    // run one: its promoted.json goes, so a lost store is not rebuilt
+    // with it as running.
     let cleanup = match (run.purge_data, disabled) {
-        (true, _) => Some(remote::remove_job(&job_dir, run.timeout)),
-        (false, false) => Some(remote::remove_releases(&job_dir, run.timeout)),
-        (false, true) => None,
+        (true, _) => remote::remove_job(&job_dir, run.timeout),
+        (false, false) => remote::remove_releases(&job_dir, run.timeout),
+        (false, true) => remote::forget_promoted(&job_dir, run.timeout),
     };
-    if let Some(cmd) = cleanup {
-        let out = host.run(&cmd).await.map_err(|e| e.to_string())?;
-        if !out.success() {
-            return Err(format!("cleaning up {job_dir} failed: {}", out.tail(3)));
-        }
+    let out = host.run(&cleanup).await.map_err(|e| e.to_string())?;
+    if !out.success() {
+        return Err(format!("cleaning up {job_dir} failed: {}", out.tail(3)));
     }
     if run.purge_data {
         run.store
             .delete_allocation(&s.job, &s.worker)
             .await
             .map_err(|e| e.to_string())?;
-        return Ok(());
+        return Ok(Stopped::Stopped);
     }
     // Kept as `stopped`: `cutover job purge` finds its data through it.
     let rec = AllocationRecord {
@@ -169,5 +183,5 @@ pub(super) async fn stop_one(run: &Run, s: &StopPlan) -> Result<(), String> {
                 .map_err(|e| e.to_string())?;
         }
     }
-    Ok(())
+    Ok(Stopped::Stopped)
 }

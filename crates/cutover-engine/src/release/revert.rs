@@ -96,15 +96,23 @@ pub async fn revert(ctx: &Context, opts: &RevertOptions) -> Result<RevertReport,
     let ctx = &redacted;
     let base = load_base(ctx, &opts.ticket).await?;
     let records = ctx.store.allocations().await?;
-    let (changed, untouched) = changed_allocations(ctx, &state, &base, &records);
-    report.untouched = untouched;
     // Jobs the release removed: their allocations were stopped (data
     // kept); they come back with the git revert, which restores jobs/<job>.
+    // (A retry after a failed push finds the job dir back, its allocations
+    // still stopped.)
     let removed: BTreeSet<String> = base
         .iter()
-        .filter(|b| !ctx.project.jobs.contains_key(&b.job))
+        .filter(|b| {
+            !ctx.project.jobs.contains_key(&b.job)
+                || records
+                    .iter()
+                    .filter(|r| r.job == b.job)
+                    .all(|r| r.status == AllocStatus::Stopped)
+        })
         .map(|b| b.job.clone())
         .collect();
+    let (changed, untouched) = changed_allocations(ctx, &state, &base, &records, &removed);
+    report.untouched = untouched;
     if !removed.is_empty() && opts.skip_git {
         return Err(EngineError::usage(
             format!(
@@ -270,8 +278,13 @@ fn changed_allocations<'a>(
     state: &'a StateFile,
     base: &'a [BaseAllocation],
     records: &'a [AllocationRecord],
+    removed: &BTreeSet<String>,
 ) -> (Vec<Changed<'a>>, Vec<String>) {
-    let services: BTreeSet<&String> = state.services.iter().collect();
+    let services: BTreeSet<&String> = state
+        .services
+        .iter()
+        .filter(|s| !removed.contains(*s))
+        .collect();
     let mut changed = Vec::new();
     let mut untouched = Vec::new();
     for r in records.iter().filter(|r| services.contains(&r.job)) {
@@ -376,9 +389,18 @@ async fn revert_one(
         }
     };
 
-    // 1. The broken release stops writing.
+    // 1. The broken release stops writing (if a release runs there).
+    let stop_env = vec![
+        ("CUTOVER_JOB".to_string(), c.job.name.clone()),
+        ("CUTOVER_WORKER".to_string(), c.worker.name.clone()),
+        ("CUTOVER_ROOT".to_string(), c.worker.root.clone()),
+        ("CUTOVER_SHARED".to_string(), format!("{job_dir}/shared")),
+        ("CUTOVER_RELEASE".to_string(), now_release.clone()),
+        ("CURRENT_VERSION".to_string(), now_version.clone()),
+        ("NEW_VERSION".to_string(), base_version.clone()),
+    ];
     run(
-        lifecycle(&now_release, "stop", &now_version, &base_version),
+        remote::stop(&job_dir, stop_env, timeout),
         "make stop".into(),
     )
     .await?;
