@@ -53,6 +53,8 @@ pub type Fut<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
 pub trait StateStore: Send + Sync {
     fn allocations(&self) -> Fut<'_, Vec<AllocationRecord>>;
     fn put_allocation<'a>(&'a self, rec: &'a AllocationRecord) -> Fut<'a, ()>;
+    /// The promotions of one batch, in one transaction: all or none.
+    fn record_promotions<'a>(&'a self, p: &'a Promotions) -> Fut<'a, ()>;
     fn delete_allocation<'a>(&'a self, job: &'a str, worker: &'a str) -> Fut<'a, ()>;
 
     /// The manifest (JSON) of a tree that was promoted somewhere.

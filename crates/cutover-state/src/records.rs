@@ -85,3 +85,13 @@ pub struct KvRecord {
     pub secret: bool,
     pub updated_at: String,
 }
+
+/// What a batch's promotion writes to the store.
+#[derive(Debug, Clone, Default)]
+pub struct Promotions {
+    /// (job, hash, manifest JSON) of each tree promoted.
+    pub trees: Vec<(String, String, String)>,
+    pub allocations: Vec<AllocationRecord>,
+    /// (name, spec JSON) of each worker's last known address.
+    pub workers: Vec<(String, String)>,
+}

@@ -136,32 +136,27 @@ impl StateStore for SqliteStore {
     }
 
     fn put_allocation<'a>(&'a self, r: &'a AllocationRecord) -> Fut<'a, ()> {
+        Box::pin(async move { upsert_allocation(&self.pool, r).await.map_err(self.err()) })
+    }
+
+    fn record_promotions<'a>(&'a self, p: &'a Promotions) -> Fut<'a, ()> {
         Box::pin(async move {
-            sqlx::query(
-                "INSERT INTO allocations (job, worker, status, hash, version, release_id,
-                    previous_release_id, health, message, updated_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                 ON CONFLICT (job, worker) DO UPDATE SET status = excluded.status,
-                    hash = excluded.hash, version = excluded.version,
-                    release_id = excluded.release_id,
-                    previous_release_id = excluded.previous_release_id,
-                    health = excluded.health, message = excluded.message,
-                    updated_at = excluded.updated_at",
-            )
-            .bind(&r.job)
-            .bind(&r.worker)
-            .bind(r.status.as_str())
-            .bind(&r.hash)
-            .bind(&r.version)
-            .bind(&r.release_id)
-            .bind(&r.previous_release_id)
-            .bind(&r.health)
-            .bind(&r.message)
-            .bind(&r.updated_at)
-            .execute(&self.pool)
-            .await
-            .map_err(self.err())?;
-            Ok(())
+            // One transaction: a batch is promoted in the store as a whole.
+            let mut tx = self.pool.begin().await.map_err(self.err())?;
+            for (job, hash, manifest) in &p.trees {
+                insert_tree(&mut *tx, job, hash, manifest)
+                    .await
+                    .map_err(self.err())?;
+            }
+            for r in &p.allocations {
+                upsert_allocation(&mut *tx, r).await.map_err(self.err())?;
+            }
+            for (name, spec) in &p.workers {
+                upsert_worker(&mut *tx, name, spec)
+                    .await
+                    .map_err(self.err())?;
+            }
+            tx.commit().await.map_err(self.err())
         })
     }
 
@@ -191,14 +186,9 @@ impl StateStore for SqliteStore {
 
     fn put_tree<'a>(&'a self, job: &'a str, hash: &'a str, manifest: &'a str) -> Fut<'a, ()> {
         Box::pin(async move {
-            sqlx::query("INSERT OR IGNORE INTO trees (job, hash, manifest) VALUES (?, ?, ?)")
-                .bind(job)
-                .bind(hash)
-                .bind(manifest)
-                .execute(&self.pool)
+            insert_tree(&self.pool, job, hash, manifest)
                 .await
-                .map_err(self.err())?;
-            Ok(())
+                .map_err(self.err())
         })
     }
 
@@ -365,13 +355,9 @@ impl StateStore for SqliteStore {
 
     fn put_known_worker<'a>(&'a self, name: &'a str, spec: &'a str) -> Fut<'a, ()> {
         Box::pin(async move {
-            sqlx::query("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)")
-                .bind(format!("worker:{name}"))
-                .bind(spec)
-                .execute(&self.pool)
+            upsert_worker(&self.pool, name, spec)
                 .await
-                .map_err(self.err())?;
-            Ok(())
+                .map_err(self.err())
         })
     }
 
@@ -425,4 +411,67 @@ impl StateStore for SqliteStore {
             Ok(ProjectLock::clear(&self.lock_path))
         })
     }
+}
+
+async fn upsert_allocation<'e, E>(
+    e: E,
+    r: &AllocationRecord,
+) -> std::result::Result<(), sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+{
+    sqlx::query(
+        "INSERT INTO allocations (job, worker, status, hash, version, release_id,
+            previous_release_id, health, message, updated_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT (job, worker) DO UPDATE SET status = excluded.status,
+            hash = excluded.hash, version = excluded.version,
+            release_id = excluded.release_id,
+            previous_release_id = excluded.previous_release_id,
+            health = excluded.health, message = excluded.message,
+            updated_at = excluded.updated_at",
+    )
+    .bind(&r.job)
+    .bind(&r.worker)
+    .bind(r.status.as_str())
+    .bind(&r.hash)
+    .bind(&r.version)
+    .bind(&r.release_id)
+    .bind(&r.previous_release_id)
+    .bind(&r.health)
+    .bind(&r.message)
+    .bind(&r.updated_at)
+    .execute(e)
+    .await?;
+    Ok(())
+}
+
+async fn insert_tree<'e, E>(
+    e: E,
+    job: &str,
+    hash: &str,
+    manifest: &str,
+) -> std::result::Result<(), sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+{
+    sqlx::query("INSERT OR IGNORE INTO trees (job, hash, manifest) VALUES (?, ?, ?)")
+        .bind(job)
+        .bind(hash)
+        .bind(manifest)
+        .execute(e)
+        .await?;
+    Ok(())
+}
+
+async fn upsert_worker<'e, E>(e: E, name: &str, spec: &str) -> std::result::Result<(), sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+{
+    sqlx::query("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)")
+        .bind(format!("worker:{name}"))
+        .bind(spec)
+        .execute(e)
+        .await?;
+    Ok(())
 }

@@ -194,70 +194,78 @@ pub(super) async fn check_one(
     .await
 }
 
-/// Records a healthy allocation as promoted: on its worker first
-/// (`promoted.json`, what `state rebuild` reads), then in the store. A
-/// store that cannot be written fails the allocation: the next run must
-/// not take it for promoted, nor this one go on as if it were.
-pub(super) async fn promote(
+/// A healthy allocation, carried on its worker: `promoted.json` names its
+/// release (unless the activation command wrote it already). A worker
+/// that cannot write it is warned about, not failed: the store is what
+/// decides, the file is what a lost store is rebuilt from.
+pub(super) async fn carry_on_worker(run: &Run, job: &Job, a: &AllocPlan, s: &Switched) {
+    if s.carried {
+        return;
+    }
+    let Ok(host) = run.fleet.host(&a.worker).await else {
+        return;
+    };
+    let json = run.carried(a, &s.release);
+    let job_dir = run.workers[&a.worker].job_dir(&job.name);
+    let written = host
+        .run(&remote::record_promoted(&job_dir, &json, run.timeout))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|out| out.success().then_some(()).ok_or_else(|| out.tail(2)));
+    if let Err(e) = written {
+        run.reporter.event(&Event::Message {
+            text: format!(
+                "warning: {}@{}: cannot write {}: {e}",
+                job.name,
+                a.worker,
+                remote::PROMOTED_FILE
+            ),
+        });
+    }
+}
+
+/// Records a batch's healthy allocations as promoted, in one store
+/// transaction: either the whole batch is promoted or none of it is, and a
+/// store that cannot be written fails them (the next run must not take
+/// them for promoted, nor this one go on as if they were).
+pub(super) async fn promote_batch(
     run: &Run,
     job: &Job,
-    a: &AllocPlan,
-    s: &Switched,
+    healthy: &[(&AllocPlan, Switched)],
 ) -> Result<(), String> {
     let now = cutover_state::now_rfc3339();
-    let json = run.carried(a, &s.release);
-    if let (false, Ok(host)) = (s.carried, run.fleet.host(&a.worker).await) {
-        let job_dir = run.workers[&a.worker].job_dir(&job.name);
-        let written = host
-            .run(&remote::record_promoted(&job_dir, &json, run.timeout))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|out| out.success().then_some(()).ok_or_else(|| out.tail(2)));
-        if let Err(e) = written {
-            run.reporter.event(&Event::Message {
-                text: format!(
-                    "warning: {}@{}: cannot write {}: {e}",
-                    job.name,
-                    a.worker,
-                    remote::PROMOTED_FILE
-                ),
-            });
+    let mut p = cutover_state::Promotions::default();
+    for (a, s) in healthy {
+        if let Some(json) = run.manifests.get(&(job.name.clone(), a.hash.clone())) {
+            p.trees
+                .push((job.name.clone(), a.hash.clone(), json.clone()));
+        }
+        p.allocations.push(AllocationRecord {
+            job: job.name.clone(),
+            worker: a.worker.clone(),
+            status: AllocStatus::Promoted,
+            hash: Some(a.hash.clone()),
+            version: Some(a.new_version.clone()),
+            release_id: Some(s.release.clone()),
+            previous_release_id: s.previous.clone(),
+            health: if job.manifest.health.is_empty() || a.action == Action::Sync {
+                "unknown".into()
+            } else {
+                "healthy".into()
+            },
+            message: String::new(),
+            updated_at: now.clone(),
+        });
+        if let Some(w) = run.workers.get(&a.worker) {
+            if let Ok(json) = serde_json::to_string(w) {
+                p.workers.push((w.name.clone(), json));
+            }
         }
     }
-    let rec = AllocationRecord {
-        job: job.name.clone(),
-        worker: a.worker.clone(),
-        status: AllocStatus::Promoted,
-        hash: Some(a.hash.clone()),
-        version: Some(a.new_version.clone()),
-        release_id: Some(s.release.clone()),
-        previous_release_id: s.previous.clone(),
-        health: if job.manifest.health.is_empty() || a.action == Action::Sync {
-            "unknown".into()
-        } else {
-            "healthy".into()
-        },
-        message: String::new(),
-        updated_at: now,
-    };
-    let store_failed =
-        |e: cutover_state::StateError| format!("recording the promotion failed: {e}");
-    if let Some(json) = run.manifests.get(&(job.name.clone(), a.hash.clone())) {
-        run.store
-            .put_tree(&job.name, &a.hash, json)
-            .await
-            .map_err(store_failed)?;
-    }
-    run.store.put_allocation(&rec).await.map_err(store_failed)?;
-    if let Some(w) = run.workers.get(&a.worker) {
-        if let Ok(json) = serde_json::to_string(w) {
-            run.store
-                .put_known_worker(&w.name, &json)
-                .await
-                .map_err(store_failed)?;
-        }
-    }
-    Ok(())
+    run.store
+        .record_promotions(&p)
+        .await
+        .map_err(|e| format!("recording the promotion failed: {e}"))
 }
 
 pub(super) async fn record_failure(run: &Run, job: &Job, a: &AllocPlan, message: &str) {

@@ -143,16 +143,19 @@ async fn check_and_promote<'a>(
             Err(e) => failures.push((a, Some(s), e)),
         }
     }
-    let promoted =
-        crate::join::join_all(healthy.iter().map(|(a, s)| promote(run, job, a, s))).await;
-    let mut kept = Vec::new();
-    for ((a, s), r) in healthy.into_iter().zip(promoted) {
-        match r {
-            Ok(()) => kept.push((a, s)),
-            Err(e) => failures.push((a, Some(s), e)),
+    if healthy.is_empty() {
+        return healthy;
+    }
+    crate::join::join_all(healthy.iter().map(|(a, s)| carry_on_worker(run, job, a, s))).await;
+    match promote_batch(run, job, &healthy).await {
+        Ok(()) => healthy,
+        Err(e) => {
+            for (a, s) in healthy {
+                failures.push((a, Some(s), e.clone()));
+            }
+            Vec::new()
         }
     }
-    kept
 }
 
 /// A failed batch: each failure recorded, then the batch halted or (with

@@ -33,7 +33,10 @@ mod run;
 mod upload;
 mod waves;
 
-use batch::{activate_one, check_one, promote, record_failure, revert_one, Back, Switched};
+use batch::{
+    activate_one, carry_on_worker, check_one, promote_batch, record_failure, revert_one, Back,
+    Switched,
+};
 use job::run_job;
 use reconcile::reconcile;
 use run::{DeltaBase, Run, DELTA_MAX_FILES};
