@@ -399,17 +399,18 @@ fn removed_job_and_removed_worker_are_stopped_and_their_data_kept_until_purged()
     assert!(again.stdout.contains("nothing to do"), "{again:?}");
 
     // The operator asks: the data and the KV go.
-    let refused = p.expect(&["job", "purge", "old"], 2);
-    assert!(refused.stderr.contains("--yes"), "{refused:?}");
-    let purged = p.expect(&["job", "purge", "old", "--yes"], 0);
-    assert!(
-        purged.stdout.contains("[job] old@w2: data deleted"),
-        "{purged:?}"
-    );
-    assert!(
-        purged.stdout.contains("[job] old: KV deleted"),
-        "{purged:?}"
-    );
+    p.run(&["job", "purge", "old"])
+        .status(2)
+        .stderr(
+            "error: `cutover job purge old` deletes data and asks first, but stdin is not a terminal\n  \
+             help: run it again with --yes to delete the shared/ data of old on: w1, w2, w3\n",
+        )
+        .check();
+    p.run(&["job", "purge", "old", "--yes"])
+        .stdout(
+            "[job] old@w1: data deleted\n[job] old@w2: data deleted\n[job] old@w3: data deleted\n[job] old: KV deleted\n",
+        )
+        .check();
     for w in &fleet.workers {
         assert!(
             !w.path("jobs/old").exists(),

@@ -32,6 +32,24 @@ fn sshd_path() -> PathBuf {
     panic!("sshd not found: run scripts/test.sh, which installs openssh-server");
 }
 
+/// The child gets SIGKILL when the thread that started it ends, so a test
+/// binary that is killed (or a test that panics past its drops) leaves no
+/// sshd behind.
+#[allow(unsafe_code)]
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+}
+
 /// One worker: an sshd on its own loopback address, with its own host key
 /// and deploy root. Killed (by pid) on drop.
 pub struct SshWorker {
@@ -46,14 +64,14 @@ pub struct SshWorker {
 impl SshWorker {
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "{} already running", self.name);
-        let child = Command::new(sshd_path())
-            .args(["-D", "-e", "-f"])
+        let mut cmd = Command::new(sshd_path());
+        cmd.args(["-D", "-e", "-f"])
             .arg(&self.config)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start sshd");
+            .stderr(Stdio::null());
+        die_with_parent(&mut cmd);
+        let child = cmd.spawn().expect("start sshd");
         self.child = Some(child);
         let addr: SocketAddr = format!("{}:{}", self.ip, self.port).parse().expect("addr");
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -494,6 +512,19 @@ impl Project {
         v
     }
 
+    /// A run of cutover with what it must give, in the style of just's
+    /// tests: by default exit 0 and an empty stderr; `.stdout(..)` makes
+    /// stdout exact. A mismatch shows a line diff.
+    pub fn run<'a>(&'a self, args: &'a [&'a str]) -> Expect<'a> {
+        Expect {
+            p: self,
+            args,
+            code: 0,
+            stdout: None,
+            stderr: Some(String::new()),
+        }
+    }
+
     /// Runs cutover and asserts the exit code.
     #[track_caller]
     pub fn expect(&self, args: &[&str], code: i32) -> Output {
@@ -588,4 +619,78 @@ pub fn finish(child: Child) -> Output {
 /// Whether a process with this pid exists.
 pub fn alive(pid: &str) -> bool {
     Path::new(&format!("/proc/{}", pid.trim())).exists()
+}
+
+/// See [`Project::run`].
+pub struct Expect<'a> {
+    p: &'a Project,
+    args: &'a [&'a str],
+    code: i32,
+    stdout: Option<String>,
+    stderr: Option<String>,
+}
+
+impl Expect<'_> {
+    pub fn status(mut self, code: i32) -> Self {
+        self.code = code;
+        self
+    }
+
+    pub fn stdout(mut self, text: &str) -> Self {
+        self.stdout = Some(text.to_string());
+        self
+    }
+
+    /// Exact stderr; `.any_stderr()` to not check it.
+    pub fn stderr(mut self, text: &str) -> Self {
+        self.stderr = Some(text.to_string());
+        self
+    }
+
+    pub fn any_stderr(mut self) -> Self {
+        self.stderr = None;
+        self
+    }
+
+    #[track_caller]
+    pub fn check(self) -> Output {
+        let out = self.p.cutover(self.args);
+        let what = format!("cutover {}", self.args.join(" "));
+        assert_eq!(out.code, self.code, "{what}: exit code\n{out:?}");
+        if let Some(want) = &self.stdout {
+            assert!(
+                out.stdout == *want,
+                "{what}: stdout\n{}",
+                diff(want, &out.stdout)
+            );
+        }
+        if let Some(want) = &self.stderr {
+            assert!(
+                out.stderr == *want,
+                "{what}: stderr\n{}",
+                diff(want, &out.stderr)
+            );
+        }
+        out
+    }
+}
+
+/// Expected and actual, line by line: `-` expected only, `+` actual only.
+fn diff(want: &str, got: &str) -> String {
+    let (w, g): (Vec<&str>, Vec<&str>) = (want.lines().collect(), got.lines().collect());
+    let mut out = String::new();
+    for i in 0..w.len().max(g.len()) {
+        match (w.get(i), g.get(i)) {
+            (Some(a), Some(b)) if a == b => out.push_str(&format!("  {a}\n")),
+            (a, b) => {
+                if let Some(a) = a {
+                    out.push_str(&format!("- {a}\n"));
+                }
+                if let Some(b) = b {
+                    out.push_str(&format!("+ {b}\n"));
+                }
+            }
+        }
+    }
+    out
 }
