@@ -247,93 +247,10 @@ pub async fn deploy(ctx: &Context, opts: &DeployOptions) -> Result<DeployReport,
     // From here the deployment is on record: whatever fails below, the
     // record is finished (as failed), never left "running".
     let executed = async {
-        // Stage what will be uploaded, once per distinct tree, in a private
-        // dir (rendered files may hold secrets). A run killed with -9 left
-        // its own behind: it is removed now that this run holds the lock.
-        crate::scratch::Scratch::sweep(&ctx.runtime_dir);
-        let stage_root =
-            crate::scratch::Scratch::create(&ctx.runtime_dir, "stage", &ctx.project.root)?;
-        let wanted: BTreeSet<Key> = plan
-            .jobs()
-            .flat_map(|j| {
-                j.allocations
-                    .iter()
-                    .filter(|a| a.action != Action::Skip)
-                    .map(move |a| (j.job.clone(), a.worker.clone()))
-            })
-            .collect();
-        let staged = render::stage(stage_root.path(), &rendered.trees, &wanted)?;
-        let records: BTreeMap<Key, AllocationRecord> = records
-            .into_iter()
-            .map(|r| ((r.job.clone(), r.worker.clone()), r))
-            .collect();
-        // Where the store knows which release a worker runs and what is in it,
-        // the upload sends only the files that differ from that release.
-        let mut ticket_bases: BTreeMap<Key, Vec<String>> = BTreeMap::new();
-        for b in crate::release::open_bases(ctx).await? {
-            ticket_bases
-                .entry((b.job, b.worker))
-                .or_default()
-                .push(b.release_id);
-        }
-        let bases: BTreeMap<Key, DeltaBase> = wanted
-            .iter()
-            .filter_map(|k| {
-                let release = records.get(k)?.release_id.clone()?;
-                let old = recorded.get(k)?.promoted_manifest.as_ref()?;
-                let changed =
-                    cutover_model::tree::changed_paths(old, &rendered.candidates.get(k)?.manifest);
-                (changed.len() <= DELTA_MAX_FILES)
-                    .then(|| (k.clone(), DeltaBase { release, changed }))
-            })
-            .collect();
-        let manifests = wanted
-            .iter()
-            .filter_map(|k| {
-                let c = rendered.candidates.get(k)?;
-                Some((
-                    (k.0.clone(), c.hash.clone()),
-                    serde_json::to_string(&c.manifest).ok()?,
-                ))
-            })
-            .collect();
-
-        // Connect to every worker with work: those in the project, and those
-        // removed from it whose last known address the store remembers.
-        let mut needed: BTreeMap<String, Worker> = BTreeMap::new();
-        for (_, worker) in &wanted {
-            if let Some(w) = ctx.project.worker(worker) {
-                needed.insert(worker.clone(), w.clone());
-            }
-        }
-        for s in &plan.stops {
-            if let Some(w) = ctx.project.worker(&s.worker).or(known.get(&s.worker)) {
-                needed.insert(s.worker.clone(), w.clone());
-            }
-        }
-
-        let redactor = kv.redactor();
-        let run = Arc::new(Run {
-            project: ctx.project.clone(),
-            store: ctx.store.clone(),
-            reporter: redactor.reporter(ctx.reporter.clone()),
-            redactor,
-            fleet,
-            staged,
-            bases,
-            ticket_bases,
-            manifests,
-            records,
-            workers: needed,
-            seq,
-            stamp: cutover_state::now_compact_millis(),
-            timeout: ctx.project.config.ssh.command_timeout,
-            limit: Arc::new(Semaphore::new(ctx.project.config.ssh.max_parallel)),
-            kv,
-            env: ctx.template_env(),
-            purge_data: opts.purge_data,
-            interrupt: ctx.interrupt.clone(),
-        });
+        let (run, stage_root) = stage_run(
+            ctx, opts, &plan, &rendered, &recorded, records, kv, fleet, &known, seq,
+        )
+        .await?;
 
         if !run.interrupt.is_set() {
             report.stops = reconcile(&run, &plan.stops).await;
@@ -459,6 +376,111 @@ async fn plan_run(
         rendered,
         plan,
     })
+}
+
+/// Stages what will be uploaded and gathers what the tasks of the run
+/// share: the staged trees, the delta bases, the manifests to record, the
+/// workers to reach (those in the project with work, and removed ones
+/// with a stop, at their last known address).
+#[allow(clippy::too_many_arguments)]
+async fn stage_run(
+    ctx: &Context,
+    opts: &DeployOptions,
+    plan: &Plan,
+    rendered: &render::Rendered,
+    recorded: &BTreeMap<Key, cutover_model::plan::Recorded>,
+    records: Vec<AllocationRecord>,
+    kv: kv::TemplateKv,
+    fleet: Fleet,
+    known: &BTreeMap<String, Worker>,
+    seq: i64,
+) -> Result<(Arc<Run>, crate::scratch::Scratch), EngineError> {
+    // Stage what will be uploaded, once per distinct tree, in a private
+    // dir (rendered files may hold secrets). A run killed with -9 left
+    // its own behind: it is removed now that this run holds the lock.
+    crate::scratch::Scratch::sweep(&ctx.runtime_dir);
+    let stage_root = crate::scratch::Scratch::create(&ctx.runtime_dir, "stage", &ctx.project.root)?;
+    let wanted: BTreeSet<Key> = plan
+        .jobs()
+        .flat_map(|j| {
+            j.allocations
+                .iter()
+                .filter(|a| a.action != Action::Skip)
+                .map(move |a| (j.job.clone(), a.worker.clone()))
+        })
+        .collect();
+    let staged = render::stage(stage_root.path(), &rendered.trees, &wanted)?;
+    let records: BTreeMap<Key, AllocationRecord> = records
+        .into_iter()
+        .map(|r| ((r.job.clone(), r.worker.clone()), r))
+        .collect();
+    // Where the store knows which release a worker runs and what is in it,
+    // the upload sends only the files that differ from that release.
+    let mut ticket_bases: BTreeMap<Key, Vec<String>> = BTreeMap::new();
+    for b in crate::release::open_bases(ctx).await? {
+        ticket_bases
+            .entry((b.job, b.worker))
+            .or_default()
+            .push(b.release_id);
+    }
+    let bases: BTreeMap<Key, DeltaBase> = wanted
+        .iter()
+        .filter_map(|k| {
+            let release = records.get(k)?.release_id.clone()?;
+            let old = recorded.get(k)?.promoted_manifest.as_ref()?;
+            let changed =
+                cutover_model::tree::changed_paths(old, &rendered.candidates.get(k)?.manifest);
+            (changed.len() <= DELTA_MAX_FILES).then(|| (k.clone(), DeltaBase { release, changed }))
+        })
+        .collect();
+    let manifests = wanted
+        .iter()
+        .filter_map(|k| {
+            let c = rendered.candidates.get(k)?;
+            Some((
+                (k.0.clone(), c.hash.clone()),
+                serde_json::to_string(&c.manifest).ok()?,
+            ))
+        })
+        .collect();
+
+    // Connect to every worker with work: those in the project, and those
+    // removed from it whose last known address the store remembers.
+    let mut needed: BTreeMap<String, Worker> = BTreeMap::new();
+    for (_, worker) in &wanted {
+        if let Some(w) = ctx.project.worker(worker) {
+            needed.insert(worker.clone(), w.clone());
+        }
+    }
+    for s in &plan.stops {
+        if let Some(w) = ctx.project.worker(&s.worker).or(known.get(&s.worker)) {
+            needed.insert(s.worker.clone(), w.clone());
+        }
+    }
+
+    let redactor = kv.redactor();
+    let run = Arc::new(Run {
+        project: ctx.project.clone(),
+        store: ctx.store.clone(),
+        reporter: redactor.reporter(ctx.reporter.clone()),
+        redactor,
+        fleet,
+        staged,
+        bases,
+        ticket_bases,
+        manifests,
+        records,
+        workers: needed,
+        seq,
+        stamp: cutover_state::now_compact_millis(),
+        timeout: ctx.project.config.ssh.command_timeout,
+        limit: Arc::new(Semaphore::new(ctx.project.config.ssh.max_parallel)),
+        kv,
+        env: ctx.template_env(),
+        purge_data: opts.purge_data,
+        interrupt: ctx.interrupt.clone(),
+    });
+    Ok((run, stage_root))
 }
 
 /// Records every deployment still "running" as interrupted. Called with
