@@ -4,6 +4,7 @@
 //! nothing else.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use cutover_model::{KnownHostsPolicy, TransportKind, Worker};
@@ -22,7 +23,10 @@ pub(crate) struct Fleet {
     /// Handshakes in flight at once (`[ssh] max_parallel`).
     limit: Semaphore,
     reporter: Arc<dyn Reporter>,
-    _control_dir: Scratch,
+    runtime_dir: PathBuf,
+    project_root: PathBuf,
+    /// The ssh control sockets' private dir, made on the first connection.
+    control_dir: std::sync::OnceLock<Result<Scratch, String>>,
 }
 
 fn spec(w: &Worker) -> HostSpec {
@@ -40,10 +44,6 @@ impl Fleet {
     pub fn lazy(ctx: &Context, workers: Vec<Worker>) -> Result<Fleet, EngineError> {
         let ssh = &ctx.project.config.ssh;
         let reporter = &ctx.reporter;
-        // The runtime dir is short: control sockets must fit in sun_path.
-        // What a run killed with -9 left (its owner is provably gone).
-        Scratch::sweep(&ctx.runtime_dir);
-        let control_dir = Scratch::create(&ctx.runtime_dir, "ssh", &ctx.project.root)?;
         let opts = SshOptions {
             user: ssh.user.clone(),
             port: ssh.port,
@@ -55,7 +55,8 @@ impl Fleet {
             known_hosts_file: ssh.known_hosts_file.clone(),
             config_file: ssh.config_file.clone(),
             connect_timeout: ssh.connect_timeout,
-            control_dir: control_dir.path().to_path_buf(),
+            // Set when the first connection is made (see `options`).
+            control_dir: PathBuf::new(),
         };
         Ok(Fleet {
             workers: workers
@@ -65,7 +66,9 @@ impl Fleet {
             opts,
             limit: Semaphore::new(ssh.max_parallel),
             reporter: reporter.clone(),
-            _control_dir: control_dir,
+            runtime_dir: ctx.runtime_dir.clone(),
+            project_root: ctx.project.root.clone(),
+            control_dir: std::sync::OnceLock::new(),
         })
     }
 
@@ -84,7 +87,8 @@ impl Fleet {
         };
         cell.get_or_init(|| async {
             let _permit = self.limit.acquire().await;
-            match Host::connect(&spec(w), &self.opts).await {
+            let opts = self.options()?;
+            match Host::connect(&spec(w), &opts).await {
                 Ok(h) => Ok(Arc::new(h)),
                 Err(e) => {
                     self.reporter.event(&Event::ConnectFailed {
@@ -97,6 +101,22 @@ impl Fleet {
         })
         .await
         .clone()
+    }
+
+    /// The ssh options, with the control dir made on first use: a fleet
+    /// that never connects (a run with nothing to do) makes no dir. The
+    /// runtime dir is short, so control sockets fit in sun_path; what a run
+    /// killed with -9 left there is swept first (its owner is provably gone).
+    fn options(&self) -> Result<SshOptions, String> {
+        let dir = self.control_dir.get_or_init(|| {
+            Scratch::sweep(&self.runtime_dir);
+            Scratch::create(&self.runtime_dir, "ssh", &self.project_root).map_err(|e| e.to_string())
+        });
+        let dir = dir.as_ref().map_err(Clone::clone)?;
+        Ok(SshOptions {
+            control_dir: dir.path().to_path_buf(),
+            ..self.opts.clone()
+        })
     }
 
     /// The connection of a worker already connected by [`Fleet::connect`].

@@ -1,24 +1,20 @@
 //! The classes of SPEC section 3, one row per kind of path.
 
 use cutover_model::classify::{classify, Change, Class};
-use cutover_model::{LoadOptions, Project};
+mod common;
+
+use cutover_model::Project;
 
 fn project() -> (tempfile::TempDir, Project) {
-    let dir = tempfile::tempdir().expect("tmp");
-    let w = |rel: &str, text: &str| {
-        let p = dir.path().join(rel);
-        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
-        std::fs::write(p, text).expect("write");
-    };
-    w("cutover.toml", "name = \"p\"\n");
-    w("workers.toml", "[[worker]]\nname = \"w1\"\nhost = \"h\"\n");
-    w(
-        "jobs/api/job.toml",
-        "version = \"1\"\nwatch = [\"src/api/**\"]\n",
-    );
-    w("jobs/web/job.toml", "version = \"1\"\n");
-    let p = Project::load(dir.path(), &LoadOptions::default()).expect("loads");
-    (dir, p)
+    common::project(&[
+        ("cutover.toml", "name = \"p\"\n"),
+        ("workers.toml", "[[worker]]\nname = \"w1\"\nhost = \"h\"\n"),
+        (
+            "jobs/api/job.toml",
+            "version = \"1\"\nwatch = [\"src/api/**\"]\n",
+        ),
+        ("jobs/web/job.toml", "version = \"1\"\n"),
+    ])
 }
 
 #[test]

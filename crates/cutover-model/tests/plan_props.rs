@@ -6,8 +6,10 @@
 use std::collections::BTreeMap;
 
 use cutover_model::plan::{self, Action, Candidate, PlanInput, PlanOptions, Recorded};
-use cutover_model::{LoadOptions, Project};
+use cutover_model::Project;
 use proptest::prelude::*;
+
+mod common;
 
 /// What the store says of one worker's allocation.
 #[derive(Debug, Clone, Copy)]
@@ -30,28 +32,20 @@ fn prior() -> impl Strategy<Value = Prior> {
 }
 
 fn project(workers: usize, starts: usize, upgrades: usize) -> (tempfile::TempDir, Project) {
-    let dir = tempfile::tempdir().expect("tmp");
-    let w = |rel: &str, text: &str| {
-        let p = dir.path().join(rel);
-        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
-        std::fs::write(p, text).expect("write");
-    };
-    w("cutover.toml", "name = \"p\"\n");
     let mut fleet = String::new();
     for i in 0..workers {
         fleet.push_str(&format!(
             "[[worker]]\nname = \"w{i}\"\nhost = \"10.0.0.{i}\"\nlabels = [\"web\"]\n\n"
         ));
     }
-    w("workers.toml", &fleet);
-    w(
-        "jobs/api/job.toml",
-        &format!(
-            "version = \"2\"\nselectors = [\"web\"]\nmax_concurrent_starts = {starts}\nmax_concurrent_upgrades = {upgrades}\n"
-        ),
+    let job = format!(
+        "version = \"2\"\nselectors = [\"web\"]\nmax_concurrent_starts = {starts}\nmax_concurrent_upgrades = {upgrades}\n"
     );
-    let project = Project::load(dir.path(), &LoadOptions::default()).expect("loads");
-    (dir, project)
+    common::project(&[
+        ("cutover.toml", "name = \"p\"\n"),
+        ("workers.toml", &fleet),
+        ("jobs/api/job.toml", &job),
+    ])
 }
 
 proptest! {

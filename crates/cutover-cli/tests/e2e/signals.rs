@@ -156,15 +156,7 @@ fn a_killed_run_is_shown_as_interrupted() {
 /// with what it started, and the error names worker, step and timeout.
 #[test]
 fn a_step_that_times_out_is_killed_on_the_worker() {
-    let fleet = Fleet::start(1);
-    let p = Project::new();
-    p.write(
-        "cutover.toml",
-        &fleet
-            .project_toml()
-            .replace("command_timeout = \"60s\"", "command_timeout = \"2s\""),
-    );
-    p.write("workers.toml", &fleet.workers_toml(&[("w1", &["web"])]));
+    let (fleet, p) = one_worker_timing_out_after("2s");
     p.job("api", "version = \"1\"\n");
     p.write(
         "jobs/api/Makefile",
@@ -193,15 +185,7 @@ fn a_step_that_times_out_is_killed_on_the_worker() {
 /// still reported as a timeout.
 #[test]
 fn a_step_that_ignores_term_is_killed_and_reported_as_a_timeout() {
-    let fleet = Fleet::start(1);
-    let p = Project::new();
-    p.write(
-        "cutover.toml",
-        &fleet
-            .project_toml()
-            .replace("command_timeout = \"60s\"", "command_timeout = \"1s\""),
-    );
-    p.write("workers.toml", &fleet.workers_toml(&[("w1", &["web"])]));
+    let (fleet, p) = one_worker_timing_out_after("1s");
     p.job("api", "version = \"1\"\n[health]\nattempts = 1\n");
     p.write(
         "jobs/api/Makefile",
@@ -220,4 +204,19 @@ fn a_step_that_ignores_term_is_killed_and_reported_as_a_timeout() {
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+}
+
+/// One worker, and a project whose remote steps time out after `timeout`.
+fn one_worker_timing_out_after(timeout: &str) -> (Fleet, Project) {
+    let fleet = Fleet::start(1);
+    let p = Project::new();
+    p.write(
+        "cutover.toml",
+        &fleet.project_toml().replace(
+            "command_timeout = \"60s\"",
+            &format!("command_timeout = \"{timeout}\""),
+        ),
+    );
+    p.write("workers.toml", &fleet.workers_toml(&[("w1", &["web"])]));
+    (fleet, p)
 }

@@ -457,16 +457,24 @@ impl Project {
         self.cutover_env(args, &[])
     }
 
-    pub fn cutover_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
-        let out = Command::new(BIN)
-            .args(args)
+    /// The cutover command every test runs: in the project, with its own
+    /// TMPDIR and nothing of the developer's environment that cutover reads.
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
             .current_dir(self.dir.path())
             .env("CUTOVER_USER", "tester")
             .env("TMPDIR", self.tmp.path())
             .env_remove("XDG_RUNTIME_DIR")
             .env_remove("CUTOVER_PROJECT")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn cutover_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let out = self
+            .command(args)
             .envs(env.iter().copied())
-            .stdin(Stdio::null())
             .output()
             .expect("run cutover");
         Output {
@@ -487,14 +495,7 @@ impl Project {
     }
 
     fn background(&self, args: &[&str], stderr: Stdio) -> Child {
-        Command::new(BIN)
-            .args(args)
-            .current_dir(self.dir.path())
-            .env("CUTOVER_USER", "tester")
-            .env("TMPDIR", self.tmp.path())
-            .env_remove("XDG_RUNTIME_DIR")
-            .env_remove("CUTOVER_PROJECT")
-            .stdin(Stdio::null())
+        self.command(args)
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()

@@ -212,16 +212,16 @@ pub async fn deploy(ctx: &Context, opts: &DeployOptions) -> Result<DeployReport,
         fleet.close().await;
         return Ok(report);
     }
-    if lock.is_some() {
-        // This run holds the lock, so no other is live: a deployment still
-        // "running" belongs to a process that died.
-        finish_dead_runs(ctx).await?;
-    }
     if plan.is_noop() {
         // Everything is promoted: no connection, no deployment record.
         report.outcome = Outcome::Unchanged;
         fleet.close().await;
         return Ok(report);
+    }
+    if lock.is_some() {
+        // This run holds the lock, so no other is live: a deployment still
+        // "running" belongs to a process that died.
+        finish_dead_runs(ctx).await?;
     }
     if ctx.interrupt.is_set() {
         // Stopped while planning: nothing was started.
