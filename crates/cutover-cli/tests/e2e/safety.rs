@@ -426,6 +426,20 @@ fn a_lost_state_store_is_rebuilt_from_the_workers_not_redeployed() {
     for f in ["state.db", "state.db-wal", "state.db-shm"] {
         let _ = std::fs::remove_file(p.path().join(".cutover").join(f));
     }
+    // A dry run plans from what the workers carry, and writes nothing.
+    let plan = p.expect(&["deploy", "--dry-run"], 0);
+    assert!(
+        plan.stdout
+            .contains("read (dry run: not written) 2 allocation record(s)")
+            && plan.stdout.contains("plan: 2 unchanged"),
+        "{plan:?}"
+    );
+    let status = p.expect(&["status"], 0);
+    assert_eq!(
+        status.stdout.matches("not deployed").count(),
+        2,
+        "{status:?}"
+    );
     let out = p.expect(&["deploy"], 0);
     assert!(
         out.stdout
