@@ -161,7 +161,7 @@ rc=$?
     if promoted.is_some() {
         text.push_str(&format!(
             "\nprintf '%s\\n' \"$8\" > \"$1/.{PROMOTED_FILE}.tmp\" && mv -f \"$1/.{PROMOTED_FILE}.tmp\" \"$1/{PROMOTED_FILE}\" \
-             || echo \"cutover: cannot write {PROMOTED_FILE}\" >&2"
+             || echo \"{CARRY_FAILED}\" >&2"
         ));
     }
     let [keep, protect] = prune.args();
@@ -294,6 +294,10 @@ pub(crate) fn remove_releases(job_dir: &str, timeout: Duration) -> Command {
 /// The file on each worker that says what an allocation runs, written at
 /// promote: a lost state store is rebuilt from these.
 pub(crate) const PROMOTED_FILE: &str = "promoted.json";
+
+/// What the activation command says on stderr when it could not write
+/// `promoted.json` (the target and health passed all the same).
+pub(crate) const CARRY_FAILED: &str = "cutover: cannot write promoted.json";
 
 /// Writes `<job>/promoted.json` atomically (temp file, rename).
 pub(crate) fn record_promoted(job_dir: &str, json: &str, timeout: Duration) -> Command {

@@ -103,19 +103,24 @@ pub(crate) async fn recorded(
             }
             None => None,
         };
-        out.insert(
-            (a.job.clone(), a.worker.clone()),
-            Recorded {
-                promoted_hash: a.hash.clone(),
-                promoted_version: a.version.clone(),
-                promoted_manifest: manifest,
-                failed: a.status == AllocStatus::Failed,
-                stopped: a.status == AllocStatus::Stopped,
-                drift: Vec::new(),
-            },
-        );
+        out.insert((a.job.clone(), a.worker.clone()), recorded_of(a, manifest));
     }
     Ok((out, allocs))
+}
+
+/// What the planner needs of one allocation record.
+pub(crate) fn recorded_of(
+    a: &cutover_state::AllocationRecord,
+    manifest: Option<Manifest>,
+) -> Recorded {
+    Recorded {
+        promoted_hash: a.hash.clone(),
+        promoted_version: a.version.clone(),
+        promoted_manifest: manifest,
+        failed: a.status == AllocStatus::Failed,
+        stopped: a.status == AllocStatus::Stopped,
+        drift: Vec::new(),
+    }
 }
 
 /// Stages each distinct (job, hash) once under `root`, and reads its listing.

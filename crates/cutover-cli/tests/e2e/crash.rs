@@ -174,28 +174,7 @@ struct Repo {
 }
 
 fn repo(fleet: &Fleet, makefile: &str) -> Repo {
-    let base = tempfile::tempdir().expect("tempdir");
-    let origin = base.path().join("origin.git");
-    let g = crate::support::git;
-    g(
-        base.path(),
-        &[
-            "init",
-            "-q",
-            "--bare",
-            "-b",
-            "main",
-            origin.to_str().expect("utf8"),
-        ],
-    );
-    let dev = base.path().join("dev");
-    g(
-        base.path(),
-        &["clone", "-q", origin.to_str().expect("utf8"), "dev"],
-    );
-    g(&dev, &["config", "user.name", "Dev"]);
-    g(&dev, &["config", "user.email", "dev@example.com"]);
-    g(&dev, &["checkout", "-q", "-b", "main"]);
+    let (base, origin, dev) = crate::support::git_origin();
     write_file(&dev, "cutover.toml", &fleet.project_toml());
     write_file(
         &dev,
@@ -210,17 +189,10 @@ fn repo(fleet: &Fleet, makefile: &str) -> Repo {
     );
     write_file(&dev, "jobs/api/Makefile", makefile);
     write_file(&dev, "jobs/api/version.txt", "1\n");
-    g(&dev, &["add", "-A"]);
-    g(&dev, &["commit", "-q", "-m", "initial"]);
-    g(&dev, &["push", "-q", "-u", "origin", "main"]);
-    let p = Project::new();
+    crate::support::commit_and_push(&dev, "initial");
+    let p = crate::support::deploy_clone(&origin);
+    // A failed resume leaves scratch behind; check_fleet reports it.
     p.check_tmp.set(false);
-    g(
-        p.path(),
-        &["clone", "-q", origin.to_str().expect("utf8"), "."],
-    );
-    g(p.path(), &["config", "user.name", "Ops"]);
-    g(p.path(), &["config", "user.email", "ops@example.com"]);
     p.expect(&["deploy"], 0);
     Repo {
         _base: base,
@@ -257,18 +229,14 @@ fn release_killed_in(phase: &str) -> Result<(), String> {
         "verify" => format!("#!/bin/sh\ntouch {}/verify\n", gates.path().display()),
         _ => "#!/bin/sh\necho ticket done\n".to_string(),
     };
-    let g = crate::support::git;
-    g(&r.dev, &["checkout", "-q", "-b", "feat/77"]);
-    write_file(&r.dev, "jobs/api/version.txt", "2\n");
-    write_file(&r.dev, "releases/77-change.sh", &script);
-    g(&r.dev, &["add", "-A"]);
-    g(&r.dev, &["commit", "-q", "-m", "work on 77"]);
-    g(&r.dev, &["checkout", "-q", "main"]);
-    g(
+    crate::support::merge_branch(
         &r.dev,
-        &["merge", "-q", "--no-ff", "-m", "Merge feat/77", "feat/77"],
+        "feat/77",
+        &[
+            ("jobs/api/version.txt", "2\n"),
+            ("releases/77-change.sh", &script),
+        ],
     );
-    g(&r.dev, &["push", "-q", "origin", "main"]);
 
     if phase != "verify" {
         std::fs::write(gates.path().join("armed"), "").expect("arm");

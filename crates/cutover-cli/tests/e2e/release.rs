@@ -2,7 +2,7 @@
 //! developer clone that merges and pushes, the deploy host's clone where
 //! cutover runs) and the real sshd fleet.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::support::{git, snapshot, write_file, write_job, Fleet, Project};
 
@@ -17,34 +17,10 @@ struct Setup {
 
 const API: &str = "version = \"1\"\nselectors = [\"web\"]\n[backup]\ncommand = \"make -s backup\"\nrestore = \"make -s restore BACKUP={{ backup.id }}\"\n";
 
-fn identity(dir: &Path) {
-    git(dir, &["config", "user.name", "Dev"]);
-    git(dir, &["config", "user.email", "dev@example.com"]);
-}
-
 /// Jobs api (with a backup), web and other on `n` workers; deployed once.
 fn setup(n: usize) -> Setup {
     let fleet = Fleet::start(n);
-    let base = tempfile::tempdir().expect("tempdir");
-    let origin = base.path().join("origin.git");
-    git(
-        base.path(),
-        &[
-            "init",
-            "-q",
-            "--bare",
-            "-b",
-            "main",
-            origin.to_str().expect("utf8"),
-        ],
-    );
-    let dev = base.path().join("dev");
-    git(
-        base.path(),
-        &["clone", "-q", origin.to_str().expect("utf8"), "dev"],
-    );
-    identity(&dev);
-    git(&dev, &["checkout", "-q", "-b", "main"]);
+    let (base, origin, dev) = crate::support::git_origin();
     let names: Vec<String> = fleet.workers.iter().map(|w| w.name.clone()).collect();
     let labels: Vec<(&str, &[&str])> = names.iter().map(|n| (n.as_str(), &["web"][..])).collect();
     write_file(&dev, "cutover.toml", &fleet.project_toml());
@@ -53,16 +29,8 @@ fn setup(n: usize) -> Setup {
     write_job(&dev, "api", API);
     write_job(&dev, "web", "version = \"1\"\nselectors = [\"web\"]\n");
     write_job(&dev, "other", "version = \"1\"\nselectors = [\"web\"]\n");
-    git(&dev, &["add", "-A"]);
-    git(&dev, &["commit", "-q", "-m", "initial"]);
-    git(&dev, &["push", "-q", "-u", "origin", "main"]);
-
-    let p = Project::new();
-    git(
-        p.path(),
-        &["clone", "-q", origin.to_str().expect("utf8"), "."],
-    );
-    identity(p.path());
+    crate::support::commit_and_push(&dev, "initial");
+    let p = crate::support::deploy_clone(&origin);
     p.expect(&["deploy"], 0);
     Setup {
         fleet,
@@ -76,28 +44,7 @@ impl Setup {
     /// Commits `files` on a feature branch and merges it into main with a
     /// merge commit, then pushes main.
     fn merge(&self, branch: &str, files: &[(&str, &str)]) {
-        git(&self.dev, &["checkout", "-q", "-b", branch]);
-        for (rel, text) in files {
-            write_file(&self.dev, rel, text);
-        }
-        git(&self.dev, &["add", "-A"]);
-        git(
-            &self.dev,
-            &["commit", "-q", "-m", &format!("work on {branch}")],
-        );
-        git(&self.dev, &["checkout", "-q", "main"]);
-        git(
-            &self.dev,
-            &[
-                "merge",
-                "-q",
-                "--no-ff",
-                "-m",
-                &format!("Merge {branch}"),
-                branch,
-            ],
-        );
-        git(&self.dev, &["push", "-q", "origin", "main"]);
+        crate::support::merge_branch(&self.dev, branch, files);
     }
 
     fn head(&self) -> String {

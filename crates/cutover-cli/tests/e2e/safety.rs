@@ -423,9 +423,7 @@ fn a_lost_state_store_is_rebuilt_from_the_workers_not_redeployed() {
         .iter()
         .map(|w| (w.current("api"), w.releases("api"), w.events("api")))
         .collect();
-    for f in ["state.db", "state.db-wal", "state.db-shm"] {
-        let _ = std::fs::remove_file(p.path().join(".cutover").join(f));
-    }
+    p.lose_store();
     // A dry run plans from what the workers carry, and writes nothing.
     let plan = p.expect(&["deploy", "--dry-run"], 0);
     assert!(
@@ -493,9 +491,7 @@ fn without_store_or_records_an_upload_never_touches_the_running_release() {
     let w = &fleet.workers[0];
     let live = w.current("api").expect("current");
     let live_snapshot = crate::support::snapshot(&w.path(&format!("jobs/api/releases/{live}")));
-    for f in ["state.db", "state.db-wal", "state.db-shm"] {
-        let _ = std::fs::remove_file(p.path().join(".cutover").join(f));
-    }
+    p.lose_store();
     std::fs::remove_file(w.path("jobs/api/promoted.json")).expect("rm");
     p.expect(&["deploy"], 0);
     let now = w.current("api").expect("current");
@@ -545,6 +541,8 @@ fn an_unwritable_store_mid_batch_fails_the_run_and_the_next_run_finishes_it() {
         ),
     );
     let out = p.cutover(&["deploy"]);
+    // The WAL file may be gone by now (chattr then fails on it): the db
+    // file is made writable again on its own too.
     chattr("-i", &["state.db", "state.db-wal"]);
     chattr("-i", &["state.db"]);
     assert_eq!(out.code, 1, "{out:?}");
@@ -634,9 +632,7 @@ fn a_stopped_allocation_is_not_rebuilt_as_running() {
     );
     p.expect(&["deploy"], 0);
     assert!(!fleet.workers[1].path("jobs/api/promoted.json").exists());
-    for f in ["state.db", "state.db-wal", "state.db-shm"] {
-        let _ = std::fs::remove_file(p.path().join(".cutover").join(f));
-    }
+    p.lose_store();
     p.write(
         "workers.toml",
         &fleet.workers_toml(&[("w1", &["web"]), ("w2", &["web"])]),
@@ -771,9 +767,7 @@ fn a_reverted_first_start_does_not_come_back_as_promoted() {
     for w in &fleet.workers {
         assert!(!w.path("jobs/api/promoted.json").exists(), "{}", w.name);
     }
-    for f in ["state.db", "state.db-wal", "state.db-shm"] {
-        let _ = std::fs::remove_file(p.path().join(".cutover").join(f));
-    }
+    p.lose_store();
     let plan = p.expect(&["deploy", "--dry-run"], 0);
     assert_eq!(plan.stdout.matches(" start ").count(), 3, "{plan:?}");
 }

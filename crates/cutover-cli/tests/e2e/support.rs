@@ -365,6 +365,55 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
         .to_string()
 }
 
+/// A bare `origin` whose branch is `main`, and a developer's clone of it
+/// (`dev`, on `main`, with an identity), in a new temporary dir.
+pub fn git_origin() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let base = tempfile::tempdir().expect("tempdir");
+    let origin = base.path().join("origin.git");
+    let url = origin.to_str().expect("utf8");
+    git(base.path(), &["init", "-q", "--bare", "-b", "main", url]);
+    git(base.path(), &["clone", "-q", url, "dev"]);
+    let dev = base.path().join("dev");
+    git(&dev, &["config", "user.name", "Dev"]);
+    git(&dev, &["config", "user.email", "dev@example.com"]);
+    git(&dev, &["checkout", "-q", "-b", "main"]);
+    (base, origin, dev)
+}
+
+/// Commits everything in `dev` and pushes `main` to origin.
+pub fn commit_and_push(dev: &Path, message: &str) {
+    git(dev, &["add", "-A"]);
+    git(dev, &["commit", "-q", "-m", message]);
+    git(dev, &["push", "-q", "-u", "origin", "main"]);
+}
+
+/// Commits `files` on a feature branch of `dev`, merges it into main with
+/// a merge commit, and pushes main.
+pub fn merge_branch(dev: &Path, branch: &str, files: &[(&str, &str)]) {
+    git(dev, &["checkout", "-q", "-b", branch]);
+    for (rel, text) in files {
+        write_file(dev, rel, text);
+    }
+    git(dev, &["add", "-A"]);
+    git(dev, &["commit", "-q", "-m", &format!("work on {branch}")]);
+    git(dev, &["checkout", "-q", "main"]);
+    let message = format!("Merge {branch}");
+    git(dev, &["merge", "-q", "--no-ff", "-m", &message, branch]);
+    git(dev, &["push", "-q", "origin", "main"]);
+}
+
+/// The deploy host's clone of `origin`: a project where cutover runs.
+pub fn deploy_clone(origin: &Path) -> Project {
+    let p = Project::new();
+    git(
+        p.path(),
+        &["clone", "-q", origin.to_str().expect("utf8"), "."],
+    );
+    git(p.path(), &["config", "user.name", "Ops"]);
+    git(p.path(), &["config", "user.email", "ops@example.com"]);
+    p
+}
+
 /// A project directory with helpers to write files and run cutover in it.
 pub struct Project {
     pub dir: tempfile::TempDir,
@@ -481,6 +530,13 @@ impl Project {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Deletes `.cutover/state.db` with its WAL files: a lost store.
+    pub fn lose_store(&self) {
+        for f in ["state.db", "state.db-wal", "state.db-shm"] {
+            let _ = std::fs::remove_file(self.path().join(".cutover").join(f));
         }
     }
 

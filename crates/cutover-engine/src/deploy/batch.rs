@@ -104,7 +104,7 @@ pub(super) async fn activate_one(
         release: up.release,
         previous: remote::previous_release(&out),
         health: None,
-        carried: carried.is_some() && out.success() && !out.stderr.contains("cannot write"),
+        carried: carried.is_some() && out.success() && !out.stderr.contains(remote::CARRY_FAILED),
     };
     if let Some(h) = &folded {
         switched.health = remote::folded_health(h.command, &out);

@@ -314,12 +314,7 @@ async fn plan_run(
             for r in &rebuilt {
                 recorded.insert(
                     (r.job.clone(), r.worker.clone()),
-                    cutover_model::plan::Recorded {
-                        promoted_hash: r.hash.clone(),
-                        promoted_version: r.version.clone(),
-                        failed: r.status == AllocStatus::Failed,
-                        ..Default::default()
-                    },
+                    render::recorded_of(r, None),
                 );
             }
             records.extend(rebuilt);

@@ -390,17 +390,15 @@ async fn revert_one(
     };
 
     // 1. The broken release stops writing (if a release runs there).
-    let stop_env = vec![
-        ("CUTOVER_JOB".to_string(), c.job.name.clone()),
-        ("CUTOVER_WORKER".to_string(), c.worker.name.clone()),
-        ("CUTOVER_ROOT".to_string(), c.worker.root.clone()),
-        ("CUTOVER_SHARED".to_string(), format!("{job_dir}/shared")),
-        ("CUTOVER_RELEASE".to_string(), now_release.clone()),
-        ("CURRENT_VERSION".to_string(), now_version.clone()),
-        ("NEW_VERSION".to_string(), base_version.clone()),
-    ];
+    let now_env = LifecycleEnv {
+        job: c.job,
+        worker: c.worker,
+        release: &now_release,
+        current_version: &now_version,
+        new_version: &base_version,
+    };
     run(
-        remote::stop(&job_dir, stop_env, timeout),
+        now_env.apply(remote::stop(&job_dir, Vec::new(), timeout)),
         "make stop".into(),
     )
     .await?;

@@ -193,8 +193,11 @@ pub async fn run(ctx: &Context, opts: &ReleaseOptions) -> Result<ReleaseReport, 
         }
         if let Some(rc) = ctx.interrupt.exit_code() {
             // A signal came during the previous phase: stop here, recorded.
-            let message = format!("interrupted before phase {}", phase.as_str());
-            return interrupted(ctx, &log, opts, phase, rc, message, state, report).await;
+            let e = PhaseError {
+                rc: i32::from(rc),
+                message: format!("interrupted before phase {}", phase.as_str()),
+            };
+            return failed(ctx, &log, opts, phase, e, state, report).await;
         }
         log.phase(phase, "start", "")?;
         say(ctx, format!("{}: start", phase.as_str()));
@@ -253,21 +256,7 @@ pub async fn run(ctx: &Context, opts: &ReleaseOptions) -> Result<ReleaseReport, 
                     message: redactor.redact(&e.message),
                     ..e
                 };
-                log.phase(phase, "failed", &format!("rc={}", e.rc))?;
-                let failure =
-                    serde_json::json!({ "phase": phase, "rc": e.rc, "output": e.message })
-                        .to_string();
-                ctx.store
-                    .meta_put(&super::failure_key(&opts.ticket), &failure)
-                    .await?;
-                report.failure_output = e.message.clone();
-                report.outcome = ReleaseOutcome::Failed {
-                    phase,
-                    rc: e.rc,
-                    message: e.message,
-                };
-                report.state = (!state.base_sha.is_empty()).then_some(state);
-                return Ok(report);
+                return failed(ctx, &log, opts, phase, e, state, report).await;
             }
         }
     }
@@ -276,29 +265,29 @@ pub async fn run(ctx: &Context, opts: &ReleaseOptions) -> Result<ReleaseReport, 
     Ok(report)
 }
 
-/// Ends a release that a signal stopped between phases: the phase it did
-/// not start is logged as failed with the signal's code.
+/// Ends a release whose phase failed (or that a signal stopped before it):
+/// the log line, the failure kept for `playbook match`, the report.
 #[allow(clippy::too_many_arguments)]
-async fn interrupted(
+async fn failed(
     ctx: &Context,
     log: &ReleaseLog,
     opts: &ReleaseOptions,
     phase: Phase,
-    rc: u8,
-    message: String,
+    e: PhaseError,
     state: StateFile,
     mut report: ReleaseReport,
 ) -> Result<ReleaseReport, EngineError> {
-    log.phase(phase, "failed", &format!("rc={rc}"))?;
-    let failure = serde_json::json!({ "phase": phase, "rc": rc, "output": message }).to_string();
+    log.phase(phase, "failed", &format!("rc={}", e.rc))?;
+    let failure =
+        serde_json::json!({ "phase": phase, "rc": e.rc, "output": e.message }).to_string();
     ctx.store
         .meta_put(&super::failure_key(&opts.ticket), &failure)
         .await?;
-    report.failure_output = message.clone();
+    report.failure_output = e.message.clone();
     report.outcome = ReleaseOutcome::Failed {
         phase,
-        rc: i32::from(rc),
-        message,
+        rc: e.rc,
+        message: e.message,
     };
     report.state = (!state.base_sha.is_empty()).then_some(state);
     Ok(report)
@@ -338,7 +327,6 @@ fn git_failed(e: super::GitError) -> Refusal {
     })
 }
 
-/// Refusals that need no lock and change nothing: dirty tree, wrong branch.
 /// Refuses a run that would skip over an incomplete phase: `--from=PHASE`
 /// while an earlier phase did not complete, and a plain re-run of a
 /// release that failed (which used to answer "nothing to release").
@@ -392,6 +380,7 @@ fn check_resume(opts: &ReleaseOptions, existing: Option<&StateFile>) -> Result<(
     }
 }
 
+/// Refusals that need no lock and change nothing: dirty tree, wrong branch.
 fn preflight(ctx: &Context, opts: &ReleaseOptions, git: &Git) -> Result<String, EngineError> {
     let dirty = git
         .dirty()
