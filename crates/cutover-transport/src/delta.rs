@@ -33,7 +33,7 @@ pub(crate) type Listing = BTreeMap<String, Stat>;
 
 /// A tree on this machine to push or compare with hosts, and its listing,
 /// read once however many hosts it goes to.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct LocalTree {
     root: PathBuf,
     listing: Listing,
@@ -143,7 +143,7 @@ pub(crate) fn archive(root: &Path, paths: &[String]) -> io::Result<Vec<u8>> {
 }
 
 /// The local tree as the quick check sees it.
-fn local_listing(root: &Path) -> io::Result<Listing> {
+pub(crate) fn local_listing(root: &Path) -> io::Result<Listing> {
     let mut out = Listing::new();
     for entry in walkdir::WalkDir::new(root).min_depth(1) {
         let entry = entry?;

@@ -103,6 +103,11 @@ impl Host {
         })))
     }
 
+    /// Whether trees reach this worker by a native copy rather than rsync.
+    pub fn is_local(&self) -> bool {
+        matches!(self, Host::Local { .. })
+    }
+
     pub fn name(&self) -> &str {
         match self {
             Host::Local { name } => name,
@@ -240,6 +245,15 @@ impl Host {
         setup: Option<&Command>,
         timeout: Duration,
     ) -> Result<bool, TransportError> {
+        if let Host::Local { .. } = self {
+            self.push(local, remote_dir, Some(base), setup, timeout)
+                .await?;
+            let found = self.native(timeout, {
+                let dir = PathBuf::from(remote_dir);
+                move || crate::local::read_listing(&dir)
+            });
+            return Ok(found.await? == *local.listing());
+        }
         let input = delta::archive(local.root(), changed).map_err(|e| TransportError::Spawn {
             host: self.name().to_string(),
             command: "delta upload".into(),
@@ -275,7 +289,7 @@ impl Host {
     /// `--rsync-path`), so it costs no round trip of its own.
     pub async fn push(
         &self,
-        local: &Path,
+        local: &LocalTree,
         remote_dir: &str,
         link_dest: Option<&str>,
         setup: Option<&Command>,
@@ -301,8 +315,17 @@ impl Host {
             }
             (_, None) => {}
         }
+        if let Host::Local { .. } = self {
+            let (tree, dest) = (local.clone(), PathBuf::from(remote_dir));
+            let link = link_dest.map(PathBuf::from);
+            return self
+                .native(timeout, move || {
+                    crate::local::copy_tree(&tree, &dest, link.as_deref())
+                })
+                .await;
+        }
         args.extend(rsync::push_args(
-            local,
+            local.root(),
             &self.rsync_dest(remote_dir),
             link_dest,
         ));
@@ -325,6 +348,12 @@ impl Host {
         remote_dir: &str,
         timeout: Duration,
     ) -> Result<Vec<Drift>, TransportError> {
+        if let Host::Local { .. } = self {
+            let (src, dest) = (local.to_path_buf(), PathBuf::from(remote_dir));
+            return self
+                .native(timeout, move || crate::local::content_diff(&src, &dest))
+                .await;
+        }
         let out = self
             .rsync(
                 rsync::diff_args(local, &self.rsync_dest(remote_dir)),
@@ -352,6 +381,13 @@ impl Host {
         remote_dir: &str,
         timeout: Duration,
     ) -> Result<Vec<Drift>, TransportError> {
+        if let Host::Local { .. } = self {
+            let dir = PathBuf::from(remote_dir);
+            let found = self
+                .native(timeout, move || crate::local::read_listing(&dir))
+                .await?;
+            return Ok(delta::differences(local.listing(), &found));
+        }
         let dir = format!("{}/", remote_dir.trim_end_matches('/'));
         let out = self
             .run(&Command::new(["sh", "-c", delta::LIST, "sh", dir.as_str()]).timeout(timeout))
@@ -359,6 +395,30 @@ impl Host {
         match delta::parse_listing(&out.stdout).filter(|_| out.success()) {
             Some(found) => Ok(delta::differences(local.listing(), &found)),
             None => self.diff(local.root(), remote_dir, timeout).await,
+        }
+    }
+
+    /// Runs file work for a local worker off the async threads, within
+    /// `timeout`.
+    async fn native<T: Send + 'static>(
+        &self,
+        timeout: Duration,
+        work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+    ) -> Result<T, TransportError> {
+        let fail = |detail: String| TransportError::Spawn {
+            host: self.name().to_string(),
+            command: "local copy".into(),
+            detail,
+        };
+        match tokio::time::timeout(timeout, tokio::task::spawn_blocking(work)).await {
+            Ok(Ok(Ok(v))) => Ok(v),
+            Ok(Ok(Err(e))) => Err(fail(e.to_string())),
+            Ok(Err(e)) => Err(fail(e.to_string())),
+            Err(_) => Err(TransportError::Timeout {
+                host: self.name().to_string(),
+                command: "local copy".into(),
+                after: timeout,
+            }),
         }
     }
 

@@ -1,6 +1,7 @@
 //! The transport: the one place that builds remote command lines, talks to
 //! workers over the system ssh (one multiplexed connection per worker for a
-//! whole run) or runs locally, and moves trees with rsync.
+//! whole run) or runs locally, and moves trees: with rsync over ssh,
+//! natively (`local`) on this machine.
 //!
 //! Nothing else in cutover spawns `ssh` or `rsync` or quotes for a shell.
 
@@ -8,6 +9,7 @@ mod command;
 mod delta;
 mod error;
 mod host;
+mod local;
 mod rsync;
 
 pub use command::{command_line, shell_quote, Command, Output};

@@ -6,6 +6,7 @@ mod support;
 mod check;
 mod crash;
 mod deploy;
+mod firstrun;
 mod lifecycle;
 mod plan;
 mod release;

@@ -259,10 +259,7 @@ impl Fleet {
 
     /// Puts an executable `name` with `script` first on the workers' PATH.
     pub fn shim(&self, name: &str, script: &str) {
-        use std::os::unix::fs::PermissionsExt;
-        let path = self.dir.path().join("shims").join(name);
-        std::fs::write(&path, script).expect("shim");
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        write_executable(&self.dir.path().join("shims").join(name), script);
     }
 
     /// cutover.toml settings that reach this fleet.
@@ -438,6 +435,13 @@ pub struct Output {
     pub code: i32,
     pub stdout: String,
     pub stderr: String,
+}
+
+/// Writes `script` to `path`, mode 0755.
+pub fn write_executable(path: &Path, script: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, script).expect("write script");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
 }
 
 impl Output {

@@ -147,21 +147,24 @@ pub(super) async fn upload_one(run: &Run, job: &Job, a: &AllocPlan) -> Result<Up
             return Ok(Uploaded { release });
         }
         let step = format!(
-            "upload with rsync: the worker's {} is not as shipped",
+            "{}: the worker's {} is not as shipped",
+            full_upload(&host),
             b.release
         );
         run.step(&job.name, &a.worker, &step);
     } else {
-        run.step(&job.name, &a.worker, "upload with rsync");
+        run.step(&job.name, &a.worker, full_upload(&host));
     }
-    host.push(
-        stage.root(),
-        &dest,
-        base_dir.as_deref(),
-        Some(&setup),
-        run.timeout,
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    host.push(stage, &dest, base_dir.as_deref(), Some(&setup), run.timeout)
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(Uploaded { release })
+}
+
+fn full_upload(host: &cutover_transport::Host) -> &'static str {
+    if host.is_local() {
+        "upload by local copy"
+    } else {
+        "upload with rsync"
+    }
 }

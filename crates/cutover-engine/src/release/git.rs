@@ -119,24 +119,12 @@ impl Git {
             ));
         }
         std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
-        let mut tar = Command::new("tar")
-            .args(["-x", "-C"])
-            .arg(dir)
-            .process_group(0)
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .map_err(|e| fail(format!("cannot run tar: {e}")))?;
-        if let Some(mut stdin) = tar.stdin.take() {
-            use std::io::Write;
-            stdin
-                .write_all(&archive.stdout)
-                .map_err(|e| fail(e.to_string()))?;
-        }
-        let status = tar.wait().map_err(|e| fail(e.to_string()))?;
-        if status.success() {
-            Ok(())
-        } else {
-            Err(fail("tar could not unpack the archive".into()))
-        }
+        // Unpacked here rather than by a `tar` program: the machine may not
+        // have one. The tar crate keeps every entry inside `dir`.
+        let mut archive = tar::Archive::new(archive.stdout.as_slice());
+        archive.set_preserve_permissions(true);
+        archive
+            .unpack(dir)
+            .map_err(|e| fail(format!("cannot unpack the archive: {e}")))
     }
 }

@@ -86,7 +86,7 @@ pub(crate) async fn rebuild(
         let job_dir = w.job_dir(job);
         let dest = format!("{job_dir}/releases/{}", b.release_id);
         let setup = remote::upload_setup(&job_dir, &b.release_id, timeout);
-        host.push(local.root(), &dest, None, Some(&setup), timeout)
+        host.push(local, &dest, None, Some(&setup), timeout)
             .await
             .map_err(|e| {
                 EngineError::usage(
