@@ -292,3 +292,93 @@ pub enum StateCommand {
     /// the store still has are kept.
     Rebuild,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    const REFERENCE: &str = include_str!("../../../docs/reference.md");
+
+    /// The text under `heading` (a line starting with it) up to the next
+    /// heading of the same or a higher level.
+    fn section(heading: &str) -> Option<String> {
+        let level = heading.chars().take_while(|c| *c == '#').count();
+        let mut lines = REFERENCE.lines().skip_while(|l| !l.starts_with(heading));
+        let first = lines.next()?;
+        let body = lines.take_while(|l| {
+            let h = l.chars().take_while(|c| *c == '#').count();
+            h == 0 || h > level
+        });
+        Some(
+            std::iter::once(first)
+                .chain(body)
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
+    }
+
+    fn leaves(cmd: &clap::Command, path: String, out: &mut Vec<(String, clap::Command)>) {
+        let subs: Vec<_> = cmd
+            .get_subcommands()
+            .filter(|s| s.get_name() != "help")
+            .collect();
+        if subs.is_empty() {
+            out.push((path.clone(), cmd.clone()));
+        }
+        for s in subs {
+            leaves(s, format!("{path} {}", s.get_name()), out);
+        }
+    }
+
+    /// Every command has a heading of its own in docs/reference.md, and
+    /// every flag it takes is named under that heading; every global flag
+    /// and environment variable is in its table. A command or flag added
+    /// without its documentation fails here.
+    #[test]
+    fn every_command_flag_and_variable_is_in_the_reference() {
+        let cli = Cli::command();
+        let mut missing = Vec::new();
+        let globals = section("## Global options").expect("a Global options section");
+        let env = section("## Environment variables").expect("an Environment variables section");
+        for arg in cli.get_arguments() {
+            if let Some(long) = arg.get_long() {
+                if !globals.contains(&format!("`--{long}")) {
+                    missing.push(format!("global flag --{long}"));
+                }
+            }
+        }
+        let mut all = Vec::new();
+        leaves(&cli, "cutover".into(), &mut all);
+        for (path, cmd) in &all {
+            let Some(text) = section(&format!("### `{path}")) else {
+                missing.push(format!("a `### `{path}` heading"));
+                continue;
+            };
+            for arg in cmd.get_arguments().filter(|a| !a.is_global_set()) {
+                if let Some(long) = arg.get_long() {
+                    if !text.contains(&format!("--{long}")) {
+                        missing.push(format!("{path} --{long}"));
+                    }
+                }
+            }
+        }
+        let mut walk = vec![cli.clone()];
+        while let Some(c) = walk.pop() {
+            for arg in c.get_arguments() {
+                if let Some(var) = arg.get_env() {
+                    let var = var.to_string_lossy();
+                    if !env.contains(&format!("`{var}`")) {
+                        missing.push(format!("environment variable {var}"));
+                    }
+                }
+            }
+            walk.extend(c.get_subcommands().cloned());
+        }
+        assert!(
+            missing.is_empty(),
+            "docs/reference.md does not document:\n  {}",
+            missing.join("\n  ")
+        );
+    }
+}
