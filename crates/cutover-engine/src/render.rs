@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use cutover_model::plan::{Candidate, Recorded};
-use cutover_model::tree::{JobSource, Manifest, RenderContext, Tree};
+use cutover_model::tree::{JobSource, Manifest, Promoted, RenderContext, Tree};
 use cutover_state::AllocStatus;
 use cutover_transport::LocalTree;
 
@@ -50,7 +50,7 @@ fn render_blocking(
         if scope.is_some_and(|s| !s.contains(&job.name)) {
             continue;
         }
-        let source = JobSource::scan(job)?;
+        let source = JobSource::scan(job, &project.root)?;
         out.bytes += source.bytes;
         out.files += source.file_count();
         let rctx = RenderContext {
@@ -66,6 +66,7 @@ fn render_blocking(
                 Candidate {
                     hash: tree.hash.clone(),
                     manifest: tree.manifest(),
+                    inputs: tree.inputs.clone(),
                 },
             );
             out.trees.insert(key, tree);
@@ -86,7 +87,8 @@ pub(crate) async fn recorded(
 > {
     let allocs = ctx.store.allocations().await?;
     let mut out = BTreeMap::new();
-    let mut manifests: BTreeMap<(String, String), Option<Manifest>> = BTreeMap::new();
+    let mut manifests: BTreeMap<(String, String), Option<(Manifest, Option<Manifest>)>> =
+        BTreeMap::new();
     for a in &allocs {
         let manifest = match &a.hash {
             Some(h) => {
@@ -96,7 +98,7 @@ pub(crate) async fn recorded(
                         .store
                         .tree(&a.job, h)
                         .await?
-                        .and_then(|json| serde_json::from_str(&json).ok());
+                        .and_then(|json| Promoted::parse(&json));
                     manifests.insert(k.clone(), m);
                 }
                 manifests.get(&k).cloned().flatten()
@@ -111,12 +113,17 @@ pub(crate) async fn recorded(
 /// What the planner needs of one allocation record.
 pub(crate) fn recorded_of(
     a: &cutover_state::AllocationRecord,
-    manifest: Option<Manifest>,
+    manifest: Option<(Manifest, Option<Manifest>)>,
 ) -> Recorded {
+    let (files, inputs) = match manifest {
+        Some((files, inputs)) => (Some(files), inputs),
+        None => (None, None),
+    };
     Recorded {
         promoted_hash: a.hash.clone(),
         promoted_version: a.version.clone(),
-        promoted_manifest: manifest,
+        promoted_manifest: files,
+        promoted_inputs: inputs,
         failed: a.status == AllocStatus::Failed,
         stopped: a.status == AllocStatus::Stopped,
         drift: Vec::new(),

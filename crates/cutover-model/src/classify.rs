@@ -81,18 +81,7 @@ pub fn classify(project: &Project, changes: &[Change]) -> Classification {
         .jobs
         .values()
         .filter(|j| !j.manifest.watch.is_empty())
-        .map(|j| {
-            let mut b = globset::GlobSetBuilder::new();
-            for g in &j.manifest.watch {
-                if let Ok(g) = globset::Glob::new(g) {
-                    b.add(g);
-                }
-            }
-            (
-                j.name.clone(),
-                b.build().unwrap_or_else(|_| globset::GlobSet::empty()),
-            )
-        })
+        .map(|j| (j.name.clone(), j.watch_set()))
         .collect();
 
     let mut files = Vec::new();

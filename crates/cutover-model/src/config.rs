@@ -215,6 +215,20 @@ pub struct Job {
     pub manifest: JobManifest,
 }
 
+impl Job {
+    /// The job's `watch` globs as one set (project-relative paths); a glob
+    /// that does not parse matches nothing (`check` reports it).
+    pub fn watch_set(&self) -> globset::GlobSet {
+        let mut b = globset::GlobSetBuilder::new();
+        for g in &self.manifest.watch {
+            if let Ok(g) = globset::Glob::new(g) {
+                b.add(g);
+            }
+        }
+        b.build().unwrap_or_else(|_| globset::GlobSet::empty())
+    }
+}
+
 /// A path with `//`, `.`, `..` and a trailing `/` resolved as text (a
 /// root is compared, never read, here).
 pub fn lexical_normal(p: &std::path::Path) -> String {

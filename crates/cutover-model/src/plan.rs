@@ -53,6 +53,9 @@ pub struct Recorded {
     pub promoted_hash: Option<String>,
     pub promoted_version: Option<String>,
     pub promoted_manifest: Option<Manifest>,
+    /// The promoted tree's inputs (job.toml, watched files); `None` when
+    /// the store predates their fingerprinting.
+    pub promoted_inputs: Option<Manifest>,
     /// The last attempt failed (a retry is due even when hashes match).
     pub failed: bool,
     /// The allocation was stopped by a reconcile.
@@ -66,6 +69,8 @@ pub struct Recorded {
 pub struct Candidate {
     pub hash: String,
     pub manifest: Manifest,
+    /// job.toml and the watched files, fingerprinted but not shipped.
+    pub inputs: Manifest,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -250,6 +255,13 @@ fn plan_job(input: &PlanInput<'_>, job: &crate::config::Job, wave: usize) -> Job
                     None => cand.manifest.keys().cloned().collect(),
                 };
                 let same = *hash == cand.hash && !version_changed && rec.drift.is_empty();
+                let inputs_changed = match &rec.promoted_inputs {
+                    Some(old) => changed_paths(old, &cand.inputs),
+                    None if *hash != cand.hash && changed.is_empty() => {
+                        vec![format!("jobs/{}/job.toml or watched files", job.name)]
+                    }
+                    None => Vec::new(),
+                };
                 let changed = if rec.drift.is_empty() {
                     changed
                 } else {
@@ -266,8 +278,10 @@ fn plan_job(input: &PlanInput<'_>, job: &crate::config::Job, wave: usize) -> Job
                             m.version
                         ));
                     }
-                    if !changed.is_empty() {
-                        reasons.push(format!("changed: {}", summarize(&changed)));
+                    let shown: Vec<String> =
+                        changed.iter().chain(&inputs_changed).cloned().collect();
+                    if !shown.is_empty() {
+                        reasons.push(format!("changed: {}", summarize(&shown)));
                     }
                     if rec.failed {
                         reasons.push("last attempt failed".into());

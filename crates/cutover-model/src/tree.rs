@@ -30,6 +30,31 @@ pub struct FileSig {
 /// Relative path -> signature, for every file of a tree.
 pub type Manifest = BTreeMap<String, FileSig>;
 
+/// What the store keeps of a promoted tree: the files shipped and the
+/// inputs fingerprinted (job.toml, watched files).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Promoted {
+    pub files: Manifest,
+    pub inputs: Manifest,
+}
+
+impl Promoted {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Reads a stored record: this form, or the plain file manifest that
+    /// cutover stored before it fingerprinted inputs (inputs unknown).
+    pub fn parse(json: &str) -> Option<(Manifest, Option<Manifest>)> {
+        if let Ok(p) = serde_json::from_str::<Promoted>(json) {
+            return Some((p.files, Some(p.inputs)));
+        }
+        serde_json::from_str::<Manifest>(json)
+            .ok()
+            .map(|m| (m, None))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum Content {
     Disk(PathBuf),
@@ -75,20 +100,27 @@ pub struct JobSource {
     pub job: String,
     files: Vec<Entry>,
     templates: Vec<Template>,
+    /// What the fingerprint covers that is not shipped: job.toml and the
+    /// files the job's `watch` matches, by project-relative path.
+    inputs: Manifest,
     /// Total bytes of plain files, for throughput reports.
     pub bytes: u64,
 }
 
 impl JobSource {
-    pub fn scan(job: &Job) -> Result<JobSource, TreeError> {
+    /// Reads the job dir and the job's inputs; `project_root` is where
+    /// `watch` globs are matched.
+    pub fn scan(job: &Job, project_root: &Path) -> Result<JobSource, TreeError> {
         let mut src = JobSource {
             job: job.name.clone(),
             files: Vec::new(),
             templates: Vec::new(),
+            inputs: Manifest::new(),
             bytes: 0,
         };
         src.walk(&job.dir)?;
         src.files.sort_by(|a, b| a.path.cmp(&b.path));
+        src.inputs = inputs(job, project_root)?;
         Ok(src)
     }
 
@@ -249,11 +281,90 @@ impl JobSource {
         }
         hasher.update(b"version\0");
         hasher.update(job.manifest.version.as_bytes());
+        for (path, sig) in &self.inputs {
+            hasher.update(b"input\0");
+            hasher.update(path.as_bytes());
+            hasher.update(&[0]);
+            hasher.update(&sig.mode.to_le_bytes());
+            hasher.update(sig.hash.as_bytes());
+        }
         Ok(Tree {
             hash: hasher.finalize().to_hex().to_string(),
             entries,
+            inputs: self.inputs.clone(),
         })
     }
+}
+
+/// job.toml and every file under `root` that the job's `watch` matches
+/// (`.git/` and `.cutover/` aside), by project-relative path.
+fn inputs(job: &Job, root: &Path) -> Result<Manifest, TreeError> {
+    let mut out = Manifest::new();
+    let mut add = |rel: String, path: &Path| -> Result<(), TreeError> {
+        let meta = std::fs::symlink_metadata(path).map_err(|e| TreeError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+        let (mode, hash) = if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(path).map_err(|e| TreeError::Io {
+                path: path.to_path_buf(),
+                source: e,
+            })?;
+            (
+                SYMLINK_MODE,
+                blake3::hash(target.as_os_str().as_encoded_bytes()),
+            )
+        } else if meta.is_file() {
+            let mut hasher = blake3::Hasher::new();
+            std::fs::File::open(path)
+                .and_then(|f| hasher.update_reader(f).map(|_| ()))
+                .map_err(|e| TreeError::Io {
+                    path: path.to_path_buf(),
+                    source: e,
+                })?;
+            (meta.permissions().mode() & 0o7777, hasher.finalize())
+        } else {
+            return Ok(()); // a FIFO or device is never read
+        };
+        out.insert(
+            rel,
+            FileSig {
+                mode,
+                hash: hash.to_hex().to_string(),
+            },
+        );
+        Ok(())
+    };
+    let manifest = job.dir.join(JOB_FILE);
+    add(format!("jobs/{}/{JOB_FILE}", job.name), &manifest)?;
+    if job.manifest.watch.is_empty() {
+        return Ok(out);
+    }
+    let watch = job.watch_set();
+    let walk = walkdir::WalkDir::new(root)
+        .min_depth(1)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_entry(|e| {
+            e.depth() != 1 || !matches!(e.file_name().to_str(), Some(".git" | ".cutover"))
+        });
+    for entry in walk {
+        let entry = entry.map_err(|e| TreeError::Io {
+            path: e.path().unwrap_or(root).to_path_buf(),
+            source: e.into(),
+        })?;
+        if entry.file_type().is_dir() {
+            continue;
+        }
+        let Ok(rel) = entry.path().strip_prefix(root) else {
+            continue;
+        };
+        let Some(rel) = rel.to_str() else { continue };
+        if watch.is_match(rel) {
+            add(rel.to_string(), entry.path())?;
+        }
+    }
+    Ok(out)
 }
 
 fn environment() -> minijinja::Environment<'static> {
@@ -391,8 +502,12 @@ pub struct RenderContext<'a> {
 pub struct Tree {
     /// Sorted by path.
     pub entries: Vec<Entry>,
-    /// blake3 over paths, modes and contents, plus the job version; hex.
+    /// blake3 over paths, modes and contents, plus the job version and
+    /// the inputs; hex.
     pub hash: String,
+    /// job.toml and the watched files (project-relative), fingerprinted
+    /// but not shipped.
+    pub inputs: Manifest,
 }
 
 impl Tree {

@@ -30,7 +30,7 @@ pub fn check(g: &Global) -> Result<u8, CliError> {
     // (a FIFO, a name that is not UTF-8, two files for one path) is bad
     // input here too.
     for job in project.jobs.values() {
-        cutover_model::tree::JobSource::scan(job)
+        cutover_model::tree::JobSource::scan(job, &project.root)
             .map_err(|e| CliError::Engine(cutover_engine::EngineError::Template(e)))?;
     }
     let allocations: usize = project

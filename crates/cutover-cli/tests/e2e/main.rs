@@ -14,3 +14,4 @@ mod safety;
 mod secrets;
 mod signals;
 mod snapshots;
+mod truth;

@@ -432,10 +432,11 @@ async fn stage_run(
         .iter()
         .filter_map(|k| {
             let c = rendered.candidates.get(k)?;
-            Some((
-                (k.0.clone(), c.hash.clone()),
-                serde_json::to_string(&c.manifest).ok()?,
-            ))
+            let promoted = cutover_model::tree::Promoted {
+                files: c.manifest.clone(),
+                inputs: c.inputs.clone(),
+            };
+            Some(((k.0.clone(), c.hash.clone()), promoted.to_json()))
         })
         .collect();
 
