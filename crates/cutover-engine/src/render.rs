@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use cutover_model::plan::{Candidate, Recorded};
-use cutover_model::tree::{JobSource, Manifest, Promoted, RenderContext, Tree};
+use cutover_model::tree::{JobSource, Promoted, RenderContext, StoredTree, Tree};
 use cutover_state::AllocStatus;
 use cutover_transport::LocalTree;
 
@@ -87,8 +87,7 @@ pub(crate) async fn recorded(
 > {
     let allocs = ctx.store.allocations().await?;
     let mut out = BTreeMap::new();
-    let mut manifests: BTreeMap<(String, String), Option<(Manifest, Option<Manifest>)>> =
-        BTreeMap::new();
+    let mut manifests: BTreeMap<(String, String), Option<StoredTree>> = BTreeMap::new();
     for a in &allocs {
         let manifest = match &a.hash {
             Some(h) => {
@@ -113,10 +112,10 @@ pub(crate) async fn recorded(
 /// What the planner needs of one allocation record.
 pub(crate) fn recorded_of(
     a: &cutover_state::AllocationRecord,
-    manifest: Option<(Manifest, Option<Manifest>)>,
+    manifest: Option<StoredTree>,
 ) -> Recorded {
     let (files, inputs) = match manifest {
-        Some((files, inputs)) => (Some(files), inputs),
+        Some(t) => (Some(t.files), t.inputs),
         None => (None, None),
     };
     Recorded {

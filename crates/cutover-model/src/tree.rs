@@ -45,14 +45,28 @@ impl Promoted {
 
     /// Reads a stored record: this form, or the plain file manifest that
     /// cutover stored before it fingerprinted inputs (inputs unknown).
-    pub fn parse(json: &str) -> Option<(Manifest, Option<Manifest>)> {
+    pub fn parse(json: &str) -> Option<StoredTree> {
         if let Ok(p) = serde_json::from_str::<Promoted>(json) {
-            return Some((p.files, Some(p.inputs)));
+            return Some(StoredTree {
+                files: p.files,
+                inputs: Some(p.inputs),
+            });
         }
         serde_json::from_str::<Manifest>(json)
             .ok()
-            .map(|m| (m, None))
+            .map(|files| StoredTree {
+                files,
+                inputs: None,
+            })
     }
+}
+
+/// A promoted tree as read back from the store.
+#[derive(Debug, Clone)]
+pub struct StoredTree {
+    pub files: Manifest,
+    /// `None` for a record older than input fingerprinting.
+    pub inputs: Option<Manifest>,
 }
 
 #[derive(Debug, Clone)]
