@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_cutover");
 
-fn run_ok(cmd: &mut Command) -> String {
+pub fn run_ok(cmd: &mut Command) -> String {
     let out = cmd
         .output()
         .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
@@ -418,6 +418,9 @@ pub struct Project {
     pub tmp: tempfile::TempDir,
     /// Whether dropping the project asserts that TMPDIR is empty.
     pub check_tmp: std::cell::Cell<bool>,
+    /// The umask cutover runs under, when a test sets one (`002` is a
+    /// common login default).
+    pub umask: std::cell::Cell<Option<&'static str>>,
 }
 
 impl Drop for Project {
@@ -466,6 +469,7 @@ impl Project {
             dir: tempfile::tempdir().expect("tempdir"),
             tmp: tempfile::tempdir().expect("tempdir"),
             check_tmp: std::cell::Cell::new(true),
+            umask: std::cell::Cell::new(None),
         }
     }
 
@@ -513,7 +517,14 @@ impl Project {
     /// The cutover command every test runs: in the project, with its own
     /// TMPDIR and nothing of the developer's environment that cutover reads.
     fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match self.umask.get() {
+            Some(mask) => {
+                let mut c = Command::new("sh");
+                c.args(["-c", &format!("umask {mask} && exec \"$0\" \"$@\""), BIN]);
+                c
+            }
+            None => Command::new(BIN),
+        };
         cmd.args(args)
             .current_dir(self.dir.path())
             .env("CUTOVER_USER", "tester")

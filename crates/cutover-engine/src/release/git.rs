@@ -98,9 +98,10 @@ impl Git {
     }
 
     /// Writes the tree of `rev` into `dir` (for planning another revision,
-    /// or rebuilding a pruned release). Modes are as a checkout under the
-    /// usual umask makes them (git keeps only 644 and 755): they are part
-    /// of a tree's fingerprint.
+    /// or rebuilding a pruned release). Modes are what a checkout by this
+    /// process would make (git keeps only 644 and 755, then applies the
+    /// umask): they are part of a tree's fingerprint, so a plan made from
+    /// the export equals the plan of the checkout.
     pub fn export(&self, rev: &str, dir: &Path) -> Result<(), GitError> {
         let fail = |stderr: String| GitError {
             args: format!("archive {rev}"),
@@ -108,7 +109,7 @@ impl Git {
             stderr,
         };
         let archive = Command::new("git")
-            .args(["-c", "tar.umask=0022", "archive", "--format=tar", rev])
+            .args(["-c", "tar.umask=user", "archive", "--format=tar", rev])
             .current_dir(&self.dir)
             .process_group(0)
             .output()

@@ -99,20 +99,10 @@ pub async fn plan(
     })
 }
 
-/// The deploy plan restricted to `services` (empty plan when none).
+/// The deploy plan restricted to `services` (empty plan when none): the
+/// same planner, on the same scope, as the migrate phase's deploy.
 pub(crate) async fn plan_services(ctx: &Context, services: &[String]) -> Result<Plan, EngineError> {
-    let recorded: BTreeSet<String> = ctx
-        .store
-        .allocations()
-        .await?
-        .into_iter()
-        .map(|a| a.job)
-        .collect();
-    let services: Vec<String> = services
-        .iter()
-        .filter(|s| ctx.project.jobs.contains_key(*s) || recorded.contains(*s))
-        .cloned()
-        .collect();
+    let services = services_in_scope(ctx, services).await?;
     if services.is_empty() {
         return Ok(Plan {
             stops: Vec::new(),
@@ -120,11 +110,31 @@ pub(crate) async fn plan_services(ctx: &Context, services: &[String]) -> Result<
         });
     }
     let opts = DeployOptions {
-        jobs: Some(services.iter().cloned().collect::<BTreeSet<_>>()),
+        jobs: Some(services),
         dry_run: true,
         ..DeployOptions::default()
     };
     Ok(deploy::deploy(ctx, &opts).await?.plan)
+}
+
+/// The SERVICES a deploy can act on: jobs of the project, and jobs the
+/// store still records (a removed job's allocations are stopped).
+pub(crate) async fn services_in_scope(
+    ctx: &Context,
+    services: &[String],
+) -> Result<BTreeSet<String>, EngineError> {
+    let recorded: BTreeSet<String> = ctx
+        .store
+        .allocations()
+        .await?
+        .into_iter()
+        .map(|a| a.job)
+        .collect();
+    Ok(services
+        .iter()
+        .filter(|s| ctx.project.jobs.contains_key(*s) || recorded.contains(*s))
+        .cloned()
+        .collect())
 }
 
 /// The commit of the newest deployment that recorded one.

@@ -681,20 +681,7 @@ pub(crate) async fn in_current(
 }
 
 async fn migrate(ctx: &Context, state: &StateFile) -> Result<Plan, PhaseError> {
-    let recorded: BTreeSet<String> = ctx
-        .store
-        .allocations()
-        .await
-        .map_err(EngineError::from)?
-        .into_iter()
-        .map(|a| a.job)
-        .collect();
-    let services: Vec<String> = state
-        .services
-        .iter()
-        .filter(|s| ctx.project.jobs.contains_key(*s) || recorded.contains(*s))
-        .cloned()
-        .collect();
+    let services = super::plan::services_in_scope(ctx, &state.services).await?;
     if services.is_empty() {
         say(ctx, "migrate: no service to deploy");
         return Ok(Plan {
@@ -703,7 +690,7 @@ async fn migrate(ctx: &Context, state: &StateFile) -> Result<Plan, PhaseError> {
         });
     }
     let opts = DeployOptions {
-        jobs: Some(services.into_iter().collect()),
+        jobs: Some(services),
         command: format!("release {} migrate", state.ticket),
         head: Some(state.merge_sha.clone()),
         lock_held: true,
