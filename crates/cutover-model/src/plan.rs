@@ -89,6 +89,8 @@ pub struct PlanInput<'a> {
     pub recorded: &'a BTreeMap<(String, String), Recorded>,
     /// job -> worker names, from the job's `rollout_order` KV key.
     pub rollout_order: &'a BTreeMap<String, Vec<String>>,
+    /// job -> why its last `post_deploy` hook failed: it runs again.
+    pub post_deploy_failed: &'a BTreeMap<String, String>,
     pub options: &'a PlanOptions,
 }
 
@@ -112,11 +114,26 @@ pub struct JobPlan {
     pub wave: usize,
     pub allocations: Vec<AllocPlan>,
     pub batches: usize,
+    /// The job has a `pre_deploy` hook. A real run runs it before it
+    /// renders and plans (it may write the KV that templates and
+    /// `rollout_order` read); a dry run does not, so its plan of this job
+    /// may differ from the real one.
+    pub pre_deploy: bool,
+    /// Why the job's last `post_deploy` hook failed: it runs again in this
+    /// deploy, after the rollout or alone.
+    pub retry_post_deploy: Option<String>,
 }
 
 impl JobPlan {
+    /// Whether any allocation rolls out.
     pub fn has_work(&self) -> bool {
         self.allocations.iter().any(|a| a.action != Action::Skip)
+    }
+
+    /// Whether the deploy has anything to do for this job: a rollout, or a
+    /// failed `post_deploy` hook to run again.
+    pub fn needs_run(&self) -> bool {
+        self.has_work() || self.retry_post_deploy.is_some()
     }
 }
 
@@ -149,7 +166,7 @@ impl Plan {
             && self
                 .waves
                 .iter()
-                .all(|w| w.jobs.iter().all(|j| !j.has_work()))
+                .all(|w| w.jobs.iter().all(|j| !j.needs_run()))
     }
 
     pub fn jobs(&self) -> impl Iterator<Item = &JobPlan> {
@@ -362,6 +379,12 @@ fn plan_job(input: &PlanInput<'_>, job: &crate::config::Job, wave: usize) -> Job
         wave,
         allocations,
         batches: batch,
+        pre_deploy: m.hooks.pre_deploy.is_some(),
+        retry_post_deploy: m
+            .hooks
+            .post_deploy
+            .as_ref()
+            .and_then(|_| input.post_deploy_failed.get(&job.name).cloned()),
     }
 }
 

@@ -90,6 +90,7 @@ proptest! {
             candidates: &candidates,
             recorded: &recorded,
             rollout_order: &rollout,
+            post_deploy_failed: &BTreeMap::new(),
             options: &options,
         });
         let job = plan.jobs().next().expect("the job is planned");

@@ -81,6 +81,16 @@ pub fn print_plan(plan: &Plan) {
                 al.why.clone(),
             ]);
         }
+        if let Some(why) = &j.retry_post_deploy {
+            rows.push(vec![
+                j.wave.to_string(),
+                j.job.clone(),
+                "-".into(),
+                "post_deploy".into(),
+                "-".into(),
+                format!("retry: the last post_deploy failed ({})", first_line(why)),
+            ]);
+        }
     }
     if rows.is_empty() {
         println!("plan: no jobs and no allocations");
@@ -88,11 +98,25 @@ pub fn print_plan(plan: &Plan) {
     }
     output::table(&["WAVE", "JOB", "WORKER", "ACTION", "BATCH", "WHY"], &rows);
     println!("plan: {}", counts(plan));
+    for j in plan.jobs().filter(|j| j.pre_deploy) {
+        println!(
+            "note: {} has a pre_deploy hook, which only a real run runs (first, before it plans): its plan may differ from this one",
+            j.job
+        );
+    }
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or_default()
 }
 
 fn counts(plan: &Plan) -> String {
     let c = plan.counts();
-    if c.is_empty() {
+    let retries = plan
+        .jobs()
+        .filter(|j| j.retry_post_deploy.is_some())
+        .count();
+    if c.is_empty() && retries == 0 {
         return "nothing".into();
     }
     c.iter()
@@ -100,6 +124,7 @@ fn counts(plan: &Plan) -> String {
             Action::Skip => format!("{n} unchanged"),
             other => format!("{n} {}", other.as_str()),
         })
+        .chain((retries > 0).then(|| format!("{retries} post_deploy retry")))
         .collect::<Vec<_>>()
         .join(", ")
 }

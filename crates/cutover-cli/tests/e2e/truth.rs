@@ -61,7 +61,9 @@ fn a_watched_file_or_a_manifest_change_rolls_the_job_out() {
 }
 
 /// The action list of a plan in a JSON report: one line per stop and per
-/// allocation (job, worker, action, reason, batch).
+/// allocation (job, worker, action, reason, batch). A job with a
+/// `pre_deploy` hook is left out: only a real run runs the hook, which may
+/// change the plan (the dry run says so).
 fn plan_lines(plan: &serde_json::Value) -> Vec<String> {
     let mut out = Vec::new();
     for s in plan["stops"].as_array().into_iter().flatten() {
@@ -69,6 +71,9 @@ fn plan_lines(plan: &serde_json::Value) -> Vec<String> {
     }
     for wave in plan["waves"].as_array().into_iter().flatten() {
         for job in wave["jobs"].as_array().into_iter().flatten() {
+            if job["pre_deploy"] == true {
+                continue;
+            }
             for a in job["allocations"].as_array().into_iter().flatten() {
                 out.push(format!(
                     "{} {} {} {} batch={}",
@@ -147,4 +152,106 @@ fn a_release_runs_the_plan_its_dry_run_printed() {
     );
     assert_eq!(planned, dry);
     assert_eq!(real, dry);
+}
+
+/// `pre_deploy` runs before anything is rendered or planned, whether or
+/// not the job has work: the KV it writes reaches the templates and the
+/// `rollout_order` of the same deploy.
+#[test]
+fn pre_deploy_writes_what_the_same_deploy_renders_and_orders() {
+    let (fleet, p) = web_fleet(2);
+    let hook = format!(
+        "\"{BIN}\" kv put api greeting \"hello $NEW_VERSION\" >/dev/null && \"{BIN}\" kv put api rollout_order \"w2 w1\" >/dev/null && echo ran >> pre.log"
+    );
+    p.write("hooks/pre.sh", &hook);
+    let manifest = |v: &str| {
+        format!("version = \"{v}\"\nmax_concurrent_starts = 1\nmax_concurrent_upgrades = 1\n[hooks]\npre_deploy = \"sh hooks/pre.sh\"\n")
+    };
+    p.job("api", &manifest("1"));
+    p.write("jobs/api/greeting.txt.tpl", "{{ kv.greeting }}\n");
+    let dry = p.expect(&["deploy", "--dry-run"], 2);
+    assert!(
+        dry.all().contains("undefined variable kv.greeting"),
+        "a dry run runs no hook: {dry:?}"
+    );
+    let out = p.expect(&["--json", "deploy"], 0);
+    let report = json(&out);
+    let order: Vec<String> = report["report"]["plan"]["waves"][0]["jobs"][0]["allocations"]
+        .as_array()
+        .expect("allocations")
+        .iter()
+        .map(|a| format!("{}:{}", a["worker"], a["batch"]))
+        .collect();
+    assert_eq!(order, ["\"w2\":1", "\"w1\":2"]);
+    assert_eq!(
+        fleet.worker("w1").read("jobs/api/current/greeting.txt"),
+        "hello 1\n"
+    );
+
+    // Before the skip check: it runs on a deploy with nothing to do too.
+    let out = p.expect(&["deploy"], 0);
+    assert!(out.stdout.contains("nothing to do"), "{out:?}");
+    assert_eq!(
+        std::fs::read_to_string(p.path().join("pre.log")).expect("log"),
+        "ran\nran\n"
+    );
+    let dry = p.expect(&["deploy", "--dry-run"], 0);
+    assert!(
+        dry.stdout.contains("note: api has a pre_deploy hook"),
+        "{dry:?}"
+    );
+}
+
+/// A failed `post_deploy` is recorded and run again by the next deploy,
+/// alone when nothing else changed, until it succeeds.
+#[test]
+fn a_failed_post_deploy_runs_again_on_the_next_deploy() {
+    let (fleet, p) = web_fleet(1);
+    p.write(
+        "hooks/post.sh",
+        "echo \"post $CUTOVER_WORKERS\" >> post.log; test -f post-ok || { echo 'notify: 503' >&2; exit 7; }\n",
+    );
+    p.job(
+        "api",
+        "version = \"1\"\n[hooks]\npost_deploy = \"sh hooks/post.sh\"\n",
+    );
+    let out = p.expect(&["deploy"], 1);
+    assert!(
+        out.all().contains("notify: 503")
+            && out.all().contains("the next deploy runs post_deploy again"),
+        "{out:?}"
+    );
+    assert!(
+        fleet.worker("w1").current("api").is_some(),
+        "the rollout itself is promoted"
+    );
+
+    let dry = p.expect(&["deploy", "--dry-run"], 0);
+    assert!(
+        dry.stdout.contains("post_deploy")
+            && dry.stdout.contains("retry: the last post_deploy failed"),
+        "{dry:?}"
+    );
+    assert!(
+        dry.stdout.contains("1 unchanged, 1 post_deploy retry"),
+        "{dry:?}"
+    );
+    // Still failing: still failed, still due.
+    p.expect(&["deploy"], 1);
+    std::fs::write(p.path().join("post-ok"), "").expect("fix");
+    let out = p.expect(&["deploy"], 0);
+    assert!(!out.stdout.contains("nothing to do"), "{out:?}");
+    let out = p.expect(&["deploy"], 0);
+    assert!(out.stdout.contains("nothing to do"), "{out:?}");
+    let log = std::fs::read_to_string(p.path().join("post.log")).expect("log");
+    assert_eq!(log, "post w1\npost w1\npost w1\n");
+    assert_eq!(
+        fleet
+            .worker("w1")
+            .events("api")
+            .iter()
+            .filter(|e| e.starts_with("start"))
+            .count(),
+        1
+    );
 }

@@ -1,5 +1,7 @@
-//! One job of a wave: the pre_deploy hook, the uploads admitted in batch
-//! order, then batch by batch the switch, lifecycle, health and promote.
+//! One job of a wave: the uploads admitted in batch order, then batch by
+//! batch the switch, lifecycle, health and promote, then `post_deploy`
+//! (alone, when only a failed `post_deploy` is retried). The job's
+//! `pre_deploy` ran before the run was planned (`deploy::pre_deploy`).
 
 use super::*;
 
@@ -11,7 +13,7 @@ pub(super) async fn run_job(run: &Arc<Run>, jp: &JobPlan) -> JobResult {
         message: String::new(),
         allocations: Vec::new(),
     };
-    if !jp.has_work() {
+    if !jp.needs_run() {
         return result;
     }
     run.reporter.event(&Event::JobStarted {
@@ -25,12 +27,11 @@ pub(super) async fn run_job(run: &Arc<Run>, jp: &JobPlan) -> JobResult {
         .filter(|a| a.action != Action::Skip)
         .map(|a| a.worker.clone())
         .collect();
-    let hooks = &job.manifest.hooks;
-    if let Err(e) = run
-        .hook(job, "pre_deploy", &hooks.pre_deploy, all_workers.clone())
-        .await
-    {
-        return finish(run, result, JobStatus::Failed, e);
+    if !jp.has_work() {
+        // Only the post_deploy hook that failed last time: the workers
+        // it concerns are all of the job's.
+        let workers = jp.allocations.iter().map(|a| a.worker.clone()).collect();
+        return post_deploy(run, job, result, workers).await;
     }
     // Every release dir is uploaded ahead of the rolling batches; the
     // uploads stop (and are aborted) when this returns.
@@ -51,13 +52,40 @@ pub(super) async fn run_job(run: &Arc<Run>, jp: &JobPlan) -> JobResult {
             return finish(run, result, JobStatus::Failed, message);
         }
     }
-    if let Err(e) = run
-        .hook(job, "post_deploy", &hooks.post_deploy, all_workers)
-        .await
-    {
-        return finish(run, result, JobStatus::Failed, e);
+    post_deploy(run, job, result, all_workers).await
+}
+
+/// The job's `post_deploy` hook. A failure is recorded in the store, so
+/// that the next deploy runs it again (alone, when nothing else changed);
+/// a success clears that record.
+async fn post_deploy(run: &Run, job: &Job, result: JobResult, workers: Vec<String>) -> JobResult {
+    let hook = &job.manifest.hooks.post_deploy;
+    let outcome = run.hook(job, "post_deploy", hook, workers).await;
+    let key = post_deploy_key(&job.name);
+    let recorded = match &outcome {
+        Ok(()) => run.store.meta_put(&key, "").await,
+        Err(e) => run.store.meta_put(&key, e).await,
+    };
+    match (outcome, recorded) {
+        (Ok(()), _) => finish(run, result, JobStatus::Succeeded, String::new()),
+        (Err(e), Ok(())) => finish(
+            run,
+            result,
+            JobStatus::Failed,
+            format!("{e}; the next deploy runs post_deploy again"),
+        ),
+        (Err(e), Err(store)) => finish(
+            run,
+            result,
+            JobStatus::Failed,
+            format!("{e}; and it could not be recorded for a retry: {store}"),
+        ),
     }
-    finish(run, result, JobStatus::Succeeded, String::new())
+}
+
+/// The store's record of a job's failed `post_deploy` (empty: none).
+pub(crate) fn post_deploy_key(job: &str) -> String {
+    format!("post_deploy_failed/{job}")
 }
 
 /// A batch member that failed: where it stands, and why.

@@ -190,6 +190,12 @@ pub async fn deploy(ctx: &Context, opts: &DeployOptions) -> Result<DeployReport,
             .cloned()
             .collect(),
     )?;
+    if !opts.dry_run {
+        if let Some(failed) = pre_deploy(ctx, opts, &records).await? {
+            fleet.close().await;
+            return failed_before_planning(ctx, opts, failed, lock.as_ref()).await;
+        }
+    }
     let Planned {
         recorded,
         records,
@@ -288,6 +294,113 @@ pub async fn deploy(ctx: &Context, opts: &DeployOptions) -> Result<DeployReport,
     Ok(report)
 }
 
+/// Runs the `pre_deploy` hook of each job in scope, in wave order, before
+/// anything is rendered or planned: a hook may write the KV that templates
+/// and `rollout_order` read, and the plan uses what it wrote. It runs
+/// whether or not the job turns out to have work (the skip check comes
+/// after it). The first failure stops the deploy, before any worker is
+/// touched.
+async fn pre_deploy(
+    ctx: &Context,
+    opts: &DeployOptions,
+    records: &[AllocationRecord],
+) -> Result<Option<JobResult>, EngineError> {
+    let mut redactor = None;
+    for name in ctx.project.waves().into_iter().flatten() {
+        let Some(job) = ctx.project.jobs.get(&name) else {
+            continue;
+        };
+        let Some(hook) = &job.manifest.hooks.pre_deploy else {
+            continue;
+        };
+        if opts.jobs.as_ref().is_some_and(|s| !s.contains(&name)) || ctx.interrupt.is_set() {
+            continue;
+        }
+        let workers: Vec<String> = ctx
+            .project
+            .workers_for(job)
+            .map(|w| w.name.clone())
+            .collect();
+        let current = records
+            .iter()
+            .find(|r| r.job == name && workers.contains(&r.worker))
+            .and_then(|r| r.version.clone())
+            .unwrap_or_default();
+        let env = crate::hooks::HookEnv {
+            project: &ctx.project.root,
+            job: &name,
+            event: "pre_deploy",
+            workers,
+            current_version: &current,
+            new_version: &job.manifest.version,
+        };
+        if redactor.is_none() {
+            redactor = Some(kv::for_templates(ctx).await?.redactor());
+        }
+        let r = crate::hooks::run(hook, &env, ctx.project.config.ssh.command_timeout).await;
+        let message = r
+            .clone()
+            .err()
+            .map(|e| redactor.as_ref().map_or(e.clone(), |x| x.redact(&e)));
+        ctx.reporter.event(&Event::Hook {
+            job: name.clone(),
+            hook: "pre_deploy".into(),
+            ok: r.is_ok(),
+            message: message.clone().unwrap_or_default(),
+        });
+        if let Some(message) = message {
+            return Ok(Some(JobResult {
+                job: name,
+                status: JobStatus::Failed,
+                message: format!("{message}; nothing was deployed"),
+                allocations: Vec::new(),
+            }));
+        }
+    }
+    Ok(None)
+}
+
+/// A run that failed before its plan (a `pre_deploy` hook): on record as a
+/// failed deployment, with nothing touched.
+async fn failed_before_planning(
+    ctx: &Context,
+    opts: &DeployOptions,
+    failed: JobResult,
+    lock: Option<&cutover_state::ProjectLock>,
+) -> Result<DeployReport, EngineError> {
+    ctx.reporter.event(&Event::JobDone {
+        job: failed.job.clone(),
+        status: "failed".into(),
+        message: failed.message.clone(),
+    });
+    let seq = ctx
+        .store
+        .begin_deployment(&NewDeployment {
+            started_at: cutover_state::now_rfc3339(),
+            head: opts.head.clone(),
+            dirty: opts.dirty,
+            command: opts.command.clone(),
+            user: ctx.operator.user.clone(),
+        })
+        .await?;
+    let jobs = vec![failed];
+    let summary = serde_json::json!({ "stops": [], "jobs": jobs }).to_string();
+    ctx.store.finish_deployment(seq, "failed", &summary).await?;
+    Ok(DeployReport {
+        outcome: Outcome::Failed,
+        seq: Some(seq),
+        plan: Plan {
+            stops: Vec::new(),
+            waves: Vec::new(),
+        },
+        stops: Vec::new(),
+        jobs,
+        took_over_lock: lock
+            .and_then(|l| l.took_over.as_ref())
+            .map(|h| h.to_string()),
+    })
+}
+
 /// What a run plans from.
 struct Planned {
     recorded: BTreeMap<Key, cutover_model::plan::Recorded>,
@@ -325,6 +438,16 @@ async fn plan_run(
 
     let kv = kv::for_templates(ctx).await?;
     let rollout_order = kv::rollout_order(&kv);
+    let mut post_deploy_failed = BTreeMap::new();
+    for job in ctx.project.jobs.values() {
+        if job.manifest.hooks.post_deploy.is_none() {
+            continue;
+        }
+        let key = job::post_deploy_key(&job.name);
+        if let Some(why) = ctx.store.meta_get(&key).await?.filter(|m| !m.is_empty()) {
+            post_deploy_failed.insert(job.name.clone(), why);
+        }
+    }
     let rendered = render::render_all(ctx, opts.jobs.as_ref(), &kv)?;
     let plan_opts = PlanOptions {
         jobs: opts.jobs.clone(),
@@ -336,6 +459,7 @@ async fn plan_run(
         candidates: &rendered.candidates,
         recorded: &recorded,
         rollout_order: &rollout_order,
+        post_deploy_failed: &post_deploy_failed,
         options: &plan_opts,
     });
     if opts.verify {
@@ -360,6 +484,7 @@ async fn plan_run(
                 candidates: &rendered.candidates,
                 recorded: &recorded,
                 rollout_order: &rollout_order,
+                post_deploy_failed: &post_deploy_failed,
                 options: &plan_opts,
             });
         }

@@ -12,7 +12,7 @@ pub(super) async fn run_waves(
     for wave in &plan.waves {
         let mut tasks = tokio::task::JoinSet::new();
         for jp in &wave.jobs {
-            if run.interrupt.is_set() && jp.has_work() {
+            if run.interrupt.is_set() && jp.needs_run() {
                 report.jobs.push(JobResult {
                     job: jp.job.clone(),
                     status: JobStatus::Interrupted,
