@@ -169,6 +169,10 @@ pub enum ReleaseCommand {
         /// Allow releasing a branch other than main_branch (hotfix releases).
         #[arg(long)]
         force_allow_non_main: bool,
+        /// Refuse (exit 2, the clone put back) when the merge changed files
+        /// that belong to no job; without it they are listed as a warning.
+        #[arg(long)]
+        strict: bool,
     },
     /// Put back what a release changed: restore its backups, switch services back, revert git.
     Revert {

@@ -37,6 +37,13 @@ pub struct Project {
     pub jobs: BTreeMap<String, Job>,
 }
 
+/// The `version` a job.toml's text declares, if it parses and has one
+/// (for reading a job's version at another commit).
+pub fn manifest_version(text: &str) -> Option<String> {
+    let table: toml::Table = toml::from_str(text).ok()?;
+    table.get("version")?.as_str().map(str::to_string)
+}
+
 impl Project {
     /// The first directory at or above `start` holding a cutover.toml.
     pub fn find_root(start: &Path) -> Option<PathBuf> {

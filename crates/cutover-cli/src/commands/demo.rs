@@ -181,6 +181,7 @@ fn run_args(ticket: &str) -> ReleaseCommand {
         skip_ticket: false,
         skip_verify: false,
         force_allow_non_main: false,
+        strict: false,
     }
 }
 

@@ -96,6 +96,7 @@ pub async fn run(s: &Session, c: ReleaseCommand) -> Result<u8, CliError> {
             skip_ticket,
             skip_verify,
             force_allow_non_main,
+            strict,
         } => {
             let skip = [
                 (skip_prepare, Phase::Prepare),
@@ -114,6 +115,7 @@ pub async fn run(s: &Session, c: ReleaseCommand) -> Result<u8, CliError> {
                 from: from.map(phase),
                 skip,
                 force_allow_non_main,
+                strict,
                 command: command_line(),
             };
             release_run(s, &opts).await

@@ -813,3 +813,79 @@ fn a_revert_whose_push_failed_finishes_on_the_next_try() {
     let subjects = git(s.p.path(), &["log", "-3", "--format=%s"]);
     assert_eq!(subjects.matches("Revert").count(), 1, "{subjects}");
 }
+
+/// A merge that touches only files of no job is released with a warning
+/// naming them; with `--strict` it is refused (exit 2) and the clone is
+/// put back where it was, with no state file.
+#[test]
+fn unclassified_files_are_a_warning_and_with_strict_a_refusal() {
+    let s = setup(1);
+    let base = s.head();
+    s.merge("feat/21", &[("src/x.c", "int main(void) { return 0; }\n")]);
+    let out = s.p.expect(&["release", "run", "21", "--strict"], 2);
+    assert!(
+        out.stderr
+            .contains("--strict: 1 changed file(s) belong to no job")
+            && out.stderr.contains("src/x.c")
+            && out.stderr.contains("the clone is back where it was"),
+        "{out:?}"
+    );
+    assert_eq!(s.head(), base, "the pull was undone");
+    assert_eq!(s.state_file("21"), "");
+    let dry =
+        s.p.expect(&["release", "run", "21", "--dry-run", "--strict"], 2);
+    assert!(dry.stderr.contains("src/x.c"), "{dry:?}");
+
+    let out = s.p.expect(&["release", "run", "21"], 0);
+    assert!(
+        out.stdout.contains(
+            "prepare: warning: 1 changed file(s) belong to no job and roll nothing out: src/x.c"
+        ),
+        "{out:?}"
+    );
+    assert!(s.state_file("21").contains("SERVICES=\"\""));
+}
+
+/// A service in SERVICES whose deploy plans nothing (a template edit that
+/// renders the same) fails migrate instead of passing silently.
+#[test]
+fn migrate_fails_when_a_service_plans_no_action() {
+    let s = setup(1);
+    s.merge("feat/24", &[("jobs/web/notes.txt.tpl", "hello\n")]);
+    s.p.expect(&["release", "run", "24"], 0);
+    s.merge(
+        "feat/22",
+        &[(
+            "jobs/web/notes.txt.tpl",
+            "{# a comment renders as nothing #}hello\n",
+        )],
+    );
+    let out = s.p.expect(&["release", "run", "22"], 1);
+    assert!(
+        out.all()
+            .contains("SERVICES names web, but the deploy planned no action for it"),
+        "{out:?}"
+    );
+    assert!(s.state_file("22").contains("SERVICES=\"web\""));
+}
+
+/// Verify checks that every allocation of each service runs the job
+/// version of MERGE_SHA: with migrate skipped, the old version is still
+/// running, and verify exits 4 naming it.
+#[test]
+fn verify_refuses_allocations_not_running_the_version_of_merge_sha() {
+    let s = setup(1);
+    s.merge(
+        "feat/23",
+        &[(
+            "jobs/web/job.toml",
+            "version = \"2\"\nselectors = [\"web\"]\n",
+        )],
+    );
+    let out = s.p.expect(&["release", "run", "23", "--skip-migrate"], 4);
+    assert!(
+        out.all()
+            .contains("not running the version of MERGE_SHA: web@w1 runs 1, MERGE_SHA has 2"),
+        "{out:?}"
+    );
+}

@@ -27,6 +27,8 @@ pub struct ReleaseOptions {
     pub from: Option<Phase>,
     pub skip: BTreeSet<Phase>,
     pub force_allow_non_main: bool,
+    /// Refuse a release whose diff has files that belong to no job.
+    pub strict: bool,
     pub command: String,
 }
 
@@ -420,6 +422,7 @@ async fn prepare(
         return prepare_again(ctx, git, state.clone()).await;
     }
     let branch = preflight(ctx, opts, git).map_err(Refusal::Usage)?;
+    let started_on = git.branch();
     let remote = &ctx.project.config.remote;
     git.run(&["fetch", "--quiet", remote]).map_err(git_failed)?;
     refuse_local_commits(git, remote, &branch)?;
@@ -444,6 +447,36 @@ async fn prepare(
     let ctx = ctx.reload()?;
     let changes = git.changes(&base, &merge).map_err(git_failed)?;
     let classification = classify(&ctx.project, &changes);
+    let unclassified = classification.unclassified();
+    if !unclassified.is_empty() {
+        let files = unclassified.join(", ");
+        if opts.strict {
+            // Nothing is recorded yet: put the clone back where it was.
+            let restored = git
+                .run(&["reset", "--quiet", "--hard", "ORIG_HEAD"])
+                .and_then(|_| match &started_on {
+                    Some(b) if *b != branch => git.run(&["checkout", "--quiet", b]),
+                    _ => Ok(String::new()),
+                });
+            let where_now = match restored {
+                Ok(_) => "the clone is back where it was".to_string(),
+                Err(e) => {
+                    format!("putting the clone back failed ({e}); check it with `git status`")
+                }
+            };
+            return Err(Refusal::Usage(EngineError::usage(
+                format!("--strict: {} changed file(s) belong to no job, so no release would roll them out: {files}; {where_now}", unclassified.len()),
+                "add them to a job (its dir or its `watch` globs), or release without --strict",
+            )));
+        }
+        say(
+            &ctx,
+            format!(
+                "prepare: warning: {} changed file(s) belong to no job and roll nothing out: {files} (add them to a job's `watch`; --strict refuses such a release)",
+                unclassified.len()
+            ),
+        );
+    }
     let state = StateFile {
         ticket: opts.ticket.clone(),
         branch,
@@ -698,6 +731,16 @@ async fn migrate(ctx: &Context, state: &StateFile) -> Result<Plan, PhaseError> {
     };
     let report = deploy::deploy(ctx, &opts).await?;
     if report.outcome.ok() {
+        let idle = idle_services(&report.plan, opts.jobs.iter().flatten());
+        if !idle.is_empty() {
+            return Err(PhaseError {
+                rc: 1,
+                message: format!(
+                    "SERVICES names {}, but the deploy planned no action for it: its workers already run what MERGE_SHA has (deployed before this release?), or the change is in a file it does not ship. Check with `cutover plan --diff BASE_SHA`; if it is already deployed, resume with --skip-migrate",
+                    idle.join(", ")
+                ),
+            });
+        }
         return Ok(report.plan);
     }
     let failures: Vec<String> = report
@@ -722,6 +765,63 @@ async fn migrate(ctx: &Context, state: &StateFile) -> Result<Plan, PhaseError> {
         rc: 1,
         message: format!("the deploy of SERVICES failed: {}", failures.join("; ")),
     })
+}
+
+/// Allocations of `services` that do not run the job version that
+/// MERGE_SHA's job.toml declares (or are not promoted at all).
+async fn version_mismatches(
+    ctx: &Context,
+    state: &StateFile,
+    git: &Git,
+    services: &BTreeSet<String>,
+) -> Result<Vec<String>, PhaseError> {
+    let records = ctx.store.allocations().await.map_err(EngineError::from)?;
+    let mut out = Vec::new();
+    for name in services {
+        let Some(job) = ctx.project.jobs.get(name) else {
+            continue;
+        };
+        let path = format!("{}:jobs/{name}/job.toml", state.merge_sha);
+        let want = git
+            .run(&["show", &path])
+            .ok()
+            .and_then(|text| cutover_model::project::manifest_version(&text))
+            .ok_or_else(|| PhaseError {
+                rc: 1,
+                message: format!("cannot read the version of {name} at MERGE_SHA ({path})"),
+            })?;
+        for w in ctx.project.workers_for(job) {
+            let rec = records
+                .iter()
+                .find(|r| &r.job == name && r.worker == w.name);
+            let runs = match rec {
+                Some(r) if r.status == cutover_state::AllocStatus::Promoted => {
+                    r.version.clone().unwrap_or_default()
+                }
+                Some(r) => format!("nothing promoted ({})", r.status.as_str()),
+                None => "nothing".to_string(),
+            };
+            if runs != want {
+                out.push(format!(
+                    "{name}@{} runs {runs}, MERGE_SHA has {want}",
+                    w.name
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The services a migrate plan does nothing for: no allocation to roll
+/// out, no stop, no hook to run again.
+fn idle_services<'a>(plan: &Plan, services: impl Iterator<Item = &'a String>) -> Vec<String> {
+    services
+        .filter(|s| {
+            !plan.stops.iter().any(|x| &x.job == *s)
+                && !plan.jobs().any(|j| &j.job == *s && j.needs_run())
+        })
+        .cloned()
+        .collect()
 }
 
 fn ticket_script(ctx: &Context, ticket: &str) -> Result<Option<String>, EngineError> {
@@ -809,6 +909,16 @@ async fn verify(ctx: &Context, state: &StateFile, git: &Git) -> Result<(), Phase
         .collect();
     if services.is_empty() {
         return Ok(());
+    }
+    let mismatched = version_mismatches(ctx, state, git, &services).await?;
+    if !mismatched.is_empty() {
+        return Err(PhaseError {
+            rc: 4,
+            message: format!(
+                "not running the version of MERGE_SHA: {}",
+                mismatched.join("; ")
+            ),
+        });
     }
     let drift = crate::drift::drift(ctx, Some(&services)).await?;
     let dirty: Vec<String> = drift
@@ -981,6 +1091,20 @@ async fn dry_run(
                 .changes(&base, &merge)
                 .map_err(|e| EngineError::usage(e.to_string(), "check the revisions"))?;
             let classification = classify(&project, &changes);
+            let unclassified = classification.unclassified();
+            if !unclassified.is_empty() {
+                let files = unclassified.join(", ");
+                if opts.strict {
+                    return Err(EngineError::usage(
+                        format!("--strict: {} changed file(s) belong to no job, so no release would roll them out: {files}", unclassified.len()),
+                        "add them to a job (its dir or its `watch` globs), or release without --strict",
+                    ));
+                }
+                log_dry(
+                    "prepare",
+                    format!("warning: {} changed file(s) belong to no job and roll nothing out: {files}", unclassified.len()),
+                );
+            }
             let state = StateFile {
                 ticket: opts.ticket.clone(),
                 branch,
