@@ -133,17 +133,17 @@ KEEP=$6 PROTECT=$7 NEW=$2{PRUNE}"#
     );
     let (command, secs) = match health {
         None if promoted.is_none() => {
-            text.push_str("\nexec make -C \"$1/current\" \"$3\"");
+            text.push_str("\nexec make --no-print-directory -C \"$1/current\" \"$3\"");
             (String::new(), String::new())
         }
         None => {
-            text.push_str("\nmake -C \"$1/current\" \"$3\" || exit");
+            text.push_str("\nmake --no-print-directory -C \"$1/current\" \"$3\" || exit");
             (String::new(), String::new())
         }
         Some(h) => {
             text.push_str(&format!(
                 r#"
-make -C "$1/current" "$3" || exit
+make --no-print-directory -C "$1/current" "$3" || exit
 cd "$1/current" || exit {HEALTH_FAILED}
 if command -v timeout >/dev/null 2>&1; then timeout -k 1 "$5" sh -c "$4"; else sh -c "$4"; fi
 rc=$?
@@ -256,16 +256,22 @@ impl LifecycleEnv<'_> {
 /// `make -C <job>/current <target>`.
 pub(crate) fn lifecycle(env: &LifecycleEnv<'_>, target: &str, timeout: Duration) -> Command {
     let current = format!("{}/current", env.worker.job_dir(&env.job.name));
-    env.apply(Command::new(["make", "-C", current.as_str(), target]))
-        .timeout(timeout)
-        .label(format!("make {target}"))
-        .kill_on_timeout()
+    env.apply(Command::new([
+        "make",
+        "--no-print-directory",
+        "-C",
+        current.as_str(),
+        target,
+    ]))
+    .timeout(timeout)
+    .label(format!("make {target}"))
+    .kill_on_timeout()
 }
 
 /// `make stop` in `current`, if there is a current release.
 pub(crate) fn stop(job_dir: &str, env: Vec<(String, String)>, timeout: Duration) -> Command {
     let mut cmd = script(
-        r#"if [ -e "$1/current" ]; then exec make -C "$1/current" stop; fi"#,
+        r#"if [ -e "$1/current" ]; then exec make --no-print-directory -C "$1/current" stop; fi"#,
         &[job_dir],
     )
     .timeout(timeout)

@@ -146,13 +146,17 @@ impl Output {
     }
 
     /// The last lines of stderr (or stdout when stderr is empty), for messages.
+    /// The last `lines` lines of the whole output: stdout, then stderr (a
+    /// failing make target prints its diagnosis on stdout and make's own
+    /// `Error 1` on stderr; both count).
     pub fn tail(&self, lines: usize) -> String {
-        let text = if self.stderr.trim().is_empty() {
-            &self.stdout
-        } else {
-            &self.stderr
-        };
-        let all: Vec<&str> = text.trim_end().lines().collect();
+        let all: Vec<&str> = self
+            .stdout
+            .trim_end()
+            .lines()
+            .chain(self.stderr.trim_end().lines())
+            .filter(|l| !l.trim().is_empty())
+            .collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 

@@ -162,7 +162,7 @@ pub async fn run(s: &Session, c: ReleaseCommand) -> Result<u8, CliError> {
             }
             Ok(rc)
         }
-        ReleaseCommand::State { ticket } => state(s, &ticket),
+        ReleaseCommand::State { ticket } => state(s, &ticket).await,
         ReleaseCommand::ReturnToMain => {
             let command = command_line();
             let report = release::return_to_main(&s.ctx, &command).await?;
@@ -267,7 +267,7 @@ async fn release_run(s: &Session, opts: &ReleaseOptions) -> Result<u8, CliError>
     Ok(rc)
 }
 
-fn state(s: &Session, ticket: &str) -> Result<u8, CliError> {
+async fn state(s: &Session, ticket: &str) -> Result<u8, CliError> {
     release::check_ticket(ticket)?;
     let file = StateFile::load(&s.ctx.workspace, ticket)?;
     let lines = ReleaseLog::lines(&s.ctx.workspace, ticket);
@@ -286,10 +286,14 @@ fn state(s: &Session, ticket: &str) -> Result<u8, CliError> {
         .into_iter()
         .rev()
         .collect();
+    let failure = release::last_failure(&s.ctx, ticket).await?;
     if s.json {
         super::print_json(serde_json::json!({
             "outcome": "ok", "exit_code": 0, "ticket": ticket, "standing": standing,
             "state": file, "events": last,
+            "last_failure": failure.as_ref().map(|(phase, output)| serde_json::json!({
+                "phase": phase, "output": output,
+            })),
         }));
         return Ok(0);
     }
@@ -305,6 +309,17 @@ fn state(s: &Session, ticket: &str) -> Result<u8, CliError> {
     println!("last events:");
     for l in last {
         println!("  {l}");
+    }
+    if let Some((phase, output)) = failure {
+        println!();
+        println!(
+            "last failure, in phase {} (what `playbook match {ticket}` reads; secrets redacted):",
+            phase.as_str()
+        );
+        let lines: Vec<&str> = output.lines().collect();
+        for l in &lines[lines.len().saturating_sub(20)..] {
+            println!("  | {l}");
+        }
     }
     Ok(0)
 }

@@ -889,3 +889,53 @@ fn verify_refuses_allocations_not_running_the_version_of_merge_sha() {
         "{out:?}"
     );
 }
+
+/// Playbooks match the failing step's whole output (stdout too, not only
+/// the tail that the failure line shows), and its tail is kept with the
+/// release, secrets redacted.
+#[test]
+fn playbooks_match_the_whole_output_of_the_failing_step() {
+    let s = setup(1);
+    s.p.expect(
+        &[
+            "kv",
+            "put",
+            "api",
+            "db_password",
+            "hunter2-secret",
+            "--secret",
+        ],
+        0,
+    );
+    let script = "#!/bin/sh\necho 'connecting with hunter2-secret'\necho 'ERROR: duplicate key value violates unique constraint'\nfor i in $(seq 1 30); do echo \"rolled back row $i\"; done\necho 'giving up' >&2\nexit 4\n";
+    let playbook = "- id: duplicate-key\n  symptom: the data migration hit a duplicate key\n  match: [\"duplicate key value\"]\n  phases: [ticket]\n  fix:\n    adhoc: |\n      dedupe, then cutover release run 31 --from=ticket\n";
+    s.merge(
+        "feat/31",
+        &[
+            ("jobs/api/app.conf", "api = 31\n"),
+            ("releases/31-data.sh", script),
+            ("recovery/playbooks/dup.yaml", playbook),
+        ],
+    );
+    let out = s.p.expect(&["release", "run", "31"], 1);
+    assert!(
+        out.stdout.contains("recovery playbook duplicate-key"),
+        "{out:?}"
+    );
+    let m = s.p.expect(&["playbook", "match", "31"], 0);
+    assert!(m.stdout.contains("duplicate-key"), "{m:?}");
+    let state = s.p.expect(&["release", "state", "31"], 0);
+    assert!(
+        state.stdout.contains("last failure, in phase ticket")
+            && state.stdout.contains("| giving up")
+            && state.stdout.contains("| rolled back row 30"),
+        "{state:?}"
+    );
+    let all = format!("{}{}", state.stdout, m.stdout);
+    assert!(!all.contains("hunter2-secret"), "{all}");
+    let db = std::fs::read(s.p.path().join(".cutover/state.db")).expect("db");
+    assert!(
+        !String::from_utf8_lossy(&db).contains("hunter2-secret"),
+        "the kept output is redacted"
+    );
+}

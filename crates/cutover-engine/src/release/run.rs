@@ -66,11 +66,15 @@ pub struct ReleaseReport {
 struct PhaseError {
     rc: i32,
     message: String,
+    /// The failing step's whole output, when the message holds only its
+    /// tail: what playbooks match and the release's record keeps.
+    detail: Option<String>,
 }
 
 impl From<EngineError> for PhaseError {
     fn from(e: EngineError) -> Self {
         PhaseError {
+            detail: None,
             rc: 1,
             message: e.to_string(),
         }
@@ -196,6 +200,7 @@ pub async fn run(ctx: &Context, opts: &ReleaseOptions) -> Result<ReleaseReport, 
         if let Some(rc) = ctx.interrupt.exit_code() {
             // A signal came during the previous phase: stop here, recorded.
             let e = PhaseError {
+                detail: None,
                 rc: i32::from(rc),
                 message: format!("interrupted before phase {}", phase.as_str()),
             };
@@ -251,12 +256,14 @@ pub async fn run(ctx: &Context, opts: &ReleaseOptions) -> Result<ReleaseReport, 
                     Some(rc) => PhaseError {
                         rc: i32::from(rc),
                         message: format!("interrupted: {}", e.message),
+                        detail: e.detail,
                     },
                     None => e,
                 };
                 let e = PhaseError {
+                    rc: e.rc,
                     message: redactor.redact(&e.message),
-                    ..e
+                    detail: e.detail.map(|d| redactor.redact(&d)),
                 };
                 return failed(ctx, &log, opts, phase, e, state, report).await;
             }
@@ -280,12 +287,17 @@ async fn failed(
     mut report: ReleaseReport,
 ) -> Result<ReleaseReport, EngineError> {
     log.phase(phase, "failed", &format!("rc={}", e.rc))?;
-    let failure =
-        serde_json::json!({ "phase": phase, "rc": e.rc, "output": e.message }).to_string();
+    // What playbooks match and `release state` shows: the message, then
+    // the tail of the failing step's whole output, secrets redacted.
+    let output = match &e.detail {
+        Some(detail) => format!("{}\n{}", e.message, last_lines(detail, FAILURE_TAIL_LINES)),
+        None => e.message.clone(),
+    };
+    let failure = serde_json::json!({ "phase": phase, "rc": e.rc, "output": output }).to_string();
     ctx.store
         .meta_put(&super::failure_key(&opts.ticket), &failure)
         .await?;
-    report.failure_output = e.message.clone();
+    report.failure_output = output;
     report.outcome = ReleaseOutcome::Failed {
         phase,
         rc: e.rc,
@@ -293,6 +305,14 @@ async fn failed(
     };
     report.state = (!state.base_sha.is_empty()).then_some(state);
     Ok(report)
+}
+
+/// How much of a failing step's output the release keeps.
+const FAILURE_TAIL_LINES: usize = 200;
+
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.trim_end().lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 enum Refusal {
@@ -324,6 +344,7 @@ impl From<PhaseError> for Refusal {
 
 fn git_failed(e: super::GitError) -> Refusal {
     Refusal::Failed(PhaseError {
+        detail: None,
         rc: 1,
         message: e.to_string(),
     })
@@ -632,6 +653,7 @@ async fn backups(
                 Err(e) => {
                     fleet.close().await;
                     return Err(Refusal::Failed(PhaseError {
+                        detail: None,
                         rc: 1,
                         message: format!("backup of {}@{} failed: {e}", b.job, b.worker),
                     }));
@@ -640,6 +662,7 @@ async fn backups(
             let Some(id) = id.filter(|i| super::valid_backup_id(i)) else {
                 fleet.close().await;
                 return Err(Refusal::Failed(PhaseError {
+ detail: None,
                     rc: 1,
                     message: format!(
                         "backup of {}@{}: `{}` printed no usable backup id (its last line must be the id: \
@@ -734,6 +757,7 @@ async fn migrate(ctx: &Context, state: &StateFile) -> Result<Plan, PhaseError> {
         let idle = idle_services(&report.plan, opts.jobs.iter().flatten());
         if !idle.is_empty() {
             return Err(PhaseError {
+ detail: None,
                 rc: 1,
                 message: format!(
                     "SERVICES names {}, but the deploy planned no action for it: its workers already run what MERGE_SHA has (deployed before this release?), or the change is in a file it does not ship. Check with `cutover plan --diff BASE_SHA`; if it is already deployed, resume with --skip-migrate",
@@ -762,6 +786,7 @@ async fn migrate(ctx: &Context, state: &StateFile) -> Result<Plan, PhaseError> {
         )
         .collect();
     Err(PhaseError {
+        detail: None,
         rc: 1,
         message: format!("the deploy of SERVICES failed: {}", failures.join("; ")),
     })
@@ -787,6 +812,7 @@ async fn version_mismatches(
             .ok()
             .and_then(|text| cutover_model::project::manifest_version(&text))
             .ok_or_else(|| PhaseError {
+                detail: None,
                 rc: 1,
                 message: format!("cannot read the version of {name} at MERGE_SHA ({path})"),
             })?;
@@ -852,6 +878,7 @@ fn ticket_script(ctx: &Context, ticket: &str) -> Result<Option<String>, EngineEr
 
 async fn ticket(ctx: &Context, state: &StateFile) -> Result<String, PhaseError> {
     let script = ticket_script(ctx, &state.ticket)?.ok_or_else(|| PhaseError {
+        detail: None,
         rc: 1,
         message: "the ticket script disappeared".into(),
     })?;
@@ -867,6 +894,7 @@ async fn ticket(ctx: &Context, state: &StateFile) -> Result<String, PhaseError> 
         name: "this machine".into(),
     };
     let out = local.run(&cmd).await.map_err(|e| PhaseError {
+        detail: None,
         rc: 1,
         message: e.to_string(),
     })?;
@@ -883,17 +911,20 @@ async fn ticket(ctx: &Context, state: &StateFile) -> Result<String, PhaseError> 
                 out.code.unwrap_or(-1),
                 out.tail(10)
             ),
+            detail: Some(format!("{}{}", out.stdout, out.stderr)),
         })
     }
 }
 
 async fn verify(ctx: &Context, state: &StateFile, git: &Git) -> Result<(), PhaseError> {
     let head = git.head().map_err(|e| PhaseError {
+        detail: None,
         rc: 1,
         message: e.to_string(),
     })?;
     if head != state.merge_sha {
         return Err(PhaseError {
+            detail: None,
             rc: 1,
             message: format!(
                 "HEAD is {head}, not MERGE_SHA {}: the clone moved during the release",
@@ -913,6 +944,7 @@ async fn verify(ctx: &Context, state: &StateFile, git: &Git) -> Result<(), Phase
     let mismatched = version_mismatches(ctx, state, git, &services).await?;
     if !mismatched.is_empty() {
         return Err(PhaseError {
+            detail: None,
             rc: 4,
             message: format!(
                 "not running the version of MERGE_SHA: {}",
@@ -939,6 +971,7 @@ async fn verify(ctx: &Context, state: &StateFile, git: &Git) -> Result<(), Phase
         .collect();
     if !dirty.is_empty() {
         return Err(PhaseError {
+            detail: None,
             rc: 4,
             message: format!("drift after migrate: {}", dirty.join("; ")),
         });
@@ -946,6 +979,7 @@ async fn verify(ctx: &Context, state: &StateFile, git: &Git) -> Result<(), Phase
     let unhealthy = health_all(ctx, &services).await?;
     if !unhealthy.is_empty() {
         return Err(PhaseError {
+            detail: None,
             rc: 1,
             message: format!("unhealthy: {}", unhealthy.join("; ")),
         });
