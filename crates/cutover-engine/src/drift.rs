@@ -4,8 +4,9 @@
 
 use std::collections::BTreeSet;
 
+use cutover_model::tree::Manifest;
 use cutover_state::AllocStatus;
-use cutover_transport::Drift;
+use cutover_transport::{Drift, Expected};
 use serde::Serialize;
 
 use crate::fleet::Fleet;
@@ -18,7 +19,12 @@ pub struct AllocDrift {
     pub worker: String,
     /// clean | drifted | outdated | unreachable | error
     pub state: String,
+    /// Files on the worker that differ from what was promoted.
     pub files: Vec<Drift>,
+    /// The project has changed since the promote (a deploy would roll the
+    /// allocation out). Reported apart from `files`: an outdated
+    /// allocation can also have been tampered with.
+    pub outdated: bool,
     pub message: String,
 }
 
@@ -50,7 +56,7 @@ pub async fn drift(
     }
     let kv = kv::for_templates(ctx).await?;
     let rendered = render::render_all(ctx, jobs, &kv)?;
-    let (_, records) = render::recorded(ctx).await?;
+    let (recorded, records) = render::recorded(ctx).await?;
     let records: Vec<_> = records
         .into_iter()
         .filter(|r| jobs.is_none_or(|j| j.contains(&r.job)))
@@ -59,18 +65,59 @@ pub async fn drift(
 
     let mut out = Vec::new();
     let mut to_check = Vec::new();
+    let mut outdated = Vec::new();
     for r in &records {
         let key = (r.job.clone(), r.worker.clone());
         match rendered.trees.get(&key) {
             Some(t) if Some(&t.hash) == r.hash.as_ref() => to_check.push(key),
-            _ => out.push(AllocDrift {
-                job: r.job.clone(),
-                worker: r.worker.clone(),
+            _ => match recorded.get(&key).and_then(|x| x.promoted_manifest.clone()) {
+                Some(m) => outdated.push((key, m)),
+                None => out.push(AllocDrift {
+                    job: r.job.clone(),
+                    worker: r.worker.clone(),
+                    state: "outdated".into(),
+                    files: Vec::new(),
+                    outdated: true,
+                    message: OUTDATED.into(),
+                }),
+            },
+        }
+    }
+
+    // Outdated allocations: the project cannot say what the worker should
+    // hold any more, but the store's manifest of the promoted tree can.
+    if !outdated.is_empty() {
+        let workers = outdated
+            .iter()
+            .filter_map(|((_, w), _)| ctx.project.worker(w).cloned())
+            .map(|w| (w.name.clone(), w))
+            .collect::<std::collections::BTreeMap<_, _>>();
+        let fleet = Fleet::connect(ctx, workers.into_values().collect()).await?;
+        for (key, found) in against_promoted(ctx, &fleet, &outdated).await {
+            let mut d = AllocDrift {
+                job: key.0,
+                worker: key.1,
                 state: "outdated".into(),
                 files: Vec::new(),
-                message: "the project has changed since this allocation was promoted; `cutover deploy` applies it".into(),
-            }),
+                outdated: true,
+                message: OUTDATED.into(),
+            };
+            match found {
+                Found::Unreachable(e) => (d.state, d.message) = ("unreachable".into(), e),
+                Found::Error(e) => {
+                    d.message = format!("{OUTDATED}; its files could not be listed: {e}")
+                }
+                Found::Files(files) if files.is_empty() => {}
+                Found::Files(files) => {
+                    d.state = "drifted".into();
+                    d.files = files;
+                    d.message =
+                        format!("the worker differs from what was promoted; also, {OUTDATED}");
+                }
+            }
+            out.push(d);
         }
+        fleet.close().await;
     }
 
     let wanted: BTreeSet<_> = to_check.into_iter().collect();
@@ -80,6 +127,7 @@ pub async fn drift(
             worker,
             state: "clean".into(),
             files: Vec::new(),
+            outdated: false,
             message: String::new(),
         };
         match found {
@@ -94,8 +142,54 @@ pub async fn drift(
     Ok(DriftReport { allocations: out })
 }
 
+const OUTDATED: &str =
+    "the project has changed since this allocation was promoted; `cutover deploy` applies it";
+
+/// Compares each allocation's `current` with the manifest of its promoted
+/// tree, by one listing per allocation (modes and content-derived mtimes):
+/// cheap enough for `status`, and possible when the project has moved on.
+pub(crate) async fn against_promoted(
+    ctx: &Context,
+    fleet: &Fleet,
+    items: &[((String, String), Manifest)],
+) -> Vec<((String, String), Found)> {
+    let timeout = ctx.project.config.ssh.command_timeout;
+    crate::join::join_all(items.iter().map(|((job, worker), manifest)| async move {
+        let key = (job.clone(), worker.clone());
+        let Some(w) = ctx.project.worker(worker) else {
+            return (key, Found::Unreachable("not in workers.toml".into()));
+        };
+        let host = match fleet.get(worker) {
+            Ok(h) => h,
+            Err(e) => return (key, Found::Unreachable(e)),
+        };
+        let dir = format!("{}/current", w.job_dir(job));
+        match host
+            .compare_expected(&expected(manifest), &dir, timeout)
+            .await
+        {
+            Ok(files) => (key, Found::Files(files)),
+            Err(e) => (key, Found::Error(e.to_string())),
+        }
+    }))
+    .await
+}
+
+/// What a worker's copy of a promoted tree looks like in a listing.
+fn expected(manifest: &Manifest) -> Expected {
+    let mut e = Expected::default();
+    for (path, sig) in manifest {
+        if cutover_model::tree::is_symlink(sig) {
+            e.symlink(path.clone());
+        } else if let Some(mtime) = cutover_model::tree::shipped_mtime_ns(&sig.hash) {
+            e.file(path.clone(), sig.mode, mtime);
+        }
+    }
+    e
+}
+
 /// What comparing one allocation with its worker found.
-enum Found {
+pub(crate) enum Found {
     Files(Vec<Drift>),
     Unreachable(String),
     Error(String),

@@ -584,6 +584,21 @@ fn content_mtime(hash: &blake3::Hash) -> std::time::SystemTime {
     std::time::UNIX_EPOCH + std::time::Duration::new(1_000_000_000 + secs, nanos)
 }
 
+/// The mtime (nanoseconds since the epoch) a shipped file with this
+/// content hash (hex) carries on the worker; `None` if it is not a hash.
+pub fn shipped_mtime_ns(hash_hex: &str) -> Option<i128> {
+    let hash = blake3::Hash::from_hex(hash_hex).ok()?;
+    let t = content_mtime(&hash)
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
+    Some(i128::try_from(t.as_nanos()).ok()?)
+}
+
+/// Whether a manifest entry is a symlink (its hash is of the target).
+pub fn is_symlink(sig: &FileSig) -> bool {
+    sig.mode == SYMLINK_MODE
+}
+
 /// Paths whose content or mode differs between two manifests, sorted.
 pub fn changed_paths(old: &Manifest, new: &Manifest) -> Vec<String> {
     let mut out: Vec<String> = new

@@ -86,6 +86,61 @@ exec "#,
 /// is followed).
 pub(crate) const LIST: &str = concat!("exec ", find_listing!(r#""$1""#));
 
+/// What a worker's copy of a promoted tree must look like, as far as a
+/// listing can tell without the files at hand: each file's mode and the
+/// mtime derived from its content hash (see `cutover_model::tree`), each
+/// symlink's presence. Its sizes are not known, so a same-mtime edit
+/// passes; `cutover drift` reads content.
+#[derive(Debug, Clone, Default)]
+pub struct Expected {
+    files: BTreeMap<String, Option<(u32, i128)>>,
+}
+
+impl Expected {
+    pub fn file(&mut self, path: String, mode: u32, mtime_ns: i128) {
+        self.files.insert(path, Some((mode, mtime_ns)));
+    }
+
+    pub fn symlink(&mut self, path: String) {
+        self.files.insert(path, None);
+    }
+
+    /// What differs between this and a listing found on the worker.
+    pub(crate) fn differences(&self, found: &Listing) -> Vec<Drift> {
+        let mut out: Vec<Drift> = Vec::new();
+        for (path, want) in &self.files {
+            let kind = match (want, found.get(path)) {
+                (_, None) => Some(DriftKind::Missing),
+                (None, Some(Stat::Symlink { .. })) => None,
+                (
+                    Some((mode, mtime)),
+                    Some(Stat::File {
+                        mode: m, mtime_ns, ..
+                    }),
+                ) if mode == m && mtime == mtime_ns => None,
+                _ => Some(DriftKind::Modified),
+            };
+            if let Some(kind) = kind {
+                out.push(Drift {
+                    path: path.clone(),
+                    kind,
+                });
+            }
+        }
+        out.extend(
+            found
+                .keys()
+                .filter(|p| !self.files.contains_key(*p))
+                .map(|p| Drift {
+                    path: p.clone(),
+                    kind: DriftKind::Extra,
+                }),
+        );
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        out
+    }
+}
+
 /// What differs between the expected listing and the one found.
 pub(crate) fn differences(expected: &Listing, found: &Listing) -> Vec<Drift> {
     let mut out: Vec<Drift> = expected

@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use crate::command::{command_line, Command, Output};
-use crate::delta::{self, LocalTree};
+use crate::delta::{self, Expected, LocalTree};
 use crate::error::TransportError;
 use crate::rsync::{self, Drift};
 
@@ -420,6 +420,38 @@ impl Host {
                 after: timeout,
             }),
         }
+    }
+
+    /// Compares `remote_dir` with what a promoted tree must look like (see
+    /// [`Expected`]): one listing of the dir, no file read. A host without
+    /// GNU find cannot be listed: an error.
+    pub async fn compare_expected(
+        &self,
+        expected: &Expected,
+        remote_dir: &str,
+        timeout: Duration,
+    ) -> Result<Vec<Drift>, TransportError> {
+        let found = if let Host::Local { .. } = self {
+            let dir = PathBuf::from(remote_dir);
+            self.native(timeout, move || crate::local::read_listing(&dir))
+                .await?
+        } else {
+            let dir = format!("{}/", remote_dir.trim_end_matches('/'));
+            let out = self
+                .run(&Command::new(["sh", "-c", delta::LIST, "sh", dir.as_str()]).timeout(timeout))
+                .await?;
+            match delta::parse_listing(&out.stdout).filter(|_| out.success()) {
+                Some(found) => found,
+                None => {
+                    return Err(TransportError::Spawn {
+                        host: self.name().to_string(),
+                        command: format!("find {dir}"),
+                        detail: format!("cannot list it (it needs GNU find): {}", out.tail(2)),
+                    })
+                }
+            }
+        };
+        Ok(expected.differences(&found))
     }
 
     fn rsync_dest(&self, remote_dir: &str) -> String {

@@ -13,7 +13,7 @@ mod local;
 mod rsync;
 
 pub use command::{command_line, shell_quote, Command, Output};
-pub use delta::LocalTree;
+pub use delta::{Expected, LocalTree};
 pub use error::TransportError;
 pub use host::{Host, HostSpec, KnownHosts, SshOptions};
 pub use rsync::{Drift, DriftKind};

@@ -195,6 +195,9 @@ pub async fn drift(s: &Session, jobs: Option<Vec<String>>) -> Result<u8, CliErro
                 for f in &a.files {
                     println!("  {:<8} {}", format!("{:?}", f.kind).to_lowercase(), f.path);
                 }
+                if a.outdated {
+                    println!("  and the project has changed since the promote: `cutover deploy` rolls it out");
+                }
             }
             other => println!("{}@{}: {other}: {}", a.job, a.worker, a.message),
         }

@@ -255,3 +255,40 @@ fn a_failed_post_deploy_runs_again_on_the_next_deploy() {
         1
     );
 }
+
+/// `drift` reports both kinds apart: files on the worker that differ from
+/// what was promoted (named), and a project that moved on since.
+#[test]
+fn drift_names_tampered_files_even_when_the_project_moved_on() {
+    let (fleet, p) = web_fleet(2);
+    p.job("api", "version = \"1\"\n");
+    p.write("jobs/api/app.conf", "port = 1\n");
+    p.expect(&["deploy"], 0);
+    std::fs::write(
+        fleet.worker("w1").path("jobs/api/current/app.conf"),
+        "port = 666\n",
+    )
+    .expect("tamper");
+    p.write("jobs/api/app.conf", "port = 2\n");
+    let out = p.expect(&["drift"], 4);
+    assert!(
+        out.stdout.contains("api@w1: DRIFT in 1 file(s):")
+            && out.stdout.contains("modified app.conf")
+            && out
+                .stdout
+                .contains("and the project has changed since the promote"),
+        "{out:?}"
+    );
+    assert!(
+        out.stdout
+            .contains("api@w2: outdated: the project has changed"),
+        "{out:?}"
+    );
+    let doc = json(&p.expect(&["--json", "drift"], 4));
+    let w1 = &doc["allocations"][0];
+    assert_eq!(
+        (w1["state"].as_str(), w1["outdated"].as_bool()),
+        (Some("drifted"), Some(true))
+    );
+    assert_eq!(w1["files"][0]["path"], "app.conf");
+}
