@@ -64,8 +64,8 @@ pub enum Command {
     /// Recovery playbooks: what to do when a release fails a known way.
     #[command(subcommand)]
     Playbook(PlaybookCommand),
-    /// Each allocation: promoted version and hash, health, last change.
-    Status(JobsFilter),
+    /// Each allocation: promoted version and hash, live health and drift, last change.
+    Status(StatusArgs),
     /// Compare each worker's files with what is promoted; exit 4 if any differ.
     Drift(JobsFilter),
     /// Run lifecycle targets outside a deploy.
@@ -192,6 +192,17 @@ pub enum ReleaseCommand {
     State { ticket: String },
     /// After a hotfix release: check out main, fast-forward, deploy, verify clean.
     ReturnToMain,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Only these jobs (comma-separated).
+    #[arg(long, value_delimiter = ',', value_name = "JOB,...")]
+    pub jobs: Option<Vec<String>>,
+    /// Run no health check: show the health recorded at the last deploy.
+    /// (Drift is still checked, by one listing per allocation.)
+    #[arg(long)]
+    pub no_health: bool,
 }
 
 #[derive(Debug, Args)]

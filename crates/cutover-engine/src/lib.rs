@@ -25,6 +25,7 @@ pub mod release;
 mod remote;
 mod render;
 mod scratch;
+pub mod status;
 
 pub use context::{Context, Operator};
 pub use error::EngineError;

@@ -591,7 +591,7 @@ pub fn shipped_mtime_ns(hash_hex: &str) -> Option<i128> {
     let t = content_mtime(&hash)
         .duration_since(std::time::UNIX_EPOCH)
         .ok()?;
-    Some(i128::try_from(t.as_nanos()).ok()?)
+    i128::try_from(t.as_nanos()).ok()
 }
 
 /// Whether a manifest entry is a symlink (its hash is of the target).

@@ -85,7 +85,14 @@ pub async fn run(g: &Global) -> Result<u8, CliError> {
     deploy::run(&s, deploy_args(false)).await?;
 
     step("cutover status");
-    inspect::status(&s, None).await?;
+    inspect::status(
+        &s,
+        crate::args::StatusArgs {
+            jobs: None,
+            no_health: false,
+        },
+    )
+    .await?;
 
     step("edit a file by hand on local-3, then cutover drift");
     let _ = std::fs::write(

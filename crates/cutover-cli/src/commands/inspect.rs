@@ -57,10 +57,11 @@ pub fn check(g: &Global) -> Result<u8, CliError> {
     Ok(0)
 }
 
-pub async fn status(s: &Session, jobs: Option<Vec<String>>) -> Result<u8, CliError> {
-    let jobs = job_set(jobs);
+pub async fn status(s: &Session, a: crate::args::StatusArgs) -> Result<u8, CliError> {
+    let jobs = job_set(a.jobs);
     let p = &s.ctx.project;
     let records = s.store.allocations().await?;
+    let live = cutover_engine::status::live(&s.ctx, jobs.as_ref(), !a.no_health).await?;
     let in_scope = |j: &str| jobs.as_ref().is_none_or(|s| s.contains(j));
     let mut rows = Vec::new();
     let mut docs = Vec::new();
@@ -72,6 +73,7 @@ pub async fn status(s: &Session, jobs: Option<Vec<String>>) -> Result<u8, CliErr
             let status = rec.map_or("not deployed", |r| r.status.as_str());
             let pending = rec.and_then(|r| r.version.clone()).as_deref()
                 != Some(job.manifest.version.as_str());
+            let now = live.get(&(job.name.clone(), w.name.clone()));
             rows.push(vec![
                 job.name.clone(),
                 w.name.clone(),
@@ -79,7 +81,8 @@ pub async fn status(s: &Session, jobs: Option<Vec<String>>) -> Result<u8, CliErr
                 rec.and_then(|r| r.version.clone())
                     .unwrap_or_else(|| "-".into()),
                 short(&rec.and_then(|r| r.hash.clone())),
-                rec.map_or("-".into(), |r| r.health.clone()),
+                now.map_or("-".into(), |l| l.health.clone()),
+                now.map_or("-".into(), |l| l.drift.clone()),
                 rec.and_then(|r| r.release_id.clone())
                     .unwrap_or_else(|| "-".into()),
                 rec.map_or(String::new(), |r| r.message.clone()),
@@ -90,7 +93,9 @@ pub async fn status(s: &Session, jobs: Option<Vec<String>>) -> Result<u8, CliErr
                 "manifest_version": job.manifest.version,
                 "version_pending": pending,
                 "hash": rec.and_then(|r| r.hash.clone()),
-                "health": rec.map(|r| r.health.clone()),
+                "health": now.map(|l| l.health.clone()),
+                "recorded_health": rec.map(|r| r.health.clone()),
+                "drift": now.map(|l| l.drift.clone()),
                 "release": rec.and_then(|r| r.release_id.clone()),
                 "updated_at": rec.map(|r| r.updated_at.clone()),
                 "message": rec.map(|r| r.message.clone()),
@@ -125,7 +130,8 @@ pub async fn status(s: &Session, jobs: Option<Vec<String>>) -> Result<u8, CliErr
                 status.into(),
                 r.version.clone().unwrap_or_else(|| "-".into()),
                 short(&r.hash),
-                r.health.clone(),
+                "-".into(),
+                "-".into(),
                 r.release_id.clone().unwrap_or_else(|| "-".into()),
                 note,
             ]);
@@ -152,7 +158,7 @@ pub async fn status(s: &Session, jobs: Option<Vec<String>>) -> Result<u8, CliErr
     } else {
         table(
             &[
-                "JOB", "WORKER", "STATUS", "VERSION", "HASH", "HEALTH", "RELEASE", "NOTE",
+                "JOB", "WORKER", "STATUS", "VERSION", "HASH", "HEALTH", "DRIFT", "RELEASE", "NOTE",
             ],
             &rows,
         );

@@ -40,7 +40,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
             release::run(&Session::open(g, prefix).await?, c).await
         }
         Command::Playbook(c) => playbook::run(g, c).await,
-        Command::Status(f) => inspect::status(&Session::open(g, "status").await?, f.jobs).await,
+        Command::Status(a) => inspect::status(&Session::open(g, "status").await?, a).await,
         Command::Drift(f) => inspect::drift(&Session::open(g, "drift").await?, f.jobs).await,
         Command::Cat(a) => inspect::cat(&Session::open(g, "cat").await?, a).await,
         Command::Kv(c) => kv::run(&Session::open(g, "kv").await?, c).await,

@@ -269,7 +269,7 @@ fn failing_health_check_halts_the_job_at_the_failed_batch() {
         .collect();
     assert_eq!(w1_row[2], "failed", "{status:?}");
     assert!(
-        w1_row[6].starts_with("r000001-"),
+        w1_row.iter().any(|c| c.starts_with("r000001-")),
         "the store still names the promoted release: {status:?}"
     );
 

@@ -292,3 +292,51 @@ fn drift_names_tampered_files_even_when_the_project_moved_on() {
     );
     assert_eq!(w1["files"][0]["path"], "app.conf");
 }
+
+/// `status` checks health now, not as recorded at the last deploy, and
+/// shows each allocation's drift; `--no-health` shows the recorded health.
+#[test]
+fn status_shows_live_health_and_drift() {
+    let (fleet, p) = web_fleet(2);
+    p.job("api", "version = \"1\"\n");
+    p.expect(&["deploy"], 0);
+    let row = |out: &Output, w: &str| {
+        out.stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("api  {w}")))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let out = p.expect(&["status"], 0);
+    assert!(
+        row(&out, "w1").contains("healthy") && row(&out, "w1").contains("clean"),
+        "{out:?}"
+    );
+
+    // w1's service dies and a file is edited there; w2 is untouched.
+    std::fs::write(
+        fleet.worker("w1").path("jobs/api/shared/state"),
+        "stopped\n",
+    )
+    .expect("kill");
+    std::fs::write(
+        fleet.worker("w1").path("jobs/api/current/Makefile"),
+        "edited\n",
+    )
+    .expect("edit");
+    let out = p.expect(&["status"], 0);
+    assert!(row(&out, "w1").contains("unhealthy"), "{out:?}");
+    assert!(row(&out, "w1").contains("1 file(s): Makefile"), "{out:?}");
+    assert!(
+        row(&out, "w2").contains("healthy") && row(&out, "w2").contains("clean"),
+        "{out:?}"
+    );
+
+    let out = p.expect(&["status", "--no-health"], 0);
+    assert!(
+        row(&out, "w1").contains("not checked (last recorded: healthy)"),
+        "{out:?}"
+    );
+    let doc = json(&p.expect(&["--json", "status"], 0));
+    assert_eq!(doc["allocations"][0]["drift"], "1 file(s): Makefile");
+}
