@@ -20,12 +20,28 @@ pub use error::CliError;
 
 /// Runs cutover with these arguments; the exit code follows SPEC section 11.
 pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
-    let cli = match args::Cli::try_parse_from(args) {
+    let args: Vec<OsString> = args.into_iter().collect();
+    let cli = match args::Cli::try_parse_from(&args) {
         Ok(cli) => cli,
+        Err(e) if e.use_stderr() => {
+            // A usage error under --json is one JSON document too.
+            if args.iter().skip(1).any(|a| a == "--json") {
+                let text = e.render().to_string();
+                let doc = serde_json::json!({
+                    "outcome": "invalid",
+                    "exit_code": 2,
+                    "error": text.trim().trim_start_matches("error: "),
+                    "help": "see `cutover --help` or `cutover <command> --help`",
+                });
+                println!("{doc}");
+            } else {
+                let _ = e.print();
+            }
+            return ExitCode::from(2);
+        }
         Err(e) => {
-            let code = if e.use_stderr() { 2 } else { 0 };
             let _ = e.print();
-            return ExitCode::from(code);
+            return ExitCode::from(0);
         }
     };
     let json = cli.global.json;

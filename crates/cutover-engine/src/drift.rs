@@ -266,23 +266,34 @@ async fn on_workers(
     Ok(out)
 }
 
-/// The allocations of `keys` whose worker differs from the promoted tree,
-/// by the quick check, with the paths that do (`deploy --verify`). One whose comparison fails
-/// counts as differing: it is rolled out again rather than trusted. An
-/// unreachable worker is left to the deploy that follows, which reports it.
+/// What `deploy --verify` found: the allocations of `keys` whose worker
+/// differs from the promoted tree, by the quick check, with the paths that
+/// do (one whose comparison fails counts as differing: it is rolled out
+/// again rather than trusted), and the ones whose worker could not be
+/// reached: never reported as verified.
+pub(crate) struct Verified {
+    pub differ: Vec<((String, String), Vec<String>)>,
+    pub unreachable: Vec<((String, String), String)>,
+}
+
 pub(crate) async fn compare(
     ctx: &Context,
     trees: &std::collections::BTreeMap<(String, String), cutover_model::tree::Tree>,
     keys: &BTreeSet<(String, String)>,
-) -> Result<Vec<((String, String), Vec<String>)>, EngineError> {
-    Ok(on_workers(ctx, trees, keys, By::Metadata)
-        .await?
-        .into_iter()
-        .filter_map(|(key, found)| match found {
-            Found::Files(f) if f.is_empty() => None,
-            Found::Unreachable(_) => None,
-            Found::Files(f) => Some((key, f.into_iter().map(|d| d.path).collect())),
-            Found::Error(e) => Some((key, vec![format!("(cannot compare: {e})")])),
-        })
-        .collect())
+) -> Result<Verified, EngineError> {
+    let mut v = Verified {
+        differ: Vec::new(),
+        unreachable: Vec::new(),
+    };
+    for (key, found) in on_workers(ctx, trees, keys, By::Metadata).await? {
+        match found {
+            Found::Files(f) if f.is_empty() => {}
+            Found::Unreachable(e) => v.unreachable.push((key, e)),
+            Found::Files(f) => v
+                .differ
+                .push((key, f.into_iter().map(|d| d.path).collect())),
+            Found::Error(e) => v.differ.push((key, vec![format!("(cannot compare: {e})")])),
+        }
+    }
+    Ok(v)
 }

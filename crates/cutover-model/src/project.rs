@@ -416,6 +416,19 @@ impl Loader<'_> {
             0,
             d,
         );
+        if backend == 1 {
+            // Until PostgreSQL is supported, a project that asks for it must
+            // not quietly keep its state in SQLite: two operators would
+            // each have their own.
+            let span = raw.state.backend.as_ref().map_or(0..0, |b| b.span());
+            d.push(
+                src.diag(
+                    span,
+                    "the postgres state backend is not supported by this version of cutover",
+                )
+                .with_help("remove `backend = \"postgres\"` (state stays in .cutover/state.db), or upgrade cutover"),
+            );
+        }
         let state = if backend == 1 {
             match raw.state.url.clone() {
                 Some(url) => StateBackend::Postgres { url },

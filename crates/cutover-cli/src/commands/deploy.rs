@@ -133,6 +133,16 @@ fn summarize(r: &DeployReport) {
     if let Some(h) = &r.took_over_lock {
         println!("[deploy] took over a stale lock left by {h}");
     }
+    for u in &r.unverified {
+        println!("[deploy] NOT verified (unreachable): {u}");
+    }
+    if r.seq.is_none() && !r.unverified.is_empty() {
+        println!(
+            "[deploy] verify failed: {} allocation(s) could not be compared; nothing else to do",
+            r.unverified.len()
+        );
+        return;
+    }
     match r.outcome {
         Outcome::Unchanged => println!(
             "[deploy] nothing to do: every allocation is up to date ({})",

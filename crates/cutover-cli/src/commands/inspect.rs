@@ -214,6 +214,23 @@ pub async fn drift(s: &Session, jobs: Option<Vec<String>>) -> Result<u8, CliErro
     Ok(rc)
 }
 
+/// The jobs a deployment acted on (rolled out, failed or stopped), from
+/// its recorded summary.
+fn touched_jobs(summary: &str) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_str(summary).unwrap_or_default();
+    let mut out: Vec<String> = v["jobs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|j| j["status"] != "unchanged")
+        .chain(v["stops"].as_array().into_iter().flatten())
+        .filter_map(|j| j["job"].as_str().map(str::to_string))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
 pub async fn cat(s: &Session, a: CatArgs) -> Result<u8, CliError> {
     let p = &s.ctx.project;
     let jobs = job_set(a.jobs);
@@ -320,10 +337,16 @@ pub async fn cat(s: &Session, a: CatArgs) -> Result<u8, CliError> {
                 )
             }
             CatWhat::Deployments => {
-                let deps = cutover_engine::deploy::deployments(&s.ctx, 50).await?;
+                let deps: Vec<_> = cutover_engine::deploy::deployments(&s.ctx, 50)
+                    .await?
+                    .into_iter()
+                    .filter(|d| {
+                        jobs.is_none() || touched_jobs(&d.summary).iter().any(|j| in_scope(j))
+                    })
+                    .collect();
                 (
                     vec![
-                        "SEQ", "STARTED", "FINISHED", "OUTCOME", "HEAD", "USER", "COMMAND",
+                        "SEQ", "STARTED", "FINISHED", "OUTCOME", "HEAD", "USER", "JOBS", "COMMAND",
                     ],
                     deps.iter()
                         .map(|d| {
@@ -338,6 +361,7 @@ pub async fn cat(s: &Session, a: CatArgs) -> Result<u8, CliError> {
                                     if d.dirty { "+dirty" } else { "" }
                                 ),
                                 d.user.clone(),
+                                touched_jobs(&d.summary).join(","),
                                 d.command.clone(),
                             ]
                         })

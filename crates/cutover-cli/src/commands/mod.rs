@@ -193,7 +193,9 @@ pub fn load_project(root: &Path) -> Result<Project, CliError> {
 pub fn operator() -> Operator {
     let user = std::env::var(env_vars::CUTOVER_USER)
         .or_else(|_| std::env::var(env_vars::USER))
-        .unwrap_or_else(|_| "unknown".into());
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(account_name);
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .or_else(|_| std::fs::read_to_string("/etc/hostname"))
         .map(|h| h.trim().to_string())
@@ -203,6 +205,24 @@ pub fn operator() -> Operator {
         host,
         pid: std::process::id(),
     }
+}
+
+/// This process's account name from the system (`/etc/passwd`), for a
+/// session without `$USER` (cron, systemd, `env -i`); else `uid N`.
+fn account_name() -> String {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(uid) = std::fs::metadata("/proc/self").map(|m| m.uid()) else {
+        return "unknown".into();
+    };
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|text| {
+            text.lines().find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.len() > 2 && f[2] == uid.to_string()).then(|| f[0].to_string())
+            })
+        })
+        .unwrap_or_else(|| format!("uid {uid}"))
 }
 
 pub fn job_set(jobs: Option<Vec<String>>) -> Option<BTreeSet<String>> {

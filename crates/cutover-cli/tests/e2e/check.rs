@@ -253,3 +253,20 @@ fn playbooks_are_validated_created_listed_and_checked() {
     );
     p.expect(&["playbook", "check", "nope"], 2);
 }
+
+/// The postgres backend is refused, at its line, until it is supported:
+/// a project that asks for shared state must not quietly get a local one.
+#[test]
+fn the_postgres_backend_is_refused_with_its_line() {
+    let p = project();
+    p.write(
+        "cutover.toml",
+        "name = \"t\"\n[state]\nbackend = \"postgres\"\nurl = \"postgres://ops@db/cutover\"\n",
+    );
+    assert_error(
+        &p,
+        "cutover.toml:3:11: error: the postgres state backend is not supported by this version of cutover",
+    );
+    let out = p.expect(&["deploy", "--dry-run"], 2);
+    assert!(!p.path().join(".cutover/state.db").exists(), "{out:?}");
+}

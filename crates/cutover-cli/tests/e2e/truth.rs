@@ -340,3 +340,72 @@ fn status_shows_live_health_and_drift() {
     let doc = json(&p.expect(&["--json", "status"], 0));
     assert_eq!(doc["allocations"][0]["drift"], "1 file(s): Makefile");
 }
+
+/// `deploy --verify` never calls an unreachable worker verified: exit 1,
+/// naming it.
+#[test]
+fn verify_with_unreachable_workers_fails_naming_them() {
+    let (mut fleet, p) = web_fleet(2);
+    p.job("api", "version = \"1\"\n");
+    p.expect(&["deploy"], 0);
+    fleet.worker_mut("w1").stop();
+    fleet.worker_mut("w2").stop();
+    let out = p.expect(&["deploy", "--verify"], 1);
+    assert!(
+        out.stdout.contains("NOT verified (unreachable): api@w1")
+            && out.stdout.contains("NOT verified (unreachable): api@w2")
+            && !out.stdout.contains("up to date"),
+        "{out:?}"
+    );
+    let doc = json(&p.expect(&["--json", "deploy", "--verify"], 1));
+    assert_eq!(doc["outcome"], "failed");
+    assert_eq!(
+        doc["report"]["unverified"].as_array().map(Vec::len),
+        Some(2)
+    );
+}
+
+/// Small truths: a usage error under `--json` is one JSON document;
+/// `cat deployments --jobs` filters; the audit log names the account when
+/// `$USER` is unset.
+#[test]
+fn json_usage_errors_deployment_filters_and_the_audit_user() {
+    let (_fleet, p) = web_fleet(1);
+    let out = p.expect(&["--json", "deploy", "--no-such-flag"], 2);
+    let doc = json(&out);
+    assert_eq!(
+        (doc["outcome"].as_str(), doc["exit_code"].as_i64()),
+        (Some("invalid"), Some(2))
+    );
+    assert!(
+        doc["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("--no-such-flag"),
+        "{out:?}"
+    );
+
+    p.job("api", "version = \"1\"\n");
+    p.job("web", "version = \"1\"\n");
+    p.expect(&["deploy", "--jobs", "api"], 0);
+    p.expect(&["deploy", "--jobs", "web"], 0);
+    let out = p.expect(&["cat", "deployments", "--jobs", "web"], 0);
+    let rows: Vec<&str> = out.stdout.lines().skip(1).collect();
+    assert_eq!(rows.len(), 1, "{out:?}");
+    assert!(
+        rows[0].starts_with("2 ") && rows[0].contains(" web "),
+        "{out:?}"
+    );
+
+    p.job("api", "version = \"2\"\n");
+    let account = std::process::Command::new("id")
+        .arg("-un")
+        .output()
+        .expect("id");
+    let account = String::from_utf8_lossy(&account.stdout).trim().to_string();
+    let out = p.cutover_env(&["deploy"], &[("CUTOVER_USER", ""), ("USER", "")]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let audit = std::fs::read_to_string(p.path().join(".cutover/audit.log")).expect("audit");
+    let last = audit.lines().last().unwrap_or_default();
+    assert!(last.contains(&format!("user={account}")), "{last}");
+}

@@ -147,6 +147,9 @@ pub struct DeployReport {
     pub plan: Plan,
     pub stops: Vec<StopResult>,
     pub jobs: Vec<JobResult>,
+    /// `--verify`: allocations that could not be compared because their
+    /// worker was unreachable (`job@worker: why`). The run fails.
+    pub unverified: Vec<String>,
     /// The holder of a stale lock this run took over.
     pub took_over_lock: Option<String>,
 }
@@ -202,6 +205,7 @@ pub async fn deploy(ctx: &Context, opts: &DeployOptions) -> Result<DeployReport,
         kv,
         rendered,
         plan,
+        unverified,
     } = plan_run(ctx, opts, &fleet, recorded, records).await?;
     let mut report = DeployReport {
         outcome: Outcome::Planned,
@@ -209,6 +213,7 @@ pub async fn deploy(ctx: &Context, opts: &DeployOptions) -> Result<DeployReport,
         plan: plan.clone(),
         stops: Vec::new(),
         jobs: Vec::new(),
+        unverified,
         took_over_lock: lock
             .as_ref()
             .and_then(|l| l.took_over.as_ref())
@@ -219,8 +224,13 @@ pub async fn deploy(ctx: &Context, opts: &DeployOptions) -> Result<DeployReport,
         return Ok(report);
     }
     if plan.is_noop() {
-        // Everything is promoted: no connection, no deployment record.
-        report.outcome = Outcome::Unchanged;
+        // Everything is promoted: no connection, no deployment record. An
+        // allocation `--verify` could not reach is not called up to date.
+        report.outcome = if report.unverified.is_empty() {
+            Outcome::Unchanged
+        } else {
+            Outcome::Failed
+        };
         fleet.close().await;
         return Ok(report);
     }
@@ -281,6 +291,9 @@ pub async fn deploy(ctx: &Context, opts: &DeployOptions) -> Result<DeployReport,
     };
 
     report.outcome = waves::outcome(&report, ctx.interrupt.is_set());
+    if !report.unverified.is_empty() && report.outcome == Outcome::Success {
+        report.outcome = Outcome::Partial;
+    }
     let summary = serde_json::json!({ "stops": report.stops, "jobs": report.jobs }).to_string();
     ctx.store
         .finish_deployment(seq, report.outcome.as_str(), &summary)
@@ -395,6 +408,7 @@ async fn failed_before_planning(
         },
         stops: Vec::new(),
         jobs,
+        unverified: Vec::new(),
         took_over_lock: lock
             .and_then(|l| l.took_over.as_ref())
             .map(|h| h.to_string()),
@@ -408,6 +422,8 @@ struct Planned {
     kv: kv::TemplateKv,
     rendered: render::Rendered,
     plan: Plan,
+    /// `--verify`: allocations whose worker could not be reached.
+    unverified: Vec<String>,
 }
 
 /// The plan: records a worker carries but the store lost are read back
@@ -454,6 +470,7 @@ async fn plan_run(
         force: opts.force,
         sync_only: opts.sync_only,
     };
+    let mut unverified = Vec::new();
     let mut plan = plan::plan(&PlanInput {
         project: &ctx.project,
         candidates: &rendered.candidates,
@@ -472,7 +489,13 @@ async fn plan_run(
                     .map(move |a| (j.job.clone(), a.worker.clone()))
             })
             .collect();
-        let found = crate::drift::compare(ctx, &rendered.trees, &skipped).await?;
+        let verified = crate::drift::compare(ctx, &rendered.trees, &skipped).await?;
+        unverified = verified
+            .unreachable
+            .into_iter()
+            .map(|((job, worker), e)| format!("{job}@{worker}: {e}"))
+            .collect();
+        let found = verified.differ;
         if !found.is_empty() {
             for (key, files) in found {
                 if let Some(r) = recorded.get_mut(&key) {
@@ -495,6 +518,7 @@ async fn plan_run(
         kv,
         rendered,
         plan,
+        unverified,
     })
 }
 
