@@ -6,6 +6,7 @@ mod commands;
 mod env_vars;
 mod error;
 mod example;
+mod msrv;
 mod output;
 
 use std::ffi::OsString;
