@@ -82,6 +82,9 @@ pub enum Command {
     /// The state store: rebuild it from what the workers carry.
     #[command(subcommand)]
     State(StateCommand),
+    /// Workers the store remembers: forget one removed from workers.toml.
+    #[command(subcommand)]
+    Worker(WorkerCommand),
     /// Deploy an example project to three local workers, change it, redeploy, and clean up.
     Demo,
 }
@@ -297,6 +300,15 @@ pub enum LockCommand {
     Status,
     /// Clear the lock record left by a process that is gone.
     Release,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WorkerCommand {
+    /// Drop the records of a worker removed from workers.toml that could
+    /// not be reached to stop its allocations (an orphan, warned about by
+    /// every deploy and by status). Nothing on the machine is touched:
+    /// deal with it first.
+    Forget { name: String },
 }
 
 #[derive(Debug, Subcommand)]

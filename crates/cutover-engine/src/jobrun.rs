@@ -233,3 +233,55 @@ pub async fn purge(ctx: &Context, job: &str, command: &str) -> Result<PurgeRepor
     fleet.close().await;
     Ok(report)
 }
+
+/// What `cutover worker forget` dropped.
+#[derive(Debug, Clone, Serialize)]
+pub struct Forgotten {
+    pub worker: String,
+    /// The jobs whose allocation records on it were dropped.
+    pub jobs: Vec<String>,
+}
+
+/// Drops every record of a worker that is no longer in workers.toml (an
+/// orphan the operator has dealt with): its allocation records and its
+/// last known address. Nothing on the machine is touched. Under the lock.
+pub async fn forget_worker(
+    ctx: &Context,
+    name: &str,
+    command: &str,
+) -> Result<Forgotten, EngineError> {
+    if ctx.project.worker(name).is_some() {
+        return Err(EngineError::usage(
+            format!("worker `{name}` is in workers.toml"),
+            "remove it from workers.toml and deploy (its allocations are stopped); `worker forget` is for a removed worker that cannot be reached",
+        ));
+    }
+    let _lock = ctx.store.lock(&ctx.holder(command, None)).await?;
+    let records: Vec<_> = ctx
+        .store
+        .allocations()
+        .await?
+        .into_iter()
+        .filter(|r| r.worker == name)
+        .collect();
+    let known = ctx
+        .store
+        .known_workers()
+        .await?
+        .into_iter()
+        .any(|(n, _)| n == name);
+    if records.is_empty() && !known {
+        return Err(EngineError::usage(
+            format!("the store knows no worker named `{name}`"),
+            "see `cutover status` for orphaned workers",
+        ));
+    }
+    for r in &records {
+        ctx.store.delete_allocation(&r.job, &r.worker).await?;
+    }
+    ctx.store.forget_worker(name).await?;
+    Ok(Forgotten {
+        worker: name.to_string(),
+        jobs: records.into_iter().map(|r| r.job).collect(),
+    })
+}

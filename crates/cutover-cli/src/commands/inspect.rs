@@ -110,7 +110,11 @@ pub async fn status(s: &Session, a: crate::args::StatusArgs) -> Result<u8, CliEr
             .is_some_and(|j| p.workers_for(j).any(|w| w.name == r.worker));
         if !wanted {
             let stopped = r.status == cutover_state::AllocStatus::Stopped;
-            let (status, note) = if stopped {
+            let orphaned = p.worker(&r.worker).is_none()
+                && r.message.starts_with(cutover_engine::deploy::ORPHANED);
+            let (status, note) = if orphaned {
+                ("orphaned", r.message.clone())
+            } else if stopped {
                 (
                     "stopped",
                     format!(
@@ -494,6 +498,27 @@ pub async fn job_purge(s: &Session, job: &str, yes: bool) -> Result<u8, CliError
 }
 
 /// `cutover state rebuild`.
+pub async fn worker_forget(s: &Session, name: &str) -> Result<u8, CliError> {
+    let command = command_line();
+    let report = cutover_engine::jobrun::forget_worker(&s.ctx, name, &command).await?;
+    s.audit(&command, "forgotten", 0, &format!("worker {name}"));
+    if s.json {
+        super::print_json(serde_json::json!({
+            "outcome": "forgotten", "exit_code": 0, "report": report,
+        }));
+        return Ok(0);
+    }
+    println!(
+        "[worker] forgot {name}{}; nothing on the machine was touched",
+        if report.jobs.is_empty() {
+            String::new()
+        } else {
+            format!(" and its allocation records ({})", report.jobs.join(", "))
+        }
+    );
+    Ok(0)
+}
+
 pub async fn state_rebuild(s: &Session) -> Result<u8, CliError> {
     let command = command_line();
     let _lock = s.ctx.store.lock(&s.ctx.holder(&command, None)).await?;

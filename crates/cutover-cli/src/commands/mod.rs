@@ -17,7 +17,9 @@ use cutover_engine::{Context, EngineError, Operator, Reporter};
 use cutover_model::{LoadOptions, Project, StateBackend};
 use cutover_state::SqliteStore;
 
-use crate::args::{Cli, Command, Global, JobCommand, LockCommand, Progress, StateCommand};
+use crate::args::{
+    Cli, Command, Global, JobCommand, LockCommand, Progress, StateCommand, WorkerCommand,
+};
 use crate::env_vars;
 use crate::error::CliError;
 use crate::output::{self, LinePrinter, LiveProgress, Silent};
@@ -57,6 +59,9 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         }
         Command::State(StateCommand::Rebuild) => {
             inspect::state_rebuild(&Session::open(g, "state").await?).await
+        }
+        Command::Worker(WorkerCommand::Forget { name }) => {
+            inspect::worker_forget(&Session::open(g, "worker").await?, &name).await
         }
         Command::Lock(LockCommand::Release) => {
             inspect::lock_release(&Session::open(g, "lock").await?).await

@@ -409,3 +409,46 @@ fn json_usage_errors_deployment_filters_and_the_audit_user() {
     let last = audit.lines().last().unwrap_or_default();
     assert!(last.contains(&format!("user={account}")), "{last}");
 }
+
+/// A worker removed from workers.toml that cannot be reached is orphaned:
+/// warned about by every deploy and by status, failing none, until
+/// `cutover worker forget` drops it.
+#[test]
+fn an_unreachable_removed_worker_is_orphaned_until_forgotten() {
+    let (mut fleet, p) = web_fleet(2);
+    p.job("api", "version = \"1\"\n");
+    p.expect(&["deploy"], 0);
+    let toml = fleet.workers_toml(&[("w1", &["web"][..])]);
+    let w1_only = toml.split("\n\n").next().expect("w1 block");
+    p.write("workers.toml", &format!("{w1_only}\n"));
+    fleet.worker_mut("w2").stop();
+    let out = p.expect(&["deploy"], 0);
+    assert!(
+        out.stdout
+            .contains("warning: api@w2: orphaned: removed from workers.toml and unreachable")
+            && out.stdout.contains("cutover worker forget w2"),
+        "{out:?}"
+    );
+    let status = p.expect(&["status"], 0);
+    assert!(status.stdout.contains("orphaned"), "{status:?}");
+
+    // An unrelated deploy still succeeds, and still warns.
+    p.job("api", "version = \"2\"\n");
+    let out = p.expect(&["deploy"], 0);
+    assert!(out.stdout.contains("api@w2: orphaned"), "{out:?}");
+
+    let out = p.expect(&["worker", "forget", "w1"], 2);
+    assert!(
+        out.stderr.contains("worker `w1` is in workers.toml"),
+        "{out:?}"
+    );
+    let out = p.expect(&["worker", "forget", "w2"], 0);
+    assert!(out.stdout.contains("forgot w2"), "{out:?}");
+    let out = p.expect(&["deploy"], 0);
+    assert!(
+        out.stdout.contains("nothing to do") && !out.stdout.contains("orphaned"),
+        "{out:?}"
+    );
+    assert!(!p.expect(&["status"], 0).stdout.contains("w2"));
+    p.expect(&["worker", "forget", "w2"], 2);
+}

@@ -29,6 +29,7 @@ use crate::{kv, Context, EngineError};
 mod batch;
 mod job;
 mod reconcile;
+pub use reconcile::ORPHANED;
 mod run;
 mod upload;
 mod waves;
@@ -138,6 +139,9 @@ pub struct StopResult {
     pub message: String,
     /// The allocation's `shared/` data (and the job's KV) were kept.
     pub data_kept: bool,
+    /// Its worker is removed and unreachable: not stopped, not failed
+    /// (see `cutover worker forget`).
+    pub orphaned: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -12,8 +12,17 @@ pub(super) async fn reconcile(run: &Arc<Run>, stops: &[StopPlan]) -> Vec<StopRes
             let r = stop_one(&run, &s).await;
             let ok = r.is_ok();
             let forgotten = matches!(r, Ok(Stopped::Forgotten));
-            let message = run.redactor.redact(&r.err().unwrap_or_default());
-            if !forgotten {
+            let orphaned = matches!(r, Ok(Stopped::Orphaned(_)));
+            let message = run.redactor.redact(&match r {
+                Ok(Stopped::Orphaned(why)) => why,
+                Ok(_) => String::new(),
+                Err(e) => e,
+            });
+            if orphaned {
+                run.reporter.event(&Event::Message {
+                    text: format!("warning: {}@{}: {message}", s.job, s.worker),
+                });
+            } else if !forgotten {
                 run.reporter.event(&Event::StopDone {
                     job: s.job.clone(),
                     worker: s.worker.clone(),
@@ -28,7 +37,8 @@ pub(super) async fn reconcile(run: &Arc<Run>, stops: &[StopPlan]) -> Vec<StopRes
                 why: s.why,
                 ok,
                 message,
-                data_kept: !run.purge_data && !forgotten,
+                data_kept: !run.purge_data && !forgotten && !orphaned,
+                orphaned,
             }
         });
     }
@@ -66,11 +76,20 @@ pub(super) async fn reconcile(run: &Arc<Run>, stops: &[StopPlan]) -> Vec<StopRes
 
 /// What became of an allocation reconcile stopped.
 pub(super) enum Stopped {
-    Stopped,
+    /// Stopped, and cleaned up after.
+    Done,
     /// Its worker was renamed: the same root runs the job under the new
     /// name, so only the old record was dropped.
     Forgotten,
+    /// Its worker is gone from workers.toml and cannot be reached: it may
+    /// still run the job, and nothing here can stop it. It is warned about
+    /// (here and in `status`) until the operator deals with the machine
+    /// and runs `cutover worker forget`; it fails no deploy.
+    Orphaned(String),
 }
+
+/// The record of an orphaned allocation says so in its message.
+pub const ORPHANED: &str = "orphaned";
 
 pub(super) async fn stop_one(run: &Run, s: &StopPlan) -> Result<Stopped, String> {
     let _permit = run.limit.acquire().await;
@@ -102,7 +121,26 @@ pub(super) async fn stop_one(run: &Run, s: &StopPlan) -> Result<Stopped, String>
         });
         return Ok(Stopped::Forgotten);
     }
-    let host = run.fleet.host(&s.worker).await?;
+    let host = match run.fleet.host(&s.worker).await {
+        Ok(h) => h,
+        Err(e) if s.worker_removed => {
+            let why = format!(
+                "{ORPHANED}: removed from workers.toml and unreachable ({e}), so it could not be stopped and may still run the job; once the machine is dealt with, `cutover worker forget {}` drops it",
+                s.worker
+            );
+            if let Some(r) = run.records.get(&(s.job.clone(), s.worker.clone())) {
+                let mut r = r.clone();
+                r.message = why.clone();
+                r.updated_at = cutover_state::now_rfc3339();
+                run.store
+                    .put_allocation(&r)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            return Ok(Stopped::Orphaned(why));
+        }
+        Err(e) => return Err(e),
+    };
     let job_dir = worker.job_dir(&s.job);
     let rec = run.records.get(&(s.job.clone(), s.worker.clone()));
     let version = rec.and_then(|r| r.version.clone()).unwrap_or_default();
@@ -156,7 +194,7 @@ pub(super) async fn stop_one(run: &Run, s: &StopPlan) -> Result<Stopped, String>
             .delete_allocation(&s.job, &s.worker)
             .await
             .map_err(|e| e.to_string())?;
-        return Ok(Stopped::Stopped);
+        return Ok(Stopped::Done);
     }
     // Kept as `stopped`: `cutover job purge` finds its data through it.
     let rec = AllocationRecord {
@@ -183,5 +221,5 @@ pub(super) async fn stop_one(run: &Run, s: &StopPlan) -> Result<Stopped, String>
                 .map_err(|e| e.to_string())?;
         }
     }
-    Ok(Stopped::Stopped)
+    Ok(Stopped::Done)
 }
