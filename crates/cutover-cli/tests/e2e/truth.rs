@@ -452,3 +452,51 @@ fn an_unreachable_removed_worker_is_orphaned_until_forgotten() {
     assert!(!p.expect(&["status"], 0).stdout.contains("w2"));
     p.expect(&["worker", "forget", "w2"], 2);
 }
+
+/// When reconcile stops some allocations of a job, the ones left are
+/// health-checked before the waves; unhealthy, the deploy stops there.
+#[test]
+fn survivors_of_a_reconcile_are_health_checked_before_the_waves() {
+    let (fleet, p) = web_fleet(2);
+    p.job("api", "version = \"1\"\nselectors = [\"web\"]\n");
+    p.job("web", "version = \"1\"\n");
+    p.expect(&["deploy"], 0);
+    // w2 leaves the api pool; w1, which keeps it, is down.
+    p.write(
+        "workers.toml",
+        &fleet.workers_toml(&[("w1", &["web"][..]), ("w2", &[][..])]),
+    );
+    std::fs::write(
+        fleet.worker("w1").path("jobs/api/shared/state"),
+        "stopped\n",
+    )
+    .expect("down");
+    p.job("web", "version = \"2\"\n");
+    let out = p.expect(&["deploy"], 1);
+    assert!(
+        out.stdout.contains(
+            "what still runs it is unhealthy after reconcile stopped allocations: api@w1"
+        ),
+        "{out:?}"
+    );
+    assert!(
+        fleet
+            .worker("w1")
+            .events("web")
+            .iter()
+            .all(|e| !e.starts_with("restart")),
+        "no wave ran: {out:?}"
+    );
+    // Healthy again: the deploy goes on.
+    std::fs::write(
+        fleet.worker("w1").path("jobs/api/shared/state"),
+        "running\n",
+    )
+    .expect("up");
+    p.expect(&["deploy"], 0);
+    assert!(fleet
+        .worker("w1")
+        .events("web")
+        .iter()
+        .any(|e| e.starts_with("restart")));
+}

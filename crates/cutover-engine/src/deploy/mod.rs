@@ -142,6 +142,8 @@ pub struct StopResult {
     /// Its worker is removed and unreachable: not stopped, not failed
     /// (see `cutover worker forget`).
     pub orphaned: bool,
+    /// Its worker was renamed: only the old record was dropped.
+    pub forgotten: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -275,8 +277,36 @@ pub async fn deploy(ctx: &Context, opts: &DeployOptions) -> Result<DeployReport,
         if !run.interrupt.is_set() {
             report.stops = reconcile(&run, &plan.stops).await;
         }
-
-        waves::run_waves(&run, &plan, &mut report).await?;
+        // Jobs that lost allocations: what is left of them must be healthy
+        // before anything else changes.
+        let unhealthy = reconcile::check_survivors(&run, &report.stops).await;
+        if unhealthy.is_empty() {
+            waves::run_waves(&run, &plan, &mut report).await?;
+        } else {
+            let jobs: BTreeSet<&String> = unhealthy.iter().map(|(j, _)| j).collect();
+            for job in jobs {
+                let why: Vec<&str> = unhealthy
+                    .iter()
+                    .filter(|(j, _)| j == job)
+                    .map(|(_, w)| w.as_str())
+                    .collect();
+                let message = format!(
+                    "what still runs it is unhealthy after reconcile stopped allocations: {}; the deploy stopped before its waves",
+                    why.join("; ")
+                );
+                run.reporter.event(&Event::JobDone {
+                    job: job.clone(),
+                    status: "failed".into(),
+                    message: message.clone(),
+                });
+                report.jobs.push(JobResult {
+                    job: job.clone(),
+                    status: JobStatus::Failed,
+                    message,
+                    allocations: Vec::new(),
+                });
+            }
+        }
         Ok::<_, EngineError>((run, stage_root))
     }
     .await;

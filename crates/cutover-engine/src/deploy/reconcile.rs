@@ -39,6 +39,7 @@ pub(super) async fn reconcile(run: &Arc<Run>, stops: &[StopPlan]) -> Vec<StopRes
                 message,
                 data_kept: !run.purge_data && !forgotten && !orphaned,
                 orphaned,
+                forgotten,
             }
         });
     }
@@ -72,6 +73,67 @@ pub(super) async fn reconcile(run: &Arc<Run>, stops: &[StopPlan]) -> Vec<StopRes
         }
     }
     out
+}
+
+/// The allocations left running of the jobs reconcile just stopped
+/// somewhere (they now carry the job alone), health-checked before any
+/// wave starts: (job, `job@worker: why`) for each that is not healthy.
+pub(super) async fn check_survivors(run: &Run, stops: &[StopResult]) -> Vec<(String, String)> {
+    let stopped: BTreeSet<&str> = stops
+        .iter()
+        .filter(|s| s.ok && !s.orphaned && !s.forgotten)
+        .map(|s| s.job.as_str())
+        .collect();
+    let survivors: Vec<(&Job, &Worker, &AllocationRecord)> = run
+        .records
+        .values()
+        .filter(|r| stopped.contains(r.job.as_str()) && r.status == AllocStatus::Promoted)
+        .filter(|r| !stops.iter().any(|s| s.job == r.job && s.worker == r.worker))
+        .filter_map(|r| {
+            let job = run.project.jobs.get(&r.job)?;
+            let worker = run.project.worker(&r.worker)?;
+            (!job.manifest.health.is_empty()).then_some((job, worker, r))
+        })
+        .collect();
+    let empty = BTreeMap::new();
+    let checked = crate::join::join_all(survivors.iter().map(|(job, worker, r)| {
+        let empty = &empty;
+        async move {
+            let _permit = run.limit.acquire().await;
+            let host = run.fleet.host(&worker.name).await?;
+            run.step(&job.name, &worker.name, "health (survivor of reconcile)");
+            let version = r.version.clone().unwrap_or_default();
+            let release = r.release_id.clone().unwrap_or_default();
+            let env = crate::remote::LifecycleEnv {
+                job,
+                worker,
+                release: &release,
+                current_version: &version,
+                new_version: &version,
+            };
+            health::check_allocation(
+                &host,
+                &env,
+                run.kv.get(&job.name).unwrap_or(empty),
+                &run.env,
+                None,
+            )
+            .await
+        }
+    }))
+    .await;
+    survivors
+        .iter()
+        .zip(checked)
+        .filter_map(|((job, worker, _), r)| {
+            r.err().map(|e| {
+                let why = run
+                    .redactor
+                    .redact(&format!("{}@{}: {e}", job.name, worker.name));
+                (job.name.clone(), why)
+            })
+        })
+        .collect()
 }
 
 /// What became of an allocation reconcile stopped.
