@@ -71,6 +71,10 @@ pub enum Command {
     /// Run lifecycle targets outside a deploy.
     #[command(subcommand)]
     Job(JobCommand),
+    /// Each allocation's log, each line prefixed with its worker: the job's
+    /// `logs` Makefile target (it sees LINES and FOLLOW), else the files
+    /// under shared/logs/.
+    Logs(LogsArgs),
     /// Print the project's workers, jobs, allocations, deployments or KV entries.
     Cat(CatArgs),
     /// The per-job key/value store that templates read as `kv.KEY`.
@@ -195,6 +199,20 @@ pub enum ReleaseCommand {
     State { ticket: String },
     /// After a hotfix release: check out main, fast-forward, deploy, verify clean.
     ReturnToMain,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    pub job: String,
+    /// Only these workers (comma-separated).
+    #[arg(long, value_delimiter = ',', value_name = "W,...")]
+    pub workers: Option<Vec<String>>,
+    /// Lines from the end of each log.
+    #[arg(short = 'n', long, default_value_t = 100, value_name = "N")]
+    pub lines: usize,
+    /// Keep printing new lines as they come, until Ctrl-C.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
 }
 
 #[derive(Debug, Args)]

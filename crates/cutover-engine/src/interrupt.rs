@@ -21,6 +21,8 @@ pub struct Interrupt {
     /// How many signals were received.
     count: AtomicU8,
     aborted: Notify,
+    /// Notified at the first signal.
+    first: Notify,
     /// The deployment being run, to record if the run is aborted.
     running: Mutex<Option<(Arc<dyn StateStore>, i64)>>,
 }
@@ -42,6 +44,10 @@ impl Interrupt {
             .signal
             .compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst);
         let n = self.count.fetch_add(1, Ordering::SeqCst);
+        if n == 0 {
+            self.first.notify_waiters();
+            self.first.notify_one();
+        }
         if n >= 1 {
             self.aborted.notify_waiters();
             self.aborted.notify_one();
@@ -64,6 +70,16 @@ impl Interrupt {
     /// The exit code SPEC section 11 gives an interrupted run.
     pub fn exit_code(&self) -> Option<u8> {
         self.signal().map(|s| 128 + s as u8)
+    }
+
+    /// Resolves at the first signal (for a command that only reads, such
+    /// as `logs --follow`, which then simply ends).
+    pub async fn signalled(&self) {
+        let notified = self.first.notified();
+        if self.is_set() {
+            return;
+        }
+        notified.await;
     }
 
     /// Resolves when a second signal asks to abort at once.

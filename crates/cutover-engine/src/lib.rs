@@ -19,6 +19,7 @@ pub mod interrupt;
 pub mod jobrun;
 mod join;
 pub mod kv;
+pub mod logs;
 pub mod rebuild;
 pub mod redact;
 pub mod release;

@@ -228,6 +228,70 @@ impl Host {
         }
     }
 
+    /// Runs a command and hands each line of its output (stdout and
+    /// stderr, as they come) to `on_line`, until it exits (no timeout:
+    /// `cutover logs --follow` runs until it is stopped; dropping the
+    /// future ends the command). Returns its exit code.
+    pub async fn stream(
+        &self,
+        cmd: &Command,
+        on_line: impl Fn(&str) + Send + Sync,
+    ) -> Result<Option<i32>, TransportError> {
+        use tokio::io::{AsyncBufReadExt, BufReader};
+        let line = command_line(cmd);
+        let spawn_err = |detail: String| TransportError::Spawn {
+            host: self.name().to_string(),
+            command: label(cmd),
+            detail,
+        };
+        async fn pump(
+            pipe: Option<impl tokio::io::AsyncRead + Unpin>,
+            on_line: &(impl Fn(&str) + Sync),
+        ) {
+            let Some(pipe) = pipe else { return };
+            let mut lines = BufReader::new(pipe).lines();
+            while let Ok(Some(l)) = lines.next_line().await {
+                on_line(&l);
+            }
+        }
+        match self {
+            Host::Local { .. } => {
+                let mut child = tokio::process::Command::new("sh")
+                    .arg("-c")
+                    .arg(&line)
+                    .process_group(0)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .kill_on_drop(true)
+                    .spawn()
+                    .map_err(|e| spawn_err(e.to_string()))?;
+                let (out, err) = (child.stdout.take(), child.stderr.take());
+                tokio::join!(pump(out, &on_line), pump(err, &on_line));
+                let status = child.wait().await.map_err(|e| spawn_err(e.to_string()))?;
+                Ok(status.code())
+            }
+            Host::Ssh(s) => {
+                let mut child = s
+                    .session
+                    .raw_command(&line)
+                    .stdin(openssh::Stdio::null())
+                    .stdout(openssh::Stdio::piped())
+                    .stderr(openssh::Stdio::piped())
+                    .spawn()
+                    .await
+                    .map_err(|e| spawn_err(describe_ssh_error(&e)))?;
+                let (out, err) = (child.stdout().take(), child.stderr().take());
+                tokio::join!(pump(out, &on_line), pump(err, &on_line));
+                let status = child
+                    .wait()
+                    .await
+                    .map_err(|e| spawn_err(describe_ssh_error(&e)))?;
+                Ok(status.code())
+            }
+        }
+    }
+
     /// Makes `remote_dir` a copy of `local` from `base`, a release dir the
     /// host already has whose files differ from `local` only in `changed`
     /// (relative paths, to send or to remove): `base` is hard-linked, the

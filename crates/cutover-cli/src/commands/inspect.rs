@@ -498,6 +498,36 @@ pub async fn job_purge(s: &Session, job: &str, yes: bool) -> Result<u8, CliError
 }
 
 /// `cutover state rebuild`.
+pub async fn logs(s: &Session, a: crate::args::LogsArgs) -> Result<u8, CliError> {
+    let opts = cutover_engine::logs::LogsOptions {
+        job: a.job,
+        workers: job_set(a.workers),
+        lines: a.lines,
+        follow: a.follow,
+    };
+    let json = s.json;
+    let width = s
+        .ctx
+        .project
+        .workers
+        .iter()
+        .map(|w| w.name.len())
+        .max()
+        .unwrap_or(0);
+    let failed = cutover_engine::logs::logs(&s.ctx, &opts, |worker, line| {
+        if json {
+            println!("{}", serde_json::json!({ "worker": worker, "line": line }));
+        } else {
+            println!("{worker:<width$} | {line}");
+        }
+    })
+    .await?;
+    for (w, e) in &failed {
+        eprintln!("cutover logs: {w}: {e}");
+    }
+    Ok(if failed.is_empty() { 0 } else { 1 })
+}
+
 pub async fn worker_forget(s: &Session, name: &str) -> Result<u8, CliError> {
     let command = command_line();
     let report = cutover_engine::jobrun::forget_worker(&s.ctx, name, &command).await?;

@@ -60,6 +60,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::State(StateCommand::Rebuild) => {
             inspect::state_rebuild(&Session::open(g, "state").await?).await
         }
+        Command::Logs(a) => inspect::logs(&Session::open(g, "logs").await?, a).await,
         Command::Worker(WorkerCommand::Forget { name }) => {
             inspect::worker_forget(&Session::open(g, "worker").await?, &name).await
         }

@@ -500,3 +500,62 @@ fn survivors_of_a_reconcile_are_health_checked_before_the_waves() {
         .iter()
         .any(|e| e.starts_with("restart")));
 }
+
+/// `cutover logs`: the job's `logs` target where it has one, else the
+/// files under shared/logs/; each line prefixed with its worker; `-n`;
+/// `--follow` until Ctrl-C.
+#[test]
+fn logs_shows_each_allocation_log_prefixed_with_its_worker() {
+    let (fleet, p) = web_fleet(2);
+    p.job("api", "version = \"1\"\n");
+    p.expect(&["deploy"], 0);
+    for (w, n) in [("w1", 3), ("w2", 2)] {
+        let lines: String = (1..=n).map(|i| format!("{w} line {i}\n")).collect();
+        let dir = fleet.worker(w).path("jobs/api/shared/logs");
+        std::fs::create_dir_all(&dir).expect("logs dir");
+        std::fs::write(dir.join("api.log"), lines).expect("log");
+    }
+    let out = p.expect(&["logs", "api", "-n", "2"], 0);
+    let mut lines: Vec<&str> = out.stdout.lines().filter(|l| l.contains("line")).collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        [
+            "w1 | w1 line 2",
+            "w1 | w1 line 3",
+            "w2 | w2 line 1",
+            "w2 | w2 line 2"
+        ],
+        "{out:?}"
+    );
+    let out = p.expect(&["logs", "api", "--workers", "w2", "-n", "1"], 0);
+    assert_eq!(out.stdout.trim(), "w2 | w2 line 2", "{out:?}");
+    p.expect(&["logs", "api", "--workers", "w9"], 2);
+
+    // A job with a `logs` target: it is what runs, with LINES.
+    p.write(
+        "jobs/api/Makefile",
+        &format!("{MAKEFILE}logs:\n\t@echo \"target says $(LINES) from $(CUTOVER_WORKER)\"\n"),
+    );
+    p.expect(&["deploy"], 0);
+    let out = p.expect(&["logs", "api", "-n", "7"], 0);
+    assert!(out.stdout.contains("w1 | target says 7 from w1"), "{out:?}");
+
+    // --follow prints lines as they come, and Ctrl-C ends it.
+    p.write("jobs/api/Makefile", MAKEFILE);
+    p.expect(&["deploy"], 0);
+    let child = p.spawn(&["logs", "api", "--workers", "w1", "-n", "0", "--follow"]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let file = fleet.worker("w1").path("jobs/api/shared/logs/api.log");
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&file)
+        .expect("open");
+    std::io::Write::write_all(&mut f, b"fresh line\n").expect("append");
+    // tail -F polls once a second.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    signal(&child, "INT");
+    let out = finish(child);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.stdout.trim(), "w1 | fresh line", "{out:?}");
+}
