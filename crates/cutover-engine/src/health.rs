@@ -26,10 +26,12 @@ pub(crate) async fn check_allocation(
         return Ok(());
     }
     let no_secrets = std::collections::BTreeSet::new();
+    let fleet = cutover_model::view::FleetView::default();
     let rctx = cutover_model::tree::RenderContext {
         kv,
         secrets: &no_secrets,
         env: operator_env,
+        fleet: &fleet,
     };
     let render = |t: &Option<String>| -> Result<Option<String>, String> {
         t.as_deref()

@@ -253,6 +253,23 @@ impl LifecycleEnv<'_> {
     }
 }
 
+/// Writes `<root>/worker.json` and `<root>/jobs.json`, each atomically
+/// (a temporary file renamed over the old one), mode 0644. Both come on
+/// stdin, worker.json first: `worker_len` bytes of it (jobs.json can be
+/// larger than a command argument may be).
+pub(crate) fn write_views(root: &str, worker_len: usize, timeout: Duration) -> Command {
+    script(
+        r#"r=$1 n=$2
+mkdir -p "$r" || exit
+dd bs=1 count="$n" of="$r/.worker.json.tmp" 2>/dev/null && cat > "$r/.jobs.json.tmp" || exit
+chmod 644 "$r/.worker.json.tmp" "$r/.jobs.json.tmp" || exit
+mv -f "$r/.worker.json.tmp" "$r/worker.json" && mv -f "$r/.jobs.json.tmp" "$r/jobs.json""#,
+        &[root, &worker_len.to_string()],
+    )
+    .timeout(timeout)
+    .label("write worker.json and jobs.json")
+}
+
 /// `make -C <job>/current <target>`.
 pub(crate) fn lifecycle(env: &LifecycleEnv<'_>, target: &str, timeout: Duration) -> Command {
     let current = format!("{}/current", env.worker.job_dir(&env.job.name));

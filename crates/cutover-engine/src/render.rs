@@ -40,6 +40,7 @@ fn render_blocking(
     let project = &ctx.project;
     let empty = BTreeMap::new();
     let template_env = ctx.template_env();
+    let fleet = cutover_model::view::FleetView::of(project);
     let mut out = Rendered {
         trees: BTreeMap::new(),
         candidates: BTreeMap::new(),
@@ -57,6 +58,7 @@ fn render_blocking(
             kv: kv.get(&job.name).unwrap_or(&empty),
             secrets: kv.secret_keys(&job.name),
             env: &template_env,
+            fleet: &fleet,
         };
         for w in project.workers_for(job) {
             let tree = source.render(job, w, &rctx)?;

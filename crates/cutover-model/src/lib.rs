@@ -13,6 +13,7 @@ pub mod playbook;
 pub mod project;
 pub mod schema;
 pub mod tree;
+pub mod view;
 
 pub use config::*;
 pub use diag::{Diagnostic, Diagnostics};

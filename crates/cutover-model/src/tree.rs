@@ -407,6 +407,7 @@ fn vars(
         },
         kv => kv,
         env => ctx.env,
+        fleet => minijinja::Value::from_serialize(ctx.fleet),
     }
 }
 
@@ -509,6 +510,8 @@ pub struct RenderContext<'a> {
     /// Which of `kv` are secrets: a file that reads one is made private.
     pub secrets: &'a std::collections::BTreeSet<String>,
     pub env: &'a BTreeMap<String, String>,
+    /// Which jobs run where: `fleet.jobs.<job>.workers`, `fleet.workers`.
+    pub fleet: &'a crate::view::FleetView,
 }
 
 /// One allocation's rendered tree.

@@ -228,6 +228,18 @@ impl Host {
         }
     }
 
+    /// Runs a command with `input` on its stdin (for content too large for
+    /// an argument); a non-zero exit is an `Ok` output.
+    pub async fn run_with_input(
+        &self,
+        cmd: &Command,
+        input: &[u8],
+    ) -> Result<Output, TransportError> {
+        let line = command_line(cmd);
+        self.run_line(&line, Some(input), cmd.timeout, || label(cmd))
+            .await
+    }
+
     /// Runs a command and hands each line of its output (stdout and
     /// stderr, as they come) to `on_line`, until it exits (no timeout:
     /// `cutover logs --follow` runs until it is stopped; dropping the

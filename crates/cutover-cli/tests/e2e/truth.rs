@@ -559,3 +559,54 @@ fn logs_shows_each_allocation_log_prefixed_with_its_worker() {
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(out.stdout.trim(), "w1 | fresh line", "{out:?}");
 }
+
+/// Each worker carries the fleet view: worker.json (itself) and jobs.json
+/// (every job, its version, the workers that run it), refreshed when it
+/// changes; templates see the same as `fleet`.
+#[test]
+fn workers_carry_the_fleet_view_and_templates_see_it() {
+    let (fleet, p) = web_fleet(2);
+    p.job("api", "version = \"1\"\nselectors = [\"web\"]\n");
+    p.job("db", "version = \"3\"\n");
+    p.write(
+        "jobs/api/upstreams.conf.tpl",
+        "{% for w in fleet.jobs.db.workers %}db {{ w.name }} {{ w.host }}\n{% endfor %}",
+    );
+    p.expect(&["deploy"], 0);
+    let w1 = fleet.worker("w1");
+    let me: serde_json::Value = serde_json::from_str(&w1.read("worker.json")).expect("worker.json");
+    assert_eq!(me["name"], "w1");
+    assert_eq!(me["labels"], serde_json::json!(["web"]));
+    let jobs: serde_json::Value = serde_json::from_str(&w1.read("jobs.json")).expect("jobs.json");
+    assert_eq!(jobs["db"]["version"], "3");
+    let names: Vec<&str> = jobs["api"]["workers"]
+        .as_array()
+        .expect("workers")
+        .iter()
+        .filter_map(|w| w["name"].as_str())
+        .collect();
+    assert_eq!(names, ["w1", "w2"]);
+    let conf = w1.read("jobs/api/current/upstreams.conf");
+    assert_eq!(conf.lines().count(), 2, "{conf}");
+    assert!(conf.starts_with("db w1 127.0.0."), "{conf}");
+
+    // w2 leaves db: jobs.json changes everywhere, and api, whose template
+    // reads the view, rolls out.
+    p.write(
+        "workers.toml",
+        &fleet.workers_toml(&[("w1", &["web", "db"][..]), ("w2", &["web"][..])]),
+    );
+    p.job("db", "version = \"3\"\nselectors = [\"db\"]\n");
+    p.expect(&["deploy"], 0);
+    let jobs: serde_json::Value =
+        serde_json::from_str(&fleet.worker("w2").read("jobs.json")).expect("jobs.json");
+    assert_eq!(jobs["db"]["workers"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        fleet
+            .worker("w2")
+            .read("jobs/api/current/upstreams.conf")
+            .lines()
+            .count(),
+        1
+    );
+}

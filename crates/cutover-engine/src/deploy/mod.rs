@@ -32,6 +32,7 @@ mod reconcile;
 pub use reconcile::ORPHANED;
 mod run;
 mod upload;
+mod view;
 mod waves;
 
 use batch::{
@@ -282,6 +283,9 @@ pub async fn deploy(ctx: &Context, opts: &DeployOptions) -> Result<DeployReport,
         let unhealthy = reconcile::check_survivors(&run, &report.stops).await;
         if unhealthy.is_empty() {
             waves::run_waves(&run, &plan, &mut report).await?;
+            if !run.interrupt.is_set() {
+                view::refresh_views(&run).await;
+            }
         } else {
             let jobs: BTreeSet<&String> = unhealthy.iter().map(|(j, _)| j).collect();
             for job in jobs {
