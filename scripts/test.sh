@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what the test suite needs (openssh-server, rsync, make, git),
+# Installs what the test suite needs (openssh-server, rsync, make, git,
+# openssl to check the certificates cutover issues),
 # then builds the tests once and runs them. The tests start their own sshd
 # workers on 127.0.0.x; nothing is left running afterwards.
 set -euo pipefail
@@ -11,6 +12,7 @@ command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
 command -v rsync >/dev/null 2>&1 || need+=(rsync)
 command -v make >/dev/null 2>&1 || need+=(make)
 command -v git >/dev/null 2>&1 || need+=(git)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 if [ "${#need[@]}" -gt 0 ]; then
     echo "test.sh: installing ${need[*]}"
     sudo=""

@@ -86,6 +86,9 @@ pub enum Command {
     /// The state store: rebuild it from what the workers carry.
     #[command(subcommand)]
     State(StateCommand),
+    /// Certificates of jobs with [certs], from the project CA.
+    #[command(subcommand)]
+    Certs(CertsCommand),
     /// Workers the store remembers: forget one removed from workers.toml.
     #[command(subcommand)]
     Worker(WorkerCommand),
@@ -318,6 +321,13 @@ pub enum LockCommand {
     Status,
     /// Clear the lock record left by a process that is gone.
     Release,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Each certificate (and the CA): its expiry, days left, SANs, and
+    /// whether the next deploy renews it (under a third of its validity left).
+    List,
 }
 
 #[derive(Debug, Subcommand)]

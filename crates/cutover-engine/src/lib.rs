@@ -7,6 +7,7 @@
 //! [`Reporter`]; it never parses command lines or reads the environment.
 
 pub mod audit;
+pub mod certs;
 mod context;
 pub mod deploy;
 pub mod drift;

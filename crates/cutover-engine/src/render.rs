@@ -28,14 +28,16 @@ pub(crate) fn render_all(
     ctx: &Context,
     scope: Option<&BTreeSet<String>>,
     kv: &crate::kv::TemplateKv,
+    certs: &crate::certs::Files,
 ) -> Result<Rendered, EngineError> {
-    tokio::task::block_in_place(|| render_blocking(ctx, scope, kv))
+    tokio::task::block_in_place(|| render_blocking(ctx, scope, kv, certs))
 }
 
 fn render_blocking(
     ctx: &Context,
     scope: Option<&BTreeSet<String>>,
     kv: &crate::kv::TemplateKv,
+    certs: &crate::certs::Files,
 ) -> Result<Rendered, EngineError> {
     let project = &ctx.project;
     let empty = BTreeMap::new();
@@ -61,8 +63,11 @@ fn render_blocking(
             fleet: &fleet,
         };
         for w in project.workers_for(job) {
-            let tree = source.render(job, w, &rctx)?;
             let key = (job.name.clone(), w.name.clone());
+            let generated = certs.get(&key).cloned().unwrap_or_default();
+            let tree = source
+                .render(job, w, &rctx)?
+                .with_generated(job, generated)?;
             out.candidates.insert(
                 key.clone(),
                 Candidate {

@@ -201,9 +201,20 @@ pub struct JobManifest {
     pub on_failure: OnFailure,
     pub health: HealthCheck,
     pub backup: Option<Backup>,
+    /// `[certs]`: a certificate per allocation from the project CA.
+    pub certs: Option<Certs>,
     pub build: Option<Build>,
     pub canary: Option<Canary>,
     pub hooks: Hooks,
+}
+
+/// `[certs]` of a job: each allocation gets `certs/ca.crt`,
+/// `certs/<job>.crt` and `certs/<job>.key`, for the worker's host and
+/// name plus `names`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Certs {
+    pub names: Vec<String>,
+    pub validity: Duration,
 }
 
 /// A job: its name, its tree in the project, and its manifest.

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 /// Parses a duration made of one or more `<number><unit>` parts, with units
-/// `ms`, `s`, `m` and `h`. A bare number is refused: `5` could mean anything.
+/// `ms`, `s`, `m`, `h` and `d`. A bare number is refused: `5` could mean anything.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let s = text.trim();
     if s.is_empty() {
@@ -28,6 +28,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "s" => Duration::from_secs(n),
             "m" => Duration::from_secs(n * 60),
             "h" => Duration::from_secs(n * 3600),
+            "d" => Duration::from_secs(n * 86_400),
             "" => return Err(format!("`{text}` has a number without a unit")),
             other => return Err(format!("`{text}` has an unknown unit `{other}`")),
         };
@@ -46,6 +47,7 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("90d"), Ok(Duration::from_secs(90 * 86_400)));
     }
 
     #[test]
@@ -54,8 +56,8 @@ mod tests {
         assert!(parse_duration("5 seconds").is_err());
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("").is_err());
-        assert!(parse_duration("3d")
+        assert!(parse_duration("3w")
             .unwrap_err()
-            .contains("unknown unit `d`"));
+            .contains("unknown unit `w`"));
     }
 }

@@ -249,10 +249,18 @@ struct RawJob {
     on_failure: Option<Spanned<String>>,
     health: Option<RawHealth>,
     backup: Option<RawBackup>,
+    certs: Option<RawCerts>,
     build: Option<RawBuild>,
     canary: Option<RawCanary>,
     #[serde(default)]
     hooks: RawHooks,
+}
+
+#[derive(Deserialize)]
+struct RawCerts {
+    #[serde(default)]
+    names: Vec<String>,
+    validity: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -885,6 +893,16 @@ impl Loader<'_> {
                 None
             }
         });
+        let certs = raw.certs.as_ref().map(|c| Certs {
+            names: c.names.clone(),
+            validity: duration(
+                src,
+                "certs.validity",
+                &c.validity,
+                Duration::from_secs(90 * 86_400),
+                d,
+            ),
+        });
         let canary = raw.canary.as_ref().map(|c| {
             check_labels(&c.selectors, d);
             Canary {
@@ -906,6 +924,7 @@ impl Loader<'_> {
             on_failure,
             health,
             backup,
+            certs,
             build: raw.build.as_ref().map(|b| Build {
                 command: b.command.clone(),
                 output: b.output.clone(),

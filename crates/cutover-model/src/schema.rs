@@ -81,6 +81,7 @@ pub const JOB: Shape = Table(&[
         ]),
     ),
     ("backup", Table(&[("command", Value), ("restore", Value)])),
+    ("certs", Table(&[("names", Value), ("validity", Value)])),
     ("build", Table(&[("command", Value), ("output", Value)])),
     (
         "canary",

@@ -286,28 +286,34 @@ impl JobSource {
             }
             entries.sort_by(|a, b| a.path.cmp(&b.path));
         }
-        let mut hasher = blake3::Hasher::new();
-        for e in &entries {
-            hasher.update(e.path.as_bytes());
-            hasher.update(&[0]);
-            hasher.update(&e.mode.to_le_bytes());
-            hasher.update(e.hash.as_bytes());
-        }
-        hasher.update(b"version\0");
-        hasher.update(job.manifest.version.as_bytes());
-        for (path, sig) in &self.inputs {
-            hasher.update(b"input\0");
-            hasher.update(path.as_bytes());
-            hasher.update(&[0]);
-            hasher.update(&sig.mode.to_le_bytes());
-            hasher.update(sig.hash.as_bytes());
-        }
         Ok(Tree {
-            hash: hasher.finalize().to_hex().to_string(),
+            hash: fingerprint(&entries, &job.manifest.version, &self.inputs),
             entries,
             inputs: self.inputs.clone(),
         })
     }
+}
+
+/// blake3 over the sorted entries' paths, modes and content hashes, the
+/// job version and the inputs; hex.
+fn fingerprint(entries: &[Entry], version: &str, inputs: &Manifest) -> String {
+    let mut hasher = blake3::Hasher::new();
+    for e in entries {
+        hasher.update(e.path.as_bytes());
+        hasher.update(&[0]);
+        hasher.update(&e.mode.to_le_bytes());
+        hasher.update(e.hash.as_bytes());
+    }
+    hasher.update(b"version\0");
+    hasher.update(version.as_bytes());
+    for (path, sig) in inputs {
+        hasher.update(b"input\0");
+        hasher.update(path.as_bytes());
+        hasher.update(&[0]);
+        hasher.update(&sig.mode.to_le_bytes());
+        hasher.update(sig.hash.as_bytes());
+    }
+    hasher.finalize().to_hex().to_string()
 }
 
 /// job.toml and every file under `root` that the job's `watch` matches
@@ -528,6 +534,37 @@ pub struct Tree {
 }
 
 impl Tree {
+    /// Adds files cutover makes for the allocation (its certificates) to
+    /// the tree, and fingerprints it again. A file of the job's own at one
+    /// of those paths is refused.
+    pub fn with_generated(
+        mut self,
+        job: &Job,
+        files: Vec<(String, Vec<u8>, u32)>,
+    ) -> Result<Tree, TreeError> {
+        if files.is_empty() {
+            return Ok(self);
+        }
+        for (path, bytes, mode) in files {
+            if self.entries.iter().any(|e| e.path == path) {
+                return Err(TreeError::Refused {
+                    path: Path::new("jobs").join(&job.name).join(&path),
+                    why: "cutover writes this path itself ([certs] in job.toml); rename the file"
+                        .into(),
+                });
+            }
+            self.entries.push(Entry {
+                hash: blake3::hash(&bytes),
+                path,
+                mode,
+                content: Content::Rendered(Arc::from(bytes)),
+            });
+        }
+        self.entries.sort_by(|a, b| a.path.cmp(&b.path));
+        self.hash = fingerprint(&self.entries, &job.manifest.version, &self.inputs);
+        Ok(self)
+    }
+
     pub fn manifest(&self) -> Manifest {
         self.entries
             .iter()

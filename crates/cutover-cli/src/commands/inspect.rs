@@ -498,6 +498,39 @@ pub async fn job_purge(s: &Session, job: &str, yes: bool) -> Result<u8, CliError
 }
 
 /// `cutover state rebuild`.
+pub async fn certs_list(s: &Session) -> Result<u8, CliError> {
+    let certs = cutover_engine::certs::list(&s.ctx).await?;
+    if s.json {
+        super::print_json(serde_json::json!({
+            "outcome": "ok", "exit_code": 0, "certificates": certs,
+        }));
+        return Ok(0);
+    }
+    if certs.is_empty() {
+        println!("no certificates yet: a job with [certs] gets them at its next deploy");
+        return Ok(0);
+    }
+    let rows: Vec<Vec<String>> = certs
+        .iter()
+        .map(|c| {
+            vec![
+                c.job.clone(),
+                c.worker.clone(),
+                c.not_after.clone(),
+                c.days_left.to_string(),
+                c.sans.join(","),
+                if c.renew {
+                    "renewed at the next deploy".into()
+                } else {
+                    String::new()
+                },
+            ]
+        })
+        .collect();
+    table(&["JOB", "WORKER", "EXPIRES", "DAYS", "SANS", "NOTE"], &rows);
+    Ok(0)
+}
+
 pub async fn logs(s: &Session, a: crate::args::LogsArgs) -> Result<u8, CliError> {
     let opts = cutover_engine::logs::LogsOptions {
         job: a.job,

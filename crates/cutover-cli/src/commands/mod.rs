@@ -18,7 +18,8 @@ use cutover_model::{LoadOptions, Project, StateBackend};
 use cutover_state::SqliteStore;
 
 use crate::args::{
-    Cli, Command, Global, JobCommand, LockCommand, Progress, StateCommand, WorkerCommand,
+    CertsCommand, Cli, Command, Global, JobCommand, LockCommand, Progress, StateCommand,
+    WorkerCommand,
 };
 use crate::env_vars;
 use crate::error::CliError;
@@ -59,6 +60,9 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         }
         Command::State(StateCommand::Rebuild) => {
             inspect::state_rebuild(&Session::open(g, "state").await?).await
+        }
+        Command::Certs(CertsCommand::List) => {
+            inspect::certs_list(&Session::open(g, "certs").await?).await
         }
         Command::Logs(a) => inspect::logs(&Session::open(g, "logs").await?, a).await,
         Command::Worker(WorkerCommand::Forget { name }) => {

@@ -610,3 +610,86 @@ fn workers_carry_the_fleet_view_and_templates_see_it() {
         1
     );
 }
+
+/// `[certs]`: each allocation gets a CA certificate, its own certificate
+/// (SANs: the worker's host and name, and `names`) and key (0600), kept
+/// while valid (no rollout) and renewed, with a rollout, when under a
+/// third of its validity is left; `certs list` shows expiries.
+#[test]
+fn jobs_with_certs_get_them_from_the_project_ca_and_renew_them() {
+    use std::os::unix::fs::PermissionsExt;
+    let (fleet, p) = web_fleet(2);
+    p.job(
+        "api",
+        "version = \"1\"\n[certs]\nnames = [\"api.internal\"]\nvalidity = \"9s\"\n",
+    );
+    p.expect(&["deploy"], 0);
+    let w1 = fleet.worker("w1");
+    let dir = w1.path("jobs/api/current/certs");
+    let mode = |f: &str| {
+        std::fs::metadata(dir.join(f))
+            .expect("cert file")
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(
+        (mode("ca.crt"), mode("api.crt"), mode("api.key")),
+        (0o644, 0o644, 0o600)
+    );
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("openssl");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    assert!(openssl(&["verify", "-CAfile", "ca.crt", "api.crt"]).contains("api.crt: OK"));
+    let san = openssl(&["x509", "-in", "api.crt", "-noout", "-ext", "subjectAltName"]);
+    assert!(
+        san.contains("IP Address:127.0.0.")
+            && san.contains("DNS:w1")
+            && san.contains("DNS:api.internal"),
+        "{san}"
+    );
+    let pub_of_key = openssl(&["pkey", "-in", "api.key", "-pubout"]);
+    let pub_of_cert = openssl(&["x509", "-in", "api.crt", "-noout", "-pubkey"]);
+    assert_eq!(pub_of_key, pub_of_cert, "the key is the certificate's");
+    let first = w1.read("jobs/api/current/certs/api.crt");
+    assert_ne!(
+        first,
+        fleet.worker("w2").read("jobs/api/current/certs/api.crt")
+    );
+
+    // Still valid: kept, nothing to do.
+    let out = p.expect(&["deploy"], 0);
+    assert!(out.stdout.contains("nothing to do"), "{out:?}");
+    let list = p.expect(&["certs", "list"], 0);
+    assert!(
+        list.stdout.contains("(ca)") && list.stdout.contains("api.internal"),
+        "{list:?}"
+    );
+
+    // Under a third of 9 s left: renewed, and the job rolls out.
+    std::thread::sleep(std::time::Duration::from_secs(7));
+    let list = p.expect(&["certs", "list"], 0);
+    assert!(
+        list.stdout.contains("renewed at the next deploy"),
+        "{list:?}"
+    );
+    let dry = p.expect(&["deploy", "--dry-run"], 0);
+    assert!(
+        dry.stdout.contains("changed: certs/api.crt, certs/api.key"),
+        "{dry:?}"
+    );
+    p.expect(&["deploy"], 0);
+    let renewed = w1.read("jobs/api/current/certs/api.crt");
+    assert_ne!(renewed, first);
+    assert!(openssl(&["verify", "-CAfile", "ca.crt", "api.crt"]).contains("api.crt: OK"));
+    assert!(w1.events("api").iter().any(|e| e.starts_with("restart")));
+}

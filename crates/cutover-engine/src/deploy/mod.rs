@@ -502,7 +502,13 @@ async fn plan_run(
             post_deploy_failed.insert(job.name.clone(), why);
         }
     }
-    let rendered = render::render_all(ctx, opts.jobs.as_ref(), &kv)?;
+    let cert_mode = if opts.dry_run {
+        crate::certs::Mode::Preview
+    } else {
+        crate::certs::Mode::Issue
+    };
+    let certs = crate::certs::for_render(ctx, opts.jobs.as_ref(), cert_mode).await?;
+    let rendered = render::render_all(ctx, opts.jobs.as_ref(), &kv, &certs)?;
     let plan_opts = PlanOptions {
         jobs: opts.jobs.clone(),
         force: opts.force,

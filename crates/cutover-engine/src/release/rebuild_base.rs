@@ -42,7 +42,9 @@ pub(crate) async fn rebuild(
     let base_ctx = ctx.with_project(project);
     let jobs: BTreeSet<String> = missing.iter().map(|(j, _, _)| j.clone()).collect();
     let kv = crate::kv::for_templates(ctx).await?;
-    let rendered = render::render_all(&base_ctx, Some(&jobs), &kv)?;
+    let certs =
+        crate::certs::for_render(&base_ctx, Some(&jobs), crate::certs::Mode::Existing).await?;
+    let rendered = render::render_all(&base_ctx, Some(&jobs), &kv, &certs)?;
     for (job, worker, b) in missing {
         let hash = rendered
             .trees
