@@ -1,6 +1,29 @@
 //! The `cutover` command line: parses arguments, loads the project once,
 //! calls the engine, prints, and decides the exit code.
 
+// Output whose reader went away (`cutover status | head -1`) is dropped,
+// not a panic: a deploy in progress must finish and record what it did
+// whether or not anyone still reads its progress. These shadow the std
+// macros in every module below.
+macro_rules! println {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+macro_rules! print {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+macro_rules! eprintln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod args;
 mod commands;
 mod env_vars;

@@ -1,6 +1,7 @@
 //! Certificates for jobs with `[certs]`: a project CA that cutover makes
-//! once and keeps in the store, its key encrypted with the project key
-//! like the KV secrets; and per allocation `certs/ca.crt`,
+//! once and keeps in `.cutover/certs/` (beside `secret.key`, not in
+//! `state.db`: a lost store must not silently replace the CA), its key
+//! encrypted with the project key like the KV secrets; and per allocation `certs/ca.crt`,
 //! `certs/<job>.crt` and `certs/<job>.key` (0600), shipped in the release
 //! like any file (so they are part of the fingerprint: a new certificate
 //! rolls the job out). SANs: the worker's host and name, and `names`.
@@ -20,11 +21,69 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Context, EngineError};
 
-const CA_RECORD: &str = "certs/ca";
+const CA_RECORD: &str = "ca.json";
 const CA_VALIDITY_DAYS: i64 = 3650;
 
 fn leaf_record(job: &str, worker: &str) -> String {
-    format!("certs/leaf/{job}/{worker}")
+    format!("leaf/{job}/{worker}.json")
+}
+
+/// `.cutover/certs/`: 0700, each record 0600.
+fn dir(ctx: &Context) -> std::path::PathBuf {
+    ctx.workspace.join("certs")
+}
+
+fn read_record<T: serde::de::DeserializeOwned>(
+    ctx: &Context,
+    rel: &str,
+) -> Result<Option<T>, EngineError> {
+    let path = dir(ctx).join(rel);
+    match std::fs::read_to_string(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(EngineError::io(format!("reading {}", path.display()))(e)),
+        Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| {
+            EngineError::usage(
+                format!("{} is damaged: {e}", path.display()),
+                "restore it from your backup of .cutover/",
+            )
+        }),
+    }
+}
+
+/// Written atomically (a temporary file renamed over the old one).
+fn write_record<T: Serialize>(ctx: &Context, rel: &str, value: &T) -> Result<(), EngineError> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let path = dir(ctx).join(rel);
+    let io = |what: &str| EngineError::io(format!("{what} {}", path.display()));
+    if let Some(parent) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .map_err(io("creating the dir of"))?;
+    }
+    let json = serde_json::to_string_pretty(value).map_err(|e| fail("a certificate record", e))?;
+    let tmp = path.with_extension("json.tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io("writing"))?;
+    f.write_all(json.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(io("writing"))?;
+    std::fs::rename(&tmp, &path).map_err(io("writing"))
+}
+
+/// Whether any allocation certificate is kept (signed by the CA).
+fn any_leaf(ctx: &Context) -> bool {
+    walkdir::WalkDir::new(dir(ctx).join("leaf"))
+        .into_iter()
+        .filter_map(Result::ok)
+        .any(|e| e.file_type().is_file())
 }
 
 /// How certificates are found for a render.
@@ -101,7 +160,7 @@ async fn project_key(ctx: &Context, create: bool) -> Result<Option<SecretKey>, E
     if let Some(k) = SecretKey::load(&path)? {
         return Ok(Some(k));
     }
-    let has_ca = ctx.store.meta_get(CA_RECORD).await?.is_some();
+    let has_ca = dir(ctx).join(CA_RECORD).exists();
     let has_secret = ctx.store.kv_list(None).await?.iter().any(|r| r.secret);
     if has_ca || has_secret {
         return Err(EngineError::usage(
@@ -178,11 +237,17 @@ struct StoredCaPlain {
 /// there is none.
 async fn ca(ctx: &Context, persist: bool) -> Result<Ca, EngineError> {
     let project = &ctx.project.config.name;
-    let stored: Option<StoredCa> = ctx
-        .store
-        .meta_get(CA_RECORD)
-        .await?
-        .and_then(|j| serde_json::from_str(&j).ok());
+    let stored: Option<StoredCa> = read_record(ctx, CA_RECORD)?;
+    if stored.is_none() && any_leaf(ctx) {
+        return Err(EngineError::usage(
+            format!(
+                "{} is missing, but certificates it signed are kept in {}",
+                dir(ctx).join(CA_RECORD).display(),
+                dir(ctx).join("leaf").display()
+            ),
+            "restore .cutover/certs/ca.json from your backup; to start over with a new CA (every job with [certs] then rolls out), remove .cutover/certs/",
+        ));
+    }
     if let Some(s) = stored {
         let key = project_key(ctx, false)
             .await?
@@ -213,8 +278,7 @@ async fn ca(ctx: &Context, persist: bool) -> Result<Ca, EngineError> {
             key: hex(&key.encrypt(&Secret::new(plain.key_pem))),
             not_after: plain.not_after,
         };
-        let json = serde_json::to_string(&stored).map_err(|e| fail("the project CA", e))?;
-        ctx.store.meta_put(CA_RECORD, &json).await?;
+        write_record(ctx, CA_RECORD, &stored)?;
     }
     Ok(ca)
 }
@@ -222,6 +286,9 @@ async fn ca(ctx: &Context, persist: bool) -> Result<Ca, EngineError> {
 /// The SANs of an allocation's certificate.
 fn sans(worker: &Worker, names: &[String]) -> Vec<String> {
     let mut out = vec![worker.host.clone(), worker.name.clone()];
+    // A worker name may hold `_`, which no DNS name does: such a name is
+    // left out rather than making a certificate strict clients refuse.
+    out.retain(|n| cutover_model::project::san_name(n).is_ok());
     out.extend(names.iter().cloned());
     let mut seen = BTreeSet::new();
     out.retain(|s| seen.insert(s.clone()));
@@ -308,13 +375,14 @@ pub(crate) async fn for_render(
         for w in ctx.project.workers_for(job) {
             let want = sans(w, &spec.names);
             let record = leaf_record(&job.name, &w.name);
-            let stored: Option<StoredLeaf> = ctx
-                .store
-                .meta_get(&record)
-                .await?
-                .and_then(|j| serde_json::from_str(&j).ok());
+            let stored: Option<StoredLeaf> = read_record(ctx, &record)?;
+            let validity = i64::try_from(spec.validity.as_secs()).unwrap_or(i64::MAX / 2);
             let keep = stored.as_ref().is_some_and(|l| {
-                mode == Mode::Existing || (l.sans == want && l.ca == ca_hash && !due(l, t))
+                mode == Mode::Existing
+                    || (l.sans == want
+                        && l.ca == ca_hash
+                        && l.not_after - l.not_before == validity
+                        && !due(l, t))
             });
             let (leaf, key_pem) = match (stored, &key) {
                 (Some(l), Some(k)) if keep => {
@@ -338,9 +406,7 @@ pub(crate) async fn for_render(
                             .as_ref()
                             .ok_or_else(|| fail("certificates", "no project key"))?;
                         leaf.key = hex(&k.encrypt(&Secret::new(pem.clone())));
-                        let json =
-                            serde_json::to_string(&leaf).map_err(|e| fail("a certificate", e))?;
-                        ctx.store.meta_put(&record, &json).await?;
+                        write_record(ctx, &record, &leaf)?;
                     }
                     (leaf, pem)
                 }
@@ -379,12 +445,7 @@ pub async fn list(ctx: &Context) -> Result<Vec<CertInfo>, EngineError> {
             .unwrap_or_else(|_| unix.to_string())
     };
     let mut out = Vec::new();
-    if let Some(ca) = ctx
-        .store
-        .meta_get(CA_RECORD)
-        .await?
-        .and_then(|j| serde_json::from_str::<StoredCa>(&j).ok())
-    {
+    if let Some(ca) = read_record::<StoredCa>(ctx, CA_RECORD)? {
         out.push(CertInfo {
             job: "-".into(),
             worker: "(ca)".into(),
@@ -401,11 +462,7 @@ pub async fn list(ctx: &Context) -> Result<Vec<CertInfo>, EngineError> {
         .filter(|j| j.manifest.certs.is_some())
     {
         for w in ctx.project.workers_for(job) {
-            let Some(leaf) = ctx
-                .store
-                .meta_get(&leaf_record(&job.name, &w.name))
-                .await?
-                .and_then(|j| serde_json::from_str::<StoredLeaf>(&j).ok())
+            let Some(leaf) = read_record::<StoredLeaf>(ctx, &leaf_record(&job.name, &w.name))?
             else {
                 continue;
             };

@@ -34,9 +34,13 @@ pub struct DriftReport {
 }
 
 impl DriftReport {
-    /// Any allocation whose content could not be shown to match.
+    /// Any allocation whose files could not be shown to match what was
+    /// promoted. An allocation that is only outdated (the project moved
+    /// on, the worker untouched) is not drift: a deploy applies it.
     pub fn any_drift(&self) -> bool {
-        self.allocations.iter().any(|a| a.state != "clean")
+        self.allocations
+            .iter()
+            .any(|a| a.state != "clean" && a.state != "outdated")
     }
 }
 

@@ -53,7 +53,7 @@ fn render_blocking(
         if scope.is_some_and(|s| !s.contains(&job.name)) {
             continue;
         }
-        let source = JobSource::scan(job, &project.root)?;
+        let source = JobSource::scan(job, project)?;
         out.bytes += source.bytes;
         out.files += source.file_count();
         let rctx = RenderContext {

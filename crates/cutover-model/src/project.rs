@@ -37,6 +37,30 @@ pub struct Project {
     pub jobs: BTreeMap<String, Job>,
 }
 
+/// Whether `name` can be a certificate's subject alternative name: an IP
+/// address, or an ASCII DNS name (a leading `*.` for a wildcard).
+pub fn san_name(name: &str) -> Result<(), &'static str> {
+    if name.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(());
+    }
+    let host = name.strip_prefix("*.").unwrap_or(name);
+    if host.is_empty() || name.len() > 253 {
+        return Err("empty or too long");
+    }
+    for label in host.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Err("an empty or too long label");
+        }
+        if !label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return Err("only ASCII letters, digits and `-` may appear in a label");
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err("a label may not start or end with `-`");
+        }
+    }
+    Ok(())
+}
+
 /// The `version` a job.toml's text declares, if it parses and has one
 /// (for reading a job's version at another commit).
 pub fn manifest_version(text: &str) -> Option<String> {
@@ -259,7 +283,7 @@ struct RawJob {
 #[derive(Deserialize)]
 struct RawCerts {
     #[serde(default)]
-    names: Vec<String>,
+    names: Vec<Spanned<String>>,
     validity: Option<Spanned<String>>,
 }
 
@@ -631,6 +655,35 @@ impl Loader<'_> {
                     continue;
                 }
             };
+            // A local root that holds the project, or lies in its jobs/,
+            // .cutover/ or .git/, would be shipped, fingerprinted or
+            // overwritten by the deploys that write it.
+            if transport == TransportKind::Local {
+                let project = lexical_normal(self.root);
+                let at = lexical_normal(Path::new(&root));
+                let inside = |dir: &str| {
+                    let d = format!("{}/{dir}", project.trim_end_matches('/'));
+                    at == d || at.starts_with(&format!("{d}/"))
+                };
+                let holds_project =
+                    project == at || project.starts_with(&format!("{}/", at.trim_end_matches('/')));
+                if holds_project || inside("jobs") || inside(".cutover") || inside(".git") {
+                    let span = w.root.as_ref().map_or(name.span(), |r| r.span());
+                    self.diags.push(
+                        src.diag(
+                            span,
+                            format!(
+                                "the root of local worker `{}` overlaps the project ({root})",
+                                name.get_ref()
+                            ),
+                        )
+                        .with_help(
+                            "give it a dir of its own: outside the project, or inside it but not the project dir itself nor under jobs/, .cutover/ or .git/ (the example uses local-workers/NAME)",
+                        ),
+                    );
+                    continue;
+                }
+            }
             // One place on disk, however it is written: a port left to the
             // default is the default port, `/srv//x/../x/` is `/srv/x`, a
             // local worker is this machine whatever its `host`.
@@ -893,15 +946,33 @@ impl Loader<'_> {
                 None
             }
         });
-        let certs = raw.certs.as_ref().map(|c| Certs {
-            names: c.names.clone(),
-            validity: duration(
+        let certs = raw.certs.as_ref().map(|c| {
+            for n in &c.names {
+                if let Err(why) = san_name(n.get_ref()) {
+                    d.push(
+                        src.diag(n.span(), format!("`{}` is not a certificate name: {why}", n.get_ref()))
+                            .with_help("a DNS name (letters, digits and `-` in dot-separated labels, `*.` first for a wildcard) or an IP address"),
+                    );
+                }
+            }
+            let validity = duration(
                 src,
                 "certs.validity",
                 &c.validity,
                 Duration::from_secs(90 * 86_400),
                 d,
-            ),
+            );
+            if validity.is_zero() {
+                let span = c.validity.as_ref().map_or(0..0, |v| v.span());
+                d.push(
+                    src.diag(span, "a certificate valid for no time at all is expired when issued")
+                        .with_help("give a validity such as \"90d\""),
+                );
+            }
+            Certs {
+                names: c.names.iter().map(|n| n.get_ref().clone()).collect(),
+                validity,
+            }
         });
         let canary = raw.canary.as_ref().map(|c| {
             check_labels(&c.selectors, d);

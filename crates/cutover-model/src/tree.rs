@@ -18,6 +18,8 @@ use crate::config::{Job, Worker};
 use crate::project::JOB_FILE;
 
 const TEMPLATE_SUFFIX: &str = ".tpl";
+/// Where a job with `[certs]` gets its certificates.
+pub const CERTS_DIR: &str = "certs";
 const SYMLINK_MODE: u32 = 0o120000;
 
 /// What the state store remembers of each file of a promoted tree.
@@ -122,9 +124,9 @@ pub struct JobSource {
 }
 
 impl JobSource {
-    /// Reads the job dir and the job's inputs; `project_root` is where
-    /// `watch` globs are matched.
-    pub fn scan(job: &Job, project_root: &Path) -> Result<JobSource, TreeError> {
+    /// Reads the job dir and the job's inputs (`watch` globs are matched
+    /// in the project, less its local workers' roots).
+    pub fn scan(job: &Job, project: &crate::project::Project) -> Result<JobSource, TreeError> {
         let mut src = JobSource {
             job: job.name.clone(),
             files: Vec::new(),
@@ -132,9 +134,15 @@ impl JobSource {
             inputs: Manifest::new(),
             bytes: 0,
         };
-        src.walk(&job.dir)?;
+        src.walk(&job.dir, job.manifest.certs.is_some())?;
         src.files.sort_by(|a, b| a.path.cmp(&b.path));
-        src.inputs = inputs(job, project_root)?;
+        let local_roots: Vec<PathBuf> = project
+            .workers
+            .iter()
+            .filter(|w| w.transport == crate::config::TransportKind::Local)
+            .map(|w| PathBuf::from(&w.root))
+            .collect();
+        src.inputs = inputs(job, &project.root, &local_roots)?;
         Ok(src)
     }
 
@@ -144,7 +152,7 @@ impl JobSource {
 
     /// Reads every file of the job dir. Anything cutover cannot ship
     /// faithfully is refused with its path, before anything is changed.
-    fn walk(&mut self, dir: &Path) -> Result<(), TreeError> {
+    fn walk(&mut self, dir: &Path, certs: bool) -> Result<(), TreeError> {
         let io_err = |path: &Path| {
             let path = path.to_path_buf();
             move |source| TreeError::Io { path, source }
@@ -187,6 +195,15 @@ impl JobSource {
             };
             if rel == JOB_FILE {
                 continue;
+            }
+            if certs && (rel == CERTS_DIR || rel.starts_with(&format!("{CERTS_DIR}/"))) {
+                // cutover writes certs/ itself: a file, a dir or a symlink
+                // of the job's there would be overwritten, or written
+                // through.
+                return Err(refuse(
+                    path,
+                    "the job has [certs], and cutover writes certs/ itself; rename it",
+                ));
             }
             let kind = entry.file_type();
             if kind.is_dir() {
@@ -317,8 +334,9 @@ fn fingerprint(entries: &[Entry], version: &str, inputs: &Manifest) -> String {
 }
 
 /// job.toml and every file under `root` that the job's `watch` matches
-/// (`.git/` and `.cutover/` aside), by project-relative path.
-fn inputs(job: &Job, root: &Path) -> Result<Manifest, TreeError> {
+/// (`.git/`, `.cutover/` and local workers' roots aside: what deploys
+/// write must not change what they fingerprint), by project-relative path.
+fn inputs(job: &Job, root: &Path, skip: &[PathBuf]) -> Result<Manifest, TreeError> {
     let mut out = Manifest::new();
     let mut add = |rel: String, path: &Path| -> Result<(), TreeError> {
         let meta = std::fs::symlink_metadata(path).map_err(|e| TreeError::Io {
@@ -366,7 +384,8 @@ fn inputs(job: &Job, root: &Path) -> Result<Manifest, TreeError> {
         .sort_by_file_name()
         .into_iter()
         .filter_entry(|e| {
-            e.depth() != 1 || !matches!(e.file_name().to_str(), Some(".git" | ".cutover"))
+            let vcs = e.depth() == 1 && matches!(e.file_name().to_str(), Some(".git" | ".cutover"));
+            !vcs && !skip.iter().any(|s| e.path() == s)
         });
     for entry in walk {
         let entry = entry.map_err(|e| TreeError::Io {
@@ -598,11 +617,12 @@ impl Tree {
                     continue;
                 }
             }
-            std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(e.mode))?;
+            // The mtime first: a read-only file cannot be opened to set it.
             std::fs::File::options()
                 .write(true)
                 .open(&dest)?
                 .set_modified(content_mtime(&e.hash))?;
+            std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(e.mode))?;
         }
         Ok(())
     }

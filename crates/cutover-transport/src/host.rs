@@ -490,11 +490,11 @@ impl Host {
             Ok(Ok(Ok(v))) => Ok(v),
             Ok(Ok(Err(e))) => Err(fail(e.to_string())),
             Ok(Err(e)) => Err(fail(e.to_string())),
-            Err(_) => Err(TransportError::Timeout {
-                host: self.name().to_string(),
-                command: "local copy".into(),
-                after: timeout,
-            }),
+            // A thread cannot be stopped: say so, rather than "stopped".
+            Err(_) => Err(fail(format!(
+                "timed out after {}s; it may still finish in the background (into a new release dir: the running release is untouched)",
+                timeout.as_secs_f64()
+            ))),
         }
     }
 

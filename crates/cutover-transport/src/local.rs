@@ -49,12 +49,12 @@ pub(crate) fn copy_tree(src: &LocalTree, dest: &Path, link_dest: Option<&Path>) 
             symlink(fs::read_link(entry.path())?, &to)?;
             continue;
         }
-        fs::copy(entry.path(), &to)?;
-        let mtime = meta.modified()?;
-        fs::File::options()
-            .write(true)
-            .open(&to)?
-            .set_times(fs::FileTimes::new().set_modified(mtime))?;
+        // Written, timed, then given its mode: a read-only file could not
+        // be opened again to set its mtime.
+        let mut out = fs::File::create(&to)?;
+        std::io::copy(&mut fs::File::open(entry.path())?, &mut out)?;
+        out.set_times(fs::FileTimes::new().set_modified(meta.modified()?))?;
+        drop(out);
         fs::set_permissions(&to, meta.permissions())?;
     }
     for (dir, perms) in dirs.into_iter().rev() {

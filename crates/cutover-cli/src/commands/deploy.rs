@@ -129,6 +129,68 @@ fn counts(plan: &Plan) -> String {
         .join(", ")
 }
 
+/// What a run did (not what it planned): each action that completed, what
+/// failed, what was planned but not run, what was unchanged.
+fn done(r: &DeployReport) -> String {
+    let mut by_action: std::collections::BTreeMap<Action, usize> = Default::default();
+    let mut failed = 0;
+    for a in r.jobs.iter().flat_map(|j| &j.allocations) {
+        if a.ok && !a.reverted {
+            *by_action.entry(a.action).or_default() += 1;
+        } else {
+            failed += 1;
+        }
+    }
+    let stopped = r
+        .stops
+        .iter()
+        .filter(|s| s.ok && !s.orphaned && !s.forgotten)
+        .count();
+    let failed_stops = r.stops.iter().filter(|s| !s.ok).count();
+    let orphaned = r.stops.iter().filter(|s| s.orphaned).count();
+    let all = r.plan.jobs().flat_map(|j| &j.allocations);
+    let (planned, unchanged) = all.fold((0, 0), |(p, u), a| {
+        if a.action == Action::Skip {
+            (p, u + 1)
+        } else {
+            (p + 1, u)
+        }
+    });
+    let ran: usize = by_action.values().sum::<usize>() + failed;
+    let mut parts: Vec<String> = by_action
+        .iter()
+        .map(|(a, n)| format!("{n} {}", a.as_str()))
+        .collect();
+    if stopped > 0 {
+        parts.push(format!("{stopped} stop"));
+    }
+    if failed + failed_stops > 0 {
+        parts.push(format!("{} failed", failed + failed_stops));
+    }
+    if orphaned > 0 {
+        parts.push(format!("{orphaned} orphaned"));
+    }
+    if planned > ran {
+        parts.push(format!("{} not run", planned - ran));
+    }
+    if unchanged > 0 {
+        parts.push(format!("{unchanged} unchanged"));
+    }
+    let retried = r
+        .plan
+        .jobs()
+        .filter(|j| j.retry_post_deploy.is_some() && !j.has_work())
+        .count();
+    if retried > 0 {
+        parts.push(format!("{retried} post_deploy retry"));
+    }
+    if parts.is_empty() {
+        "nothing".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
 fn summarize(r: &DeployReport) {
     if let Some(h) = &r.took_over_lock {
         println!("[deploy] took over a stale lock left by {h}");
@@ -164,7 +226,7 @@ fn summarize(r: &DeployReport) {
                 "[deploy] deployment {}: {} ({})",
                 r.seq.unwrap_or_default(),
                 r.outcome.as_str(),
-                counts(&r.plan)
+                done(r)
             );
             let mut kept: Vec<&str> = r
                 .stops

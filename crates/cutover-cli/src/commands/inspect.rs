@@ -30,7 +30,7 @@ pub fn check(g: &Global) -> Result<u8, CliError> {
     // (a FIFO, a name that is not UTF-8, two files for one path) is bad
     // input here too.
     for job in project.jobs.values() {
-        cutover_model::tree::JobSource::scan(job, &project.root)
+        cutover_model::tree::JobSource::scan(job, &project)
             .map_err(|e| CliError::Engine(cutover_engine::EngineError::Template(e)))?;
     }
     let allocations: usize = project
@@ -57,10 +57,36 @@ pub fn check(g: &Global) -> Result<u8, CliError> {
     Ok(0)
 }
 
+/// Refuses `--jobs` names that are neither jobs of the project nor jobs
+/// the store has records of: a typo must not read as "nothing there".
+fn known_jobs(
+    s: &Session,
+    jobs: &Option<std::collections::BTreeSet<String>>,
+    records: &[cutover_state::AllocationRecord],
+) -> Result<(), CliError> {
+    for j in jobs.iter().flatten() {
+        if !s.ctx.project.jobs.contains_key(j) && !records.iter().any(|r| &r.job == j) {
+            let known: Vec<&str> = s.ctx.project.jobs.keys().map(String::as_str).collect();
+            return Err(CliError::usage(
+                format!("--jobs names `{j}`, which is not a job of this project"),
+                format!("jobs: {}", known.join(", ")),
+            ));
+        }
+    }
+    if jobs.as_ref().is_some_and(|j| j.is_empty()) {
+        return Err(CliError::usage(
+            "--jobs names no job",
+            "name jobs: --jobs a,b",
+        ));
+    }
+    Ok(())
+}
+
 pub async fn status(s: &Session, a: crate::args::StatusArgs) -> Result<u8, CliError> {
     let jobs = job_set(a.jobs);
     let p = &s.ctx.project;
     let records = s.store.allocations().await?;
+    known_jobs(s, &jobs, &records)?;
     let live = cutover_engine::status::live(&s.ctx, jobs.as_ref(), !a.no_health).await?;
     let in_scope = |j: &str| jobs.as_ref().is_none_or(|s| s.contains(j));
     let mut rows = Vec::new();
@@ -212,8 +238,17 @@ pub async fn drift(s: &Session, jobs: Option<Vec<String>>) -> Result<u8, CliErro
             other => println!("{}@{}: {other}: {}", a.job, a.worker, a.message),
         }
     }
-    if rc != 0 {
+    let drifted = |outdated: bool| {
+        report
+            .allocations
+            .iter()
+            .any(|a| a.state == "drifted" && a.outdated == outdated)
+    };
+    if drifted(false) {
         println!("drift found: `cutover deploy --force --jobs JOB` puts the promoted content back");
+    }
+    if drifted(true) {
+        println!("drift found where the project also changed: `cutover deploy` rolls out the new content over the edited files");
     }
     Ok(rc)
 }
@@ -238,6 +273,7 @@ fn touched_jobs(summary: &str) -> Vec<String> {
 pub async fn cat(s: &Session, a: CatArgs) -> Result<u8, CliError> {
     let p = &s.ctx.project;
     let jobs = job_set(a.jobs);
+    known_jobs(s, &jobs, &s.store.allocations().await?)?;
     let in_scope = |j: &str| jobs.as_ref().is_none_or(|s| s.contains(j));
     let (header, rows, doc): (Vec<&str>, Vec<Vec<String>>, serde_json::Value) =
         match a.what {
@@ -532,6 +568,12 @@ pub async fn certs_list(s: &Session) -> Result<u8, CliError> {
 }
 
 pub async fn logs(s: &Session, a: crate::args::LogsArgs) -> Result<u8, CliError> {
+    if job_set(a.workers.clone()).is_some_and(|w| w.is_empty()) {
+        return Err(CliError::usage(
+            "--workers names no worker",
+            "name workers: --workers w1,w2 (or leave it out for all)",
+        ));
+    }
     let opts = cutover_engine::logs::LogsOptions {
         job: a.job,
         workers: job_set(a.workers),

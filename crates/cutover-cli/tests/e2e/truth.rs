@@ -693,3 +693,166 @@ fn jobs_with_certs_get_them_from_the_project_ca_and_renew_them() {
     assert!(openssl(&["verify", "-CAfile", "ca.crt", "api.crt"]).contains("api.crt: OK"));
     assert!(w1.events("api").iter().any(|e| e.starts_with("restart")));
 }
+
+/// A project on two local workers under `local-workers/`.
+fn local_project() -> Project {
+    let p = Project::new();
+    p.write("cutover.toml", "name = \"t\"\n");
+    p.write(
+        "workers.toml",
+        "[[worker]]\nname = \"a\"\ntransport = \"local\"\nroot = \"local-workers/a\"\n\n[[worker]]\nname = \"b\"\ntransport = \"local\"\nroot = \"local-workers/b\"\n",
+    );
+    p
+}
+
+/// What the hostile review found in `[certs]`: a `certs` path of the
+/// job's own (a symlink could be written through) is refused everywhere
+/// alike; bad names and a zero validity are refused at their line; a lost
+/// state.db keeps the CA (no rollout); a changed validity reissues.
+#[test]
+fn certs_refuse_what_they_would_overwrite_and_survive_a_lost_store() {
+    let p = local_project();
+    let victim = p.tmp.path().join("victim.txt");
+    std::fs::write(&victim, "precious\n").expect("victim");
+    p.job(
+        "api",
+        "version = \"1\"\n[certs]\nnames = [\"api.internal\"]\n",
+    );
+    std::os::unix::fs::symlink(p.tmp.path(), p.path().join("jobs/api/certs")).expect("symlink");
+    for args in [&["check"][..], &["deploy", "--dry-run"], &["deploy"]] {
+        let out = p.expect(args, 2);
+        assert!(
+            out.stderr
+                .contains("jobs/api/certs is refused: the job has [certs]"),
+            "{args:?}: {out:?}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(&victim).expect("victim"),
+        "precious\n"
+    );
+    std::fs::remove_file(victim).expect("rm victim");
+    p.remove("jobs/api/certs");
+
+    p.job(
+        "api",
+        "version = \"1\"\n[certs]\nnames = [\"bad name\", \"ünï.com\"]\nvalidity = \"0s\"\n",
+    );
+    let out = p.expect(&["check"], 2);
+    assert!(
+        out.stderr.contains("`bad name` is not a certificate name")
+            && out.stderr.contains("`ünï.com` is not a certificate name")
+            && out.stderr.contains("expired when issued"),
+        "{out:?}"
+    );
+
+    p.job(
+        "api",
+        "version = \"1\"\n[certs]\nnames = [\"api.internal\"]\nvalidity = \"30d\"\n",
+    );
+    p.expect(&["deploy"], 0);
+    let crt = || {
+        std::fs::read_to_string(
+            p.path()
+                .join("local-workers/a/jobs/api/current/certs/api.crt"),
+        )
+        .expect("crt")
+    };
+    let first = crt();
+    p.lose_store();
+    p.expect(&["state", "rebuild"], 0);
+    let out = p.expect(&["deploy"], 0);
+    assert!(
+        out.stdout.contains("nothing to do"),
+        "a lost store keeps the CA: {out:?}"
+    );
+    assert_eq!(crt(), first);
+
+    // A new validity: a new certificate.
+    p.job(
+        "api",
+        "version = \"1\"\n[certs]\nnames = [\"api.internal\"]\nvalidity = \"7d\"\n",
+    );
+    p.expect(&["deploy"], 0);
+    assert_ne!(crt(), first);
+    let list = p.expect(&["certs", "list"], 0);
+    let days: Vec<&str> = list
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("api"))
+        .filter_map(|l| l.split_whitespace().nth(3))
+        .collect();
+    assert!(
+        days.iter().all(|d| *d == "6" || *d == "7") && days.len() == 2,
+        "{list:?}"
+    );
+}
+
+/// A local worker's root may not overlap the project; watch globs never
+/// see local workers' files; `--jobs` typos and empty `--workers` are
+/// refused; a closed stdout is no panic; the audit log cannot be forged
+/// through CUTOVER_USER.
+#[test]
+fn hostile_inputs_from_the_review_are_refused_or_harmless() {
+    let p = local_project();
+    p.job("api", "version = \"1\"\nwatch = [\"**\"]\n");
+    p.write(
+        "workers.toml",
+        "[[worker]]\nname = \"a\"\ntransport = \"local\"\nroot = \".\"\n",
+    );
+    let out = p.expect(&["check"], 2);
+    assert!(
+        out.stderr
+            .contains("the root of local worker `a` overlaps the project"),
+        "{out:?}"
+    );
+    p.write(
+        "workers.toml",
+        "[[worker]]\nname = \"a\"\ntransport = \"local\"\nroot = \"jobs/api/x\"\n",
+    );
+    p.expect(&["check"], 2);
+    p.write(
+        "workers.toml",
+        "[[worker]]\nname = \"a\"\ntransport = \"local\"\nroot = \"local-workers/a\"\n",
+    );
+    p.expect(&["deploy"], 0);
+    let out = p.expect(&["deploy"], 0);
+    assert!(
+        out.stdout.contains("nothing to do"),
+        "watch `**` settles: {out:?}"
+    );
+
+    p.expect(&["status", "--jobs", "nope"], 2);
+    p.expect(&["cat", "allocations", "--jobs", "nope"], 2);
+    p.expect(&["logs", "api", "--workers", ""], 2);
+
+    // stdout closed by its reader: the command still ends normally.
+    let mut child = std::process::Command::new(BIN)
+        .args(["status"])
+        .current_dir(p.path())
+        .env("TMPDIR", p.tmp.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+
+    let forged =
+        "bob\n2026-01-01T00:00:00+00:00 user=alice command=\"cutover deploy\" outcome=success rc=0";
+    let out = p.cutover_env(&["kv", "put", "api", "k", "v"], &[("CUTOVER_USER", forged)]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let audit = std::fs::read_to_string(p.path().join(".cutover/audit.log")).expect("audit");
+    assert!(
+        !audit.lines().any(|l| l.starts_with("2026-01-01")),
+        "{audit}"
+    );
+    assert!(audit.contains("user=\"bob\\n2026"), "{audit}");
+}

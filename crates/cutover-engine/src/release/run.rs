@@ -760,8 +760,10 @@ async fn migrate(ctx: &Context, state: &StateFile) -> Result<Plan, PhaseError> {
  detail: None,
                 rc: 1,
                 message: format!(
-                    "SERVICES names {}, but the deploy planned no action for it: its workers already run what MERGE_SHA has (deployed before this release?), or the change is in a file it does not ship. Check with `cutover plan --diff BASE_SHA`; if it is already deployed, resume with --skip-migrate",
-                    idle.join(", ")
+                    "SERVICES names {}, but the deploy planned no action for it: its workers already run what MERGE_SHA has (deployed before this release?), or the change is in a file it does not ship. Check with `cutover plan --diff {}`; if it is already deployed, go on with `cutover release run {} --from=migrate --skip-migrate`",
+                    idle.join(", "),
+                    &state.base_sha[..12.min(state.base_sha.len())],
+                    state.ticket
                 ),
             });
         }
