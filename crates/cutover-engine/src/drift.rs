@@ -60,7 +60,7 @@ pub async fn drift(
     }
     let kv = kv::for_templates(ctx).await?;
     let certs = crate::certs::for_render(ctx, jobs, crate::certs::Mode::Existing).await?;
-    let rendered = render::render_all(ctx, jobs, &kv, &certs)?;
+    let rendered = render::render_all(ctx, jobs, &kv, &certs, &BTreeSet::new())?;
     let (recorded, records) = render::recorded(ctx).await?;
     let records: Vec<_> = records
         .into_iter()

@@ -18,6 +18,10 @@ pub(crate) type Key = (String, String);
 pub(crate) struct Rendered {
     pub trees: BTreeMap<Key, Tree>,
     pub candidates: BTreeMap<Key, Candidate>,
+    /// Jobs of `defer` whose templates did not render (dry runs: a
+    /// `pre_deploy` hook that has not run may be what sets their values),
+    /// with why. They have no candidates.
+    pub deferred: BTreeMap<String, String>,
     pub bytes: u64,
     pub files: usize,
 }
@@ -29,8 +33,9 @@ pub(crate) fn render_all(
     scope: Option<&BTreeSet<String>>,
     kv: &crate::kv::TemplateKv,
     certs: &crate::certs::Files,
+    defer: &BTreeSet<String>,
 ) -> Result<Rendered, EngineError> {
-    tokio::task::block_in_place(|| render_blocking(ctx, scope, kv, certs))
+    tokio::task::block_in_place(|| render_blocking(ctx, scope, kv, certs, defer))
 }
 
 fn render_blocking(
@@ -38,6 +43,7 @@ fn render_blocking(
     scope: Option<&BTreeSet<String>>,
     kv: &crate::kv::TemplateKv,
     certs: &crate::certs::Files,
+    defer: &BTreeSet<String>,
 ) -> Result<Rendered, EngineError> {
     let project = &ctx.project;
     let empty = BTreeMap::new();
@@ -46,6 +52,7 @@ fn render_blocking(
     let mut out = Rendered {
         trees: BTreeMap::new(),
         candidates: BTreeMap::new(),
+        deferred: BTreeMap::new(),
         bytes: 0,
         files: 0,
     };
@@ -65,9 +72,17 @@ fn render_blocking(
         for w in project.workers_for(job) {
             let key = (job.name.clone(), w.name.clone());
             let generated = certs.get(&key).cloned().unwrap_or_default();
-            let tree = source
-                .render(job, w, &rctx)?
-                .with_generated(job, generated)?;
+            let tree = match source.render(job, w, &rctx) {
+                Err(e @ cutover_model::tree::TreeError::Template { .. })
+                    if defer.contains(&job.name) =>
+                {
+                    out.deferred.insert(job.name.clone(), e.to_string());
+                    out.candidates.retain(|(j, _), _| j != &job.name);
+                    out.trees.retain(|(j, _), _| j != &job.name);
+                    break;
+                }
+                r => r?.with_generated(job, generated)?,
+            };
             out.candidates.insert(
                 key.clone(),
                 Candidate {

@@ -122,6 +122,9 @@ pub struct JobPlan {
     /// Why the job's last `post_deploy` hook failed: it runs again in this
     /// deploy, after the rollout or alone.
     pub retry_post_deploy: Option<String>,
+    /// A dry run could not plan the job before its `pre_deploy` hook runs
+    /// (its templates need what the hook writes): why.
+    pub deferred: Option<String>,
 }
 
 impl JobPlan {
@@ -385,6 +388,7 @@ fn plan_job(input: &PlanInput<'_>, job: &crate::config::Job, wave: usize) -> Job
             .post_deploy
             .as_ref()
             .and_then(|_| input.post_deploy_failed.get(&job.name).cloned()),
+        deferred: None,
     }
 }
 

@@ -148,7 +148,9 @@ impl Playbook {
             || self
                 .patterns
                 .iter()
-                .filter_map(|m| regex::Regex::new(m).ok())
+                // Line by line: `^` and `$` are a line's ends, as a reader
+                // of the output would expect.
+                .filter_map(|m| regex::RegexBuilder::new(m).multi_line(true).build().ok())
                 .any(|r| r.is_match(output));
         phase_ok && text_ok
     }

@@ -52,7 +52,7 @@ pub async fn run(s: &Session, a: DeployArgs) -> Result<u8, CliError> {
         print_plan(&report.plan);
         println!("dry run: nothing was changed");
     } else {
-        summarize(&report);
+        summarize_in(&report, &s.ctx.project);
     }
     Ok(rc)
 }
@@ -79,6 +79,19 @@ pub fn print_plan(plan: &Plan) {
                 al.batch
                     .map_or("-".into(), |b| format!("{b}/{}", j.batches)),
                 al.why.clone(),
+            ]);
+        }
+        if let Some(why) = &j.deferred {
+            rows.push(vec![
+                j.wave.to_string(),
+                j.job.clone(),
+                "-".into(),
+                "?".into(),
+                "-".into(),
+                format!(
+                    "not planned: a real run runs pre_deploy first, and the templates need what it writes ({})",
+                    first_line(why)
+                ),
             ]);
         }
         if let Some(why) = &j.retry_post_deploy {
@@ -191,7 +204,13 @@ fn done(r: &DeployReport) -> String {
     }
 }
 
-fn summarize(r: &DeployReport) {
+/// `in_project` says whether a job is still in the project: a removed
+/// job's KV is kept too, a present one's is not in question.
+pub fn summarize_in(r: &DeployReport, project: &cutover_model::Project) {
+    summarize_with(r, |job| project.jobs.contains_key(job))
+}
+
+fn summarize_with(r: &DeployReport, in_project: impl Fn(&str) -> bool) {
     if let Some(h) = &r.took_over_lock {
         println!("[deploy] took over a stale lock left by {h}");
     }
@@ -242,8 +261,9 @@ fn summarize(r: &DeployReport) {
                     .filter(|s| s.ok && s.data_kept && s.job == job)
                     .map(|s| s.worker.as_str())
                     .collect();
+                let kv = if in_project(job) { "" } else { " (and its KV)" };
                 println!(
-                    "[deploy] kept the shared/ data of {job} on {} (and its KV); delete it with `cutover job purge {job}`",
+                    "[deploy] kept the shared/ data of {job} on {}{kv}; delete it with `cutover job purge {job}`",
                     at.join(", ")
                 );
             }

@@ -508,7 +508,20 @@ async fn plan_run(
         crate::certs::Mode::Issue
     };
     let certs = crate::certs::for_render(ctx, opts.jobs.as_ref(), cert_mode).await?;
-    let rendered = render::render_all(ctx, opts.jobs.as_ref(), &kv, &certs)?;
+    // A dry run does not run pre_deploy hooks: a job that has one may
+    // read values only its hook sets. It is shown as not planned, with
+    // why, instead of failing the dry run.
+    let defer: BTreeSet<String> = if opts.dry_run {
+        ctx.project
+            .jobs
+            .values()
+            .filter(|j| j.manifest.hooks.pre_deploy.is_some())
+            .map(|j| j.name.clone())
+            .collect()
+    } else {
+        BTreeSet::new()
+    };
+    let rendered = render::render_all(ctx, opts.jobs.as_ref(), &kv, &certs, &defer)?;
     let plan_opts = PlanOptions {
         jobs: opts.jobs.clone(),
         force: opts.force,
@@ -554,6 +567,11 @@ async fn plan_run(
                 post_deploy_failed: &post_deploy_failed,
                 options: &plan_opts,
             });
+        }
+    }
+    for wave in &mut plan.waves {
+        for j in &mut wave.jobs {
+            j.deferred = rendered.deferred.get(&j.job).cloned();
         }
     }
     Ok(Planned {

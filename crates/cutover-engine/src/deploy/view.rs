@@ -11,11 +11,17 @@ use super::*;
 pub(super) async fn refresh_views(run: &Run) {
     let view = cutover_model::view::FleetView::of(&run.project);
     let jobs_json = view.jobs_json();
+    // Workers that run a job, and those that ran one (a job moved away
+    // from them: their view must say so). Disabled workers are left alone.
     let targets: Vec<&Worker> = run
         .project
         .workers
         .iter()
-        .filter(|w| !w.disabled && view.workers.iter().any(|v| v.name == w.name))
+        .filter(|w| {
+            !w.disabled
+                && (view.workers.iter().any(|v| v.name == w.name)
+                    || run.records.keys().any(|(_, rw)| rw == &w.name))
+        })
         .collect();
     crate::join::join_all(targets.into_iter().map(|w| {
         let jobs_json = &jobs_json;

@@ -44,7 +44,7 @@ pub(crate) async fn rebuild(
     let kv = crate::kv::for_templates(ctx).await?;
     let certs =
         crate::certs::for_render(&base_ctx, Some(&jobs), crate::certs::Mode::Existing).await?;
-    let rendered = render::render_all(&base_ctx, Some(&jobs), &kv, &certs)?;
+    let rendered = render::render_all(&base_ctx, Some(&jobs), &kv, &certs, &BTreeSet::new())?;
     for (job, worker, b) in missing {
         let hash = rendered
             .trees
