@@ -939,3 +939,30 @@ fn playbooks_match_the_whole_output_of_the_failing_step() {
         "the kept output is redacted"
     );
 }
+
+/// A lifecycle target that fails in migrate: its whole output (stdout
+/// too, beyond the tail its message shows) is what playbooks match.
+#[test]
+fn playbooks_match_a_failed_targets_whole_output_in_migrate() {
+    let s = setup(1);
+    let makefile = format!(
+        "{}\nrestart:\n\t@echo 'ERROR: port 8080 already in use'\n\t@for i in $$(seq 1 20); do echo \"retrying $$i\"; done\n\t@exit 1\n",
+        crate::support::MAKEFILE.replace("restart:", "old-restart:")
+    );
+    let playbook = "- id: port-in-use\n  symptom: the service's port is taken\n  match: [\"^ERROR: port \\\\d+ already in use$\"]\n  phases: [migrate]\n  fix:\n    adhoc: |\n      free the port, then cutover release run 41 --from=migrate\n";
+    s.merge(
+        "feat/41",
+        &[
+            ("jobs/api/Makefile", makefile.as_str()),
+            ("recovery/playbooks/port.yaml", playbook),
+        ],
+    );
+    let out = s.p.expect(&["release", "run", "41"], 1);
+    assert!(
+        out.stdout.contains("release-run failed in phase migrate")
+            && out.stdout.contains("recovery playbook port-in-use"),
+        "{out:?}"
+    );
+    let m = s.p.expect(&["playbook", "match", "41"], 0);
+    assert!(m.stdout.contains("port-in-use"), "{m:?}");
+}

@@ -113,6 +113,7 @@ pub(super) async fn activate_one(
         // The target ran with the switch; a folded health result means it
         // passed (the health command runs only after it).
         (Some(target), _) if !out.success() && switched.health.is_none() => {
+            run.keep_output(&job.name, &a.worker, &out);
             Err((Some(switched), remote::target_failed(target, &out)))
         }
         (Some(_), _) | (None, None) => Ok(switched),
@@ -165,6 +166,7 @@ pub(super) async fn lifecycle(
     if out.success() {
         Ok(())
     } else {
+        run.keep_output(&job.name, &a.worker, &out);
         Err(remote::target_failed(target, &out))
     }
 }

@@ -275,6 +275,11 @@ pub(super) fn done(
         },
     });
     AllocResult {
+        output: if ok {
+            String::new()
+        } else {
+            run.take_output(&job.name, &a.worker)
+        },
         worker: a.worker.clone(),
         action: a.action,
         ok,

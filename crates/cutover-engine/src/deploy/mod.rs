@@ -109,6 +109,10 @@ pub struct AllocResult {
     pub message: String,
     /// Switched back to the previous release after its batch failed.
     pub reverted: bool,
+    /// A failed lifecycle target's output (its last 200 lines, secrets
+    /// redacted): what recovery playbooks match.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub output: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -686,6 +690,7 @@ async fn stage_run(
         env: ctx.template_env(),
         purge_data: opts.purge_data,
         interrupt: ctx.interrupt.clone(),
+        outputs: Default::default(),
     });
     Ok((run, stage_root))
 }

@@ -37,9 +37,34 @@ pub(super) struct Run {
     pub(super) env: BTreeMap<String, String>,
     pub(super) purge_data: bool,
     pub(super) interrupt: Arc<crate::interrupt::Interrupt>,
+    /// The whole output (its last lines) of each allocation's failed
+    /// lifecycle target, for the allocation's result (playbooks match it).
+    pub(super) outputs: std::sync::Mutex<BTreeMap<Key, String>>,
 }
 
+/// How much of a failed step's output a result keeps.
+const OUTPUT_LINES: usize = 200;
+
 impl Run {
+    /// Keeps the output of an allocation's failed step.
+    pub(super) fn keep_output(&self, job: &str, worker: &str, out: &cutover_transport::Output) {
+        let text = out.tail(OUTPUT_LINES);
+        if let Ok(mut m) = self.outputs.lock() {
+            m.insert((job.to_string(), worker.to_string()), text);
+        }
+    }
+
+    /// The kept output of an allocation's failed step, redacted.
+    pub(super) fn take_output(&self, job: &str, worker: &str) -> String {
+        let text = self
+            .outputs
+            .lock()
+            .ok()
+            .and_then(|mut m| m.remove(&(job.to_string(), worker.to_string())))
+            .unwrap_or_default();
+        self.redactor.redact(&text)
+    }
+
     /// A release dir's name: the deployment, when it started, and the
     /// tree. The time keeps names unique when the store (and with it the
     /// deployment counter) was lost, so an upload never lands in the dir

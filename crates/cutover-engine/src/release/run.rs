@@ -787,8 +787,17 @@ async fn migrate(ctx: &Context, state: &StateFile) -> Result<Plan, PhaseError> {
                 .map(|s| format!("stop {}@{}: {}", s.job, s.worker, s.message)),
         )
         .collect();
+    // What playbooks match: each failed step's own output, not only the
+    // tail in its message.
+    let outputs: Vec<String> = report
+        .jobs
+        .iter()
+        .flat_map(|j| j.allocations.iter().map(move |a| (j, a)))
+        .filter(|(_, a)| !a.output.is_empty())
+        .map(|(j, a)| format!("{}@{}:\n{}", j.job, a.worker, a.output))
+        .collect();
     Err(PhaseError {
-        detail: None,
+        detail: (!outputs.is_empty()).then(|| outputs.join("\n")),
         rc: 1,
         message: format!("the deploy of SERVICES failed: {}", failures.join("; ")),
     })
