@@ -597,10 +597,27 @@ pub async fn logs(s: &Session, a: crate::args::LogsArgs) -> Result<u8, CliError>
         }
     })
     .await?;
+    let rc = if failed.is_empty() { 0 } else { 1 };
+    if json {
+        // JSON lines: one object per log line, then this summary.
+        let failed: Vec<_> = failed
+            .iter()
+            .map(|(w, e)| serde_json::json!({ "worker": w, "error": e }))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "outcome": if rc == 0 { "ok" } else { "failed" },
+                "exit_code": rc,
+                "failed": failed,
+            })
+        );
+        return Ok(rc);
+    }
     for (w, e) in &failed {
         eprintln!("cutover logs: {w}: {e}");
     }
-    Ok(if failed.is_empty() { 0 } else { 1 })
+    Ok(rc)
 }
 
 pub async fn worker_forget(s: &Session, name: &str) -> Result<u8, CliError> {

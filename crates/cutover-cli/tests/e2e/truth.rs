@@ -611,6 +611,26 @@ fn workers_carry_the_fleet_view_and_templates_see_it() {
             .count(),
         1
     );
+
+    // A label no selector reads: nothing to roll out, but the views (which
+    // show labels) are rewritten; once written, nothing is written again.
+    p.write(
+        "workers.toml",
+        &fleet.workers_toml(&[("w1", &["web", "db", "ssd"][..]), ("w2", &["web"][..])]),
+    );
+    let out = p.expect(&["deploy"], 0);
+    assert!(
+        out.stdout.contains("nothing to do")
+            && out
+                .stdout
+                .contains("wrote worker.json and jobs.json on 2 worker(s)"),
+        "{out:?}"
+    );
+    let me: serde_json::Value =
+        serde_json::from_str(&fleet.worker("w1").read("worker.json")).expect("worker.json");
+    assert_eq!(me["labels"], serde_json::json!(["web", "db", "ssd"]));
+    let out = p.expect(&["deploy"], 0);
+    assert!(!out.stdout.contains("wrote worker.json"), "{out:?}");
 }
 
 /// `[certs]`: each allocation gets a CA certificate, its own certificate

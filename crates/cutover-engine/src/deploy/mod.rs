@@ -235,13 +235,21 @@ pub async fn deploy(ctx: &Context, opts: &DeployOptions) -> Result<DeployReport,
         return Ok(report);
     }
     if plan.is_noop() {
-        // Everything is promoted: no connection, no deployment record. An
+        // Everything is promoted: no deployment record, and no connection
+        // unless a worker's fleet view changed (a label, say). An
         // allocation `--verify` could not reach is not called up to date.
         report.outcome = if report.unverified.is_empty() {
             Outcome::Unchanged
         } else {
             Outcome::Failed
         };
+        let ran: BTreeSet<String> = records.iter().map(|r| r.worker.clone()).collect();
+        if view::any_stale(ctx, &ran).await {
+            let n = view::refresh_views(ctx, &fleet, &ran).await;
+            ctx.reporter.event(&Event::Message {
+                text: format!("wrote worker.json and jobs.json on {n} worker(s)"),
+            });
+        }
         fleet.close().await;
         return Ok(report);
     }
@@ -288,7 +296,8 @@ pub async fn deploy(ctx: &Context, opts: &DeployOptions) -> Result<DeployReport,
         if unhealthy.is_empty() {
             waves::run_waves(&run, &plan, &mut report).await?;
             if !run.interrupt.is_set() {
-                view::refresh_views(&run).await;
+                let ran = run.records.keys().map(|(_, w)| w.clone()).collect();
+                view::refresh_views(ctx, &run.fleet, &ran).await;
             }
         } else {
             let jobs: BTreeSet<&String> = unhealthy.iter().map(|(j, _)| j).collect();

@@ -5,39 +5,67 @@
 
 use super::*;
 
-/// Writes the fleet view to every worker that runs a job and whose view
-/// changed. A worker that cannot be written is warned about: the next
-/// deploy tries again (its hash is not recorded).
-pub(super) async fn refresh_views(run: &Run) {
-    let view = cutover_model::view::FleetView::of(&run.project);
+/// One worker's view to write: its worker.json, and the store key and
+/// hash that say whether it is already there.
+struct Stale<'a> {
+    worker: &'a Worker,
+    worker_json: String,
+    key: String,
+    hash: String,
+}
+
+/// The workers whose view changed since it was last written: those that
+/// run a job, and those that ran one (`ran`: a job moved away from them,
+/// their view must say so). Disabled workers are left alone. Reads the
+/// store only: deciding costs no connection.
+async fn stale<'a>(
+    ctx: &'a Context,
+    jobs_json: &str,
+    view: &cutover_model::view::FleetView,
+    ran: &BTreeSet<String>,
+) -> Vec<Stale<'a>> {
+    let mut out = Vec::new();
+    for w in ctx.project.workers.iter().filter(|w| {
+        !w.disabled && (view.workers.iter().any(|v| v.name == w.name) || ran.contains(&w.name))
+    }) {
+        let worker_json = cutover_model::view::worker_json(w);
+        let key = format!("fleet_view/{}", w.name);
+        let hash = blake3::hash(format!("{}\0{worker_json}\0{jobs_json}", w.root).as_bytes())
+            .to_hex()
+            .to_string();
+        if ctx.store.meta_get(&key).await.ok().flatten().as_deref() != Some(hash.as_str()) {
+            out.push(Stale {
+                worker: w,
+                worker_json,
+                key,
+                hash,
+            });
+        }
+    }
+    out
+}
+
+/// Writes the fleet view to every worker whose view changed. A worker that
+/// cannot be written is warned about: the next deploy tries again (its
+/// hash is not recorded). Returns how many were written.
+pub(super) async fn refresh_views(ctx: &Context, fleet: &Fleet, ran: &BTreeSet<String>) -> usize {
+    let view = cutover_model::view::FleetView::of(&ctx.project);
     let jobs_json = view.jobs_json();
-    // Workers that run a job, and those that ran one (a job moved away
-    // from them: their view must say so). Disabled workers are left alone.
-    let targets: Vec<&Worker> = run
-        .project
-        .workers
-        .iter()
-        .filter(|w| {
-            !w.disabled
-                && (view.workers.iter().any(|v| v.name == w.name)
-                    || run.records.keys().any(|(_, rw)| rw == &w.name))
-        })
-        .collect();
-    crate::join::join_all(targets.into_iter().map(|w| {
+    let timeout = ctx.project.config.ssh.command_timeout;
+    let targets = stale(ctx, &jobs_json, &view, ran).await;
+    let written = crate::join::join_all(targets.into_iter().map(|t| {
         let jobs_json = &jobs_json;
         async move {
-            let worker_json = cutover_model::view::worker_json(w);
-            let key = format!("fleet_view/{}", w.name);
-            let hash = blake3::hash(format!("{}\0{worker_json}\0{jobs_json}", w.root).as_bytes())
-                .to_hex()
-                .to_string();
-            if run.store.meta_get(&key).await.ok().flatten().as_deref() == Some(hash.as_str()) {
-                return;
-            }
+            let Stale {
+                worker: w,
+                worker_json,
+                key,
+                hash,
+            } = t;
             let written = async {
-                let host = run.fleet.host(&w.name).await?;
+                let host = fleet.host(&w.name).await?;
                 let input = format!("{worker_json}{jobs_json}");
-                let cmd = remote::write_views(&w.root, worker_json.len(), run.timeout);
+                let cmd = remote::write_views(&w.root, worker_json.len(), timeout);
                 let out = host
                     .run_with_input(&cmd, input.as_bytes())
                     .await
@@ -45,21 +73,29 @@ pub(super) async fn refresh_views(run: &Run) {
                 if !out.success() {
                     return Err(out.tail(3));
                 }
-                run.store
+                ctx.store
                     .meta_put(&key, &hash)
                     .await
                     .map_err(|e| e.to_string())
             }
             .await;
-            if let Err(e) = written {
-                run.reporter.event(&Event::Message {
+            if let Err(e) = &written {
+                ctx.reporter.event(&Event::Message {
                     text: format!(
                         "warning: {}: cannot write worker.json and jobs.json ({e}); the next deploy tries again",
                         w.name
                     ),
                 });
             }
+            written.is_ok()
         }
     }))
     .await;
+    written.into_iter().filter(|ok| *ok).count()
+}
+
+/// Whether any worker's view changed (no connection is made).
+pub(super) async fn any_stale(ctx: &Context, ran: &BTreeSet<String>) -> bool {
+    let view = cutover_model::view::FleetView::of(&ctx.project);
+    !stale(ctx, &view.jobs_json(), &view, ran).await.is_empty()
 }
