@@ -966,3 +966,24 @@ fn playbooks_match_a_failed_targets_whole_output_in_migrate() {
     let m = s.p.expect(&["playbook", "match", "41"], 0);
     assert!(m.stdout.contains("port-in-use"), "{m:?}");
 }
+
+/// A release whose range holds a merge and then a commit made on main
+/// itself is reverted whole: the merge with `-m 1`, the commit plainly,
+/// in one revert commit; the tree is BASE's again.
+#[test]
+fn revert_of_a_range_with_a_merge_and_a_direct_commit() {
+    let s = setup(1);
+    let base = s.head();
+    s.merge("feat/51", &[("jobs/api/app.conf", "api = 51\n")]);
+    write_file(&s.dev, "jobs/web/notes.txt", "a direct commit on main\n");
+    git(&s.dev, &["add", "-A"]);
+    git(&s.dev, &["commit", "-q", "-m", "direct commit"]);
+    git(&s.dev, &["push", "-q", "origin", "main"]);
+    s.p.expect(&["release", "run", "51"], 0);
+    let out = s.p.expect(&["release", "revert", "51"], 0);
+    assert!(out.stdout.contains("reverted"), "{out:?}");
+    let diff = git(s.p.path(), &["diff", "--stat", &base, "HEAD"]);
+    assert_eq!(diff, "", "the tree is BASE's again");
+    let remote = git(s.p.path(), &["rev-parse", "origin/main"]);
+    assert_eq!(remote, s.head(), "the revert is pushed");
+}

@@ -620,39 +620,20 @@ fn render_restore(
 }
 
 fn revert_git(git: &Git, state: &StateFile, remote: &str, push: bool) -> Result<String, String> {
-    let parents = git.parents(&state.merge_sha).map_err(|e| e.to_string())?;
-    let (args, what): (Vec<String>, String) = if parents.len() > 1 {
-        (
-            ["revert", "--no-edit", "-m", "1", &state.merge_sha]
-                .map(str::to_string)
-                .to_vec(),
-            format!(
-                "reverted merge {} (git revert -m 1)",
-                &state.merge_sha[..12]
-            ),
-        )
-    } else {
-        let range = format!("{}..{}", state.base_sha, state.merge_sha);
-        (
-            ["revert", "--no-edit", range.as_str()]
-                .map(str::to_string)
-                .to_vec(),
-            format!("reverted {range} (fast-forwarded commits)"),
-        )
-    };
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     // A revert whose push failed is retried: the revert commit is already
     // there, and only the push is left.
     let recent = git
         .run(&["log", "-n", "50", "--format=%B"])
         .unwrap_or_default();
     let already = recent.contains(&format!("This reverts commit {}", state.merge_sha));
-    if !already {
-        git.run(&args).map_err(|e| {
+    let what = if already {
+        format!("reverted {}", &state.merge_sha[..12])
+    } else {
+        revert_range(git, state).inspect_err(|_| {
             let _ = git.run(&["revert", "--abort"]);
-            e.to_string()
-        })?;
-    }
+            let _ = git.run(&["reset", "--quiet", "--merge"]);
+        })?
+    };
     if !push {
         return Ok(format!(
             "{what}; not pushed (--no-push): push it before the next release, which refuses while {} is ahead of {remote}",
@@ -665,6 +646,57 @@ fn revert_git(git: &Git, state: &StateFile, remote: &str, push: bool) -> Result<
             format!("{what}, but the push failed: {e}; push it with `git push {remote} {refspec}`")
         })?;
     Ok(format!("{what}; pushed to {remote}/{}", state.branch))
+}
+
+/// Reverts what BASE_SHA..MERGE_SHA brought. A merge alone: `git revert
+/// -m 1`. A range of plain commits: `git revert` of the range, a commit
+/// each. A range that holds merges (a merge, then a commit made on the
+/// branch itself): each commit of the branch's own line (`--first-parent`:
+/// a merged branch's commits are undone by reverting its merge), newest
+/// first, merges with `-m 1`, all in one revert commit.
+fn revert_range(git: &Git, state: &StateFile) -> Result<String, String> {
+    let (base, merge) = (&state.base_sha, &state.merge_sha);
+    let range = format!("{base}..{merge}");
+    let parents = git.parents(merge).map_err(|e| e.to_string())?;
+    let merges = git
+        .run(&["rev-list", "--merges", &range])
+        .map_err(|e| e.to_string())?;
+    let line = git
+        .run(&["rev-list", "--first-parent", &range])
+        .map_err(|e| e.to_string())?;
+    let line: Vec<&str> = line.split_whitespace().collect();
+    if parents.len() > 1 && line.len() == 1 {
+        git.run(&["revert", "--no-edit", "-m", "1", merge])
+            .map_err(|e| e.to_string())?;
+        return Ok(format!("reverted merge {} (git revert -m 1)", &merge[..12]));
+    }
+    if merges.trim().is_empty() {
+        git.run(&["revert", "--no-edit", &range])
+            .map_err(|e| e.to_string())?;
+        return Ok(format!("reverted {range} (fast-forwarded commits)"));
+    }
+    for c in &line {
+        let is_merge = git.parents(c).map_err(|e| e.to_string())?.len() > 1;
+        let mut args = vec!["revert", "--no-edit", "--no-commit"];
+        if is_merge {
+            args.extend(["-m", "1"]);
+        }
+        args.push(c);
+        git.run(&args).map_err(|e| e.to_string())?;
+    }
+    let message = format!(
+        "Revert release {}: {}..{}\n\nThis reverts commit {merge}, and the {} commit(s) of {range}.",
+        state.ticket,
+        &base[..12],
+        &merge[..12],
+        line.len()
+    );
+    git.run(&["commit", "--quiet", "-m", &message])
+        .map_err(|e| e.to_string())?;
+    Ok(format!(
+        "reverted {range} ({} commits, merges with -m 1) in one commit",
+        line.len()
+    ))
 }
 
 /// After a hotfix-branch release: main checked out, fast-forwarded,
