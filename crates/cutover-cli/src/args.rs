@@ -86,6 +86,9 @@ pub enum Command {
     /// The state store: rebuild it from what the workers carry.
     #[command(subcommand)]
     State(StateCommand),
+    /// Signing keys for release indexes: make a key pair, list the trusted keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Certificates of jobs with [certs], from the project CA.
     #[command(subcommand)]
     Certs(CertsCommand),
@@ -321,6 +324,22 @@ pub enum LockCommand {
     Status,
     /// Clear the lock record left by a process that is gone.
     Release,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Write a new ed25519 key pair into DIR (cutover-signing.key, 0600, and
+    /// cutover-signing.pub) and print its key id (the hex SHA-256 of the
+    /// public key). Existing key files are never overwritten. Keep the
+    /// private key out of the project tree.
+    Generate {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// The keys this project trusts ([trust] public_keys,
+    /// CUTOVER_TRUST_PUBLIC_KEYS_PATH, CUTOVER_TRUST_PUBLIC_KEYS_JSON) and the
+    /// threshold of distinct keys that must sign.
+    List,
 }
 
 #[derive(Debug, Subcommand)]

@@ -12,3 +12,8 @@ pub const HOME: &str = "HOME";
 /// Where private scratch dirs go (staging, ssh control sockets); else the
 /// system temp dir (`TMPDIR`, then /tmp).
 pub const XDG_RUNTIME_DIR: &str = "XDG_RUNTIME_DIR";
+/// Trusted public key files for release indexes, `:`-separated (besides
+/// `[trust] public_keys`).
+pub const CUTOVER_TRUST_PUBLIC_KEYS_PATH: &str = "CUTOVER_TRUST_PUBLIC_KEYS_PATH";
+/// Trusted public keys as a JSON array of hex strings.
+pub const CUTOVER_TRUST_PUBLIC_KEYS_JSON: &str = "CUTOVER_TRUST_PUBLIC_KEYS_JSON";

@@ -19,6 +19,7 @@ mod hooks;
 pub mod interrupt;
 pub mod jobrun;
 mod join;
+pub mod keys;
 pub mod kv;
 pub mod logs;
 pub mod rebuild;

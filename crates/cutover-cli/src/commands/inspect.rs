@@ -534,6 +534,57 @@ pub async fn job_purge(s: &Session, job: &str, yes: bool) -> Result<u8, CliError
 }
 
 /// `cutover state rebuild`.
+pub fn keys_generate(g: &crate::args::Global, out: &std::path::Path) -> Result<u8, CliError> {
+    let key = cutover_engine::keys::generate(out)?;
+    if g.json {
+        super::print_json(serde_json::json!({
+            "outcome": "ok", "exit_code": 0, "key": key,
+        }));
+        return Ok(0);
+    }
+    println!(
+        "wrote {} (private, 0600) and {}",
+        out.join(cutover_engine::keys::PRIVATE_FILE).display(),
+        out.join(cutover_engine::keys::PUBLIC_FILE).display()
+    );
+    println!("key id {}", key.keyid);
+    println!(
+        "trust it: add the .pub file to [trust] public_keys in cutover.toml; sign with --key {} (or CUTOVER_SIGNING_KEY_FILE)",
+        out.join(cutover_engine::keys::PRIVATE_FILE).display()
+    );
+    Ok(0)
+}
+
+pub async fn keys_list(s: &Session) -> Result<u8, CliError> {
+    let env = cutover_engine::keys::TrustEnv {
+        paths: std::env::var(crate::env_vars::CUTOVER_TRUST_PUBLIC_KEYS_PATH).ok(),
+        json: std::env::var(crate::env_vars::CUTOVER_TRUST_PUBLIC_KEYS_JSON).ok(),
+    };
+    let trust = cutover_engine::keys::trust(&s.ctx, &env)?;
+    if s.json {
+        super::print_json(serde_json::json!({
+            "outcome": "ok", "exit_code": 0, "trust": trust,
+        }));
+        return Ok(0);
+    }
+    if trust.keys.is_empty() {
+        println!("no trusted keys: add public key files to [trust] public_keys in cutover.toml (`cutover keys generate --out DIR` makes a pair)");
+        return Ok(0);
+    }
+    let rows: Vec<Vec<String>> = trust
+        .keys
+        .iter()
+        .map(|k| vec![k.keyid.clone(), k.source.clone()])
+        .collect();
+    table(&["KEY ID", "FROM"], &rows);
+    println!(
+        "threshold: {} of {} distinct key(s) must sign a release index",
+        trust.threshold,
+        trust.keys.len()
+    );
+    Ok(0)
+}
+
 pub async fn certs_list(s: &Session) -> Result<u8, CliError> {
     let certs = cutover_engine::certs::list(&s.ctx).await?;
     if s.json {

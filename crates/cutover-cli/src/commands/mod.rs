@@ -18,8 +18,8 @@ use cutover_model::{LoadOptions, Project, StateBackend};
 use cutover_state::SqliteStore;
 
 use crate::args::{
-    CertsCommand, Cli, Command, Global, JobCommand, LockCommand, Progress, StateCommand,
-    WorkerCommand,
+    CertsCommand, Cli, Command, Global, JobCommand, KeysCommand, LockCommand, Progress,
+    StateCommand, WorkerCommand,
 };
 use crate::env_vars;
 use crate::error::CliError;
@@ -60,6 +60,10 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         }
         Command::State(StateCommand::Rebuild) => {
             inspect::state_rebuild(&Session::open(g, "state").await?).await
+        }
+        Command::Keys(KeysCommand::Generate { out }) => inspect::keys_generate(g, &out),
+        Command::Keys(KeysCommand::List) => {
+            inspect::keys_list(&Session::open(g, "keys").await?).await
         }
         Command::Certs(CertsCommand::List) => {
             inspect::certs_list(&Session::open(g, "certs").await?).await

@@ -7,6 +7,7 @@ mod check;
 mod crash;
 mod deploy;
 mod firstrun;
+mod keys;
 mod lifecycle;
 mod plan;
 mod release;
