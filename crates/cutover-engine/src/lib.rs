@@ -16,6 +16,7 @@ mod events;
 mod fleet;
 mod health;
 mod hooks;
+pub mod index;
 pub mod interrupt;
 pub mod jobrun;
 mod join;

@@ -1,0 +1,398 @@
+//! The signed release index (`releases.json`, one per job): its channels
+//! and published versions, signed by the project's keys. Every load
+//! verifies, and refuses (exit 4) before anything is touched:
+//!
+//! - an index over 1 MiB, or with more than 32 signatures (endless data);
+//! - an unknown `schema_version`;
+//! - another job's index;
+//! - too few distinct trusted keys with a valid signature over the
+//!   canonical JSON (RFC 8785) of `signed`: a key counts once however many
+//!   signatures or key ids name it, an untrusted key not at all;
+//! - an expired index;
+//! - a `seq` lower than the highest this project has seen (rollback);
+//! - a version name that would escape its directory.
+//!
+//! The checks follow the attacks the TUF specification lists and the
+//! advisories of its libraries (duplicate signatures counted toward a
+//! threshold, missing rollback protection, path traversal in target
+//! names, endless data).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use base64::Engine as _;
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+use crate::keys::keyid;
+
+/// The largest index read.
+pub const MAX_BYTES: usize = 1024 * 1024;
+/// The most signatures an index may carry.
+pub const MAX_SIGNATURES: usize = 32;
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Version {
+    pub version: String,
+    pub sha256: String,
+    pub size: u64,
+    pub published_at: String,
+    pub actor: String,
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default)]
+    pub ticket: String,
+}
+
+/// What the signatures cover.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signed {
+    pub schema_version: u32,
+    pub job: String,
+    pub seq: u64,
+    /// RFC 3339, UTC.
+    pub expires: String,
+    pub channels: BTreeMap<String, String>,
+    pub versions: Vec<Version>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignatureEntry {
+    pub keyid: String,
+    /// base64 of the 64-byte ed25519 signature.
+    pub sig: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Index {
+    pub signed: Signed,
+    pub signatures: Vec<SignatureEntry>,
+}
+
+/// Why an index was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("the index is {0} bytes, over the 1 MiB limit")]
+    TooLarge(usize),
+    #[error("the index is not a release index: {0}")]
+    Malformed(String),
+    #[error("the index has {0} signatures, over the limit of 32")]
+    TooManySignatures(usize),
+    #[error("unknown schema_version {0} (this cutover reads {SCHEMA_VERSION})")]
+    Schema(u32),
+    #[error("the index is job `{found}`'s, not `{expected}`'s")]
+    WrongJob { expected: String, found: String },
+    #[error("{valid} distinct trusted key(s) signed it; {threshold} must")]
+    Threshold { valid: usize, threshold: usize },
+    #[error("the index expired at {0}")]
+    Expired(String),
+    #[error("the index has seq {found}, lower than {seen} already seen: a rollback")]
+    Rollback { found: u64, seen: u64 },
+    #[error("version name `{0}` could escape its directory")]
+    BadName(String),
+}
+
+/// The bytes a signature covers: the canonical JSON (RFC 8785) of `signed`.
+pub fn canonical(signed: &Signed) -> Vec<u8> {
+    serde_jcs::to_vec(signed).unwrap_or_default()
+}
+
+/// Signs `signed` with each key (one signature per distinct key).
+pub fn sign(signed: Signed, keys: &[SigningKey]) -> Index {
+    let bytes = canonical(&signed);
+    let mut seen = BTreeSet::new();
+    let signatures = keys
+        .iter()
+        .filter(|k| seen.insert(keyid(&k.verifying_key())))
+        .map(|k| SignatureEntry {
+            keyid: keyid(&k.verifying_key()),
+            sig: base64::engine::general_purpose::STANDARD.encode(k.sign(&bytes).to_bytes()),
+        })
+        .collect();
+    Index { signed, signatures }
+}
+
+/// A version or file name that stays in its directory: not empty, no `/`,
+/// `\`, NUL or control character, not `.` or `..`, at most 128 bytes.
+pub fn safe_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name != "."
+        && name != ".."
+        && !name.starts_with('-')
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == '\\' || c.is_control())
+}
+
+/// What a load checks against.
+pub struct Expect<'a> {
+    pub job: &'a str,
+    pub trusted: &'a [VerifyingKey],
+    pub threshold: usize,
+    /// The highest seq this project has seen of this job's index.
+    pub seen_seq: Option<u64>,
+    /// Now, RFC 3339 UTC (compared as timestamps).
+    pub now: jiff::Timestamp,
+}
+
+/// Parses and verifies an index's bytes.
+pub fn verify(bytes: &[u8], expect: &Expect<'_>) -> Result<Index, Refused> {
+    if bytes.len() > MAX_BYTES {
+        return Err(Refused::TooLarge(bytes.len()));
+    }
+    let index: Index =
+        serde_json::from_slice(bytes).map_err(|e| Refused::Malformed(e.to_string()))?;
+    if index.signatures.len() > MAX_SIGNATURES {
+        return Err(Refused::TooManySignatures(index.signatures.len()));
+    }
+    let s = &index.signed;
+    if s.schema_version != SCHEMA_VERSION {
+        return Err(Refused::Schema(s.schema_version));
+    }
+    if s.job != expect.job {
+        return Err(Refused::WrongJob {
+            expected: expect.job.to_string(),
+            found: s.job.clone(),
+        });
+    }
+    let bytes = canonical(s);
+    // Each trusted key counts once, whatever key id a signature claims:
+    // the signature is checked against every trusted key.
+    let mut valid: BTreeSet<[u8; 32]> = BTreeSet::new();
+    for entry in &index.signatures {
+        let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(&entry.sig) else {
+            continue;
+        };
+        let Ok(sig) = Signature::from_slice(&raw) else {
+            continue;
+        };
+        for key in expect.trusted {
+            if key.verify(&bytes, &sig).is_ok() {
+                valid.insert(key.to_bytes());
+            }
+        }
+    }
+    if expect.threshold == 0 || valid.len() < expect.threshold {
+        return Err(Refused::Threshold {
+            valid: valid.len(),
+            threshold: expect.threshold,
+        });
+    }
+    let expires: jiff::Timestamp = s
+        .expires
+        .parse()
+        .map_err(|e| Refused::Malformed(format!("expires `{}`: {e}", s.expires)))?;
+    if expires <= expect.now {
+        return Err(Refused::Expired(s.expires.clone()));
+    }
+    if let Some(seen) = expect.seen_seq {
+        if s.seq < seen {
+            return Err(Refused::Rollback { found: s.seq, seen });
+        }
+    }
+    for v in &s.versions {
+        if !safe_name(&v.version) {
+            return Err(Refused::BadName(v.version.clone()));
+        }
+    }
+    for v in s.channels.values() {
+        if !safe_name(v) {
+            return Err(Refused::BadName(v.clone()));
+        }
+    }
+    Ok(index)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: u8) -> SigningKey {
+        SigningKey::from_bytes(&[n; 32])
+    }
+
+    fn signed() -> Signed {
+        Signed {
+            schema_version: 1,
+            job: "api".into(),
+            seq: 7,
+            expires: "2030-01-01T00:00:00Z".into(),
+            channels: [("stable".to_string(), "1.0.0".to_string())].into(),
+            versions: vec![Version {
+                version: "1.0.0".into(),
+                sha256: "ab".repeat(32),
+                size: 12,
+                published_at: "2026-12-01T00:00:00Z".into(),
+                actor: "ops".into(),
+                reason: String::new(),
+                ticket: String::new(),
+            }],
+        }
+    }
+
+    fn check(index: &Index, trusted: &[SigningKey], threshold: usize) -> Result<Index, Refused> {
+        let trusted: Vec<VerifyingKey> = trusted.iter().map(|k| k.verifying_key()).collect();
+        let bytes = serde_json::to_vec(index).expect("json");
+        verify(
+            &bytes,
+            &Expect {
+                job: "api",
+                trusted: &trusted,
+                threshold,
+                seen_seq: Some(7),
+                now: "2026-12-01T00:00:00Z".parse().expect("now"),
+            },
+        )
+    }
+
+    #[test]
+    fn a_good_index_verifies() {
+        let index = sign(signed(), &[key(1), key(2)]);
+        assert_eq!(check(&index, &[key(1), key(2)], 2), Ok(index));
+    }
+
+    #[test]
+    fn a_changed_signed_part_breaks_every_signature() {
+        let mut index = sign(signed(), &[key(1)]);
+        index
+            .signed
+            .channels
+            .insert("stable".into(), "0.9.0".into());
+        assert!(matches!(
+            check(&index, &[key(1)], 1),
+            Err(Refused::Threshold { valid: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn an_untrusted_key_counts_for_nothing() {
+        let index = sign(signed(), &[key(9)]);
+        assert!(matches!(
+            check(&index, &[key(1)], 1),
+            Err(Refused::Threshold { valid: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn one_key_counts_once_whatever_its_signatures_and_key_ids() {
+        let mut index = sign(signed(), &[key(1)]);
+        let dup = index.signatures[0].clone();
+        index.signatures.push(SignatureEntry {
+            keyid: "another-id".into(),
+            ..dup.clone()
+        });
+        index.signatures.push(dup);
+        assert!(matches!(
+            check(&index, &[key(1), key(2)], 2),
+            Err(Refused::Threshold {
+                valid: 1,
+                threshold: 2
+            })
+        ));
+    }
+
+    #[test]
+    fn another_jobs_index_is_refused() {
+        let mut s = signed();
+        s.job = "web".into();
+        let index = sign(s, &[key(1)]);
+        assert!(matches!(
+            check(&index, &[key(1)], 1),
+            Err(Refused::WrongJob { .. })
+        ));
+    }
+
+    #[test]
+    fn an_expired_index_is_refused() {
+        let mut s = signed();
+        s.expires = "2026-11-30T23:59:59Z".into();
+        let index = sign(s, &[key(1)]);
+        assert!(matches!(
+            check(&index, &[key(1)], 1),
+            Err(Refused::Expired(_))
+        ));
+    }
+
+    #[test]
+    fn a_lower_seq_is_a_rollback() {
+        let mut s = signed();
+        s.seq = 6;
+        let index = sign(s, &[key(1)]);
+        assert!(matches!(
+            check(&index, &[key(1)], 1),
+            Err(Refused::Rollback { found: 6, seen: 7 })
+        ));
+    }
+
+    #[test]
+    fn an_unknown_schema_is_refused() {
+        let mut s = signed();
+        s.schema_version = 2;
+        let index = sign(s, &[key(1)]);
+        assert!(matches!(
+            check(&index, &[key(1)], 1),
+            Err(Refused::Schema(2))
+        ));
+    }
+
+    #[test]
+    fn names_that_escape_are_refused() {
+        for bad in ["../x", "a/b", "..", "", "x\\y", "-rf", "a\nb"] {
+            let mut s = signed();
+            s.versions[0].version = bad.into();
+            let index = sign(s, &[key(1)]);
+            assert!(
+                matches!(check(&index, &[key(1)], 1), Err(Refused::BadName(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn endless_data_is_refused() {
+        let big = vec![b' '; MAX_BYTES + 1];
+        let trusted = [key(1).verifying_key()];
+        let e = verify(
+            &big,
+            &Expect {
+                job: "api",
+                trusted: &trusted,
+                threshold: 1,
+                seen_seq: None,
+                now: "2026-12-01T00:00:00Z".parse().expect("now"),
+            },
+        );
+        assert!(matches!(e, Err(Refused::TooLarge(_))));
+        let mut index = sign(signed(), &[key(1)]);
+        let one = index.signatures[0].clone();
+        index.signatures = vec![one; MAX_SIGNATURES + 1];
+        assert!(matches!(
+            check(&index, &[key(1)], 1),
+            Err(Refused::TooManySignatures(33))
+        ));
+    }
+
+    #[test]
+    fn the_signature_covers_canonical_json() {
+        // Key order and whitespace do not matter: the signature is over
+        // RFC 8785 bytes, so a re-serialized index still verifies.
+        let index = sign(signed(), &[key(1)]);
+        let pretty = serde_json::to_string_pretty(&index).expect("json");
+        let trusted = [key(1).verifying_key()];
+        let ok = verify(
+            pretty.as_bytes(),
+            &Expect {
+                job: "api",
+                trusted: &trusted,
+                threshold: 1,
+                seen_seq: None,
+                now: "2026-12-01T00:00:00Z".parse().expect("now"),
+            },
+        );
+        assert!(ok.is_ok(), "{ok:?}");
+        assert!(String::from_utf8(canonical(&index.signed))
+            .expect("utf8")
+            .starts_with("{\"channels\":"));
+    }
+}
