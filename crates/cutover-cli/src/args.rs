@@ -86,6 +86,9 @@ pub enum Command {
     /// The state store: rebuild it from what the workers carry.
     #[command(subcommand)]
     State(StateCommand),
+    /// Build a job, pack it as a deterministic tar.zst and add it to the
+    /// job's signed release index in the store ([store] url).
+    Publish(PublishArgs),
     /// Signing keys for release indexes: make a key pair, list the trusted keys.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -324,6 +327,28 @@ pub enum LockCommand {
     Status,
     /// Clear the lock record left by a process that is gone.
     Release,
+}
+
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    pub job: String,
+    /// The channel that points at the new version: stable (only for a job
+    /// without [canary], or its first version) or canary.
+    #[arg(long, default_value = "stable", value_name = "CHANNEL")]
+    pub channel: String,
+    /// A private key to sign the index with (repeatable, for a threshold
+    /// above one); else CUTOVER_SIGNING_KEY_FILE.
+    #[arg(long = "key", value_name = "FILE", env = env_vars::CUTOVER_SIGNING_KEY_FILE, value_delimiter = ':')]
+    pub keys: Vec<PathBuf>,
+    /// Point stable at a new version of a job with [canary] (audited).
+    #[arg(long)]
+    pub force: bool,
+    /// Why (recorded in the index).
+    #[arg(long, default_value = "")]
+    pub reason: String,
+    /// The ticket it ships (recorded in the index).
+    #[arg(long, default_value = "")]
+    pub ticket: String,
 }
 
 #[derive(Debug, Subcommand)]

@@ -17,3 +17,5 @@ pub const XDG_RUNTIME_DIR: &str = "XDG_RUNTIME_DIR";
 pub const CUTOVER_TRUST_PUBLIC_KEYS_PATH: &str = "CUTOVER_TRUST_PUBLIC_KEYS_PATH";
 /// Trusted public keys as a JSON array of hex strings.
 pub const CUTOVER_TRUST_PUBLIC_KEYS_JSON: &str = "CUTOVER_TRUST_PUBLIC_KEYS_JSON";
+/// The private key `cutover publish` signs with when no `--key` is given.
+pub const CUTOVER_SIGNING_KEY_FILE: &str = "CUTOVER_SIGNING_KEY_FILE";

@@ -44,6 +44,7 @@ impl CliError {
         match self.exit_code() {
             2 => "invalid",
             3 => "locked",
+            4 => "refused",
             _ => "error",
         }
     }

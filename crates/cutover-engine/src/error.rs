@@ -26,6 +26,13 @@ pub enum EngineError {
         #[source]
         source: std::io::Error,
     },
+    /// Verification refused what was read (a release index, an
+    /// artifact): nothing was changed because of it. Exit 4.
+    #[error("verification refused: {0}")]
+    Refused(String),
+    /// An operation ran and failed (a build).
+    #[error("{0}")]
+    Failed(String),
     /// A bug: cutover itself failed (a task panicked).
     #[error("internal error: {0}; please report it")]
     Internal(String),
@@ -46,7 +53,11 @@ impl EngineError {
         match self {
             EngineError::Config(_) | EngineError::Usage { .. } | EngineError::Template(_) => 2,
             EngineError::Locked(_) => 3,
-            EngineError::State(_) | EngineError::Io { .. } | EngineError::Internal(_) => 1,
+            EngineError::Refused(_) => 4,
+            EngineError::State(_)
+            | EngineError::Io { .. }
+            | EngineError::Failed(_)
+            | EngineError::Internal(_) => 1,
         }
     }
 

@@ -23,6 +23,7 @@ mod join;
 pub mod keys;
 pub mod kv;
 pub mod logs;
+pub mod publish;
 pub mod rebuild;
 pub mod redact;
 pub mod release;

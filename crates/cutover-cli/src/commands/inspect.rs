@@ -534,6 +534,66 @@ pub async fn job_purge(s: &Session, job: &str, yes: bool) -> Result<u8, CliError
 }
 
 /// `cutover state rebuild`.
+pub async fn publish(s: &Session, a: crate::args::PublishArgs) -> Result<u8, CliError> {
+    let command = command_line();
+    let keys = a
+        .keys
+        .iter()
+        .map(|p| cutover_engine::publish::read_signing_key(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let opts = cutover_engine::publish::PublishOptions {
+        job: a.job.clone(),
+        channel: a.channel.clone(),
+        keys,
+        force: a.force,
+        actor: s.ctx.operator.user.clone(),
+        reason: a.reason.clone(),
+        ticket: a.ticket.clone(),
+    };
+    let result = cutover_engine::publish::publish(&s.ctx, &opts).await;
+    let p = match result {
+        Ok(p) => p,
+        Err(e) => {
+            let rc = e.exit_code();
+            s.audit(&command, "failed", rc, &format!("job {}: {e}", a.job));
+            return Err(e.into());
+        }
+    };
+    let forced = if a.force { "; forced" } else { "" };
+    s.audit(
+        &command,
+        "published",
+        0,
+        &format!("job {} version {} seq {}{forced}", p.job, p.version, p.seq),
+    );
+    if s.json {
+        super::print_json(serde_json::json!({
+            "outcome": "published", "exit_code": 0, "report": p,
+        }));
+        return Ok(0);
+    }
+    let channels: Vec<String> = p
+        .channels
+        .iter()
+        .map(|(c, v)| format!("{c} -> {v}"))
+        .collect();
+    println!(
+        "[publish] {} {}{}: sha256 {}, {} bytes; index seq {}; {}",
+        p.job,
+        p.version,
+        if p.unchanged {
+            " (already published with this content)"
+        } else {
+            ""
+        },
+        p.sha256,
+        p.size,
+        p.seq,
+        channels.join(", ")
+    );
+    Ok(0)
+}
+
 pub fn keys_generate(g: &crate::args::Global, out: &std::path::Path) -> Result<u8, CliError> {
     let key = cutover_engine::keys::generate(out)?;
     if g.json {

@@ -61,6 +61,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::State(StateCommand::Rebuild) => {
             inspect::state_rebuild(&Session::open(g, "state").await?).await
         }
+        Command::Publish(a) => inspect::publish(&Session::open(g, "publish").await?, a).await,
         Command::Keys(KeysCommand::Generate { out }) => inspect::keys_generate(g, &out),
         Command::Keys(KeysCommand::List) => {
             inspect::keys_list(&Session::open(g, "keys").await?).await

@@ -99,3 +99,137 @@ fn keys_are_generated_private_never_overwritten_and_trusted_once() {
         "{out:?}"
     );
 }
+
+/// A project that publishes to a file:// store, with a generated key.
+fn publishing_project(store: &std::path::Path, keys: &std::path::Path, version: &str) -> Project {
+    let p = Project::new();
+    p.write(
+        "cutover.toml",
+        &format!(
+            "name = \"t\"\n[store]\nurl = \"file://{}\"\n[trust]\npublic_keys = [\"{}\"]\n",
+            store.display(),
+            keys.join("cutover-signing.pub").display()
+        ),
+    );
+    p.write("workers.toml", "");
+    p.job("api", &format!("version = \"{version}\"\n"));
+    p.write("jobs/api/app.conf", "port = 8080\n");
+    p
+}
+
+#[test]
+fn publish_signs_the_index_refuses_changed_versions_and_tampering() {
+    let t = tempfile::tempdir().expect("tmp");
+    let (store, keys) = (t.path().join("store"), t.path().join("keys"));
+    let p = publishing_project(&store, &keys, "1.0.0");
+    p.expect(
+        &["keys", "generate", "--out", keys.to_str().expect("utf8")],
+        0,
+    );
+    let key = keys.join("cutover-signing.key");
+    let key = key.to_str().expect("utf8");
+
+    p.expect(&["publish", "api"], 2); // no signing key
+    let out = p.expect(&["publish", "api", "--key", key, "--reason", "first"], 0);
+    assert!(
+        out.stdout.contains("[publish] api 1.0.0: sha256"),
+        "{out:?}"
+    );
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(store.join("api/releases.json")).expect("index"))
+            .expect("json");
+    assert_eq!(index["signed"]["seq"], 1);
+    assert_eq!(index["signed"]["channels"]["stable"], "1.0.0");
+    assert_eq!(index["signed"]["versions"][0]["reason"], "first");
+    assert_eq!(index["signatures"].as_array().map(Vec::len), Some(1));
+    assert!(store.join("api/1.0.0.tar.zst").is_file());
+
+    // The same content again: accepted as already published.
+    let out = p.cutover_env(&["publish", "api"], &[("CUTOVER_SIGNING_KEY_FILE", key)]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout.contains("already published with this content"),
+        "{out:?}"
+    );
+
+    // Other content under the same version: refused, nothing changes.
+    p.write("jobs/api/app.conf", "port = 9090\n");
+    let before = std::fs::read(store.join("api/releases.json")).expect("index");
+    let out = p.expect(&["publish", "api", "--key", key], 2);
+    assert!(
+        out.stderr.contains("already published with other content"),
+        "{out:?}"
+    );
+    assert_eq!(
+        std::fs::read(store.join("api/releases.json")).expect("index"),
+        before
+    );
+
+    // A tampered index is refused (exit 4) before anything is written.
+    let tampered = String::from_utf8(before.clone())
+        .expect("utf8")
+        .replace("\"stable\": \"1.0.0\"", "\"stable\": \"6.6.6\"");
+    std::fs::write(store.join("api/releases.json"), &tampered).expect("tamper");
+    p.job("api", "version = \"1.0.1\"\n");
+    let out = p.expect(&["publish", "api", "--key", key], 4);
+    assert!(
+        out.stderr.contains("verification refused") && out.stderr.contains("trusted key"),
+        "{out:?}"
+    );
+    assert!(!store.join("api/1.0.1.tar.zst").exists());
+    std::fs::write(store.join("api/releases.json"), &before).expect("restore");
+
+    // A key the project does not trust cannot sign.
+    let other = t.path().join("other");
+    p.expect(
+        &["keys", "generate", "--out", other.to_str().expect("utf8")],
+        0,
+    );
+    let other_key = other.join("cutover-signing.key");
+    let out = p.expect(
+        &["publish", "api", "--key", other_key.to_str().expect("utf8")],
+        2,
+    );
+    assert!(
+        out.stderr.contains("is not trusted by this project"),
+        "{out:?}"
+    );
+
+    let out = p.expect(&["publish", "api", "--key", key], 0);
+    assert!(
+        out.stdout.contains("api 1.0.1") && out.stdout.contains("seq 3"),
+        "{out:?}"
+    );
+}
+
+/// Two publishes of one job at once, from two clones: neither version is
+/// lost, and seq goes up one at a time.
+#[test]
+fn concurrent_publishes_lose_no_version() {
+    let t = tempfile::tempdir().expect("tmp");
+    let (store, keys) = (t.path().join("store"), t.path().join("keys"));
+    let a = publishing_project(&store, &keys, "2.0.0");
+    let b = publishing_project(&store, &keys, "2.1.0");
+    a.expect(
+        &["keys", "generate", "--out", keys.to_str().expect("utf8")],
+        0,
+    );
+    let key = keys.join("cutover-signing.key");
+    let key = key.to_str().expect("utf8");
+    let ca = a.spawn(&["publish", "api", "--key", key]);
+    let cb = b.spawn(&["publish", "api", "--key", key]);
+    let (oa, ob) = (finish(ca), finish(cb));
+    assert_eq!((oa.code, ob.code), (0, 0), "{oa:?}\n{ob:?}");
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(store.join("api/releases.json")).expect("index"))
+            .expect("json");
+    let mut versions: Vec<&str> = index["signed"]["versions"]
+        .as_array()
+        .expect("versions")
+        .iter()
+        .filter_map(|v| v["version"].as_str())
+        .collect();
+    versions.sort();
+    assert_eq!(versions, ["2.0.0", "2.1.0"]);
+    assert_eq!(index["signed"]["seq"], 2);
+}
