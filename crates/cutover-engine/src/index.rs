@@ -112,17 +112,16 @@ pub fn sign(signed: Signed, keys: &[SigningKey]) -> Index {
     Index { signed, signatures }
 }
 
-/// A version or file name that stays in its directory: not empty, no `/`,
-/// `\`, NUL or control character, not `.` or `..`, at most 128 bytes.
+/// A version or file name that stays in its directory: letters, digits,
+/// `.`, `-`, `+` and `_`, at most 128 bytes, not starting with `.` or `-`.
 pub fn safe_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 128
-        && name != "."
-        && name != ".."
+        && !name.starts_with('.')
         && !name.starts_with('-')
-        && !name
+        && name
             .chars()
-            .any(|c| c == '/' || c == '\\' || c.is_control())
+            .all(|c| c.is_ascii_alphanumeric() || ".-+_".contains(c))
 }
 
 /// What a load checks against.
@@ -134,6 +133,9 @@ pub struct Expect<'a> {
     pub seen_seq: Option<u64>,
     /// Now, RFC 3339 UTC (compared as timestamps).
     pub now: jiff::Timestamp,
+    /// Accept an expired index that is otherwise valid: a publisher that
+    /// holds the trusted keys re-signs it.
+    pub allow_expired: bool,
 }
 
 /// Parses and verifies an index's bytes.
@@ -183,7 +185,7 @@ pub fn verify(bytes: &[u8], expect: &Expect<'_>) -> Result<Index, Refused> {
         .expires
         .parse()
         .map_err(|e| Refused::Malformed(format!("expires `{}`: {e}", s.expires)))?;
-    if expires <= expect.now {
+    if expires <= expect.now && !expect.allow_expired {
         return Err(Refused::Expired(s.expires.clone()));
     }
     if let Some(seen) = expect.seen_seq {
@@ -242,6 +244,7 @@ mod tests {
                 threshold,
                 seen_seq: Some(7),
                 now: "2026-12-01T00:00:00Z".parse().expect("now"),
+                allow_expired: false,
             },
         )
     }
@@ -338,7 +341,9 @@ mod tests {
 
     #[test]
     fn names_that_escape_are_refused() {
-        for bad in ["../x", "a/b", "..", "", "x\\y", "-rf", "a\nb"] {
+        for bad in [
+            "../x", "a/b", "..", "", "x\\y", "-rf", "a\nb", " ", "v 1", ".lock",
+        ] {
             let mut s = signed();
             s.versions[0].version = bad.into();
             let index = sign(s, &[key(1)]);
@@ -361,6 +366,7 @@ mod tests {
                 threshold: 1,
                 seen_seq: None,
                 now: "2026-12-01T00:00:00Z".parse().expect("now"),
+                allow_expired: false,
             },
         );
         assert!(matches!(e, Err(Refused::TooLarge(_))));
@@ -388,6 +394,7 @@ mod tests {
                 threshold: 1,
                 seen_seq: None,
                 now: "2026-12-01T00:00:00Z".parse().expect("now"),
+                allow_expired: false,
             },
         );
         assert!(ok.is_ok(), "{ok:?}");

@@ -28,6 +28,8 @@ pub struct PublishOptions {
     pub actor: String,
     pub reason: String,
     pub ticket: String,
+    /// Trusted keys from the environment, as `keys list` reads them.
+    pub trust_env: crate::keys::TrustEnv,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -147,6 +149,15 @@ pub fn pack(dir: &Path) -> Result<Vec<u8>, EngineError> {
         } else if meta.is_file() {
             let data = std::fs::read(entry.path())
                 .map_err(io(format!("reading {}", entry.path().display())))?;
+            if data.starts_with(b"cutover ed25519 signing key") {
+                return Err(invalid(
+                    format!(
+                        "{} is a private signing key: it is never published",
+                        entry.path().display()
+                    ),
+                    "keep signing keys out of the job's build output (and out of the project)",
+                ));
+            }
             h.set_entry_type(tar::EntryType::Regular);
             h.set_mode(if exec { 0o755 } else { 0o644 });
             h.set_size(data.len() as u64);
@@ -176,16 +187,54 @@ fn seen_key(job: &str) -> String {
     format!("index_seq/{job}")
 }
 
-/// Writes `bytes` to `path` atomically.
+/// Writes `bytes` to `path` atomically: a new temporary file (never an
+/// existing one, never through a symlink) renamed over it.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EngineError> {
-    let tmp = path.with_extension("tmp");
-    std::fs::File::create(&tmp)
+    use std::os::unix::fs::OpenOptionsExt;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let nanos = jiff::Timestamp::now().as_nanosecond();
+    let tmp = path.with_file_name(format!(".{name}.{}.{nanos}.tmp", std::process::id()));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o644)
+        .open(&tmp)
         .and_then(|mut f| {
             f.write_all(bytes)?;
             f.sync_all()
         })
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(EngineError::io(format!("writing {}", path.display())))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map_err(EngineError::io(format!("writing {}", path.display())))
+}
+
+/// Refuses a store path that is a symlink: the store is written and read
+/// only where it says.
+fn no_symlink(path: &Path) -> Result<(), EngineError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => Err(EngineError::Refused(format!(
+            "{} is a symlink: the store is read and written only in its own dir",
+            path.display()
+        ))),
+        Ok(m) if !m.is_file() && !m.is_dir() => Err(EngineError::Refused(format!(
+            "{} is not a file or dir",
+            path.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Reads at most the index size limit (and one byte more, to tell).
+fn read_limited(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    std::fs::File::open(path)?
+        .take(index::MAX_BYTES as u64 + 1)
+        .read_to_end(&mut out)?;
+    Ok(out)
 }
 
 pub async fn publish(ctx: &Context, opts: &PublishOptions) -> Result<Published, EngineError> {
@@ -208,13 +257,23 @@ pub async fn publish(ctx: &Context, opts: &PublishOptions) -> Result<Published, 
         ));
     }
     let version = job.manifest.version.clone();
+    let declared = std::fs::read_to_string(job.dir.join("job.toml"))
+        .ok()
+        .and_then(|t| cutover_model::project::manifest_version(&t));
+    if declared.is_none() {
+        return Err(invalid(
+            format!("jobs/{}/job.toml declares no version", job.name),
+            "set version = \"1.0.0\": a published version names its artifact",
+        ));
+    }
     if !index::safe_name(&version) {
         return Err(invalid(
             format!("version `{version}` of {} cannot name a file", job.name),
-            "use letters, digits, `.`, `-` and `+` in job.toml's version",
+            "use letters, digits, `.`, `-`, `+` and `_` in job.toml's version, not starting with `.` or `-`",
         ));
     }
-    let trust = crate::keys::trust(ctx, &crate::keys::TrustEnv::default())?;
+    let store = store_dir(ctx)?;
+    let trust = crate::keys::trust(ctx, &opts.trust_env)?;
     let trusted: Vec<ed25519_dalek::VerifyingKey> = trust
         .keys
         .iter()
@@ -235,6 +294,22 @@ pub async fn publish(ctx: &Context, opts: &PublishOptions) -> Result<Published, 
                 "add its .pub file to [trust] public_keys (see `cutover keys list`)",
             ));
         }
+    }
+    // Nothing is written that readers would refuse: enough distinct keys.
+    let distinct: std::collections::BTreeSet<[u8; 32]> = opts
+        .keys
+        .iter()
+        .map(|k| k.verifying_key().to_bytes())
+        .collect();
+    if distinct.len() < trust.threshold as usize {
+        return Err(invalid(
+            format!(
+                "{} distinct signing key(s) given; the project's threshold is {}",
+                distinct.len(),
+                trust.threshold
+            ),
+            "give one --key per signer, as many as [trust] threshold",
+        ));
     }
 
     // Build, then pack the output.
@@ -280,40 +355,89 @@ pub async fn publish(ctx: &Context, opts: &PublishOptions) -> Result<Published, 
     let size = artifact.len() as u64;
 
     // Under the job's store lock: read, check, write, read back.
-    let dir = store_dir(ctx)?.join(&job.name);
+    let dir = store.join(&job.name);
+    no_symlink(&dir)?;
     std::fs::create_dir_all(&dir)
         .map_err(EngineError::io(format!("creating {}", dir.display())))?;
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(dir.join(".lock"))
-        .map_err(EngineError::io(format!(
-            "opening {}",
-            dir.join(".lock").display()
-        )))?;
-    lock.lock()
-        .map_err(EngineError::io("locking the release index".to_string()))?;
+    no_symlink(&dir)?;
+    let lock = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(dir.join(".lock"))
+            .map_err(EngineError::io(format!(
+                "opening {}",
+                dir.join(".lock").display()
+            )))?
+    };
+    // Another publisher holds it: wait, saying so, until it is free or a
+    // signal asks to stop.
+    let mut said = false;
+    loop {
+        match lock.try_lock() {
+            Ok(()) => break,
+            Err(std::fs::TryLockError::WouldBlock) => {
+                if ctx.interrupt.is_set() {
+                    return Err(EngineError::Failed(
+                        "interrupted while waiting for the store's lock; nothing was written"
+                            .into(),
+                    ));
+                }
+                if !said {
+                    ctx.reporter.event(&crate::Event::Message {
+                        text: format!(
+                            "waiting for {} (another publish of {})",
+                            dir.join(".lock").display(),
+                            job.name
+                        ),
+                    });
+                    said = true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(EngineError::io("locking the release index".to_string())(e))
+            }
+        }
+    }
     let index_path = dir.join("releases.json");
+    let artifact_path = dir.join(format!("{version}.tar.zst"));
+    no_symlink(&index_path)?;
+    no_symlink(&artifact_path)?;
     let seen: Option<u64> = ctx
         .store
         .meta_get(&seen_key(&job.name))
         .await?
         .and_then(|s| s.parse().ok());
-    let expect = |now| Expect {
+    let expect = |now, allow_expired| Expect {
         job: &job.name,
         trusted: &trusted,
         threshold: trust.threshold as usize,
         seen_seq: seen,
         now,
+        allow_expired,
     };
     let now = jiff::Timestamp::now();
-    let current = match std::fs::read(&index_path) {
+    // An expired index is re-signed by this publish: its keys are trusted.
+    let current = match read_limited(&index_path) {
         Ok(bytes) => Some(
-            index::verify(&bytes, &expect(now))
+            index::verify(&bytes, &expect(now, true))
                 .map_err(|e| EngineError::Refused(format!("{}: {e}", index_path.display())))?,
         ),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(seq) = seen {
+                // Deleted (or never copied): starting over would drop the
+                // published versions and read as a rollback everywhere.
+                return Err(EngineError::Refused(format!(
+                    "{} is missing, but this project has seen seq {seq} of it",
+                    index_path.display()
+                )));
+            }
+            None
+        }
         Err(e) => return Err(EngineError::io(format!("reading {}", index_path.display()))(e)),
     };
     let mut signed = match &current {
@@ -354,7 +478,6 @@ pub async fn publish(ctx: &Context, opts: &PublishOptions) -> Result<Published, 
             "publish with --channel canary, or pass --force (audited)",
         ));
     }
-    let artifact_path = dir.join(format!("{version}.tar.zst"));
     if existing.is_none() {
         write_atomic(&artifact_path, &artifact)?;
         signed.versions.push(Version {
@@ -379,11 +502,11 @@ pub async fn publish(ctx: &Context, opts: &PublishOptions) -> Result<Published, 
         serde_json::to_vec_pretty(&new).map_err(|e| EngineError::Internal(e.to_string()))?;
     write_atomic(&index_path, &bytes)?;
     // Read back and verify what others will read.
-    let back = std::fs::read(&index_path).map_err(EngineError::io(format!(
+    let back = read_limited(&index_path).map_err(EngineError::io(format!(
         "reading back {}",
         index_path.display()
     )))?;
-    let verified = index::verify(&back, &expect(jiff::Timestamp::now()))
+    let verified = index::verify(&back, &expect(jiff::Timestamp::now(), false))
         .map_err(|e| EngineError::Refused(format!("{} as written: {e}", index_path.display())))?;
     let stored = std::fs::read(&artifact_path).map_err(EngineError::io(format!(
         "reading back {}",

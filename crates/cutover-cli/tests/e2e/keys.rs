@@ -233,3 +233,89 @@ fn concurrent_publishes_lose_no_version() {
     assert_eq!(versions, ["2.0.0", "2.1.0"]);
     assert_eq!(index["signed"]["seq"], 2);
 }
+
+/// What the review of publish found: too few signers write nothing; a
+/// deleted index is refused, not restarted; an expired index is re-signed;
+/// a symlink in the store is refused (nothing written through it); a
+/// signing key in the build output is never published; a job.toml without
+/// a version is refused.
+#[test]
+fn publish_writes_nothing_readers_would_refuse() {
+    let t = tempfile::tempdir().expect("tmp");
+    let (store, keys) = (t.path().join("store"), t.path().join("keys"));
+    let p = publishing_project(&store, &keys, "1.0.0");
+    p.expect(
+        &["keys", "generate", "--out", keys.to_str().expect("utf8")],
+        0,
+    );
+    let key = keys.join("cutover-signing.key");
+    let key = key.to_str().expect("utf8").to_string();
+    let second = t.path().join("second");
+    p.expect(
+        &["keys", "generate", "--out", second.to_str().expect("utf8")],
+        0,
+    );
+    let config = |threshold: u32| {
+        format!(
+            "name = \"t\"\n[store]\nurl = \"file://{}\"\n[trust]\npublic_keys = [\"{}\", \"{}\"]\nthreshold = {threshold}\n",
+            store.display(),
+            keys.join("cutover-signing.pub").display(),
+            second.join("cutover-signing.pub").display()
+        )
+    };
+    p.write("cutover.toml", &config(2));
+    let out = p.expect(&["publish", "api", "--key", &key, "--key", &key], 2);
+    assert!(
+        out.stderr
+            .contains("1 distinct signing key(s) given; the project's threshold is 2"),
+        "{out:?}"
+    );
+    assert!(!store.join("api/releases.json").exists() && !store.join("api/1.0.0.tar.zst").exists());
+    p.write("cutover.toml", &config(1));
+    p.expect(&["publish", "api", "--key", &key], 0);
+
+    // A deleted index is not started over.
+    let index = store.join("api/releases.json");
+    let saved = std::fs::read(&index).expect("index");
+    std::fs::remove_file(&index).expect("rm");
+    let out = p.expect(&["publish", "api", "--key", &key], 4);
+    assert!(
+        out.stderr
+            .contains("is missing, but this project has seen seq 1"),
+        "{out:?}"
+    );
+    assert!(!index.exists());
+    std::fs::write(&index, &saved).expect("restore");
+
+    // A symlink where the store writes: refused, the target untouched.
+    let victim = t.path().join("victim");
+    std::fs::write(&victim, "precious\n").expect("victim");
+    p.job("api", "version = \"1.0.1\"\n");
+    std::os::unix::fs::symlink(&victim, store.join("api/1.0.1.tar.zst")).expect("symlink");
+    let out = p.expect(&["publish", "api", "--key", &key], 4);
+    assert!(out.stderr.contains("is a symlink"), "{out:?}");
+    assert_eq!(
+        std::fs::read_to_string(&victim).expect("victim"),
+        "precious\n"
+    );
+    std::fs::remove_file(store.join("api/1.0.1.tar.zst")).expect("rm link");
+
+    // A signing key in the output is never published.
+    std::fs::copy(
+        keys.join("cutover-signing.key"),
+        p.path().join("jobs/api/oops.key"),
+    )
+    .expect("cp");
+    let out = p.expect(&["publish", "api", "--key", &key], 2);
+    assert!(
+        out.stderr
+            .contains("is a private signing key: it is never published"),
+        "{out:?}"
+    );
+    p.remove("jobs/api/oops.key");
+
+    // No version in job.toml: refused.
+    p.write("jobs/api/job.toml", "selectors = []\n");
+    let out = p.expect(&["publish", "api", "--key", &key], 2);
+    assert!(out.stderr.contains("declares no version"), "{out:?}");
+}
