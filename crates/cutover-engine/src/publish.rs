@@ -472,10 +472,10 @@ pub async fn publish(ctx: &Context, opts: &PublishOptions) -> Result<Published, 
     if opts.channel == "stable" && has_canary && !first && !opts.force {
         return Err(invalid(
             format!(
-                "{} has [canary]: a new version reaches stable through `cutover channel promote`",
+                "{} has [canary]: after its first version, a new version is published to the canary channel and reaches stable by a promotion",
                 job.name
             ),
-            "publish with --channel canary, or pass --force (audited)",
+            "publish with --channel canary; `cutover channel promote` is not in this version yet, so to point stable at it now pass --force (audited)",
         ));
     }
     if existing.is_none() {
