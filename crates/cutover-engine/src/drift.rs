@@ -89,15 +89,17 @@ pub async fn drift(
         }
     }
 
+    // One connection per worker for both comparisons below.
+    let workers = records
+        .iter()
+        .filter_map(|r| ctx.project.worker(&r.worker).cloned())
+        .map(|w| (w.name.clone(), w))
+        .collect::<std::collections::BTreeMap<_, _>>();
+    let fleet = Fleet::lazy(ctx, workers.into_values().collect())?;
+
     // Outdated allocations: the project cannot say what the worker should
     // hold any more, but the store's manifest of the promoted tree can.
     if !outdated.is_empty() {
-        let workers = outdated
-            .iter()
-            .filter_map(|((_, w), _)| ctx.project.worker(w).cloned())
-            .map(|w| (w.name.clone(), w))
-            .collect::<std::collections::BTreeMap<_, _>>();
-        let fleet = Fleet::connect(ctx, workers.into_values().collect()).await?;
         for (key, found) in against_promoted(ctx, &fleet, &outdated).await {
             let mut d = AllocDrift {
                 job: key.0,
@@ -122,11 +124,12 @@ pub async fn drift(
             }
             out.push(d);
         }
-        fleet.close().await;
     }
 
     let wanted: BTreeSet<_> = to_check.into_iter().collect();
-    for ((job, worker), found) in on_workers(ctx, &rendered.trees, &wanted, By::Content).await? {
+    let compared = on_workers(ctx, &fleet, &rendered.trees, &wanted, By::Content).await;
+    fleet.close().await;
+    for ((job, worker), found) in compared? {
         let mut d = AllocDrift {
             job,
             worker,
@@ -159,6 +162,7 @@ pub(crate) async fn against_promoted(
     items: &[((String, String), Manifest)],
 ) -> Vec<((String, String), Found)> {
     let timeout = ctx.project.config.ssh.command_timeout;
+    connect_all(fleet, items.iter().map(|((_, w), _)| w.as_str())).await;
     crate::join::join_all(items.iter().map(|((job, worker), manifest)| async move {
         let key = (job.clone(), worker.clone());
         let Some(w) = ctx.project.worker(worker) else {
@@ -213,10 +217,18 @@ enum By {
     Metadata,
 }
 
+/// Opens the connections to `workers` that are not open yet, all at once
+/// (a worker that cannot be reached is remembered as such by the fleet).
+async fn connect_all<'a>(fleet: &Fleet, workers: impl Iterator<Item = &'a str>) {
+    let names: BTreeSet<&str> = workers.collect();
+    crate::join::join_all(names.into_iter().map(|n| fleet.host(n))).await;
+}
+
 /// Compares each of `keys` on its worker with its rendered tree (which the
 /// caller knows to be the promoted one), all workers at once.
 async fn on_workers(
     ctx: &Context,
+    fleet: &Fleet,
     trees: &std::collections::BTreeMap<(String, String), cutover_model::tree::Tree>,
     keys: &BTreeSet<(String, String)>,
     by: By,
@@ -227,13 +239,7 @@ async fn on_workers(
     // Rendered files may hold secrets: a private scratch dir, like deploy's.
     let stage_root = crate::scratch::Scratch::create(&ctx.runtime_dir, "drift", &ctx.project.root)?;
     let staged = render::stage(stage_root.path(), trees, keys)?;
-    let workers: Vec<_> = keys
-        .iter()
-        .filter_map(|(_, w)| ctx.project.worker(w).map(|w| (w.name.clone(), w.clone())))
-        .collect::<std::collections::BTreeMap<_, _>>()
-        .into_values()
-        .collect();
-    let fleet = Fleet::connect(ctx, workers).await?;
+    connect_all(fleet, keys.iter().map(|(_, w)| w.as_str())).await;
     let timeout = ctx.project.config.ssh.command_timeout;
     let mut tasks = tokio::task::JoinSet::new();
     for (job, worker) in keys {
@@ -266,7 +272,6 @@ async fn on_workers(
     while let Some(Ok(r)) = tasks.join_next().await {
         out.push(r);
     }
-    fleet.close().await;
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
 }
@@ -283,6 +288,7 @@ pub(crate) struct Verified {
 
 pub(crate) async fn compare(
     ctx: &Context,
+    fleet: &Fleet,
     trees: &std::collections::BTreeMap<(String, String), cutover_model::tree::Tree>,
     keys: &BTreeSet<(String, String)>,
 ) -> Result<Verified, EngineError> {
@@ -290,7 +296,7 @@ pub(crate) async fn compare(
         differ: Vec::new(),
         unreachable: Vec::new(),
     };
-    for (key, found) in on_workers(ctx, trees, keys, By::Metadata).await? {
+    for (key, found) in on_workers(ctx, fleet, trees, keys, By::Metadata).await? {
         match found {
             Found::Files(f) if f.is_empty() => {}
             Found::Unreachable(e) => v.unreachable.push((key, e)),

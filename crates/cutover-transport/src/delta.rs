@@ -107,67 +107,66 @@ impl Expected {
 
     /// What differs between this and a listing found on the worker.
     pub(crate) fn differences(&self, found: &Listing) -> Vec<Drift> {
-        let mut out: Vec<Drift> = Vec::new();
-        for (path, want) in &self.files {
-            let kind = match (want, found.get(path)) {
-                (_, None) => Some(DriftKind::Missing),
-                (None, Some(Stat::Symlink { .. })) => None,
+        let same = |_: &str, want: &Option<(u32, i128)>, got: &Stat| {
+            Ok::<_, std::convert::Infallible>(match (want, got) {
+                (None, Stat::Symlink { .. }) => true,
                 (
                     Some((mode, mtime)),
-                    Some(Stat::File {
+                    Stat::File {
                         mode: m, mtime_ns, ..
-                    }),
-                ) if mode == m && mtime == mtime_ns => None,
-                _ => Some(DriftKind::Modified),
-            };
-            if let Some(kind) = kind {
-                out.push(Drift {
-                    path: path.clone(),
-                    kind,
-                });
-            }
+                    },
+                ) => mode == m && mtime == mtime_ns,
+                _ => false,
+            })
+        };
+        match compare(&self.files, found, same) {
+            Ok(d) => d,
+            Err(never) => match never {},
         }
-        out.extend(
-            found
-                .keys()
-                .filter(|p| !self.files.contains_key(*p))
-                .map(|p| Drift {
-                    path: p.clone(),
-                    kind: DriftKind::Extra,
-                }),
-        );
-        out.sort_by(|a, b| a.path.cmp(&b.path));
-        out
     }
+}
+
+/// What differs between what a tree should hold (`want`) and what was
+/// found: each wanted path that is missing, or not the `same`; then each
+/// found path that is not wanted. Sorted by path.
+pub(crate) fn compare<W, F, E>(
+    want: &BTreeMap<String, W>,
+    found: &BTreeMap<String, F>,
+    mut same: impl FnMut(&str, &W, &F) -> Result<bool, E>,
+) -> Result<Vec<Drift>, E> {
+    let mut out = Vec::new();
+    for (path, w) in want {
+        let kind = match found.get(path) {
+            None => DriftKind::Missing,
+            Some(f) if !same(path, w, f)? => DriftKind::Modified,
+            Some(_) => continue,
+        };
+        out.push(Drift {
+            path: path.clone(),
+            kind,
+        });
+    }
+    out.extend(
+        found
+            .keys()
+            .filter(|p| !want.contains_key(*p))
+            .map(|p| Drift {
+                path: p.clone(),
+                kind: DriftKind::Extra,
+            }),
+    );
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
 }
 
 /// What differs between the expected listing and the one found.
 pub(crate) fn differences(expected: &Listing, found: &Listing) -> Vec<Drift> {
-    let mut out: Vec<Drift> = expected
-        .iter()
-        .filter_map(|(path, want)| {
-            let kind = match found.get(path) {
-                None => DriftKind::Missing,
-                Some(got) if got != want => DriftKind::Modified,
-                Some(_) => return None,
-            };
-            Some(Drift {
-                path: path.clone(),
-                kind,
-            })
-        })
-        .chain(
-            found
-                .keys()
-                .filter(|p| !expected.contains_key(*p))
-                .map(|p| Drift {
-                    path: p.clone(),
-                    kind: DriftKind::Extra,
-                }),
-        )
-        .collect();
-    out.sort_by(|a, b| a.path.cmp(&b.path));
-    out
+    match compare(expected, found, |_, w, f| {
+        Ok::<_, std::convert::Infallible>(w == f)
+    }) {
+        Ok(d) => d,
+        Err(never) => match never {},
+    }
 }
 
 /// A tar stream of `paths` (relative to `root`) that exist there; paths

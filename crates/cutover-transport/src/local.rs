@@ -10,7 +10,7 @@ use std::os::unix::fs::symlink;
 use std::path::Path;
 
 use crate::delta::{self, LocalTree, Stat};
-use crate::rsync::{Drift, DriftKind};
+use crate::rsync::Drift;
 
 /// Makes `dest` a copy of `src`. `dest` must not exist (the upload's setup
 /// removed any leftover of an interrupted run). Every file whose stat in
@@ -78,36 +78,13 @@ pub(crate) fn read_listing(dir: &Path) -> io::Result<delta::Listing> {
 pub(crate) fn content_diff(src: &Path, dest: &Path) -> io::Result<Vec<Drift>> {
     let want = read_listing(src)?;
     let found = read_listing(dest)?;
-    let mut out = Vec::new();
-    for (path, stat) in &want {
-        let kind = match (stat, found.get(path)) {
-            (_, None) => Some(DriftKind::Missing),
-            (Stat::Symlink { target: a }, Some(Stat::Symlink { target: b })) if a == b => None,
-            (Stat::File { mode: a, .. }, Some(Stat::File { mode: b, .. }))
-                if a == b && same_bytes(&src.join(path), &dest.join(path))? =>
-            {
-                None
-            }
-            _ => Some(DriftKind::Modified),
-        };
-        if let Some(kind) = kind {
-            out.push(Drift {
-                path: path.clone(),
-                kind,
-            });
+    delta::compare(&want, &found, |path, w, f| match (w, f) {
+        (Stat::Symlink { target: a }, Stat::Symlink { target: b }) => Ok(a == b),
+        (Stat::File { mode: a, .. }, Stat::File { mode: b, .. }) => {
+            Ok(a == b && same_bytes(&src.join(path), &dest.join(path))?)
         }
-    }
-    out.extend(
-        found
-            .keys()
-            .filter(|p| !want.contains_key(*p))
-            .map(|p| Drift {
-                path: p.clone(),
-                kind: DriftKind::Extra,
-            }),
-    );
-    out.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(out)
+        _ => Ok(false),
+    })
 }
 
 fn same_bytes(a: &Path, b: &Path) -> io::Result<bool> {
@@ -131,6 +108,7 @@ fn same_bytes(a: &Path, b: &Path) -> io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rsync::DriftKind;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -559,7 +559,7 @@ async fn plan_run(
                     .map(move |a| (j.job.clone(), a.worker.clone()))
             })
             .collect();
-        let verified = crate::drift::compare(ctx, &rendered.trees, &skipped).await?;
+        let verified = crate::drift::compare(ctx, fleet, &rendered.trees, &skipped).await?;
         unverified = verified
             .unreachable
             .into_iter()
