@@ -19,3 +19,9 @@ pub const CUTOVER_TRUST_PUBLIC_KEYS_PATH: &str = "CUTOVER_TRUST_PUBLIC_KEYS_PATH
 pub const CUTOVER_TRUST_PUBLIC_KEYS_JSON: &str = "CUTOVER_TRUST_PUBLIC_KEYS_JSON";
 /// The private key `cutover publish` signs with when no `--key` is given.
 pub const CUTOVER_SIGNING_KEY_FILE: &str = "CUTOVER_SIGNING_KEY_FILE";
+/// `1`: a development project signs release indexes with a key kept in
+/// `.cutover/dev-key/` and trusts it. Refused with CUTOVER_ENV=production.
+pub const CUTOVER_ALLOW_INSECURE_DEV_KEYS: &str = "CUTOVER_ALLOW_INSECURE_DEV_KEYS";
+/// `production`: doctor's checklist applies, insecure dev keys are
+/// refused, and promote and rollback refuse while trust is not set up.
+pub const CUTOVER_ENV: &str = "CUTOVER_ENV";

@@ -34,6 +34,8 @@ pub struct Context {
     pub interrupt: Arc<crate::interrupt::Interrupt>,
     /// How to load the project again after git changed it (a release's pull).
     pub load: LoadOptions,
+    /// Trusted and signing keys the environment names.
+    pub trust_env: crate::keys::TrustEnv,
 }
 
 impl Context {
@@ -63,6 +65,7 @@ impl Context {
             runtime_dir: self.runtime_dir.clone(),
             interrupt: self.interrupt.clone(),
             load: self.load.clone(),
+            trust_env: self.trust_env.clone(),
         }
     }
 

@@ -60,7 +60,8 @@ pub async fn drift(
     }
     let kv = kv::for_templates(ctx).await?;
     let certs = crate::certs::for_render(ctx, jobs, crate::certs::Mode::Existing).await?;
-    let rendered = render::render_all(ctx, jobs, &kv, &certs, &BTreeSet::new())?;
+    let published = crate::channel::artifact::for_deploy(ctx, jobs).await?;
+    let rendered = render::render_all(ctx, jobs, &kv, &certs, &BTreeSet::new(), &published)?;
     let (recorded, records) = render::recorded(ctx).await?;
     let records: Vec<_> = records
         .into_iter()

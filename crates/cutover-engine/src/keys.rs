@@ -12,12 +12,11 @@ use std::path::{Path, PathBuf};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use crate::{Context, EngineError};
 
-const PRIVATE_HEADER: &str = "cutover ed25519 signing key";
-const PUBLIC_HEADER: &str = "cutover ed25519 public key";
+use cutover_index::keyfile::{self, hex, unhex32};
+pub use cutover_index::keyid;
 
 /// The files of a key pair `keys generate` writes in its `--out` dir.
 pub const PRIVATE_FILE: &str = "cutover-signing.key";
@@ -30,27 +29,6 @@ pub struct KeyInfo {
     pub public_key: String,
     /// Where it came from: a file, or an environment variable.
     pub source: String,
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex32(text: &str) -> Option<[u8; 32]> {
-    let text = text.trim();
-    if text.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
-
-/// The key id of a public key: hex SHA-256 of its 32 bytes.
-pub fn keyid(key: &VerifyingKey) -> String {
-    hex(&Sha256::digest(key.as_bytes()))
 }
 
 /// Writes a new key pair into `dir` (made 0700 if missing). Existing key
@@ -90,16 +68,8 @@ pub fn generate(dir: &Path) -> Result<KeyInfo, EngineError> {
             })
             .map_err(EngineError::io(format!("writing {}", path.display())))
     };
-    write(
-        &private,
-        0o600,
-        format!("{PRIVATE_HEADER}\n{}\n", hex(&seed)),
-    )?;
-    write(
-        &public,
-        0o644,
-        format!("{PUBLIC_HEADER}\n{}\n", hex(verifying.as_bytes())),
-    )?;
+    write(&private, 0o600, keyfile::format_private(&signing))?;
+    write(&public, 0o644, keyfile::format_public(&verifying))?;
     Ok(KeyInfo {
         keyid: keyid(&verifying),
         public_key: hex(verifying.as_bytes()),
@@ -115,20 +85,54 @@ pub fn read_public(path: &Path) -> Result<VerifyingKey, EngineError> {
             "check [trust] public_keys in cutover.toml (paths are relative to the project)",
         )
     })?;
-    parse_public(&text).ok_or_else(|| {
+    keyfile::parse_public(&text).ok_or_else(|| {
         EngineError::usage(
             format!("{} is not a cutover public key", path.display()),
-            format!("a public key file is `{PUBLIC_HEADER}` and 64 hex digits, as `cutover keys generate` writes it"),
+            format!(
+                "a public key file is `{}` and 64 hex digits, as `cutover keys generate` writes it",
+                keyfile::PUBLIC_HEADER
+            ),
         )
     })
 }
 
-fn parse_public(text: &str) -> Option<VerifyingKey> {
-    let mut lines = text.lines();
-    if lines.next()?.trim() != PUBLIC_HEADER {
-        return None;
+/// Reads a signing key file (`cutover keys generate` writes them). A key
+/// another user could read is refused, as ssh refuses one.
+pub fn read_signing_key(path: &Path) -> Result<SigningKey, EngineError> {
+    use std::os::unix::fs::PermissionsExt;
+    let bad = |what: String| {
+        EngineError::usage(
+            what,
+            "give --key FILE (or CUTOVER_SIGNING_KEY_FILE) a key `cutover keys generate` wrote",
+        )
+    };
+    let meta = std::fs::metadata(path).map_err(|e| {
+        bad(format!(
+            "cannot read the signing key {}: {e}",
+            path.display()
+        ))
+    })?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(EngineError::usage(
+            format!(
+                "the signing key {} has mode {mode:04o}: other users can read it",
+                path.display()
+            ),
+            format!(
+                "make it private with `chmod 600 {}`, and consider the key exposed if others had access",
+                path.display()
+            ),
+        ));
     }
-    VerifyingKey::from_bytes(&unhex32(lines.next()?)?).ok()
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        bad(format!(
+            "cannot read the signing key {}: {e}",
+            path.display()
+        ))
+    })?;
+    keyfile::parse_private(&text)
+        .ok_or_else(|| bad(format!("{} is not a cutover signing key", path.display())))
 }
 
 /// The keys the project trusts and how many must sign.
@@ -136,23 +140,82 @@ fn parse_public(text: &str) -> Option<VerifyingKey> {
 pub struct Trust {
     pub keys: Vec<KeyInfo>,
     pub threshold: u32,
+    #[serde(skip)]
+    pub verifying: Vec<VerifyingKey>,
+    /// How long a signed index stays valid (`[trust] index_lifetime`).
+    #[serde(skip)]
+    pub lifetime: std::time::Duration,
 }
 
 /// Where trusted keys come from besides `[trust] public_keys`: the
-/// environment, read by the caller.
+/// environment, read by the CLI.
 #[derive(Debug, Clone, Default)]
 pub struct TrustEnv {
     /// `CUTOVER_TRUST_PUBLIC_KEYS_PATH`: public key files, `:`-separated.
     pub paths: Option<String>,
     /// `CUTOVER_TRUST_PUBLIC_KEYS_JSON`: a JSON array of hex public keys.
     pub json: Option<String>,
+    /// `CUTOVER_SIGNING_KEY_FILE`: the signing key when no `--key` is given.
+    pub signing_key_file: Option<PathBuf>,
+    /// `CUTOVER_ALLOW_INSECURE_DEV_KEYS=1`: a development project signs
+    /// with a key kept in `.cutover/dev-key/`, and trusts it.
+    pub insecure_dev_keys: bool,
+    /// `CUTOVER_ENV=production`.
+    pub production: bool,
+}
+
+/// The dir of the insecure development key (`CUTOVER_ALLOW_INSECURE_DEV_KEYS`).
+pub fn dev_key_dir(ctx: &Context) -> PathBuf {
+    ctx.workspace.join("dev-key")
+}
+
+/// Refuses insecure development keys in production.
+fn dev_keys_allowed(ctx: &Context) -> Result<bool, EngineError> {
+    let env = &ctx.trust_env;
+    if env.insecure_dev_keys && env.production {
+        return Err(EngineError::usage(
+            "CUTOVER_ALLOW_INSECURE_DEV_KEYS=1 is refused with CUTOVER_ENV=production",
+            "sign with keys kept off this machine's project (--key FILE), and unset CUTOVER_ALLOW_INSECURE_DEV_KEYS",
+        ));
+    }
+    Ok(env.insecure_dev_keys)
+}
+
+/// The insecure development key, made on first use (0600 in a 0700 dir).
+fn dev_key(ctx: &Context) -> Result<SigningKey, EngineError> {
+    let dir = dev_key_dir(ctx);
+    if !dir.join(PRIVATE_FILE).exists() {
+        generate(&dir)?;
+    }
+    read_signing_key(&dir.join(PRIVATE_FILE))
+}
+
+/// The keys an index update signs with: `--key` files, else
+/// `CUTOVER_SIGNING_KEY_FILE`, else (only with
+/// `CUTOVER_ALLOW_INSECURE_DEV_KEYS=1`) the development key.
+pub fn signing_keys(ctx: &Context, given: &[PathBuf]) -> Result<Vec<SigningKey>, EngineError> {
+    if !given.is_empty() {
+        return given.iter().map(|p| read_signing_key(p)).collect();
+    }
+    if let Some(p) = &ctx.trust_env.signing_key_file {
+        return Ok(vec![read_signing_key(p)?]);
+    }
+    if dev_keys_allowed(ctx)? {
+        return Ok(vec![dev_key(ctx)?]);
+    }
+    Err(EngineError::usage(
+        "no signing key",
+        "give --key FILE (repeatable) or CUTOVER_SIGNING_KEY_FILE; `cutover keys generate --out DIR` makes one",
+    ))
 }
 
 /// The trusted keys: `[trust] public_keys`, then the environment's. One
 /// key counts once, however many places name it. A threshold above the
 /// number of distinct keys can never be met: refused.
-pub fn trust(ctx: &Context, env: &TrustEnv) -> Result<Trust, EngineError> {
+pub fn trust(ctx: &Context) -> Result<Trust, EngineError> {
+    let env = &ctx.trust_env;
     let mut keys: Vec<KeyInfo> = Vec::new();
+    let mut verifying: Vec<VerifyingKey> = Vec::new();
     let mut add = |key: VerifyingKey, source: String| {
         let id = keyid(&key);
         if !keys.iter().any(|k| k.keyid == id) {
@@ -161,8 +224,18 @@ pub fn trust(ctx: &Context, env: &TrustEnv) -> Result<Trust, EngineError> {
                 public_key: hex(key.as_bytes()),
                 source,
             });
+            verifying.push(key);
         }
     };
+    if dev_keys_allowed(ctx)? {
+        add(
+            dev_key(ctx)?.verifying_key(),
+            format!(
+                "CUTOVER_ALLOW_INSECURE_DEV_KEYS ({})",
+                dev_key_dir(ctx).join(PRIVATE_FILE).display()
+            ),
+        );
+    }
     for p in &ctx.project.config.trust_public_keys {
         let path = ctx.project.root.join(p);
         add(read_public(&path)?, p.display().to_string());
@@ -201,7 +274,12 @@ pub fn trust(ctx: &Context, env: &TrustEnv) -> Result<Trust, EngineError> {
             "a threshold is at least 1 and at most the number of distinct trusted keys",
         ));
     }
-    Ok(Trust { keys, threshold })
+    Ok(Trust {
+        keys,
+        threshold,
+        verifying,
+        lifetime: ctx.project.config.index_lifetime,
+    })
 }
 
 #[cfg(test)]
@@ -216,6 +294,5 @@ mod tests {
         assert_eq!(keyid(&key), info.keyid);
         assert_eq!(info.keyid.len(), 64);
         assert!(generate(dir.path()).is_err(), "a second generate refuses");
-        assert!(parse_public("cutover ed25519 public key\nzz\n").is_none());
     }
 }

@@ -1,23 +1,17 @@
 //! `cutover publish`: build a job, pack its output as a deterministic
-//! `tar.zst`, and add it to the job's signed release index in the store.
-//!
-//! The store here is a directory (`[store] url = "file:///path"`):
-//! `<store>/<job>/releases.json` and `<store>/<job>/<version>.tar.zst`.
-//! An index update holds `<store>/<job>/.lock` (an flock): two publishers
-//! never lose a version; the second waits and builds on the first's index.
+//! `tar.zst`, upload it to the store (named by its content), and add it to
+//! the job's signed release index with a compare-and-swap update: two
+//! publishers never lose a version; the loser retries on the new index.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use ed25519_dalek::SigningKey;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
-use crate::index::{self, Expect, Signed, Version};
+use cutover_index::{self as index, Version};
+
+use crate::relstore::{ReleaseStore, Store};
 use crate::{Context, EngineError};
-
-/// How long a signed index stays valid (SPEC: `[trust] index_lifetime`).
-const INDEX_LIFETIME_SECS: i64 = 30 * 86_400;
 
 pub struct PublishOptions {
     pub job: String,
@@ -28,8 +22,6 @@ pub struct PublishOptions {
     pub actor: String,
     pub reason: String,
     pub ticket: String,
-    /// Trusted keys from the environment, as `keys list` reads them.
-    pub trust_env: crate::keys::TrustEnv,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -46,59 +38,6 @@ pub struct Published {
 
 fn invalid(what: impl Into<String>, help: impl Into<String>) -> EngineError {
     EngineError::usage(what, help)
-}
-
-/// The store's directory, from `[store] url`.
-pub fn store_dir(ctx: &Context) -> Result<PathBuf, EngineError> {
-    let url = ctx.project.config.store_url.as_deref().ok_or_else(|| {
-        invalid(
-            "no release store: cutover.toml has no [store] url",
-            "add [store] url = \"file:///srv/cutover-store\"",
-        )
-    })?;
-    let path = url.strip_prefix("file://").ok_or_else(|| {
-        invalid(
-            format!("[store] url `{url}` is not supported by this version of cutover"),
-            "use a file:// store (s3:// and http(s):// come later)",
-        )
-    })?;
-    if !path.starts_with('/') {
-        return Err(invalid(
-            format!("[store] url `{url}` is not an absolute file:// path"),
-            "write file:///absolute/path",
-        ));
-    }
-    Ok(PathBuf::from(path))
-}
-
-/// Reads a signing key file (`cutover keys generate` writes them).
-pub fn read_signing_key(path: &Path) -> Result<SigningKey, EngineError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        invalid(
-            format!("cannot read the signing key {}: {e}", path.display()),
-            "give --key FILE (or CUTOVER_SIGNING_KEY_FILE) a key `cutover keys generate` wrote",
-        )
-    })?;
-    let mut lines = text.lines();
-    let seed = (lines.next().map(str::trim) == Some("cutover ed25519 signing key"))
-        .then(|| lines.next())
-        .flatten()
-        .map(str::trim)
-        .filter(|h| h.len() == 64)
-        .and_then(|h| {
-            let mut out = [0u8; 32];
-            for (i, b) in out.iter_mut().enumerate() {
-                *b = u8::from_str_radix(h.get(2 * i..2 * i + 2)?, 16).ok()?;
-            }
-            Some(out)
-        })
-        .ok_or_else(|| {
-            invalid(
-                format!("{} is not a cutover signing key", path.display()),
-                "give --key a private key file that `cutover keys generate` wrote",
-            )
-        })?;
-    Ok(SigningKey::from_bytes(&seed))
 }
 
 /// Packs `dir` as a deterministic tar.zst: entries sorted, mtime 0, uid
@@ -149,7 +88,7 @@ pub fn pack(dir: &Path) -> Result<Vec<u8>, EngineError> {
         } else if meta.is_file() {
             let data = std::fs::read(entry.path())
                 .map_err(io(format!("reading {}", entry.path().display())))?;
-            if data.starts_with(b"cutover ed25519 signing key") {
+            if cutover_index::keyfile::is_private(&data) {
                 return Err(invalid(
                     format!(
                         "{} is a private signing key: it is never published",
@@ -178,65 +117,6 @@ pub fn pack(dir: &Path) -> Result<Vec<u8>, EngineError> {
     zstd::bulk::compress(&tar, 19).map_err(io("compressing the artifact".to_string()))
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The highest index seq seen of a job (kept in the state store).
-fn seen_key(job: &str) -> String {
-    format!("index_seq/{job}")
-}
-
-/// Writes `bytes` to `path` atomically: a new temporary file (never an
-/// existing one, never through a symlink) renamed over it.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EngineError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let nanos = jiff::Timestamp::now().as_nanosecond();
-    let tmp = path.with_file_name(format!(".{name}.{}.{nanos}.tmp", std::process::id()));
-    let written = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .mode(0o644)
-        .open(&tmp)
-        .and_then(|mut f| {
-            f.write_all(bytes)?;
-            f.sync_all()
-        })
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written.map_err(EngineError::io(format!("writing {}", path.display())))
-}
-
-/// Refuses a store path that is a symlink: the store is written and read
-/// only where it says.
-fn no_symlink(path: &Path) -> Result<(), EngineError> {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_symlink() => Err(EngineError::Refused(format!(
-            "{} is a symlink: the store is read and written only in its own dir",
-            path.display()
-        ))),
-        Ok(m) if !m.is_file() && !m.is_dir() => Err(EngineError::Refused(format!(
-            "{} is not a file or dir",
-            path.display()
-        ))),
-        _ => Ok(()),
-    }
-}
-
-/// Reads at most the index size limit (and one byte more, to tell).
-fn read_limited(path: &Path) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let mut out = Vec::new();
-    std::fs::File::open(path)?
-        .take(index::MAX_BYTES as u64 + 1)
-        .read_to_end(&mut out)?;
-    Ok(out)
-}
-
 pub async fn publish(ctx: &Context, opts: &PublishOptions) -> Result<Published, EngineError> {
     let job = ctx.project.jobs.get(&opts.job).ok_or_else(|| {
         invalid(
@@ -244,12 +124,6 @@ pub async fn publish(ctx: &Context, opts: &PublishOptions) -> Result<Published, 
             "name a job under jobs/",
         )
     })?;
-    if opts.keys.is_empty() {
-        return Err(invalid(
-            "no signing key",
-            "give --key FILE (repeatable) or CUTOVER_SIGNING_KEY_FILE; `cutover keys generate --out DIR` makes one",
-        ));
-    }
     if opts.channel != "stable" && opts.channel != "canary" {
         return Err(invalid(
             format!("unknown channel `{}`", opts.channel),
@@ -272,45 +146,9 @@ pub async fn publish(ctx: &Context, opts: &PublishOptions) -> Result<Published, 
             "use letters, digits, `.`, `-`, `+` and `_` in job.toml's version, not starting with `.` or `-`",
         ));
     }
-    let store = store_dir(ctx)?;
-    let trust = crate::keys::trust(ctx, &opts.trust_env)?;
-    let trusted: Vec<ed25519_dalek::VerifyingKey> = trust
-        .keys
-        .iter()
-        .filter_map(|k| {
-            let bytes: Vec<u8> = (0..32)
-                .map(|i| u8::from_str_radix(&k.public_key[2 * i..2 * i + 2], 16).ok())
-                .collect::<Option<_>>()?;
-            ed25519_dalek::VerifyingKey::from_bytes(&bytes.try_into().ok()?).ok()
-        })
-        .collect();
-    for k in &opts.keys {
-        if !trusted.contains(&k.verifying_key()) {
-            return Err(invalid(
-                format!(
-                    "signing key {} is not trusted by this project",
-                    crate::keys::keyid(&k.verifying_key())
-                ),
-                "add its .pub file to [trust] public_keys (see `cutover keys list`)",
-            ));
-        }
-    }
-    // Nothing is written that readers would refuse: enough distinct keys.
-    let distinct: std::collections::BTreeSet<[u8; 32]> = opts
-        .keys
-        .iter()
-        .map(|k| k.verifying_key().to_bytes())
-        .collect();
-    if distinct.len() < trust.threshold as usize {
-        return Err(invalid(
-            format!(
-                "{} distinct signing key(s) given; the project's threshold is {}",
-                distinct.len(),
-                trust.threshold
-            ),
-            "give one --key per signer, as many as [trust] threshold",
-        ));
-    }
+    let store = Store::of_project(ctx)?;
+    let trust = crate::keys::trust(ctx)?;
+    crate::channel::index::check_signers(&trust, &opts.keys)?;
 
     // Build, then pack the output.
     let out_dir = match &job.manifest.build {
@@ -351,185 +189,84 @@ pub async fn publish(ctx: &Context, opts: &PublishOptions) -> Result<Published, 
         ));
     }
     let artifact = tokio::task::block_in_place(|| pack(&out_dir))?;
-    let sha = hex(&Sha256::digest(&artifact));
-    let size = artifact.len() as u64;
-
-    // Under the job's store lock: read, check, write, read back.
-    let dir = store.join(&job.name);
-    no_symlink(&dir)?;
-    std::fs::create_dir_all(&dir)
-        .map_err(EngineError::io(format!("creating {}", dir.display())))?;
-    no_symlink(&dir)?;
-    let lock = {
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(dir.join(".lock"))
-            .map_err(EngineError::io(format!(
-                "opening {}",
-                dir.join(".lock").display()
-            )))?
-    };
-    // Another publisher holds it: wait, saying so, until it is free or a
-    // signal asks to stop.
-    let mut said = false;
-    loop {
-        match lock.try_lock() {
-            Ok(()) => break,
-            Err(std::fs::TryLockError::WouldBlock) => {
-                if ctx.interrupt.is_set() {
-                    return Err(EngineError::Failed(
-                        "interrupted while waiting for the store's lock; nothing was written"
-                            .into(),
-                    ));
-                }
-                if !said {
-                    ctx.reporter.event(&crate::Event::Message {
-                        text: format!(
-                            "waiting for {} (another publish of {})",
-                            dir.join(".lock").display(),
-                            job.name
-                        ),
-                    });
-                    said = true;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(EngineError::io("locking the release index".to_string())(e))
-            }
-        }
-    }
-    let index_path = dir.join("releases.json");
-    let artifact_path = dir.join(format!("{version}.tar.zst"));
-    no_symlink(&index_path)?;
-    no_symlink(&artifact_path)?;
-    let seen: Option<u64> = ctx
-        .store
-        .meta_get(&seen_key(&job.name))
-        .await?
-        .and_then(|s| s.parse().ok());
-    let expect = |now, allow_expired| Expect {
-        job: &job.name,
-        trusted: &trusted,
-        threshold: trust.threshold as usize,
-        seen_seq: seen,
-        now,
-        allow_expired,
-    };
     let now = jiff::Timestamp::now();
-    // An expired index is re-signed by this publish: its keys are trusted.
-    let current = match read_limited(&index_path) {
-        Ok(bytes) => Some(
-            index::verify(&bytes, &expect(now, true))
-                .map_err(|e| EngineError::Refused(format!("{}: {e}", index_path.display())))?,
-        ),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if let Some(seq) = seen {
-                // Deleted (or never copied): starting over would drop the
-                // published versions and read as a rollback everywhere.
-                return Err(EngineError::Refused(format!(
-                    "{} is missing, but this project has seen seq {seq} of it",
-                    index_path.display()
-                )));
+    let new_version = Version {
+        version: version.clone(),
+        sha256: cutover_index::sha256_hex(&artifact),
+        size: artifact.len() as u64,
+        published_at: now.to_string(),
+        actor: opts.actor.clone(),
+        reason: opts.reason.clone(),
+        ticket: opts.ticket.clone(),
+    };
+    // What the store's index says first (SPEC order): a version already
+    // published with other content, or a stable publish of a job with
+    // [canary], is refused before anything is uploaded. The update checks
+    // again on the index it swaps.
+    let admit = |signed: &index::Signed| -> Result<(), EngineError> {
+        if let Some(v) = signed.version(&version) {
+            if v.sha256 != new_version.sha256 {
+                return Err(invalid(
+                    format!(
+                        "{} {version} is already published with other content (sha256 {} there, {} now)",
+                        job.name, v.sha256, new_version.sha256
+                    ),
+                    "bump `version` in job.toml: a published version never changes",
+                ));
             }
-            None
         }
-        Err(e) => return Err(EngineError::io(format!("reading {}", index_path.display()))(e)),
-    };
-    let mut signed = match &current {
-        Some(i) => i.signed.clone(),
-        None => Signed {
-            schema_version: index::SCHEMA_VERSION,
-            job: job.name.clone(),
-            seq: 0,
-            expires: String::new(),
-            channels: Default::default(),
-            versions: Vec::new(),
-        },
-    };
-    let existing = signed
-        .versions
-        .iter()
-        .find(|v| v.version == version)
-        .cloned();
-    if let Some(v) = &existing {
-        if v.sha256 != sha {
+        let first = signed.versions.is_empty();
+        if opts.channel == "stable" && job.manifest.canary.is_some() && !first && !opts.force {
             return Err(invalid(
                 format!(
-                    "{} {version} is already published with other content (sha256 {} there, {sha} now)",
-                    job.name, v.sha256
+                    "{} has [canary]: after its first version, a new version is published to the canary channel and reaches stable by a promotion",
+                    job.name
                 ),
-                "bump `version` in job.toml: a published version never changes",
+                format!(
+                    "publish with --channel canary, then `cutover channel promote {} --version {version}`; --force points stable at it now (audited)",
+                    job.name
+                ),
             ));
         }
+        Ok(())
+    };
+    if let Some(current) = crate::channel::index::load(ctx, &store, &trust, &job.name, true).await?
+    {
+        admit(&current.index.signed)?;
     }
-    let first = signed.versions.is_empty();
-    let has_canary = job.manifest.canary.is_some();
-    if opts.channel == "stable" && has_canary && !first && !opts.force {
-        return Err(invalid(
-            format!(
-                "{} has [canary]: after its first version, a new version is published to the canary channel and reaches stable by a promotion",
-                job.name
-            ),
-            "publish with --channel canary; `cutover channel promote` is not in this version yet, so to point stable at it now pass --force (audited)",
-        ));
-    }
-    if existing.is_none() {
-        write_atomic(&artifact_path, &artifact)?;
-        signed.versions.push(Version {
-            version: version.clone(),
-            sha256: sha.clone(),
-            size,
-            published_at: now.to_string(),
-            actor: opts.actor.clone(),
-            reason: opts.reason.clone(),
-            ticket: opts.ticket.clone(),
-        });
-    }
-    signed
-        .channels
-        .insert(opts.channel.clone(), version.clone());
-    signed.seq += 1;
-    signed.expires = jiff::Timestamp::from_second(now.as_second() + INDEX_LIFETIME_SECS)
-        .map_err(|e| EngineError::Internal(e.to_string()))?
-        .to_string();
-    let new = index::sign(signed, &opts.keys);
-    let bytes =
-        serde_json::to_vec_pretty(&new).map_err(|e| EngineError::Internal(e.to_string()))?;
-    write_atomic(&index_path, &bytes)?;
-    // Read back and verify what others will read.
-    let back = read_limited(&index_path).map_err(EngineError::io(format!(
-        "reading back {}",
-        index_path.display()
-    )))?;
-    let verified = index::verify(&back, &expect(jiff::Timestamp::now(), false))
-        .map_err(|e| EngineError::Refused(format!("{} as written: {e}", index_path.display())))?;
-    let stored = std::fs::read(&artifact_path).map_err(EngineError::io(format!(
-        "reading back {}",
-        artifact_path.display()
-    )))?;
-    if hex(&Sha256::digest(&stored)) != sha {
-        return Err(EngineError::Refused(format!(
-            "{} does not have the sha256 the index records",
-            artifact_path.display()
-        )));
-    }
-    ctx.store
-        .meta_put(&seen_key(&job.name), &verified.signed.seq.to_string())
+    // Then the artifact, named by its content: a publish that loses the
+    // index race, or dies here, leaves a file no index points at, never a
+    // changed one.
+    store
+        .write_artifact(&job.name, &new_version, &artifact)
         .await?;
-    drop(lock);
+    let stored = store.read_artifact(&job.name, &new_version).await?;
+    cutover_index::check_artifact(&new_version, &stored)
+        .map_err(|e| EngineError::Refused(format!("{} as stored: {e}", store.url())))?;
+
+    let mut unchanged = false;
+    let index =
+        crate::channel::index::update(ctx, &store, &trust, &opts.keys, &job.name, |signed| {
+            admit(signed)?;
+            let existing = signed.version(&version).cloned();
+            unchanged = existing.is_some();
+            if existing.is_none() {
+                signed.versions.push(new_version.clone());
+            }
+            signed
+                .channels
+                .insert(opts.channel.clone(), version.clone());
+            Ok(())
+        })
+        .await?;
     Ok(Published {
         job: job.name.clone(),
         version,
-        sha256: sha,
-        size,
-        seq: verified.signed.seq,
-        channels: verified.signed.channels,
-        unchanged: existing.is_some(),
+        sha256: new_version.sha256,
+        size: new_version.size,
+        seq: index.signed.seq,
+        channels: index.signed.channels,
+        unchanged,
     })
 }
 

@@ -34,8 +34,9 @@ pub(crate) fn render_all(
     kv: &crate::kv::TemplateKv,
     certs: &crate::certs::Files,
     defer: &BTreeSet<String>,
+    published: &crate::channel::artifact::Published,
 ) -> Result<Rendered, EngineError> {
-    tokio::task::block_in_place(|| render_blocking(ctx, scope, kv, certs, defer))
+    tokio::task::block_in_place(|| render_blocking(ctx, scope, kv, certs, defer, published))
 }
 
 fn render_blocking(
@@ -44,6 +45,7 @@ fn render_blocking(
     kv: &crate::kv::TemplateKv,
     certs: &crate::certs::Files,
     defer: &BTreeSet<String>,
+    published: &crate::channel::artifact::Published,
 ) -> Result<Rendered, EngineError> {
     let project = &ctx.project;
     let empty = BTreeMap::new();
@@ -60,9 +62,24 @@ fn render_blocking(
         if scope.is_some_and(|s| !s.contains(&job.name)) {
             continue;
         }
-        let source = JobSource::scan(job, project)?;
-        out.bytes += source.bytes;
-        out.files += source.file_count();
+        // A published job renders its channels' artifacts, a version per
+        // worker; any other its working tree.
+        let pubjob = published.jobs.get(&job.name);
+        let mut sources: BTreeMap<String, JobSource> = BTreeMap::new();
+        match pubjob {
+            Some(p) => {
+                for (version, dir) in &p.dirs {
+                    sources.insert(version.clone(), JobSource::scan_artifact(job, dir)?);
+                }
+            }
+            None => {
+                sources.insert(job.manifest.version.clone(), JobSource::scan(job, project)?);
+            }
+        }
+        for source in sources.values() {
+            out.bytes += source.bytes;
+            out.files += source.file_count();
+        }
         let rctx = RenderContext {
             kv: kv.get(&job.name).unwrap_or(&empty),
             secrets: kv.secret_keys(&job.name),
@@ -71,6 +88,16 @@ fn render_blocking(
         };
         for w in project.workers_for(job) {
             let key = (job.name.clone(), w.name.clone());
+            let version = match pubjob {
+                Some(p) => match p.version_for(&w.name) {
+                    Some(v) => v.to_string(),
+                    None => continue,
+                },
+                None => job.manifest.version.clone(),
+            };
+            let Some(source) = sources.get(&version) else {
+                continue;
+            };
             let generated = certs.get(&key).cloned().unwrap_or_default();
             let tree = match source.render(job, w, &rctx) {
                 Err(e @ cutover_model::tree::TreeError::Template { .. })
@@ -89,6 +116,7 @@ fn render_blocking(
                     hash: tree.hash.clone(),
                     manifest: tree.manifest(),
                     inputs: tree.inputs.clone(),
+                    version,
                 },
             );
             out.trees.insert(key, tree);

@@ -13,8 +13,12 @@ pub struct ProjectConfig {
     pub state: StateBackend,
     pub ssh: SshSettings,
     pub store_url: Option<String>,
+    /// `[store] worker_fetch`: workers download artifacts from the store.
+    pub worker_fetch: bool,
     pub trust_public_keys: Vec<PathBuf>,
     pub trust_threshold: u32,
+    /// `[trust] index_lifetime` (default 30 days).
+    pub index_lifetime: std::time::Duration,
     /// `[templates] env`: which environment variables templates may read.
     pub template_env: EnvAllowList,
 }

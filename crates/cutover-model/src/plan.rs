@@ -71,6 +71,8 @@ pub struct Candidate {
     pub manifest: Manifest,
     /// job.toml and the watched files, fingerprinted but not shipped.
     pub inputs: Manifest,
+    /// The version it rolls out: job.toml's, or a published channel's.
+    pub version: String,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -125,6 +127,9 @@ pub struct JobPlan {
     /// A dry run could not plan the job before its `pre_deploy` hook runs
     /// (its templates need what the hook writes): why.
     pub deferred: Option<String>,
+    /// Where the job's files come from, when not the working tree (a
+    /// published job: its channels' artifacts).
+    pub source: Option<String>,
 }
 
 impl JobPlan {
@@ -269,7 +274,8 @@ fn plan_job(input: &PlanInput<'_>, job: &crate::config::Job, wave: usize) -> Job
                 Vec::new(),
             ),
             Some(hash) => {
-                let version_changed = rec.promoted_version.as_deref() != Some(m.version.as_str());
+                let version_changed =
+                    rec.promoted_version.as_deref() != Some(cand.version.as_str());
                 let changed = match &rec.promoted_manifest {
                     Some(old) => changed_paths(old, &cand.manifest),
                     None => cand.manifest.keys().cloned().collect(),
@@ -295,7 +301,7 @@ fn plan_job(input: &PlanInput<'_>, job: &crate::config::Job, wave: usize) -> Job
                         reasons.push(format!(
                             "version {} -> {}",
                             rec.promoted_version.as_deref().unwrap_or("?"),
-                            m.version
+                            cand.version
                         ));
                     }
                     let shown: Vec<String> =
@@ -351,7 +357,7 @@ fn plan_job(input: &PlanInput<'_>, job: &crate::config::Job, wave: usize) -> Job
             batch: None,
             hash: cand.hash.clone(),
             current_version: rec.promoted_version.clone().filter(|_| promoted.is_some()),
-            new_version: m.version.clone(),
+            new_version: cand.version.clone(),
             changed,
         });
     }
@@ -389,6 +395,7 @@ fn plan_job(input: &PlanInput<'_>, job: &crate::config::Job, wave: usize) -> Job
             .as_ref()
             .and_then(|_| input.post_deploy_failed.get(&job.name).cloned()),
         deferred: None,
+        source: None,
     }
 }
 

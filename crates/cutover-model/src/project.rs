@@ -227,6 +227,7 @@ struct RawSsh {
 #[derive(Deserialize)]
 struct RawStore {
     url: Option<String>,
+    worker_fetch: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -234,6 +235,7 @@ struct RawTrust {
     #[serde(default)]
     public_keys: Vec<String>,
     threshold: Option<u32>,
+    index_lifetime: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -525,13 +527,36 @@ impl Loader<'_> {
         });
         let trust = raw.trust.as_ref();
         let template_env = self.template_env(&src, &raw.templates.env);
+        let index_lifetime = duration(
+            &src,
+            "trust.index_lifetime",
+            &trust.and_then(|t| t.index_lifetime.clone()),
+            Duration::from_secs(30 * 86_400),
+            &mut self.diags,
+        );
+        if index_lifetime < Duration::from_secs(3600) {
+            if let Some(v) = trust.and_then(|t| t.index_lifetime.as_ref()) {
+                self.diags.push(
+                    src.diag(v.span(), "trust.index_lifetime is under an hour")
+                        .with_help(
+                        "an index must outlive a publish and its rollout; the default is \"30d\"",
+                    ),
+                );
+            }
+        }
         Some(ProjectConfig {
             name,
             main_branch: raw.main_branch.unwrap_or_else(|| "main".into()),
             remote: raw.remote.unwrap_or_else(|| "origin".into()),
             state,
             ssh,
-            store_url: raw.store.and_then(|s| s.url),
+            store_url: raw.store.as_ref().and_then(|s| s.url.clone()),
+            worker_fetch: raw
+                .store
+                .as_ref()
+                .and_then(|s| s.worker_fetch)
+                .unwrap_or(false),
+            index_lifetime,
             trust_public_keys: trust
                 .map(|t| t.public_keys.iter().map(|p| self.path(p)).collect())
                 .unwrap_or_default(),

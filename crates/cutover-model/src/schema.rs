@@ -35,11 +35,15 @@ pub const PROJECT: Shape = Table(&[
             ("command_timeout", Value),
         ]),
     ),
-    ("store", Table(&[("url", Value)])),
+    ("store", Table(&[("url", Value), ("worker_fetch", Value)])),
     ("templates", Table(&[("env", Value)])),
     (
         "trust",
-        Table(&[("public_keys", Value), ("threshold", Value)]),
+        Table(&[
+            ("public_keys", Value),
+            ("threshold", Value),
+            ("index_lifetime", Value),
+        ]),
     ),
 ]);
 

@@ -146,6 +146,22 @@ impl JobSource {
         Ok(src)
     }
 
+    /// Reads a published artifact, unpacked in `dir`, as the job's files.
+    /// Its fingerprint is its content: job.toml and watched files of the
+    /// working tree reach workers only through a publish.
+    pub fn scan_artifact(job: &Job, dir: &Path) -> Result<JobSource, TreeError> {
+        let mut src = JobSource {
+            job: job.name.clone(),
+            files: Vec::new(),
+            templates: Vec::new(),
+            inputs: Manifest::new(),
+            bytes: 0,
+        };
+        src.walk(dir, job.manifest.certs.is_some())?;
+        src.files.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(src)
+    }
+
     pub fn file_count(&self) -> usize {
         self.files.len() + self.templates.len()
     }

@@ -65,7 +65,7 @@ proptest! {
         let mut recorded = BTreeMap::new();
         for (i, p) in priors.iter().enumerate() {
             let key = ("api".to_string(), format!("w{i}"));
-            candidates.insert(key.clone(), Candidate { hash: "new".into(), manifest: BTreeMap::new(), inputs: BTreeMap::new() });
+            candidates.insert(key.clone(), Candidate { hash: "new".into(), manifest: BTreeMap::new(), inputs: BTreeMap::new(), version: "2".into() });
             let rec = |hash: &str, version: &str, failed: bool| Recorded {
                 promoted_hash: Some(hash.into()),
                 promoted_version: Some(version.into()),

@@ -534,22 +534,9 @@ pub async fn job_purge(s: &Session, job: &str, yes: bool) -> Result<u8, CliError
 }
 
 /// `cutover state rebuild`.
-/// The trusted keys the environment adds, for `keys list` and `publish`
-/// alike.
-fn trust_env() -> cutover_engine::keys::TrustEnv {
-    cutover_engine::keys::TrustEnv {
-        paths: std::env::var(crate::env_vars::CUTOVER_TRUST_PUBLIC_KEYS_PATH).ok(),
-        json: std::env::var(crate::env_vars::CUTOVER_TRUST_PUBLIC_KEYS_JSON).ok(),
-    }
-}
-
 pub async fn publish(s: &Session, a: crate::args::PublishArgs) -> Result<u8, CliError> {
     let command = command_line();
-    let keys = a
-        .keys
-        .iter()
-        .map(|p| cutover_engine::publish::read_signing_key(p))
-        .collect::<Result<Vec<_>, _>>()?;
+    let keys = cutover_engine::keys::signing_keys(&s.ctx, &a.keys)?;
     let opts = cutover_engine::publish::PublishOptions {
         job: a.job.clone(),
         channel: a.channel.clone(),
@@ -558,7 +545,6 @@ pub async fn publish(s: &Session, a: crate::args::PublishArgs) -> Result<u8, Cli
         actor: s.ctx.operator.user.clone(),
         reason: a.reason.clone(),
         ticket: a.ticket.clone(),
-        trust_env: trust_env(),
     };
     let result = cutover_engine::publish::publish(&s.ctx, &opts).await;
     let p = match result {
@@ -626,7 +612,7 @@ pub fn keys_generate(g: &crate::args::Global, out: &std::path::Path) -> Result<u
 }
 
 pub async fn keys_list(s: &Session) -> Result<u8, CliError> {
-    let trust = cutover_engine::keys::trust(&s.ctx, &trust_env())?;
+    let trust = cutover_engine::keys::trust(&s.ctx)?;
     if s.json {
         super::print_json(serde_json::json!({
             "outcome": "ok", "exit_code": 0, "trust": trust,

@@ -129,6 +129,7 @@ impl Session {
                 runtime_dir: runtime_dir(),
                 interrupt: crate::interrupt(),
                 load: load_options(),
+                trust_env: trust_env(),
             },
             json: g.json,
             store,
@@ -252,4 +253,16 @@ pub fn command_line() -> String {
 
 pub fn print_json(doc: serde_json::Value) {
     output::json(&doc);
+}
+
+/// The keys the environment names (and whether it is production).
+fn trust_env() -> cutover_engine::keys::TrustEnv {
+    let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
+    cutover_engine::keys::TrustEnv {
+        paths: var(env_vars::CUTOVER_TRUST_PUBLIC_KEYS_PATH),
+        json: var(env_vars::CUTOVER_TRUST_PUBLIC_KEYS_JSON),
+        signing_key_file: var(env_vars::CUTOVER_SIGNING_KEY_FILE).map(PathBuf::from),
+        insecure_dev_keys: var(env_vars::CUTOVER_ALLOW_INSECURE_DEV_KEYS).as_deref() == Some("1"),
+        production: var(env_vars::CUTOVER_ENV).as_deref() == Some("production"),
+    }
 }

@@ -142,7 +142,7 @@ fn publish_signs_the_index_refuses_changed_versions_and_tampering() {
     assert_eq!(index["signed"]["channels"]["stable"], "1.0.0");
     assert_eq!(index["signed"]["versions"][0]["reason"], "first");
     assert_eq!(index["signatures"].as_array().map(Vec::len), Some(1));
-    assert!(store.join("api/1.0.0.tar.zst").is_file());
+    assert_eq!(artifacts(&store, "api", "1.0.0").len(), 1);
 
     // The same content again: accepted as already published.
     let out = p.cutover_env(&["publish", "api"], &[("CUTOVER_SIGNING_KEY_FILE", key)]);
@@ -176,7 +176,7 @@ fn publish_signs_the_index_refuses_changed_versions_and_tampering() {
         out.stderr.contains("verification refused") && out.stderr.contains("trusted key"),
         "{out:?}"
     );
-    assert!(!store.join("api/1.0.1.tar.zst").exists());
+    assert!(artifacts(&store, "api", "1.0.1").is_empty());
     std::fs::write(store.join("api/releases.json"), &before).expect("restore");
 
     // A key the project does not trust cannot sign.
@@ -270,7 +270,9 @@ fn publish_writes_nothing_readers_would_refuse() {
             .contains("1 distinct signing key(s) given; the project's threshold is 2"),
         "{out:?}"
     );
-    assert!(!store.join("api/releases.json").exists() && !store.join("api/1.0.0.tar.zst").exists());
+    assert!(
+        !store.join("api/releases.json").exists() && artifacts(&store, "api", "1.0.0").is_empty()
+    );
     p.write("cutover.toml", &config(1));
     p.expect(&["publish", "api", "--key", &key], 0);
 
@@ -291,14 +293,17 @@ fn publish_writes_nothing_readers_would_refuse() {
     let victim = t.path().join("victim");
     std::fs::write(&victim, "precious\n").expect("victim");
     p.job("api", "version = \"1.0.1\"\n");
-    std::os::unix::fs::symlink(&victim, store.join("api/1.0.1.tar.zst")).expect("symlink");
+    std::fs::rename(&index, t.path().join("saved-index")).expect("mv");
+    std::os::unix::fs::symlink(&victim, &index).expect("symlink");
     let out = p.expect(&["publish", "api", "--key", &key], 4);
     assert!(out.stderr.contains("is a symlink"), "{out:?}");
     assert_eq!(
         std::fs::read_to_string(&victim).expect("victim"),
         "precious\n"
     );
-    std::fs::remove_file(store.join("api/1.0.1.tar.zst")).expect("rm link");
+    assert!(artifacts(&store, "api", "1.0.1").is_empty());
+    std::fs::remove_file(&index).expect("rm link");
+    std::fs::rename(t.path().join("saved-index"), &index).expect("mv back");
 
     // A signing key in the output is never published.
     std::fs::copy(
@@ -318,4 +323,22 @@ fn publish_writes_nothing_readers_would_refuse() {
     p.write("jobs/api/job.toml", "selectors = []\n");
     let out = p.expect(&["publish", "api", "--key", &key], 2);
     assert!(out.stderr.contains("declares no version"), "{out:?}");
+}
+
+/// The artifacts of one version in a file store (named by content).
+fn artifacts(store: &std::path::Path, job: &str, version: &str) -> Vec<std::path::PathBuf> {
+    let prefix = format!("{version}.");
+    std::fs::read_dir(store.join(job))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| {
+                    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                    name.starts_with(&prefix)
+                        && name.ends_with(".tar.zst")
+                        && name.len() == prefix.len() + 64 + 8
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }

@@ -217,6 +217,7 @@ pub async fn deploy(ctx: &Context, opts: &DeployOptions) -> Result<DeployReport,
         rendered,
         plan,
         unverified,
+        published,
     } = plan_run(ctx, opts, &fleet, recorded, records).await?;
     let mut report = DeployReport {
         outcome: Outcome::Planned,
@@ -286,6 +287,7 @@ pub async fn deploy(ctx: &Context, opts: &DeployOptions) -> Result<DeployReport,
             ctx, opts, &plan, &rendered, &recorded, records, kv, fleet, &known, seq,
         )
         .await?;
+        drop(published);
 
         if !run.interrupt.is_set() {
             report.stops = reconcile(&run, &plan.stops).await;
@@ -475,6 +477,8 @@ struct Planned {
     plan: Plan,
     /// `--verify`: allocations whose worker could not be reached.
     unverified: Vec<String>,
+    /// The published jobs' artifacts, unpacked until staged.
+    published: crate::channel::artifact::Published,
 }
 
 /// The plan: records a worker carries but the store lost are read back
@@ -534,7 +538,8 @@ async fn plan_run(
     } else {
         BTreeSet::new()
     };
-    let rendered = render::render_all(ctx, opts.jobs.as_ref(), &kv, &certs, &defer)?;
+    let published = crate::channel::artifact::for_deploy(ctx, opts.jobs.as_ref()).await?;
+    let rendered = render::render_all(ctx, opts.jobs.as_ref(), &kv, &certs, &defer, &published)?;
     let plan_opts = PlanOptions {
         jobs: opts.jobs.clone(),
         force: opts.force,
@@ -585,6 +590,7 @@ async fn plan_run(
     for wave in &mut plan.waves {
         for j in &mut wave.jobs {
             j.deferred = rendered.deferred.get(&j.job).cloned();
+            j.source = published.jobs.get(&j.job).map(|p| p.describe());
         }
     }
     Ok(Planned {
@@ -594,6 +600,7 @@ async fn plan_run(
         rendered,
         plan,
         unverified,
+        published,
     })
 }
 

@@ -44,7 +44,16 @@ pub(crate) async fn rebuild(
     let kv = crate::kv::for_templates(ctx).await?;
     let certs =
         crate::certs::for_render(&base_ctx, Some(&jobs), crate::certs::Mode::Existing).await?;
-    let rendered = render::render_all(&base_ctx, Some(&jobs), &kv, &certs, &BTreeSet::new())?;
+    // BASE's working tree: a published job's BASE release is not in it,
+    // and its hash check below says so.
+    let rendered = render::render_all(
+        &base_ctx,
+        Some(&jobs),
+        &kv,
+        &certs,
+        &BTreeSet::new(),
+        &Default::default(),
+    )?;
     for (job, worker, b) in missing {
         let hash = rendered
             .trees

@@ -17,13 +17,20 @@
 //! threshold, missing rollback protection, path traversal in target
 //! names, endless data).
 
+//!
+//! This crate is pure: it parses, signs and checks bytes it is given, and
+//! never reads a file or the network. The stores and the engine do that.
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use base64::Engine as _;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
-use crate::keys::keyid;
+pub mod keyfile;
+
+pub use keyfile::keyid;
 
 /// The largest index read.
 pub const MAX_BYTES: usize = 1024 * 1024;
@@ -90,11 +97,71 @@ pub enum Refused {
     Rollback { found: u64, seen: u64 },
     #[error("version name `{0}` could escape its directory")]
     BadName(String),
+    #[error("version {version}'s artifact {what}")]
+    Artifact { version: String, what: String },
 }
 
 /// The bytes a signature covers: the canonical JSON (RFC 8785) of `signed`.
 pub fn canonical(signed: &Signed) -> Vec<u8> {
     serde_jcs::to_vec(signed).unwrap_or_default()
+}
+
+/// The distinct trusted keys with a valid signature over `signed`. Each
+/// trusted key counts once, whatever key id a signature claims: every
+/// signature is checked against every trusted key.
+pub fn signers(index: &Index, trusted: &[VerifyingKey]) -> Vec<VerifyingKey> {
+    let bytes = canonical(&index.signed);
+    let mut valid: BTreeMap<[u8; 32], VerifyingKey> = BTreeMap::new();
+    for entry in index.signatures.iter().take(MAX_SIGNATURES) {
+        let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(&entry.sig) else {
+            continue;
+        };
+        let Ok(sig) = Signature::from_slice(&raw) else {
+            continue;
+        };
+        for key in trusted {
+            if key.verify(&bytes, &sig).is_ok() {
+                valid.insert(key.to_bytes(), *key);
+            }
+        }
+    }
+    valid.into_values().collect()
+}
+
+/// Hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    keyfile::hex(&Sha256::digest(bytes))
+}
+
+/// Checks an artifact's bytes against the version the index records:
+/// its size first (a reader stops at the recorded size, so a longer
+/// download shows up as one byte over), then its sha256.
+pub fn check_artifact(version: &Version, bytes: &[u8]) -> Result<(), Refused> {
+    let refuse = |what: String| Refused::Artifact {
+        version: version.version.clone(),
+        what,
+    };
+    if bytes.len() as u64 != version.size {
+        return Err(refuse(format!(
+            "is {} bytes or more, not the {} the index records",
+            bytes.len(),
+            version.size
+        )));
+    }
+    let found = sha256_hex(bytes);
+    if found != version.sha256 {
+        return Err(refuse(format!(
+            "has sha256 {found}, not the {} the index records",
+            version.sha256
+        )));
+    }
+    Ok(())
+}
+
+impl Signed {
+    pub fn version(&self, name: &str) -> Option<&Version> {
+        self.versions.iter().find(|v| v.version == name)
+    }
 }
 
 /// Signs `signed` with each key (one signature per distinct key).
@@ -158,23 +225,7 @@ pub fn verify(bytes: &[u8], expect: &Expect<'_>) -> Result<Index, Refused> {
             found: s.job.clone(),
         });
     }
-    let bytes = canonical(s);
-    // Each trusted key counts once, whatever key id a signature claims:
-    // the signature is checked against every trusted key.
-    let mut valid: BTreeSet<[u8; 32]> = BTreeSet::new();
-    for entry in &index.signatures {
-        let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(&entry.sig) else {
-            continue;
-        };
-        let Ok(sig) = Signature::from_slice(&raw) else {
-            continue;
-        };
-        for key in expect.trusted {
-            if key.verify(&bytes, &sig).is_ok() {
-                valid.insert(key.to_bytes());
-            }
-        }
-    }
+    let valid = signers(&index, expect.trusted);
     if expect.threshold == 0 || valid.len() < expect.threshold {
         return Err(Refused::Threshold {
             valid: valid.len(),

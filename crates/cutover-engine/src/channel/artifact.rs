@@ -1,0 +1,316 @@
+//! Published artifacts on the operator's side: fetched from the store (or
+//! the local cache), checked against the verified index (size, then
+//! sha256) before anything reads them, and unpacked into a private dir
+//! with every entry checked to stay inside it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Component, Path, PathBuf};
+
+use cutover_index::{Index, Version};
+use cutover_model::config::{Job, Worker};
+
+use crate::relstore::{artifact_name, ReleaseStore, Store};
+use crate::scratch::Scratch;
+use crate::{Context, EngineError};
+
+/// The largest unpacked artifact (a zip bomb stops here).
+const MAX_UNPACKED: u64 = 8 << 30;
+
+/// A version's artifact bytes, checked against the index. A cached copy
+/// (`.cutover/cache/artifacts/`) is used when it checks out; otherwise the
+/// store's, which is then cached.
+pub async fn fetch(
+    ctx: &Context,
+    store: &Store,
+    job: &str,
+    version: &Version,
+) -> Result<Vec<u8>, EngineError> {
+    let cache = ctx
+        .workspace
+        .join("cache/artifacts")
+        .join(job)
+        .join(artifact_name(version));
+    if let Ok(bytes) = std::fs::read(&cache) {
+        if cutover_index::check_artifact(version, &bytes).is_ok() {
+            return Ok(bytes);
+        }
+    }
+    let bytes = store.read_artifact(job, version).await?;
+    cutover_index::check_artifact(version, &bytes).map_err(|e| {
+        EngineError::Refused(format!(
+            "{}/{job}/{}: {e}",
+            store.url(),
+            artifact_name(version)
+        ))
+    })?;
+    if let Some(dir) = cache.parent() {
+        if std::fs::create_dir_all(dir).is_ok() {
+            let _ = crate::relstore::write_atomic(&cache, &bytes);
+        }
+    }
+    Ok(bytes)
+}
+
+/// Unpacks a checked artifact into `dir` (which must not exist). Only
+/// files, dirs and symlinks; no entry may leave `dir`: no absolute path,
+/// no `..`, no symlink whose target resolves outside.
+pub fn unpack(bytes: &[u8], dir: &Path) -> Result<(), EngineError> {
+    let bad = |what: String| EngineError::Refused(format!("the artifact {what}"));
+    let tar =
+        zstd::stream::read::Decoder::new(bytes).map_err(|e| bad(format!("is not zstd: {e}")))?;
+    let mut archive = tar::Archive::new(std::io::Read::take(tar, MAX_UNPACKED));
+    std::fs::create_dir(dir).map_err(EngineError::io(format!("creating {}", dir.display())))?;
+    let entries = archive
+        .entries()
+        .map_err(|e| bad(format!("is not a tar archive: {e}")))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| bad(format!("is damaged: {e}")))?;
+        let path = entry
+            .path()
+            .map_err(|e| bad(format!("has an unreadable name: {e}")))?
+            .into_owned();
+        if !inside(&path) {
+            return Err(bad(format!(
+                "entry `{}` would escape its directory",
+                path.display()
+            )));
+        }
+        let kind = entry.header().entry_type();
+        match kind {
+            tar::EntryType::Regular | tar::EntryType::Directory => {}
+            tar::EntryType::Symlink => {
+                let target = entry
+                    .link_name()
+                    .map_err(|e| bad(format!("has an unreadable link: {e}")))?
+                    .ok_or_else(|| bad(format!("symlink `{}` has no target", path.display())))?;
+                let base = path.parent().unwrap_or(Path::new(""));
+                if target.is_absolute() || !inside(&base.join(&target)) {
+                    return Err(bad(format!(
+                        "symlink `{}` points outside it (to {})",
+                        path.display(),
+                        target.display()
+                    )));
+                }
+            }
+            other => {
+                return Err(bad(format!(
+                    "entry `{}` is a {other:?}: an artifact holds files, dirs and symlinks",
+                    path.display()
+                )))
+            }
+        }
+        entry.set_preserve_mtime(false);
+        let unpacked = entry.unpack_in(dir).map_err(|e| {
+            bad(format!(
+                "entry `{}` cannot be unpacked: {e}",
+                path.display()
+            ))
+        })?;
+        if !unpacked {
+            return Err(bad(format!(
+                "entry `{}` would escape its directory",
+                path.display()
+            )));
+        }
+    }
+    // A link may be lexically inside and still resolve outside through
+    // another link (`x -> .`, `y -> x/..`): resolve every one for real.
+    let root = dir
+        .canonicalize()
+        .map_err(EngineError::io(format!("reading {}", dir.display())))?;
+    for entry in walkdir::WalkDir::new(dir).min_depth(1) {
+        let entry = entry.map_err(|e| bad(format!("cannot be read back: {e}")))?;
+        if !entry.path_is_symlink() {
+            continue;
+        }
+        match entry.path().canonicalize() {
+            Ok(real) if real.starts_with(&root) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            _ => {
+                return Err(bad(format!(
+                    "symlink `{}` resolves outside it",
+                    entry
+                        .path()
+                        .strip_prefix(dir)
+                        .unwrap_or(entry.path())
+                        .display()
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether a relative path stays inside its root, resolving `..` by name.
+fn inside(path: &Path) -> bool {
+    let mut depth = 0usize;
+    for c in path.components() {
+        match c {
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if depth == 0 {
+                    return false;
+                }
+                depth -= 1;
+            }
+            Component::RootDir | Component::Prefix(_) => return false,
+        }
+    }
+    true
+}
+
+/// The workers that get a job's canary: those matching `[canary]
+/// selectors`, else the first `count` (default 1) of the job's workers,
+/// in workers.toml order.
+pub fn canary_workers<'a>(ctx: &'a Context, job: &'a Job) -> Vec<&'a Worker> {
+    let all: Vec<&Worker> = ctx.project.workers_for(job).collect();
+    let (selectors, count) = match &job.manifest.canary {
+        Some(c) => (c.selectors.clone(), c.count),
+        None => (Vec::new(), None),
+    };
+    let mut chosen: Vec<&Worker> = if selectors.is_empty() {
+        all
+    } else {
+        all.into_iter().filter(|w| w.matches(&selectors)).collect()
+    };
+    let n = match (count, selectors.is_empty()) {
+        (Some(n), _) => n as usize,
+        (None, true) => 1,
+        (None, false) => usize::MAX,
+    };
+    chosen.truncate(n);
+    chosen
+}
+
+/// A published job as a deploy rolls it out.
+pub struct PublishedJob {
+    pub index: Index,
+    pub stable: Option<String>,
+    pub canary: Option<String>,
+    pub canary_workers: BTreeSet<String>,
+    /// version -> its artifact, unpacked.
+    pub dirs: BTreeMap<String, PathBuf>,
+}
+
+impl PublishedJob {
+    /// The version a worker runs: the canary on canary workers, else
+    /// stable; `None` when neither channel points anywhere for it.
+    pub fn version_for(&self, worker: &str) -> Option<&str> {
+        match &self.canary {
+            Some(c) if self.canary_workers.contains(worker) => Some(c),
+            _ => self.stable.as_deref(),
+        }
+    }
+
+    /// What the plan says of the job's source.
+    pub fn describe(&self) -> String {
+        let mut parts = vec![format!(
+            "published: stable {}",
+            self.stable.as_deref().unwrap_or("(none)")
+        )];
+        if let Some(c) = &self.canary {
+            let on: Vec<&str> = self.canary_workers.iter().map(String::as_str).collect();
+            parts.push(format!("canary {c} on {}", on.join(", ")));
+        }
+        format!("{} (index seq {})", parts.join(", "), self.index.signed.seq)
+    }
+}
+
+/// The published jobs of a deploy's scope, with their artifacts unpacked
+/// in a private scratch dir (removed on drop).
+#[derive(Default)]
+pub struct Published {
+    pub jobs: BTreeMap<String, PublishedJob>,
+    _scratch: Option<Scratch>,
+}
+
+/// Which jobs in `scope` are published (have an index in the store), with
+/// their verified artifacts. No `[store] url`: none is.
+pub async fn for_deploy(
+    ctx: &Context,
+    scope: Option<&BTreeSet<String>>,
+) -> Result<Published, EngineError> {
+    if ctx.project.config.store_url.is_none() {
+        return Ok(Published::default());
+    }
+    let store = Store::of_project(ctx)?;
+    let mut out = Published::default();
+    let mut trust = None;
+    for job in ctx.project.jobs.values() {
+        if scope.is_some_and(|s| !s.contains(&job.name)) {
+            continue;
+        }
+        // Cheap first look: most projects publish few jobs.
+        if store.read_index(&job.name).await?.is_none()
+            && super::index::seen(ctx, &job.name).await?.is_none()
+        {
+            continue;
+        }
+        let trust = match &trust {
+            Some(t) => t,
+            None => trust.insert(crate::keys::trust(ctx)?),
+        };
+        let Some(loaded) = super::index::load(ctx, &store, trust, &job.name, false).await? else {
+            continue;
+        };
+        let index = loaded.index;
+        let scratch = match &out._scratch {
+            Some(s) => s,
+            None => out._scratch.insert(Scratch::create(
+                &ctx.runtime_dir,
+                "artifacts",
+                &ctx.project.root,
+            )?),
+        };
+        let stable = index.signed.channels.get("stable").cloned();
+        let canary = index.signed.channels.get("canary").cloned();
+        let mut dirs = BTreeMap::new();
+        for v in stable.iter().chain(canary.iter()) {
+            if dirs.contains_key(v) {
+                continue;
+            }
+            let version = index.signed.version(v).ok_or_else(|| {
+                EngineError::Refused(format!(
+                    "the index of {} points a channel at {v}, which it does not list",
+                    job.name
+                ))
+            })?;
+            let bytes = fetch(ctx, &store, &job.name, version).await?;
+            let dir = scratch.path().join(&job.name).join(v);
+            std::fs::create_dir_all(scratch.path().join(&job.name))
+                .map_err(EngineError::io("creating the artifacts dir"))?;
+            tokio::task::block_in_place(|| unpack(&bytes, &dir))?;
+            dirs.insert(v.clone(), dir);
+        }
+        let canary_workers = canary_workers(ctx, job)
+            .into_iter()
+            .map(|w| w.name.clone())
+            .collect();
+        out.jobs.insert(
+            job.name.clone(),
+            PublishedJob {
+                index,
+                stable,
+                canary,
+                canary_workers,
+                dirs,
+            },
+        );
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_that_leave_are_caught() {
+        assert!(inside(Path::new("a/b/../c")));
+        assert!(inside(Path::new("./a")));
+        assert!(!inside(Path::new("../a")));
+        assert!(!inside(Path::new("a/../../b")));
+        assert!(!inside(Path::new("/etc/passwd")));
+    }
+}

@@ -1,0 +1,357 @@
+//! The release store: where published artifacts and each job's signed
+//! index live (`[store] url`). Every store has the same layout under its
+//! root: `<job>/releases.json` and `<job>/<version>.<sha256>.tar.zst`.
+//! Artifacts are named by their content, so a file once written never
+//! changes and two publishers never overwrite each other's.
+//!
+//! An index update is a compare-and-swap: it names the index it read (its
+//! tag), and is refused when another has replaced it since; the caller
+//! reads again and retries. The file store does that under an flock.
+
+use std::future::Future;
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use cutover_index::Version;
+
+use crate::interrupt::Interrupt;
+use crate::EngineError;
+
+/// What identifies one state of an index, for compare-and-swap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tag(pub String);
+
+/// An index as read, with its tag.
+pub struct Fetched {
+    pub bytes: Vec<u8>,
+    pub tag: Tag,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Swap {
+    Written,
+    /// The index changed since it was read: read it again and retry.
+    Conflict,
+}
+
+/// One release store.
+pub trait ReleaseStore: Send + Sync {
+    /// The store's URL, for messages.
+    fn url(&self) -> &str;
+
+    /// The job's index (at most `MAX_BYTES` + 1 bytes), or `None`.
+    fn read_index(
+        &self,
+        job: &str,
+    ) -> impl Future<Output = Result<Option<Fetched>, EngineError>> + Send;
+
+    /// Writes the job's index if it is still `expected` (`None`: if there
+    /// is none).
+    fn write_index(
+        &self,
+        job: &str,
+        bytes: &[u8],
+        expected: Option<&Tag>,
+    ) -> impl Future<Output = Result<Swap, EngineError>> + Send;
+
+    /// A version's artifact: at most its recorded size + 1 bytes.
+    fn read_artifact(
+        &self,
+        job: &str,
+        version: &Version,
+    ) -> impl Future<Output = Result<Vec<u8>, EngineError>> + Send;
+
+    fn write_artifact(
+        &self,
+        job: &str,
+        version: &Version,
+        bytes: &[u8],
+    ) -> impl Future<Output = Result<(), EngineError>> + Send;
+}
+
+/// The artifact's file name in the job's dir of the store.
+pub fn artifact_name(version: &Version) -> String {
+    format!("{}.{}.tar.zst", version.version, version.sha256)
+}
+
+/// The store `[store] url` names.
+pub enum Store {
+    File(FileStore),
+}
+
+impl Store {
+    /// Opens the store at `url` (`[store] url`, or `--index-url`).
+    pub fn open(url: &str, interrupt: Arc<Interrupt>) -> Result<Store, EngineError> {
+        if let Some(path) = url.strip_prefix("file://") {
+            if !path.starts_with('/') {
+                return Err(EngineError::usage(
+                    format!("store url `{url}` is not an absolute file:// path"),
+                    "write file:///absolute/path",
+                ));
+            }
+            return Ok(Store::File(FileStore {
+                url: url.to_string(),
+                root: PathBuf::from(path),
+                interrupt,
+            }));
+        }
+        Err(EngineError::usage(
+            format!("store url `{url}` is not supported by this version of cutover"),
+            "use a file:///absolute/path store",
+        ))
+    }
+
+    /// The project's store (`[store] url`).
+    pub fn of_project(ctx: &crate::Context) -> Result<Store, EngineError> {
+        let url = ctx.project.config.store_url.as_deref().ok_or_else(|| {
+            EngineError::usage(
+                "no release store: cutover.toml has no [store] url",
+                "add [store] url = \"file:///srv/cutover-store\"",
+            )
+        })?;
+        Store::open(url, ctx.interrupt.clone())
+    }
+}
+
+impl ReleaseStore for Store {
+    fn url(&self) -> &str {
+        match self {
+            Store::File(s) => s.url(),
+        }
+    }
+
+    async fn read_index(&self, job: &str) -> Result<Option<Fetched>, EngineError> {
+        match self {
+            Store::File(s) => s.read_index(job).await,
+        }
+    }
+
+    async fn write_index(
+        &self,
+        job: &str,
+        bytes: &[u8],
+        expected: Option<&Tag>,
+    ) -> Result<Swap, EngineError> {
+        match self {
+            Store::File(s) => s.write_index(job, bytes, expected).await,
+        }
+    }
+
+    async fn read_artifact(&self, job: &str, version: &Version) -> Result<Vec<u8>, EngineError> {
+        match self {
+            Store::File(s) => s.read_artifact(job, version).await,
+        }
+    }
+
+    async fn write_artifact(
+        &self,
+        job: &str,
+        version: &Version,
+        bytes: &[u8],
+    ) -> Result<(), EngineError> {
+        match self {
+            Store::File(s) => s.write_artifact(job, version, bytes).await,
+        }
+    }
+}
+
+/// A store in a directory (`file:///path`): on this machine or a shared
+/// mount. Nothing is read or written through a symlink.
+pub struct FileStore {
+    url: String,
+    root: PathBuf,
+    interrupt: Arc<Interrupt>,
+}
+
+impl FileStore {
+    fn job_dir(&self, job: &str) -> Result<PathBuf, EngineError> {
+        if !cutover_index::safe_name(job) {
+            return Err(EngineError::Refused(format!(
+                "job name `{job}` could escape the store's directory"
+            )));
+        }
+        Ok(self.root.join(job))
+    }
+
+    /// Holds `<job>/.lock` until dropped; waits, saying so, while another
+    /// publisher holds it, and gives up on a signal.
+    async fn lock(&self, dir: &Path) -> Result<std::fs::File, EngineError> {
+        let path = dir.join(".lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(EngineError::io(format!("opening {}", path.display())))?;
+        let mut waited = 0u32;
+        loop {
+            match lock.try_lock() {
+                Ok(()) => return Ok(lock),
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    if self.interrupt.is_set() {
+                        return Err(EngineError::Failed(format!(
+                            "interrupted while waiting for {}; the index was not written",
+                            path.display()
+                        )));
+                    }
+                    waited += 1;
+                    if waited == 20 {
+                        tracing_message(&format!(
+                            "waiting for {} (another update of this index)",
+                            path.display()
+                        ));
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(EngineError::io(format!("locking {}", path.display()))(e))
+                }
+            }
+        }
+    }
+}
+
+/// A note on stderr: the store has no reporter of its own.
+fn tracing_message(text: &str) {
+    eprintln!("{text}");
+}
+
+fn tag_of(bytes: &[u8]) -> Tag {
+    Tag(cutover_index::sha256_hex(bytes))
+}
+
+impl ReleaseStore for FileStore {
+    fn url(&self) -> &str {
+        &self.url
+    }
+
+    async fn read_index(&self, job: &str) -> Result<Option<Fetched>, EngineError> {
+        let dir = self.job_dir(job)?;
+        let path = dir.join("releases.json");
+        no_symlink(&dir)?;
+        no_symlink(&path)?;
+        match read_limited(&path, cutover_index::MAX_BYTES as u64 + 1) {
+            Ok(bytes) => Ok(Some(Fetched {
+                tag: tag_of(&bytes),
+                bytes,
+            })),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(EngineError::io(format!("reading {}", path.display()))(e)),
+        }
+    }
+
+    async fn write_index(
+        &self,
+        job: &str,
+        bytes: &[u8],
+        expected: Option<&Tag>,
+    ) -> Result<Swap, EngineError> {
+        let dir = self.job_dir(job)?;
+        make_dir(&dir)?;
+        let _lock = self.lock(&dir).await?;
+        let path = dir.join("releases.json");
+        no_symlink(&path)?;
+        let now = match read_limited(&path, cutover_index::MAX_BYTES as u64 + 1) {
+            Ok(b) => Some(tag_of(&b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(EngineError::io(format!("reading {}", path.display()))(e)),
+        };
+        if now.as_ref() != expected {
+            return Ok(Swap::Conflict);
+        }
+        write_atomic(&path, bytes)?;
+        Ok(Swap::Written)
+    }
+
+    async fn read_artifact(&self, job: &str, version: &Version) -> Result<Vec<u8>, EngineError> {
+        let dir = self.job_dir(job)?;
+        let path = dir.join(artifact_name(version));
+        no_symlink(&dir)?;
+        no_symlink(&path)?;
+        let path2 = path.clone();
+        let size = version.size;
+        tokio::task::spawn_blocking(move || read_limited(&path2, size + 1))
+            .await
+            .map_err(|e| EngineError::Internal(e.to_string()))?
+            .map_err(EngineError::io(format!("reading {}", path.display())))
+    }
+
+    async fn write_artifact(
+        &self,
+        job: &str,
+        version: &Version,
+        bytes: &[u8],
+    ) -> Result<(), EngineError> {
+        let dir = self.job_dir(job)?;
+        make_dir(&dir)?;
+        let path = dir.join(artifact_name(version));
+        no_symlink(&path)?;
+        // Named by content: one already there with the right bytes stays.
+        if let Ok(there) = read_limited(&path, version.size + 1) {
+            if cutover_index::check_artifact(version, &there).is_ok() {
+                return Ok(());
+            }
+        }
+        write_atomic(&path, bytes)
+    }
+}
+
+fn make_dir(dir: &Path) -> Result<(), EngineError> {
+    no_symlink(dir)?;
+    std::fs::create_dir_all(dir).map_err(EngineError::io(format!("creating {}", dir.display())))?;
+    no_symlink(dir)
+}
+
+/// Writes `bytes` to `path` atomically: a new temporary file (never an
+/// existing one, never through a symlink) renamed over it.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EngineError> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let nanos = jiff::Timestamp::now().as_nanosecond();
+    let tmp = path.with_file_name(format!(".{name}.{}.{nanos}.tmp", std::process::id()));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o644)
+        .open(&tmp)
+        .and_then(|mut f| {
+            f.write_all(bytes)?;
+            f.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map_err(EngineError::io(format!("writing {}", path.display())))
+}
+
+/// Refuses a store path that is a symlink: the store is written and read
+/// only where it says.
+fn no_symlink(path: &Path) -> Result<(), EngineError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => Err(EngineError::Refused(format!(
+            "{} is a symlink: the store is read and written only in its own dir",
+            path.display()
+        ))),
+        Ok(m) if !m.is_file() && !m.is_dir() => Err(EngineError::Refused(format!(
+            "{} is not a file or dir",
+            path.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Reads at most `limit` bytes, never through a symlink.
+fn read_limited(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?
+        .take(limit)
+        .read_to_end(&mut out)?;
+    Ok(out)
+}
