@@ -89,9 +89,17 @@ pub enum Command {
     /// Build a job, pack it as a deterministic tar.zst and add it to the
     /// job's signed release index in the store ([store] url).
     Publish(PublishArgs),
+    /// Release channels of published jobs: canary a version, promote it to
+    /// stable, roll stable back, renew an index's expiry, show each job's
+    /// channels and what each worker runs.
+    #[command(subcommand)]
+    Channel(ChannelCommand),
     /// Signing keys for release indexes: make a key pair, list the trusted keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// The production checklist: each item ✓ or ✗ with what fixes it; exit 1
+    /// if any ✗. Also warns about release indexes near expiry.
+    Doctor,
     /// Certificates of jobs with [certs], from the project CA.
     #[command(subcommand)]
     Certs(CertsCommand),
@@ -351,6 +359,69 @@ pub struct PublishArgs {
     pub ticket: String,
 }
 
+/// What a channel update records, in the index and the audit log.
+#[derive(Debug, Args)]
+pub struct ChannelChange {
+    pub job: String,
+    /// The published version.
+    #[arg(long, value_name = "V")]
+    pub version: String,
+    /// Who asks (default: the operator, CUTOVER_USER or USER).
+    #[arg(long, value_name = "A")]
+    pub actor: Option<String>,
+    /// Why (recorded in the audit log).
+    #[arg(long, default_value = "", value_name = "R")]
+    pub reason: String,
+    /// The ticket it concerns (recorded in the audit log).
+    #[arg(long, default_value = "", value_name = "T")]
+    pub ticket: String,
+    /// A private key to sign the index with (repeatable, for a threshold
+    /// above one); else CUTOVER_SIGNING_KEY_FILE.
+    #[arg(long = "key", value_name = "FILE", env = env_vars::CUTOVER_SIGNING_KEY_FILE, value_delimiter = ':')]
+    pub keys: Vec<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ChannelCommand {
+    /// Point canary at V (a signed index update) and deploy V to the job's
+    /// canary workers ([canary] selectors, or the first `count`); the soak
+    /// starts once every canary allocation is promoted and healthy.
+    Canary(ChannelChange),
+    /// Point stable at V, the canary, once its soak is over and every
+    /// canary worker runs V and is healthy now; then roll V out to every
+    /// allocation in the job's batches, with its health checks and
+    /// on_failure.
+    Promote {
+        #[command(flatten)]
+        change: ChannelChange,
+        /// Promote before the soak is over (audited).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Point stable at an earlier published V, clear canary, and roll V out
+    /// everywhere in batches with health checks.
+    Rollback(ChannelChange),
+    /// Renew a job's index: the same channels and versions, seq + 1, a new
+    /// expiry ([trust] index_lifetime from now).
+    Resign {
+        job: String,
+        /// A private key to sign the index with (repeatable); else
+        /// CUTOVER_SIGNING_KEY_FILE.
+        #[arg(long = "key", value_name = "FILE", env = env_vars::CUTOVER_SIGNING_KEY_FILE, value_delimiter = ':')]
+        keys: Vec<PathBuf>,
+    },
+    /// Each published job's channels, versions, seq, expiry and signature
+    /// validity, and what each worker runs against its channel. Exit 4 if
+    /// an index fails verification.
+    Status {
+        /// Only this job.
+        job: Option<String>,
+        /// Read the indexes from this store instead of [store] url.
+        #[arg(long, value_name = "URL")]
+        index_url: Option<String>,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
     /// Write a new ed25519 key pair into DIR (cutover-signing.key, 0600, and
@@ -363,7 +434,8 @@ pub enum KeysCommand {
     },
     /// The keys this project trusts ([trust] public_keys,
     /// CUTOVER_TRUST_PUBLIC_KEYS_PATH, CUTOVER_TRUST_PUBLIC_KEYS_JSON) and the
-    /// threshold of distinct keys that must sign.
+    /// threshold of distinct keys that must sign, and which of them signed
+    /// each published job's current index.
     List,
 }
 

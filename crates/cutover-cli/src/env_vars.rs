@@ -25,3 +25,12 @@ pub const CUTOVER_ALLOW_INSECURE_DEV_KEYS: &str = "CUTOVER_ALLOW_INSECURE_DEV_KE
 /// `production`: doctor's checklist applies, insecure dev keys are
 /// refused, and promote and rollback refuse while trust is not set up.
 pub const CUTOVER_ENV: &str = "CUTOVER_ENV";
+/// `1`: `cutover serve` runs without an admin token. Refused with
+/// CUTOVER_ENV=production; `cutover doctor` fails it.
+pub const CUTOVER_ALLOW_UNAUTHENTICATED_ADMIN: &str = "CUTOVER_ALLOW_UNAUTHENTICATED_ADMIN";
+/// The admin token of `cutover serve` (named `admin`).
+pub const CUTOVER_ADMIN_TOKEN: &str = "CUTOVER_ADMIN_TOKEN";
+/// A file holding the admin token.
+pub const CUTOVER_ADMIN_TOKEN_FILE: &str = "CUTOVER_ADMIN_TOKEN_FILE";
+/// A file of named tokens, stored hashed (`name:sha256` lines).
+pub const CUTOVER_ADMIN_TOKENS_FILE: &str = "CUTOVER_ADMIN_TOKENS_FILE";

@@ -10,6 +10,7 @@ pub mod audit;
 pub mod certs;
 mod context;
 pub mod deploy;
+pub mod doctor;
 pub mod drift;
 mod error;
 mod events;

@@ -98,6 +98,16 @@ fn render_blocking(
             let Some(source) = sources.get(&version) else {
                 continue;
             };
+            // Templates see the version they render (`job.version`).
+            let versioned;
+            let job = if version == job.manifest.version {
+                job
+            } else {
+                let mut j = job.clone();
+                j.manifest.version = version.clone();
+                versioned = j;
+                &versioned
+            };
             let generated = certs.get(&key).cloned().unwrap_or_default();
             let tree = match source.render(job, w, &rctx) {
                 Err(e @ cutover_model::tree::TreeError::Template { .. })

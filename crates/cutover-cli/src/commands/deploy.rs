@@ -111,6 +111,12 @@ pub fn print_plan(plan: &Plan) {
     }
     output::table(&["WAVE", "JOB", "WORKER", "ACTION", "BATCH", "WHY"], &rows);
     println!("plan: {}", counts(plan));
+    for j in plan.jobs() {
+        match &j.source {
+            Some(src) => println!("source: {}: {src}", j.job),
+            None => println!("source: {}: working tree", j.job),
+        }
+    }
     for j in plan.jobs().filter(|j| j.pre_deploy) {
         println!(
             "note: {} has a pre_deploy hook, which only a real run runs (first, before it plans): its plan may differ from this one",

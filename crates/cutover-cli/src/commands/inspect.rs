@@ -613,9 +613,27 @@ pub fn keys_generate(g: &crate::args::Global, out: &std::path::Path) -> Result<u
 
 pub async fn keys_list(s: &Session) -> Result<u8, CliError> {
     let trust = cutover_engine::keys::trust(&s.ctx)?;
+    // Which keys signed each published job's current index.
+    let signed: Vec<(String, Vec<String>, Option<String>)> =
+        if s.ctx.project.config.store_url.is_some() {
+            cutover_engine::channel::status::status(&s.ctx, None, None)
+                .await?
+                .jobs
+                .into_iter()
+                .map(|j| (j.job, j.signed_by, j.refused))
+                .collect()
+        } else {
+            Vec::new()
+        };
     if s.json {
+        let indexes: Vec<serde_json::Value> = signed
+            .iter()
+            .map(|(job, by, refused)| {
+                serde_json::json!({ "job": job, "signed_by": by, "refused": refused })
+            })
+            .collect();
         super::print_json(serde_json::json!({
-            "outcome": "ok", "exit_code": 0, "trust": trust,
+            "outcome": "ok", "exit_code": 0, "trust": trust, "indexes": indexes,
         }));
         return Ok(0);
     }
@@ -634,6 +652,16 @@ pub async fn keys_list(s: &Session) -> Result<u8, CliError> {
         trust.threshold,
         trust.keys.len()
     );
+    for (job, by, refused) in &signed {
+        let short: Vec<&str> = by.iter().map(|k| &k[..16.min(k.len())]).collect();
+        match refused {
+            None => println!("{job}: current index signed by {}", short.join(", ")),
+            Some(why) => println!(
+                "{job}: current index signed by {} trusted key(s); REFUSED: {why}",
+                short.len()
+            ),
+        }
+    }
     Ok(0)
 }
 

@@ -1,6 +1,7 @@
 //! One module per group of commands; `run` dispatches. Each command loads
 //! what it needs once through [`Session`].
 
+mod channel;
 mod demo;
 mod deploy;
 mod init;
@@ -62,6 +63,8 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
             inspect::state_rebuild(&Session::open(g, "state").await?).await
         }
         Command::Publish(a) => inspect::publish(&Session::open(g, "publish").await?, a).await,
+        Command::Channel(c) => channel::run(&Session::open(g, "channel").await?, c).await,
+        Command::Doctor => channel::doctor(g).await,
         Command::Keys(KeysCommand::Generate { out }) => inspect::keys_generate(g, &out),
         Command::Keys(KeysCommand::List) => {
             inspect::keys_list(&Session::open(g, "keys").await?).await
@@ -256,7 +259,7 @@ pub fn print_json(doc: serde_json::Value) {
 }
 
 /// The keys the environment names (and whether it is production).
-fn trust_env() -> cutover_engine::keys::TrustEnv {
+pub(crate) fn trust_env() -> cutover_engine::keys::TrustEnv {
     let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
     cutover_engine::keys::TrustEnv {
         paths: var(env_vars::CUTOVER_TRUST_PUBLIC_KEYS_PATH),

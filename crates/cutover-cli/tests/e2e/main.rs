@@ -3,6 +3,7 @@
 
 mod support;
 
+mod channel;
 mod check;
 mod crash;
 mod deploy;

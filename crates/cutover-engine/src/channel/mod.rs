@@ -4,3 +4,7 @@
 
 pub mod artifact;
 pub mod index;
+pub mod ops;
+pub mod status;
+
+pub use ops::{run, ChannelOp, ChannelOptions, ChannelReport};

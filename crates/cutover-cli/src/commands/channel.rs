@@ -1,0 +1,264 @@
+//! `cutover channel ...` and `cutover doctor`.
+
+use cutover_engine::channel::{self, ChannelOp, ChannelOptions, ChannelReport};
+
+use super::{command_line, Session};
+use crate::args::{ChannelChange, ChannelCommand, Global};
+use crate::env_vars;
+use crate::error::CliError;
+use crate::output;
+
+pub async fn run(s: &Session, c: ChannelCommand) -> Result<u8, CliError> {
+    let (op, opts) = match c {
+        ChannelCommand::Status { job, index_url } => {
+            return status(s, job.as_deref(), index_url.as_deref()).await
+        }
+        ChannelCommand::Canary(ch) => (ChannelOp::Canary, options(s, ch, false)),
+        ChannelCommand::Promote { change, force } => {
+            (ChannelOp::Promote, options(s, change, force))
+        }
+        ChannelCommand::Rollback(ch) => (ChannelOp::Rollback, options(s, ch, false)),
+        ChannelCommand::Resign { job, keys } => (
+            ChannelOp::Resign,
+            ChannelOptions {
+                job,
+                version: None,
+                actor: s.ctx.operator.user.clone(),
+                reason: String::new(),
+                ticket: String::new(),
+                keys,
+                force: false,
+                command: command_line(),
+            },
+        ),
+    };
+    if !s.json && op != ChannelOp::Resign {
+        println!(
+            "[channel] {} {} {}",
+            op.as_str(),
+            opts.job,
+            opts.version.as_deref().unwrap_or("")
+        );
+    }
+    let detail = |extra: &str| {
+        let mut d = format!("job {}", opts.job);
+        if let Some(v) = &opts.version {
+            d.push_str(&format!(" version {v}"));
+        }
+        d.push_str(&format!(" actor {}", opts.actor));
+        if !opts.reason.is_empty() {
+            d.push_str(&format!(" reason {:?}", opts.reason));
+        }
+        if !opts.ticket.is_empty() {
+            d.push_str(&format!(" ticket {}", opts.ticket));
+        }
+        d.push_str(extra);
+        d
+    };
+    let report = match channel::run(&s.ctx, op, &opts).await {
+        Ok(r) => r,
+        Err(e) => {
+            let rc = e.exit_code();
+            s.audit(&opts.command, "refused", rc, &detail(&format!(": {e}")));
+            return Err(e.into());
+        }
+    };
+    let rc = if report.ok() { 0 } else { s.failure_rc() };
+    let outcome = report
+        .deploy
+        .as_ref()
+        .map_or("succeeded", |d| d.outcome.as_str());
+    let mut extra = format!(" seq {}", report.seq);
+    if let Some(f) = &report.forced {
+        extra.push_str(&format!("; forced: {f}"));
+    }
+    if let Some(d) = report.deploy.as_ref().and_then(|d| d.seq) {
+        extra.push_str(&format!("; deployment {d}"));
+    }
+    s.audit(&opts.command, outcome, rc, &detail(&extra));
+    if s.json {
+        super::print_json(serde_json::json!({
+            "outcome": outcome, "exit_code": rc, "report": report,
+        }));
+        return Ok(rc);
+    }
+    print_report(s, &report);
+    Ok(rc)
+}
+
+fn options(s: &Session, c: ChannelChange, force: bool) -> ChannelOptions {
+    ChannelOptions {
+        job: c.job,
+        version: Some(c.version),
+        actor: c.actor.unwrap_or_else(|| s.ctx.operator.user.clone()),
+        reason: c.reason,
+        ticket: c.ticket,
+        keys: c.keys,
+        force,
+        command: command_line(),
+    }
+}
+
+fn channels_line(r: &ChannelReport) -> String {
+    let list: Vec<String> = r
+        .channels
+        .iter()
+        .map(|(c, v)| format!("{c} -> {v}"))
+        .collect();
+    if list.is_empty() {
+        "no channels".into()
+    } else {
+        list.join(", ")
+    }
+}
+
+fn print_report(s: &Session, r: &ChannelReport) {
+    println!(
+        "[channel] {}: index seq {}, {}; expires {}",
+        r.job,
+        r.seq,
+        channels_line(r),
+        r.expires
+    );
+    if let Some(f) = &r.forced {
+        println!("[channel] forced: {f} (audited)");
+    }
+    if let Some(d) = &r.deploy {
+        super::deploy::summarize_in(d, &s.ctx.project);
+    }
+    match (&r.soak, r.op) {
+        (Some(soak), _) => println!(
+            "[channel] {}: soak of {} started {}; promote after {}",
+            r.job, soak.version, soak.started, soak.ends
+        ),
+        (None, ChannelOp::Canary) if r.ok() => println!(
+            "[channel] {}: the soak has not started: not every canary worker is promoted and healthy",
+            r.job
+        ),
+        _ => {}
+    }
+}
+
+async fn status(s: &Session, job: Option<&str>, url: Option<&str>) -> Result<u8, CliError> {
+    let st = channel::status::status(&s.ctx, job, url).await?;
+    let rc = if st.any_refused() { 4 } else { 0 };
+    if s.json {
+        super::print_json(serde_json::json!({
+            "outcome": if rc == 0 { "ok" } else { "refused" }, "exit_code": rc, "report": st,
+        }));
+        return Ok(rc);
+    }
+    if st.jobs.is_empty() {
+        println!("no published jobs in {}", st.store);
+        return Ok(0);
+    }
+    for j in &st.jobs {
+        let channels: Vec<String> = j
+            .channels
+            .iter()
+            .map(|(c, v)| format!("{c} -> {v}"))
+            .collect();
+        let validity = match &j.refused {
+            None => format!("signature valid ({} trusted key(s))", j.signed_by.len()),
+            Some(why) => format!("INVALID: {why}"),
+        };
+        println!(
+            "{}: seq {}, expires {}; {}; {}",
+            j.job,
+            j.seq.map_or("?".into(), |n| n.to_string()),
+            j.expires.as_deref().unwrap_or("?"),
+            if channels.is_empty() {
+                "no channels".into()
+            } else {
+                channels.join(", ")
+            },
+            validity
+        );
+        if let Some(w) = &j.expiry_warning {
+            println!("  warning: {w}");
+        }
+        let versions: Vec<&str> = j.versions.iter().map(|v| v.version.as_str()).collect();
+        println!("  versions: {}", versions.join(", "));
+        let rows: Vec<Vec<String>> = j
+            .workers
+            .iter()
+            .map(|w| {
+                vec![
+                    w.worker.clone(),
+                    w.channel.clone(),
+                    w.wants.clone().unwrap_or_else(|| "-".into()),
+                    w.runs.clone().unwrap_or_else(|| "-".into()),
+                    w.status.clone(),
+                    if w.drift { "DRIFT".into() } else { "ok".into() },
+                ]
+            })
+            .collect();
+        if !rows.is_empty() {
+            output::table(
+                &["WORKER", "CHANNEL", "WANTS", "RUNS", "STATUS", "DRIFT"],
+                &rows,
+            );
+        }
+    }
+    Ok(rc)
+}
+
+/// `cutover doctor`: what needs no project first, then the project's
+/// items (or one failing item when it does not load).
+pub async fn doctor(g: &Global) -> Result<u8, CliError> {
+    let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
+    let admin = cutover_engine::doctor::AdminEnv {
+        unauthenticated: var(env_vars::CUTOVER_ALLOW_UNAUTHENTICATED_ADMIN).as_deref() == Some("1"),
+        token_source: [
+            env_vars::CUTOVER_ADMIN_TOKEN,
+            env_vars::CUTOVER_ADMIN_TOKEN_FILE,
+            env_vars::CUTOVER_ADMIN_TOKENS_FILE,
+        ]
+        .into_iter()
+        .find(|n| var(n).is_some())
+        .map(str::to_string),
+    };
+    let mut items = cutover_engine::doctor::environment(&super::trust_env(), &admin);
+    match Session::open(g, "doctor").await {
+        Ok(s) => {
+            items.push(cutover_engine::doctor::Item::pass(
+                "check passes",
+                "cutover.toml, workers.toml and every job.toml are valid",
+            ));
+            items.extend(cutover_engine::doctor::project(&s.ctx).await);
+        }
+        Err(e) => items.push(cutover_engine::doctor::Item::fail(
+            "check passes",
+            match &e {
+                CliError::Usage { message, .. } => message.clone(),
+                CliError::Engine(e) => e.to_string().lines().next().unwrap_or_default().to_string(),
+            },
+            "run `cutover check` and fix what it reports",
+        )),
+    }
+    let failed = items.iter().filter(|i| !i.ok).count();
+    let rc = u8::from(failed > 0);
+    if g.json {
+        super::print_json(serde_json::json!({
+            "outcome": if rc == 0 { "ok" } else { "failed" }, "exit_code": rc, "items": items,
+        }));
+        return Ok(rc);
+    }
+    for i in &items {
+        let mark = match (i.ok, i.warning) {
+            (false, _) => "✗",
+            (true, true) => "!",
+            (true, false) => "✓",
+        };
+        println!("{mark} {}: {}", i.item, i.detail);
+        if !i.ok || i.warning {
+            println!("    fix: {}", i.fix);
+        }
+    }
+    if failed == 0 {
+        println!("doctor: every item passes");
+    } else {
+        println!("doctor: {failed} item(s) to fix");
+    }
+    Ok(rc)
+}

@@ -1,0 +1,433 @@
+//! `cutover channel canary | promote | rollback | resign`: a signed index
+//! update, then (but for resign) a deploy of the job with the deploy
+//! pipeline, under the project lock: batches, health checks, `on_failure`.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use super::index;
+use crate::deploy::{self, DeployOptions, DeployReport};
+use crate::keys::Trust;
+use crate::relstore::Store;
+use crate::{Context, EngineError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelOp {
+    Canary,
+    Promote,
+    Rollback,
+    Resign,
+}
+
+impl ChannelOp {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelOp::Canary => "canary",
+            ChannelOp::Promote => "promote",
+            ChannelOp::Rollback => "rollback",
+            ChannelOp::Resign => "resign",
+        }
+    }
+}
+
+pub struct ChannelOptions {
+    pub job: String,
+    /// The version (all but resign).
+    pub version: Option<String>,
+    pub actor: String,
+    pub reason: String,
+    pub ticket: String,
+    /// `--key` files; else CUTOVER_SIGNING_KEY_FILE, else the dev key.
+    pub keys: Vec<PathBuf>,
+    /// promote: skip the soak (audited).
+    pub force: bool,
+    /// The command line, for the lock, the deployment and the audit log.
+    pub command: String,
+}
+
+/// A canary's soak, kept in the state store.
+#[derive(Debug, Clone, Serialize)]
+pub struct Soak {
+    pub version: String,
+    /// When every canary allocation was first seen promoted and healthy.
+    pub started: String,
+    /// When promote accepts it.
+    pub ends: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChannelReport {
+    pub op: ChannelOp,
+    pub job: String,
+    pub version: Option<String>,
+    pub seq: u64,
+    pub expires: String,
+    pub channels: std::collections::BTreeMap<String, String>,
+    /// The rollout (none for resign).
+    pub deploy: Option<DeployReport>,
+    /// canary: the soak, once its workers are promoted and healthy.
+    pub soak: Option<Soak>,
+    /// What `--force` overrode (audited).
+    pub forced: Option<String>,
+}
+
+impl ChannelReport {
+    pub fn ok(&self) -> bool {
+        self.deploy.as_ref().is_none_or(|d| d.outcome.ok())
+    }
+}
+
+fn soak_key(job: &str) -> String {
+    format!("canary_soak/{job}")
+}
+
+/// The soak recorded for a job: `version started`.
+async fn recorded_soak(
+    ctx: &Context,
+    job: &str,
+) -> Result<Option<(String, jiff::Timestamp)>, EngineError> {
+    let Some(text) = ctx.store.meta_get(&soak_key(job)).await? else {
+        return Ok(None);
+    };
+    let mut parts = text.split_whitespace();
+    let (Some(v), Some(t)) = (parts.next(), parts.next()) else {
+        return Ok(None);
+    };
+    Ok(t.parse().ok().map(|t| (v.to_string(), t)))
+}
+
+fn soak_of(version: &str, started: jiff::Timestamp, length: std::time::Duration) -> Soak {
+    let ends = started
+        .checked_add(jiff::SignedDuration::try_from(length).unwrap_or(jiff::SignedDuration::MAX))
+        .unwrap_or(jiff::Timestamp::MAX);
+    Soak {
+        version: version.to_string(),
+        started: started.to_string(),
+        ends: ends.to_string(),
+    }
+}
+
+fn soak_length(ctx: &Context, job: &str) -> std::time::Duration {
+    ctx.project
+        .jobs
+        .get(job)
+        .and_then(|j| j.manifest.canary.as_ref())
+        .map_or(std::time::Duration::from_secs(600), |c| c.soak)
+}
+
+/// The trust items `doctor` checks, which promote and rollback need under
+/// CUTOVER_ENV=production: trusted keys configured, no insecure dev keys.
+pub fn production_trust_problems(ctx: &Context) -> Vec<String> {
+    let env = &ctx.trust_env;
+    let mut out = Vec::new();
+    if ctx.project.config.trust_public_keys.is_empty() && env.paths.is_none() && env.json.is_none()
+    {
+        out.push("no trusted keys are configured ([trust] public_keys)".to_string());
+    }
+    if env.insecure_dev_keys {
+        out.push("CUTOVER_ALLOW_INSECURE_DEV_KEYS is set".to_string());
+    }
+    out
+}
+
+/// The canary workers of `job` that do not run `version` promoted, or are
+/// not healthy now: (worker, why).
+async fn canary_problems(
+    ctx: &Context,
+    job: &cutover_model::Job,
+    version: &str,
+) -> Result<Vec<(String, String)>, EngineError> {
+    let workers: Vec<String> = super::artifact::canary_workers(ctx, job)
+        .into_iter()
+        .map(|w| w.name.clone())
+        .collect();
+    let records = ctx.store.allocations().await?;
+    let mut out = Vec::new();
+    for w in &workers {
+        let r = records.iter().find(|r| r.job == job.name && &r.worker == w);
+        match r {
+            Some(r)
+                if r.status == cutover_state::AllocStatus::Promoted
+                    && r.version.as_deref() == Some(version) => {}
+            Some(r) => out.push((
+                w.clone(),
+                format!(
+                    "runs {} ({})",
+                    r.version.as_deref().unwrap_or("nothing"),
+                    r.status.as_str()
+                ),
+            )),
+            None => out.push((w.clone(), "runs nothing".to_string())),
+        }
+    }
+    if !out.is_empty() || workers.is_empty() {
+        return Ok(out);
+    }
+    let scope: BTreeSet<String> = [job.name.clone()].into();
+    let live = crate::status::live(ctx, Some(&scope), true).await?;
+    for w in &workers {
+        let health = live
+            .get(&(job.name.clone(), w.clone()))
+            .map_or("not checked", |l| l.health.as_str());
+        if health != "healthy" && health != "no checks" {
+            out.push((w.clone(), health.to_string()));
+        }
+    }
+    Ok(out)
+}
+
+pub async fn run(
+    ctx: &Context,
+    op: ChannelOp,
+    opts: &ChannelOptions,
+) -> Result<ChannelReport, EngineError> {
+    let job = ctx.project.jobs.get(&opts.job).ok_or_else(|| {
+        let known: Vec<&str> = ctx.project.jobs.keys().map(String::as_str).collect();
+        EngineError::usage(
+            format!("no job named `{}`", opts.job),
+            format!("jobs: {}", known.join(", ")),
+        )
+    })?;
+    let version = match (op, &opts.version) {
+        (ChannelOp::Resign, _) => None,
+        (_, Some(v)) => Some(v.clone()),
+        (_, None) => {
+            return Err(EngineError::usage(
+                format!("channel {} needs --version V", op.as_str()),
+                "name a published version (see `cutover channel status`)",
+            ))
+        }
+    };
+    if ctx.trust_env.production && matches!(op, ChannelOp::Promote | ChannelOp::Rollback) {
+        let problems = production_trust_problems(ctx);
+        if !problems.is_empty() {
+            return Err(EngineError::usage(
+                format!(
+                    "CUTOVER_ENV=production: {} refuses while {}",
+                    op.as_str(),
+                    problems.join(" and ")
+                ),
+                "run `cutover doctor` and fix its trust items",
+            ));
+        }
+    }
+    let keys = crate::keys::signing_keys(ctx, &opts.keys)?;
+    let trust = crate::keys::trust(ctx)?;
+    index::check_signers(&trust, &keys)?;
+    let store = Store::of_project(ctx)?;
+    if op == ChannelOp::Resign {
+        return resign(ctx, &store, &trust, &keys, &opts.job).await;
+    }
+    let version = version.unwrap_or_default();
+    let lock = ctx.store.lock(&ctx.holder(&opts.command, None)).await?;
+
+    let current = index::load(ctx, &store, &trust, &job.name, false)
+        .await
+        .map_err(|e| match e {
+            EngineError::Refused(m) if m.contains("expired") => EngineError::Refused(format!(
+                "{m}; renew it with `cutover channel resign {}`",
+                job.name
+            )),
+            e => e,
+        })?
+        .ok_or_else(|| {
+            EngineError::usage(
+                format!(
+                    "{} is not published: the store has no index of it",
+                    job.name
+                ),
+                format!("publish it first: `cutover publish {}`", job.name),
+            )
+        })?
+        .index
+        .signed;
+    let mut forced = None;
+    // What the operator asked for, checked against the index as read; the
+    // update checks it again on the index it swaps.
+    let admit = |s: &cutover_index::Signed| -> Result<(), EngineError> {
+        if s.version(&version).is_none() {
+            let listed: Vec<&str> = s.versions.iter().map(|v| v.version.as_str()).collect();
+            return Err(EngineError::usage(
+                format!("{} {version} is not published", job.name),
+                format!("published versions: {}", listed.join(", ")),
+            ));
+        }
+        let stable = s.channels.get("stable");
+        let canary = s.channels.get("canary");
+        match op {
+            ChannelOp::Canary if stable == Some(&version) => Err(EngineError::usage(
+                format!("{} {version} is already stable", job.name),
+                "a canary tries a version that is not stable yet",
+            )),
+            ChannelOp::Promote if canary != Some(&version) => Err(EngineError::usage(
+                format!(
+                    "{} {version} is not the canary (the canary is {})",
+                    job.name,
+                    canary.map_or("none", String::as_str)
+                ),
+                format!(
+                    "start it with `cutover channel canary {} --version {version}`",
+                    job.name
+                ),
+            )),
+            ChannelOp::Rollback => {
+                let pos = |v: &str| s.versions.iter().position(|x| x.version == v);
+                match stable.and_then(|st| pos(st)) {
+                    None => Err(EngineError::usage(
+                        format!("{} has no stable version to roll back from", job.name),
+                        "a rollback points stable at an earlier version",
+                    )),
+                    Some(st) if pos(&version).is_some_and(|p| p >= st) => Err(EngineError::usage(
+                        format!(
+                            "{} {version} is not earlier than stable {}",
+                            job.name, s.versions[st].version
+                        ),
+                        "roll back to a version published before the stable one",
+                    )),
+                    Some(_) => Ok(()),
+                }
+            }
+            _ => Ok(()),
+        }
+    };
+    admit(&current)?;
+
+    if op == ChannelOp::Promote {
+        let problems = canary_problems(ctx, job, &version).await?;
+        if !problems.is_empty() {
+            let list: Vec<String> = problems
+                .iter()
+                .map(|(w, why)| format!("{w}: {why}"))
+                .collect();
+            return Err(EngineError::Refused(format!(
+                "{} {version}: not every canary worker runs it promoted and healthy now: {}",
+                job.name,
+                list.join("; ")
+            )));
+        }
+        let length = soak_length(ctx, &job.name);
+        let now = jiff::Timestamp::now();
+        let soak = match recorded_soak(ctx, &job.name).await? {
+            Some((v, started)) if v == version => soak_of(&version, started, length),
+            _ => {
+                // Healthy now, with no soak on record (its canary deploy
+                // was finished by a plain deploy): the soak starts now.
+                ctx.store
+                    .meta_put(&soak_key(&job.name), &format!("{version} {now}"))
+                    .await?;
+                soak_of(&version, now, length)
+            }
+        };
+        let ends: jiff::Timestamp = soak.ends.parse().unwrap_or(jiff::Timestamp::MAX);
+        if ends > now {
+            if !opts.force {
+                return Err(EngineError::usage(
+                    format!(
+                        "the soak of {} {version} ends at {} (started {})",
+                        job.name, soak.ends, soak.started
+                    ),
+                    "promote after it ends, or pass --force to promote now (audited)",
+                ));
+            }
+            forced = Some(format!("soak skipped (it ends at {})", soak.ends));
+        }
+    }
+
+    let updated = index::update(ctx, &store, &trust, &keys, &job.name, |s| {
+        admit(s)?;
+        match op {
+            ChannelOp::Canary => {
+                s.channels.insert("canary".into(), version.clone());
+            }
+            ChannelOp::Promote | ChannelOp::Rollback => {
+                s.channels.insert("stable".into(), version.clone());
+                s.channels.remove("canary");
+            }
+            ChannelOp::Resign => {}
+        }
+        Ok(())
+    })
+    .await?;
+    if op != ChannelOp::Canary {
+        ctx.store.meta_put(&soak_key(&job.name), "").await?;
+    }
+
+    let report = deploy::deploy(
+        ctx,
+        &DeployOptions {
+            jobs: Some([job.name.clone()].into()),
+            dry_run: false,
+            force: false,
+            sync_only: false,
+            command: opts.command.clone(),
+            head: None,
+            dirty: false,
+            lock_held: true,
+            verify: false,
+            purge_data: false,
+        },
+    )
+    .await?;
+    let mut soak = None;
+    if op == ChannelOp::Canary
+        && report.outcome.ok()
+        && !ctx.interrupt.is_set()
+        && canary_problems(ctx, job, &version).await?.is_empty()
+    {
+        let length = soak_length(ctx, &job.name);
+        let started = match recorded_soak(ctx, &job.name).await? {
+            Some((v, t)) if v == version => t,
+            _ => {
+                let now = jiff::Timestamp::now();
+                ctx.store
+                    .meta_put(&soak_key(&job.name), &format!("{version} {now}"))
+                    .await?;
+                now
+            }
+        };
+        soak = Some(soak_of(&version, started, length));
+    }
+    drop(lock);
+    Ok(ChannelReport {
+        op,
+        job: job.name.clone(),
+        version: Some(version),
+        seq: updated.signed.seq,
+        expires: updated.signed.expires.clone(),
+        channels: updated.signed.channels.clone(),
+        deploy: Some(report),
+        soak,
+        forced,
+    })
+}
+
+/// `channel resign`: the same index, seq + 1, a new expiry.
+async fn resign(
+    ctx: &Context,
+    store: &Store,
+    trust: &Trust,
+    keys: &[ed25519_dalek::SigningKey],
+    job: &str,
+) -> Result<ChannelReport, EngineError> {
+    if index::load(ctx, store, trust, job, true).await?.is_none() {
+        return Err(EngineError::usage(
+            format!("{job} is not published: the store has no index of it"),
+            format!("publish it first: `cutover publish {job}`"),
+        ));
+    }
+    let updated = index::update(ctx, store, trust, keys, job, |_| Ok(())).await?;
+    Ok(ChannelReport {
+        op: ChannelOp::Resign,
+        job: job.to_string(),
+        version: None,
+        seq: updated.signed.seq,
+        expires: updated.signed.expires.clone(),
+        channels: updated.signed.channels.clone(),
+        deploy: None,
+        soak: None,
+        forced: None,
+    })
+}
