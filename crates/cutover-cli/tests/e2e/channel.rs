@@ -310,3 +310,293 @@ fn channel_commands_are_refused_while_the_lock_is_held() {
             .expect("json");
     assert_eq!(index["signed"]["seq"], 2);
 }
+
+/// A project on two local workers publishing `api` to a file store.
+fn local_publisher(store: &std::path::Path, trust: &str) -> Project {
+    let p = Project::new();
+    p.write(
+        "cutover.toml",
+        &format!(
+            "name = \"t\"\n[store]\nurl = \"file://{}\"\n[trust]\n{trust}",
+            store.display()
+        ),
+    );
+    p.write(
+        "workers.toml",
+        "[[worker]]\nname = \"a\"\ntransport = \"local\"\nroot = \"local-workers/a\"\n\n[[worker]]\nname = \"b\"\ntransport = \"local\"\nroot = \"local-workers/b\"\n",
+    );
+    p.job("api", "version = \"1.0.0\"\n");
+    p
+}
+
+#[test]
+fn insecure_dev_keys_sign_a_development_project_and_never_production() {
+    let t = tempfile::tempdir().expect("tmp");
+    let store = t.path().join("store");
+    let p = local_publisher(&store, "");
+    let dev = [("CUTOVER_ALLOW_INSECURE_DEV_KEYS", "1")];
+    let out = p.cutover_env(&["publish", "api"], &dev);
+    assert_eq!(out.code, 0, "{out:?}");
+    let key = p.path().join(".cutover/dev-key/cutover-signing.key");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key)
+            .expect("dev key")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    let out = p.cutover_env(&["deploy"], &dev);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(p
+        .path()
+        .join("local-workers/a/jobs/api/current/Makefile")
+        .is_file());
+
+    // Without the variable the dev key is not trusted: refused, untouched.
+    let out = p.expect(&["deploy", "--force"], 4);
+    assert!(out.stderr.contains("trusted key"), "{out:?}");
+
+    // Never in production, whatever else is set.
+    let prod = [
+        ("CUTOVER_ALLOW_INSECURE_DEV_KEYS", "1"),
+        ("CUTOVER_ENV", "production"),
+    ];
+    let out = p.cutover_env(&["publish", "api"], &prod);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("CUTOVER_ALLOW_INSECURE_DEV_KEYS=1 is refused with CUTOVER_ENV=production"),
+        "{out:?}"
+    );
+    let out = p.cutover_env(&["doctor"], &dev);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stdout.contains("✗ insecure dev keys not enabled"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_signing_key_is_rotated_by_adding_resigning_and_retiring() {
+    let t = tempfile::tempdir().expect("tmp");
+    let store = t.path().join("store");
+    let (a, b) = (t.path().join("a"), t.path().join("b"));
+    let trust_a = format!(
+        "public_keys = [\"{}\"]\n",
+        a.join("cutover-signing.pub").display()
+    );
+    let p = local_publisher(&store, &trust_a);
+    for dir in [&a, &b] {
+        p.expect(
+            &["keys", "generate", "--out", dir.to_str().expect("utf8")],
+            0,
+        );
+    }
+    let key = |d: &std::path::Path| d.join("cutover-signing.key").display().to_string();
+    let id = |d: &std::path::Path| {
+        let list = p.expect(&["--json", "keys", "list"], 0);
+        let doc: serde_json::Value = serde_json::from_str(&list.stdout).expect("json");
+        let public = std::fs::read_to_string(d.join("cutover-signing.pub")).expect("pub");
+        let hex = public.lines().nth(1).expect("hex").to_string();
+        doc["trust"]["keys"]
+            .as_array()
+            .expect("keys")
+            .iter()
+            .find(|k| k["public_key"] == hex.as_str())
+            .map(|k| k["keyid"].as_str().expect("id").to_string())
+    };
+    p.expect(&["publish", "api", "--key", &key(&a)], 0);
+    p.expect(&["deploy"], 0);
+
+    // 1. Trust the new key beside the old one; 2. re-sign with both.
+    let both = format!(
+        "public_keys = [\"{}\", \"{}\"]\n",
+        a.join("cutover-signing.pub").display(),
+        b.join("cutover-signing.pub").display()
+    );
+    p.write(
+        "cutover.toml",
+        &format!(
+            "name = \"t\"\n[store]\nurl = \"file://{}\"\n[trust]\n{both}",
+            store.display()
+        ),
+    );
+    let (ida, idb) = (id(&a).expect("a trusted"), id(&b).expect("b trusted"));
+    p.expect(
+        &[
+            "channel",
+            "resign",
+            "api",
+            "--key",
+            &key(&a),
+            "--key",
+            &key(&b),
+        ],
+        0,
+    );
+    let list = p.expect(&["--json", "keys", "list"], 0);
+    let doc: serde_json::Value = serde_json::from_str(&list.stdout).expect("json");
+    let by: Vec<&str> = doc["indexes"][0]["signed_by"]
+        .as_array()
+        .expect("signed_by")
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert!(
+        by.contains(&ida.as_str()) && by.contains(&idb.as_str()),
+        "{by:?}"
+    );
+
+    // 3. Retire the old key: trust only the new one, re-sign with it.
+    let trust_b = format!(
+        "public_keys = [\"{}\"]\n",
+        b.join("cutover-signing.pub").display()
+    );
+    p.write(
+        "cutover.toml",
+        &format!(
+            "name = \"t\"\n[store]\nurl = \"file://{}\"\n[trust]\n{trust_b}",
+            store.display()
+        ),
+    );
+    p.expect(&["channel", "resign", "api", "--key", &key(&b)], 0);
+    let list = p.expect(&["keys", "list"], 0);
+    assert!(
+        list.stdout
+            .contains(&format!("api: current index signed by {}", &idb[..16])),
+        "{list:?}"
+    );
+    assert!(!list.stdout.contains(&ida[..16]), "{list:?}");
+    // The retired key signs nothing any more; deploys verify with the new.
+    let out = p.expect(&["channel", "resign", "api", "--key", &key(&a)], 2);
+    assert!(out.stderr.contains("is not trusted"), "{out:?}");
+    p.expect(&["deploy", "--force"], 0);
+    let status = p.expect(&["--json", "channel", "status"], 0);
+    let doc: serde_json::Value = serde_json::from_str(&status.stdout).expect("json");
+    assert_eq!(doc["report"]["jobs"][0]["seq"], 3);
+}
+
+#[test]
+fn an_index_near_expiry_is_warned_about_and_resign_renews_it() {
+    let t = tempfile::tempdir().expect("tmp");
+    let store = t.path().join("store");
+    let keys = t.path().join("k");
+    let trust = format!(
+        "public_keys = [\"{}\"]\nindex_lifetime = \"2h\"\n",
+        keys.join("cutover-signing.pub").display()
+    );
+    let p = local_publisher(&store, &trust);
+    p.expect(
+        &["keys", "generate", "--out", keys.to_str().expect("utf8")],
+        0,
+    );
+    let key = keys.join("cutover-signing.key").display().to_string();
+    p.expect(&["publish", "api", "--key", &key], 0);
+    let out = p.expect(&["channel", "status"], 0);
+    assert!(out.stdout.contains("warning: expires in 1h"), "{out:?}");
+    let out = p.cutover(&["doctor"]);
+    assert!(
+        out.stdout
+            .contains("! release index of api valid: expires in"),
+        "{out:?}"
+    );
+    assert!(
+        out.stdout.contains("fix: cutover channel resign api"),
+        "{out:?}"
+    );
+    p.write(
+        "cutover.toml",
+        &format!(
+            "name = \"t\"\n[store]\nurl = \"file://{}\"\n[trust]\npublic_keys = [\"{}\"]\n",
+            store.display(),
+            keys.join("cutover-signing.pub").display()
+        ),
+    );
+    let out = p.expect(&["channel", "resign", "api", "--key", &key], 0);
+    assert!(out.stdout.contains("index seq 2"), "{out:?}");
+    let out = p.expect(&["channel", "status"], 0);
+    assert!(!out.stdout.contains("warning"), "{out:?}");
+    // A lifetime under an hour is refused at its line.
+    p.write(
+        "cutover.toml",
+        "name = \"t\"\n[trust]\nindex_lifetime = \"5m\"\n",
+    );
+    let out = p.expect(&["check"], 2);
+    assert!(
+        out.stderr.contains("trust.index_lifetime is under an hour"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn doctor_lists_what_production_lacks_and_passes_when_it_is_set_up() {
+    let fleet = Fleet::start_at(1, 50);
+    let (_base, origin, _dev) = git_origin();
+    let p = deploy_clone(&origin);
+    let keys = tempfile::tempdir().expect("keys");
+    p.expect(
+        &[
+            "keys",
+            "generate",
+            "--out",
+            keys.path().to_str().expect("utf8"),
+        ],
+        0,
+    );
+    p.write("cutover.toml", &fleet.project_toml());
+    p.write("workers.toml", &fleet.workers_toml(&[]));
+    let out = p.expect(&["doctor"], 1);
+    for line in [
+        "✗ CUTOVER_ENV=production",
+        "✗ admin auth configured",
+        "✗ trusted keys configured",
+        "✓ check passes",
+        "✓ state backend reachable",
+        "✓ worker w1 reachable with sshd, rsync and make",
+        "✗ git remote `origin` reachable",
+    ] {
+        assert!(out.stdout.contains(line), "{line}: {out:?}");
+    }
+    assert!(
+        out.stdout.contains("fix: export CUTOVER_ENV=production"),
+        "{out:?}"
+    );
+
+    // Set up: trusted keys, the origin has main, production, a token.
+    std::fs::copy(
+        keys.path().join("cutover-signing.pub"),
+        p.path().join("release.pub"),
+    )
+    .expect("pub");
+    p.write(
+        "cutover.toml",
+        &format!(
+            "{}\n[trust]\npublic_keys = [\"release.pub\"]\n",
+            fleet.project_toml()
+        ),
+    );
+    commit_and_push(p.path(), "project");
+    let token = p.path().join(".cutover/admin-token");
+    std::fs::write(&token, "x".repeat(40)).expect("token");
+    let env = [
+        ("CUTOVER_ENV", "production"),
+        ("CUTOVER_ADMIN_TOKEN_FILE", token.to_str().expect("utf8")),
+    ];
+    let out = p.cutover_env(&["--json", "doctor"], &env);
+    assert_eq!(out.code, 0, "{out:?}");
+    let doc: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
+    assert!(doc["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .all(|i| i["ok"] == true));
+
+    // A broken workers.toml: check fails, the rest of the list still prints.
+    p.write("workers.toml", "[[worker]]\nname = 5\n");
+    let out = p.cutover_env(&["doctor"], &env);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stdout.contains("✗ check passes"), "{out:?}");
+    assert!(out.stdout.contains("✓ CUTOVER_ENV=production"), "{out:?}");
+}
