@@ -2,12 +2,15 @@
 //! setup: an example project on three local workers, a first deploy, a
 //! one-file change that reloads one allocation and skips the rest, status,
 //! drift; then ticket releases through a real git remote: one that
-//! completes, one whose data migration breaks the service, and its revert.
+//! completes, one whose data migration breaks the service, and its revert;
+//! then release channels: publish, a canary, a promotion and a rollback.
 
 use std::path::Path;
 
-use super::{deploy, inspect, release, Session};
-use crate::args::{DeployArgs, Global, Progress, ReleaseCommand};
+use super::{channel, deploy, inspect, release, Session};
+use crate::args::{
+    ChannelChange, ChannelCommand, DeployArgs, Global, Progress, PublishArgs, ReleaseCommand,
+};
 use crate::error::CliError;
 
 fn step(title: &str) {
@@ -110,6 +113,7 @@ pub async fn run(g: &Global) -> Result<u8, CliError> {
     inspect::drift(&s, None).await?;
 
     release_demo(&dir, tmp.path(), &g).await?;
+    channels_demo(&dir, tmp.path(), &g).await?;
 
     s.store.close().await;
     step("cleanup");
@@ -285,4 +289,121 @@ async fn release_demo(project: &Path, tmp: &Path, g: &Global) -> Result<(), CliE
     .await?;
     let _ = s;
     Ok(())
+}
+
+/// Publishes `hello` to a file store, canaries a new version on one
+/// worker, promotes it after its soak, and rolls back. The index is signed
+/// with an insecure development key: a demo only.
+async fn channels_demo(project: &Path, tmp: &Path, g: &Global) -> Result<(), CliError> {
+    step("release channels: a file store, and a development signing key (CUTOVER_ALLOW_INSECURE_DEV_KEYS=1: never in production)");
+    let edit = |rel: &str, f: &dyn Fn(String) -> String| -> Result<(), CliError> {
+        let path = project.join(rel);
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        std::fs::write(&path, f(text))
+            .map_err(|e| CliError::usage(format!("cannot edit the example: {e}"), "check TMPDIR"))
+    };
+    let store = tmp.join("store");
+    edit("cutover.toml", &|t| {
+        format!("{t}\n[store]\nurl = \"file://{}\"\n", store.display())
+    })?;
+    edit("jobs/hello/job.toml", &|t| {
+        format!("{t}\n[canary]\ncount = 1\nsoak = \"2s\"\n")
+    })?;
+    println!("cutover.toml: [store] url = \"file://{}\"", store.display());
+    println!("jobs/hello/job.toml: [canary] count = 1, soak = \"2s\"");
+    let open = |prefix| async move {
+        let mut s = Session::open_at(project, g, prefix).await?;
+        s.ctx.trust_env.insecure_dev_keys = true;
+        s.ctx.trust_env.production = false;
+        Ok::<_, CliError>(s)
+    };
+    let publish = |channel: &str| PublishArgs {
+        job: "hello".into(),
+        channel: channel.into(),
+        keys: Vec::new(),
+        force: false,
+        reason: "demo".into(),
+        ticket: String::new(),
+    };
+    let change = |version: &str| ChannelChange {
+        job: "hello".into(),
+        version: version.into(),
+        actor: None,
+        reason: "demo".into(),
+        ticket: String::new(),
+        keys: Vec::new(),
+    };
+
+    step("cutover publish hello   (1.0.0: a deterministic tar.zst and a signed index; stable -> 1.0.0)");
+    let s = open("publish").await?;
+    inspect::publish(&s, publish("stable")).await?;
+
+    step("cutover deploy   (hello now deploys from its verified artifact, not the working tree)");
+    let s = open("deploy").await?;
+    deploy::run(
+        &s,
+        DeployArgs {
+            jobs: Some(vec!["hello".into()]),
+            dry_run: false,
+            force: false,
+            sync_only: false,
+            verify: false,
+            purge_data: false,
+        },
+    )
+    .await?;
+
+    step("bump hello to 1.1.0, cutover publish hello --channel canary");
+    edit("jobs/hello/job.toml", &|t| {
+        t.replace("version = \"1.0.0\"", "version = \"1.1.0\"")
+    })?;
+    edit("jobs/hello/greeting.txt.tpl", &|_| {
+        "Hello from {{ worker.name }}, version {{ job.version }}\n".into()
+    })?;
+    let s = open("publish").await?;
+    inspect::publish(&s, publish("canary")).await?;
+
+    step("cutover channel canary hello --version 1.1.0   (one worker runs 1.1.0; the soak starts)");
+    let s = open("channel").await?;
+    let rc = channel::run(&s, ChannelCommand::Canary(change("1.1.0"))).await?;
+    if rc != 0 {
+        return Ok(());
+    }
+    show_greetings(project);
+
+    step("wait for the soak (2s), then cutover channel promote hello --version 1.1.0   (every worker, in batches, health-checked)");
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    channel::run(
+        &s,
+        ChannelCommand::Promote {
+            change: change("1.1.0"),
+            force: false,
+        },
+    )
+    .await?;
+    show_greetings(project);
+
+    step("cutover channel rollback hello --version 1.0.0");
+    channel::run(&s, ChannelCommand::Rollback(change("1.0.0"))).await?;
+    show_greetings(project);
+
+    step("cutover channel status");
+    channel::run(
+        &s,
+        ChannelCommand::Status {
+            job: None,
+            index_url: None,
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+fn show_greetings(project: &Path) {
+    for w in ["local-1", "local-2", "local-3"] {
+        let path = project.join(format!("local-workers/{w}/jobs/hello/current/greeting.txt"));
+        if let Ok(text) = std::fs::read_to_string(path) {
+            println!("{w}: {}", text.trim());
+        }
+    }
 }

@@ -219,6 +219,18 @@ fn canary_promote_and_rollback_roll_published_versions_out() {
             .events("api")
             .iter()
             .any(|e| e.contains("1.1.0->1.0.0")));
+        // The worker kept 1.0.0's release dir: the rollback made the new
+        // one from it by hard links, transferring nothing.
+        use std::os::unix::fs::MetadataExt;
+        let built = c.fleet.worker(w).path("jobs/api/current/build.txt");
+        assert_eq!(
+            std::fs::read_to_string(&built).expect("build"),
+            "build 1.0.0\n"
+        );
+        assert!(
+            std::fs::metadata(&built).expect("meta").nlink() >= 2,
+            "{w}: not linked"
+        );
     }
 
     // Tampering with the index stops a deploy before any worker is touched.

@@ -659,6 +659,20 @@ async fn stage_run(
             (changed.len() <= DELTA_MAX_FILES).then(|| (k.clone(), DeltaBase { release, changed }))
         })
         .collect();
+    // Allocations changing version (a rollback among them): the worker may
+    // still have a release dir of the new tree, which is then reused.
+    let returning: BTreeSet<Key> = wanted
+        .iter()
+        .filter(|k| {
+            let (Some(c), Some(r)) = (rendered.candidates.get(*k), records.get(*k)) else {
+                return false;
+            };
+            r.release_id.is_some()
+                && r.hash.as_ref() != Some(&c.hash)
+                && r.version.as_ref() != Some(&c.version)
+        })
+        .cloned()
+        .collect();
     let manifests = wanted
         .iter()
         .filter_map(|k| {
@@ -694,6 +708,7 @@ async fn stage_run(
         fleet,
         staged,
         bases,
+        returning,
         ticket_bases,
         manifests,
         records,

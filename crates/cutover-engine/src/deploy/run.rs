@@ -22,6 +22,9 @@ pub(super) struct Run {
     pub(super) fleet: Fleet,
     pub(super) staged: BTreeMap<(String, String), Arc<LocalTree>>,
     pub(super) bases: BTreeMap<Key, DeltaBase>,
+    /// Allocations going back to a tree promoted before: a release dir of
+    /// it that the worker kept is reused, with no transfer.
+    pub(super) returning: BTreeSet<Key>,
     /// BASE release ids of unfinished ticket releases, per allocation.
     pub(super) ticket_bases: BTreeMap<Key, Vec<String>>,
     /// (job, hash) -> manifest JSON of each tree being rolled out.

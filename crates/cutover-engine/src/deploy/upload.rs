@@ -128,6 +128,22 @@ pub(super) async fn upload_one(run: &Run, job: &Job, a: &AllocPlan) -> Result<Up
     let base = run.bases.get(&(job.name.clone(), a.worker.clone()));
     let base_dir = base.map(|b| format!("{job_dir}/releases/{}", b.release));
     let setup = remote::upload_setup(&job_dir, &release, run.timeout);
+    if run
+        .returning
+        .contains(&(job.name.clone(), a.worker.clone()))
+    {
+        if let Some(kept) = kept_release(&host, &job_dir, &a.hash, base.map(|b| &b.release)).await {
+            run.step(&job.name, &a.worker, &format!("reuse {kept}: no transfer"));
+            let from = format!("{job_dir}/releases/{kept}");
+            let done = host
+                .push_delta(stage, &dest, &from, &[], Some(&setup), run.timeout)
+                .await
+                .map_err(|e| e.to_string())?;
+            if done {
+                return Ok(Uploaded { release });
+            }
+        }
+    }
     if let (Some(b), Some(base_dir)) = (base, &base_dir) {
         let n = b.changed.len();
         let step = format!("upload {n} changed file{}", if n == 1 { "" } else { "s" });
@@ -159,6 +175,28 @@ pub(super) async fn upload_one(run: &Run, job: &Job, a: &AllocPlan) -> Result<Up
         .await
         .map_err(|e| e.to_string())?;
     Ok(Uploaded { release })
+}
+
+/// A release dir of the tree `hash` that the worker kept (release dirs
+/// end with the tree's first 12 hex digits), other than `current`.
+async fn kept_release(
+    host: &cutover_transport::Host,
+    job_dir: &str,
+    hash: &str,
+    current: Option<&String>,
+) -> Option<String> {
+    let suffix = format!("-{}", hash.get(..12)?);
+    let releases = format!("{job_dir}/releases");
+    let mut cmd = cutover_transport::Command::new(["ls", "-1", "--", releases.as_str()]);
+    cmd.timeout = std::time::Duration::from_secs(30);
+    let out = host.run(&cmd).await.ok().filter(|o| o.success())?;
+    out.stdout
+        .lines()
+        .map(str::trim)
+        .filter(|name| name.ends_with(&suffix) && Some(&name.to_string()) != current)
+        .filter(|name| name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+        .max()
+        .map(str::to_string)
 }
 
 fn full_upload(host: &cutover_transport::Host) -> &'static str {
