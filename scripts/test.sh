@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs (openssh-server, rsync, make, git,
-# openssl to check the certificates cutover issues),
+# openssl to check the certificates cutover issues, python3 with a venv
+# holding moto_server, a real S3 API),
 # then builds the tests once and runs them. The tests start their own sshd
 # workers on 127.0.0.x; nothing is left running afterwards.
 set -euo pipefail
@@ -13,12 +14,22 @@ command -v rsync >/dev/null 2>&1 || need+=(rsync)
 command -v make >/dev/null 2>&1 || need+=(make)
 command -v git >/dev/null 2>&1 || need+=(git)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 if [ "${#need[@]}" -gt 0 ]; then
     echo "test.sh: installing ${need[*]}"
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+
+# A real S3 API for the S3 store's tests: moto_server (with boto3, which
+# the tests use to tamper with the bucket) in a venv under target/.
+if [ ! -x target/moto-venv/bin/moto_server ]; then
+    echo "test.sh: installing moto[server] into target/moto-venv"
+    python3 -m venv target/moto-venv
+    target/moto-venv/bin/pip install -q "moto[server]>=5.1.4"
 fi
 
 # The declared minimum Rust version holds for our code: clippy's

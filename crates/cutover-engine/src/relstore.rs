@@ -79,11 +79,22 @@ pub fn artifact_name(version: &Version) -> String {
 /// The store `[store] url` names.
 pub enum Store {
     File(FileStore),
+    S3(S3Store),
 }
 
 impl Store {
-    /// Opens the store at `url` (`[store] url`, or `--index-url`).
-    pub fn open(url: &str, interrupt: Arc<Interrupt>) -> Result<Store, EngineError> {
+    /// Opens the store at `url` (`[store] url`, or `--index-url`). An S3
+    /// store reads the usual AWS settings (`AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL`, ...)
+    /// from `env`.
+    pub fn open(
+        url: &str,
+        interrupt: Arc<Interrupt>,
+        env: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Store, EngineError> {
+        if url.starts_with("s3://") {
+            return Ok(Store::S3(S3Store::open(url, env)?));
+        }
         if let Some(path) = url.strip_prefix("file://") {
             if !path.starts_with('/') {
                 return Err(EngineError::usage(
@@ -99,7 +110,7 @@ impl Store {
         }
         Err(EngineError::usage(
             format!("store url `{url}` is not supported by this version of cutover"),
-            "use a file:///absolute/path store",
+            "use file:///absolute/path or s3://bucket/prefix",
         ))
     }
 
@@ -111,7 +122,7 @@ impl Store {
                 "add [store] url = \"file:///srv/cutover-store\"",
             )
         })?;
-        Store::open(url, ctx.interrupt.clone())
+        Store::open(url, ctx.interrupt.clone(), &ctx.env)
     }
 }
 
@@ -119,12 +130,14 @@ impl ReleaseStore for Store {
     fn url(&self) -> &str {
         match self {
             Store::File(s) => s.url(),
+            Store::S3(s) => s.url(),
         }
     }
 
     async fn read_index(&self, job: &str) -> Result<Option<Fetched>, EngineError> {
         match self {
             Store::File(s) => s.read_index(job).await,
+            Store::S3(s) => s.read_index(job).await,
         }
     }
 
@@ -136,12 +149,14 @@ impl ReleaseStore for Store {
     ) -> Result<Swap, EngineError> {
         match self {
             Store::File(s) => s.write_index(job, bytes, expected).await,
+            Store::S3(s) => s.write_index(job, bytes, expected).await,
         }
     }
 
     async fn read_artifact(&self, job: &str, version: &Version) -> Result<Vec<u8>, EngineError> {
         match self {
             Store::File(s) => s.read_artifact(job, version).await,
+            Store::S3(s) => s.read_artifact(job, version).await,
         }
     }
 
@@ -153,6 +168,7 @@ impl ReleaseStore for Store {
     ) -> Result<(), EngineError> {
         match self {
             Store::File(s) => s.write_artifact(job, version, bytes).await,
+            Store::S3(s) => s.write_artifact(job, version, bytes).await,
         }
     }
 }
@@ -354,4 +370,195 @@ fn read_limited(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
         .take(limit)
         .read_to_end(&mut out)?;
     Ok(out)
+}
+
+/// A store in an S3 bucket (`s3://bucket/prefix`): AWS, MinIO, R2 or any
+/// S3 API with conditional writes. An index update is a PUT with
+/// `If-Match` on the ETag read (`If-None-Match: *` for a first one).
+pub struct S3Store {
+    url: String,
+    store: object_store::aws::AmazonS3,
+    prefix: String,
+}
+
+/// How long one request to a remote store may take.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl S3Store {
+    fn open(
+        url: &str,
+        env: &std::collections::BTreeMap<String, String>,
+    ) -> Result<S3Store, EngineError> {
+        use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+        let rest = url.trim_start_matches("s3://");
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(EngineError::usage(
+                format!("store url `{url}` names no bucket"),
+                "write s3://bucket/prefix",
+            ));
+        }
+        // Timeouts first: the environment's client settings
+        // (AWS_ALLOW_HTTP, ...) go on top of them, not under.
+        let mut builder = AmazonS3Builder::new().with_client_options(
+            object_store::ClientOptions::new()
+                .with_timeout(REQUEST_TIMEOUT)
+                .with_connect_timeout(std::time::Duration::from_secs(10)),
+        );
+        for (key, value) in env.iter().filter(|(k, _)| k.starts_with("AWS_")) {
+            if let Ok(k) = key.to_ascii_lowercase().parse::<AmazonS3ConfigKey>() {
+                builder = builder.with_config(k, value);
+            }
+        }
+        let store = builder
+            .with_bucket_name(bucket)
+            .build()
+            .map_err(|e| {
+                EngineError::usage(
+                    format!("store url `{url}`: {e}"),
+                    "set AWS_REGION, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL for MinIO or R2)",
+                )
+            })?;
+        Ok(S3Store {
+            url: url.trim_end_matches('/').to_string(),
+            store,
+            prefix: prefix.trim_matches('/').to_string(),
+        })
+    }
+
+    fn path(&self, job: &str, name: &str) -> Result<object_store::path::Path, EngineError> {
+        if !cutover_index::safe_name(job) {
+            return Err(EngineError::Refused(format!(
+                "job name `{job}` could escape the store's prefix"
+            )));
+        }
+        let key = if self.prefix.is_empty() {
+            format!("{job}/{name}")
+        } else {
+            format!("{}/{job}/{name}", self.prefix)
+        };
+        object_store::path::Path::parse(&key)
+            .map_err(|e| EngineError::usage(format!("{}: {e}", self.url), "check [store] url"))
+    }
+
+    fn failed(&self, what: &str, e: object_store::Error) -> EngineError {
+        // The whole chain: "builder error" alone says nothing.
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            let more = s.to_string();
+            if !text.contains(&more) {
+                text.push_str(&format!(": {more}"));
+            }
+            source = s.source();
+        }
+        EngineError::Failed(format!("{} {what}: {text}", self.url))
+    }
+
+    /// Reads an object, stopping after `limit` bytes; with its ETag.
+    async fn get_limited(
+        &self,
+        path: &object_store::path::Path,
+        limit: u64,
+    ) -> Result<Option<(Vec<u8>, Option<String>)>, EngineError> {
+        use futures::StreamExt;
+        use object_store::ObjectStore;
+        let got = match self.store.get(path).await {
+            Ok(g) => g,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(self.failed(&format!("reading {path}"), e)),
+        };
+        let tag = got.meta.e_tag.clone();
+        let mut stream = got.into_stream();
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| self.failed(&format!("reading {path}"), e))?;
+            out.extend_from_slice(&chunk);
+            if out.len() as u64 >= limit {
+                out.truncate(limit as usize);
+                break;
+            }
+        }
+        Ok(Some((out, tag)))
+    }
+}
+
+impl ReleaseStore for S3Store {
+    fn url(&self) -> &str {
+        &self.url
+    }
+
+    async fn read_index(&self, job: &str) -> Result<Option<Fetched>, EngineError> {
+        let path = self.path(job, "releases.json")?;
+        let limit = cutover_index::MAX_BYTES as u64 + 1;
+        Ok(self
+            .get_limited(&path, limit)
+            .await?
+            .map(|(bytes, tag)| Fetched {
+                tag: Tag(tag.unwrap_or_default()),
+                bytes,
+            }))
+    }
+
+    async fn write_index(
+        &self,
+        job: &str,
+        bytes: &[u8],
+        expected: Option<&Tag>,
+    ) -> Result<Swap, EngineError> {
+        use object_store::{ObjectStore, PutMode, PutOptions, UpdateVersion};
+        let path = self.path(job, "releases.json")?;
+        let mode = match expected {
+            None => PutMode::Create,
+            Some(tag) => PutMode::Update(UpdateVersion {
+                e_tag: Some(tag.0.clone()),
+                version: None,
+            }),
+        };
+        let opts = PutOptions {
+            mode,
+            ..Default::default()
+        };
+        match self
+            .store
+            .put_opts(&path, bytes.to_vec().into(), opts)
+            .await
+        {
+            Ok(_) => Ok(Swap::Written),
+            Err(
+                object_store::Error::Precondition { .. }
+                | object_store::Error::AlreadyExists { .. },
+            ) => Ok(Swap::Conflict),
+            Err(e) => Err(self.failed(&format!("writing {path}"), e)),
+        }
+    }
+
+    async fn read_artifact(&self, job: &str, version: &Version) -> Result<Vec<u8>, EngineError> {
+        let path = self.path(job, &artifact_name(version))?;
+        self.get_limited(&path, version.size + 1)
+            .await?
+            .map(|(bytes, _)| bytes)
+            .ok_or_else(|| EngineError::Refused(format!("{}/{path} is missing", self.url)))
+    }
+
+    async fn write_artifact(
+        &self,
+        job: &str,
+        version: &Version,
+        bytes: &[u8],
+    ) -> Result<(), EngineError> {
+        use object_store::ObjectStore;
+        let path = self.path(job, &artifact_name(version))?;
+        // Named by content: one already there with the right bytes stays.
+        if let Ok(Some((there, _))) = self.get_limited(&path, version.size + 1).await {
+            if cutover_index::check_artifact(version, &there).is_ok() {
+                return Ok(());
+            }
+        }
+        self.store
+            .put(&path, bytes.to_vec().into())
+            .await
+            .map(|_| ())
+            .map_err(|e| self.failed(&format!("writing {path}"), e))
+    }
 }

@@ -12,6 +12,7 @@ mod keys;
 mod lifecycle;
 mod plan;
 mod release;
+mod s3;
 mod safety;
 mod secrets;
 mod signals;

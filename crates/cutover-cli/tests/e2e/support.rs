@@ -421,6 +421,8 @@ pub struct Project {
     /// The umask cutover runs under, when a test sets one (`002` is a
     /// common login default).
     pub umask: std::cell::Cell<Option<&'static str>>,
+    /// Environment variables every run of cutover in this project gets.
+    pub env: std::cell::RefCell<Vec<(String, String)>>,
 }
 
 impl Drop for Project {
@@ -470,6 +472,7 @@ impl Project {
             tmp: tempfile::tempdir().expect("tempdir"),
             check_tmp: std::cell::Cell::new(true),
             umask: std::cell::Cell::new(None),
+            env: Default::default(),
         }
     }
 
@@ -531,6 +534,12 @@ impl Project {
             .env("TMPDIR", self.tmp.path())
             .env_remove("XDG_RUNTIME_DIR")
             .env_remove("CUTOVER_PROJECT")
+            .envs(
+                self.env
+                    .borrow()
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            )
             .stdin(Stdio::null());
         cmd
     }
@@ -765,4 +774,98 @@ fn diff(want: &str, got: &str) -> String {
         }
     }
     out
+}
+
+/// A real S3 API on a loopback port: `moto_server` from the venv that
+/// scripts/test.sh installs under target/, killed (by pid) on drop.
+pub struct S3Server {
+    child: Child,
+    pub endpoint: String,
+}
+
+impl S3Server {
+    pub fn start() -> S3Server {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let bin = root.join("target/moto-venv/bin/moto_server");
+        assert!(
+            bin.exists(),
+            "{} is missing: scripts/test.sh installs moto[server] there",
+            bin.display()
+        );
+        let port = free_port("127.0.0.1");
+        let child = Command::new(&bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moto_server");
+        let server = S3Server {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto_server did not listen");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        server
+    }
+
+    /// Runs boto3 (from the same venv) against this server: `op` is
+    /// `create_bucket BUCKET`, `get BUCKET KEY` (the object on stdout) or
+    /// `put BUCKET KEY` (the object on stdin).
+    pub fn boto(&self, op: &[&str], input: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let script = "import sys, boto3\n\
+s3 = boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1', aws_access_key_id='test', aws_secret_access_key='test')\n\
+op = sys.argv[2]\n\
+if op == 'create_bucket': s3.create_bucket(Bucket=sys.argv[3])\n\
+elif op == 'get': sys.stdout.buffer.write(s3.get_object(Bucket=sys.argv[3], Key=sys.argv[4])['Body'].read())\n\
+elif op == 'put': s3.put_object(Bucket=sys.argv[3], Key=sys.argv[4], Body=sys.stdin.buffer.read())\n";
+        let mut child = Command::new(root.join("target/moto-venv/bin/python"))
+            .arg("-c")
+            .arg(script)
+            .arg(&self.endpoint)
+            .args(op)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run boto3");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input)
+            .expect("write");
+        let out = child.wait_with_output().expect("boto3");
+        assert!(
+            out.status.success(),
+            "boto3 {op:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
+    /// The AWS settings that point cutover at this server.
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ENDPOINT_URL", self.endpoint.as_str()),
+            ("AWS_ALLOW_HTTP", "true"),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_REGION", "us-east-1"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -89,7 +89,7 @@ pub async fn status(
         }
     }
     let store = match index_url {
-        Some(url) => Store::open(url, ctx.interrupt.clone())?,
+        Some(url) => Store::open(url, ctx.interrupt.clone(), &ctx.env)?,
         None => Store::of_project(ctx)?,
     };
     let trust = crate::keys::trust(ctx)?;
