@@ -1,0 +1,209 @@
+#!/usr/bin/env python3
+"""Release channels, measured in one run on the bench's job (300 files,
+about 30 MB) and a loopback fleet of real sshd workers:
+
+- publish: `cutover publish` (pack, zstd -19, sha256, store, sign) against
+  its floor, `tar --sort=name` of the same tree piped to `zstd -19`, plus
+  `sha256sum` of the result;
+- index verification: the cutover-index crate's own bench (release build),
+  median time of one `verify` of an index with many versions;
+- canary + promote of a one-file change at N workers against the deploy C
+  scenario (one small file changed, rolling batches of 5) on the same
+  fleet.
+
+Every rollout is checked on every worker (the tree is the published one,
+the service runs, restarted exactly once). A benchmark, never a test:
+nothing here asserts a time.
+
+    python3 bench/channels.py --cutover target/release/cutover --n 40 --runs 3
+"""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from bench import BATCH, Fleet, make_tree, timed  # noqa: E402
+
+
+def med(xs):
+    return statistics.median(xs)
+
+
+def job_toml(version, canary):
+    text = (f'version = "{version}"\nrestart_policy = "always"\n'
+            f"max_concurrent_starts = {BATCH}\nmax_concurrent_upgrades = {BATCH}\n"
+            '[health]\ncommand = "make -s health"\nattempts = 20\ninterval = "50ms"\n')
+    if canary:
+        text += '[canary]\ncount = 1\nsoak = "1s"\n'
+    return text
+
+
+class Project:
+    def __init__(self, fleet, src, work, binary, name, store=None):
+        self.bin, self.fleet = binary, fleet
+        self.dir = work / name
+        self.job = self.dir / "jobs" / "bench"
+        self.job.parent.mkdir(parents=True)
+        shutil.copytree(src, self.job, symlinks=True)
+        store_cfg = ""
+        if store:
+            keys = work / f"{name}-keys"
+            subprocess.run([binary, "keys", "generate", "--out", str(keys)], check=True,
+                           stdout=subprocess.DEVNULL, cwd=work)
+            self.key = str(keys / "cutover-signing.key")
+            store_cfg = (f'[store]\nurl = "file://{store}"\n'
+                         f'[trust]\npublic_keys = ["{keys}/cutover-signing.pub"]\n')
+        (self.dir / "cutover.toml").write_text(
+            f'name = "bench"\n[ssh]\nuser = "root"\nidentity_file = "{fleet.key}"\n'
+            f'known_hosts_file = "{fleet.known_hosts}"\nmax_parallel = 256\n' + store_cfg)
+        (self.dir / "workers.toml").write_text("".join(
+            f'[[worker]]\nname = "{w["name"]}"\nhost = "{w["ip"]}"\nport = {w["port"]}\n'
+            f'root = "{w["root"]}/{name}"\n\n' for w in fleet.workers))
+
+    def run(self, *args):
+        return timed([self.bin, *args, "--progress=never"], cwd=self.dir)
+
+    def events(self, w):
+        p = w["root"] / self.dir.name / "jobs/bench/shared/events"
+        return p.read_text().split() if p.exists() else []
+
+    def check(self, want_file, want_text, restarts, label):
+        for w in self.fleet.workers:
+            got = (w["root"] / self.dir.name / "jobs/bench/current" / want_file).read_text()
+            if got != want_text:
+                raise SystemExit(f"{label}: {w['name']} has the wrong {want_file}")
+            ev = self.events(w)
+            if ev.count("start") != 1 or ev.count("restart") != restarts:
+                raise SystemExit(f"{label}: {w['name']} starts/restarts {ev.count('start')}/"
+                                 f"{ev.count('restart')}, expected 1/{restarts}")
+
+    def reset(self):
+        self.fleet.wipe(self.dir.name)
+        shutil.rmtree(self.dir / ".cutover", ignore_errors=True)
+
+
+def floor_publish(src, out):
+    """tar --sort=name | zstd -19, then sha256sum: the work publish cannot avoid."""
+    start = time.monotonic()
+    with open(out, "wb") as f:
+        tar = subprocess.Popen(["tar", "--sort=name", "--mtime=@0", "--owner=0", "--group=0",
+                                "--numeric-owner", "-cf", "-", "-C", str(src), "."],
+                               stdout=subprocess.PIPE)
+        subprocess.run(["zstd", "-19", "-q", "-c"], stdin=tar.stdout, stdout=f, check=True)
+        tar.wait()
+    subprocess.run(["sha256sum", str(out)], check=True, stdout=subprocess.DEVNULL)
+    return time.monotonic() - start
+
+
+def verify_bench(root):
+    """The cutover-index crate's bench: one line, `verify: <median> us`."""
+    r = subprocess.run(["cargo", "bench", "-q", "-p", "cutover-index", "--bench", "verify"],
+                       cwd=root, stdout=subprocess.PIPE, text=True, check=True)
+    for line in r.stdout.splitlines():
+        if line.startswith("verify:"):
+            return float(line.split()[1])
+    raise SystemExit(f"no verify figure in: {r.stdout}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cutover", required=True)
+    ap.add_argument("--n", type=int, default=40)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--out", default=str(HERE / "results"))
+    a = ap.parse_args()
+    root = HERE.parent
+    res = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cores": os.cpu_count(),
+           "n": a.n, "runs": a.runs, "publish": [], "floor": [], "canary": [], "promote": [],
+           "deploy_c": []}
+    res["verify_us"] = verify_bench(root)
+    print(f"index verify: {res['verify_us']:.0f} us", flush=True)
+    work = Path(tempfile.mkdtemp(prefix="cutover-bench-channels-"))
+    fleet = Fleet(a.n, work)
+    try:
+        src = work / "src-tree"
+        make_tree(src)
+        for r in range(a.runs):
+            # publish against its floor, on a fresh store each run
+            store = work / f"store-{r}"
+            pub = Project(fleet, src, work, a.cutover, f"pub{r}", store)
+            (pub.job / "job.toml").write_text(job_toml("1.0.0", False))
+            wall, _, _ = pub.run("publish", "bench", "--key", pub.key)
+            res["publish"].append(wall)
+            res["floor"].append(floor_publish(src, work / f"floor-{r}.tar.zst"))
+            print(f"  run {r + 1}: publish {wall:.2f}s, floor {res['floor'][-1]:.2f}s", flush=True)
+            shutil.rmtree(pub.dir)
+
+        # deploy C: one small file changed, rolling batches of 5.
+        plain = Project(fleet, src, work, a.cutover, "plain")
+        (plain.job / "job.toml").write_text(job_toml("1", False))
+        small = plain.job / "src/d0/sub0/file0.txt"
+        original = small.read_text()
+        for r in range(a.runs):
+            plain.reset()
+            small.write_text(original)
+            plain.run("deploy")
+            small.write_text(original + f"changed in run {r}\n")
+            wall, _, _ = plain.run("deploy")
+            plain.check("src/d0/sub0/file0.txt", small.read_text(), 1, f"deploy C run {r + 1}")
+            res["deploy_c"].append(wall)
+        plain.reset()
+
+        # canary + promote of the same one-file change, published.
+        store = work / "store-channels"
+        ch = Project(fleet, src, work, a.cutover, "chan", store)
+        small = ch.job / "src/d0/sub0/file0.txt"
+        for r in range(a.runs):
+            ch.reset()
+            shutil.rmtree(store, ignore_errors=True)
+            small.write_text(original)
+            (ch.job / "job.toml").write_text(job_toml("1.0.0", True))
+            ch.run("publish", "bench", "--key", ch.key)
+            ch.run("deploy")
+            small.write_text(original + f"changed in run {r}\n")
+            (ch.job / "job.toml").write_text(job_toml("1.1.0", True))
+            ch.run("publish", "bench", "--channel", "canary", "--key", ch.key)
+            canary, _, _ = ch.run("channel", "canary", "bench", "--version", "1.1.0", "--key", ch.key)
+            time.sleep(1.1)  # the soak
+            promote, _, _ = ch.run("channel", "promote", "bench", "--version", "1.1.0", "--key", ch.key)
+            ch.check("src/d0/sub0/file0.txt", small.read_text(), 1, f"canary+promote run {r + 1}")
+            res["canary"].append(canary)
+            res["promote"].append(promote)
+            print(f"  run {r + 1}: deploy C {res['deploy_c'][r]:.2f}s, canary {canary:.2f}s + "
+                  f"promote {promote:.2f}s", flush=True)
+    finally:
+        fleet.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    p, f = med(res["publish"]), med(res["floor"])
+    c, pr, d = med(res["canary"]), med(res["promote"]), med(res["deploy_c"])
+    lines = [
+        f"# Release channels, {res['date']} ({res['cores']} cores, N = {a.n}, medians of {a.runs} runs)",
+        "",
+        "| measure | cutover | reference | ratio |",
+        "|---|---:|---:|---:|",
+        f"| publish, 30 MB / 300 files | {p:.2f} s | floor (tar \\| zstd -19, sha256sum) {f:.2f} s | {p / f:.2f} |",
+        f"| index verification | {res['verify_us']:.0f} us | target 5 ms | {res['verify_us'] / 5000:.3f} |",
+        f"| canary + promote, one file, N = {a.n} | {c:.2f} + {pr:.2f} = {c + pr:.2f} s | deploy C {d:.2f} s | {(c + pr) / d:.2f} |",
+        "",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = res["date"].replace(":", "")
+    (out / f"channels-{stamp}.md").write_text(text)
+    (out / f"channels-{stamp}.json").write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
