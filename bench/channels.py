@@ -121,6 +121,7 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--out", default=str(HERE / "results"))
     a = ap.parse_args()
+    a.cutover = str(Path(a.cutover).resolve())
     root = HERE.parent
     res = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cores": os.cpu_count(),
            "n": a.n, "runs": a.runs, "publish": [], "floor": [], "canary": [], "promote": [],

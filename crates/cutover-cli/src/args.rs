@@ -405,6 +405,11 @@ pub enum ChannelCommand {
     /// expiry ([trust] index_lifetime from now).
     Resign {
         job: String,
+        /// Accept an index older than the highest seq this project has
+        /// seen (a store restored from a backup on purpose), and re-sign it
+        /// above that seq (audited).
+        #[arg(long)]
+        allow_rollback: bool,
         /// A private key to sign the index with (repeatable); else
         /// CUTOVER_SIGNING_KEY_FILE.
         #[arg(long = "key", value_name = "FILE", env = env_vars::CUTOVER_SIGNING_KEY_FILE, value_delimiter = ':')]

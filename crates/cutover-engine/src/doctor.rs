@@ -161,7 +161,14 @@ async fn workers(ctx: &Context) -> Vec<Item> {
     let checks = crate::join::join_all(workers.iter().map(|w| {
         let fleet = &fleet;
         async move {
-            let item = format!("worker {} reachable with sshd, rsync and make", w.name);
+            let item = if ctx.project.config.worker_fetch {
+                format!(
+                    "worker {} reachable with sshd, rsync, make and what worker_fetch needs",
+                    w.name
+                )
+            } else {
+                format!("worker {} reachable with sshd, rsync and make", w.name)
+            };
             let host = match fleet.get(&w.name) {
                 Ok(h) => h,
                 Err(e) => {
@@ -176,7 +183,15 @@ async fn workers(ctx: &Context) -> Vec<Item> {
                 }
             };
             let local = w.transport == cutover_model::config::TransportKind::Local;
-            let tools: &[&str] = if local { &["make"] } else { &["rsync", "make"] };
+            let mut tools: Vec<&str> = if local {
+                vec!["make"]
+            } else {
+                vec!["rsync", "make"]
+            };
+            if ctx.project.config.worker_fetch {
+                // It downloads, checks and unpacks artifacts itself.
+                tools.extend(["curl", "sha256sum", "zstd", "tar"]);
+            }
             let script = tools
                 .iter()
                 .map(|t| format!("command -v {t} >/dev/null || echo {t}"))

@@ -40,8 +40,8 @@ fn invalid(what: impl Into<String>, help: impl Into<String>) -> EngineError {
     EngineError::usage(what, help)
 }
 
-/// Packs `dir` as a deterministic tar.zst: entries sorted, mtime 0, uid
-/// and gid 0, no user or group names, modes 0644 or 0755 (0755 for dirs
+/// Packs `dir` as a deterministic tar.zst: entries sorted, mtimes a
+/// function of each file's content (0 for dirs and links), uid and gid 0, no user or group names, modes 0644 or 0755 (0755 for dirs
 /// and executables), symlinks kept, a fixed zstd level. Two packs of the
 /// same tree are byte-identical.
 pub fn pack(dir: &Path) -> Result<Vec<u8>, EngineError> {
@@ -100,6 +100,16 @@ pub fn pack(dir: &Path) -> Result<Vec<u8>, EngineError> {
             h.set_entry_type(tar::EntryType::Regular);
             h.set_mode(if exec { 0o755 } else { 0o644 });
             h.set_size(data.len() as u64);
+            // The mtime a shipped file of this content carries (a function
+            // of its blake3, in a pax record for the nanoseconds): a worker
+            // that unpacks the artifact itself ends with the very files a
+            // push would have written.
+            let ns = cutover_model::tree::shipped_mtime_ns(blake3::hash(&data).to_hex().as_str())
+                .unwrap_or(0);
+            let mtime = format!("{}.{:09}", ns / 1_000_000_000, ns % 1_000_000_000);
+            tar.append_pax_extensions([("mtime", mtime.as_bytes())])
+                .map_err(io(format!("packing {}", rel.display())))?;
+            h.set_mtime(u64::try_from(ns / 1_000_000_000).unwrap_or(0));
             add(&mut tar, &mut h, &data)?;
         } else {
             return Err(invalid(

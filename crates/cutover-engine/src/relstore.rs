@@ -69,6 +69,15 @@ pub trait ReleaseStore: Send + Sync {
         version: &Version,
         bytes: &[u8],
     ) -> impl Future<Output = Result<(), EngineError>> + Send;
+
+    /// A URL a worker can download the artifact from by itself, valid for
+    /// `valid`; `None` when the store is not reachable from workers.
+    fn fetch_url(
+        &self,
+        job: &str,
+        version: &Version,
+        valid: std::time::Duration,
+    ) -> impl Future<Output = Result<Option<String>, EngineError>> + Send;
 }
 
 /// The artifact's file name in the job's dir of the store.
@@ -169,6 +178,18 @@ impl ReleaseStore for Store {
         match self {
             Store::File(s) => s.write_artifact(job, version, bytes).await,
             Store::S3(s) => s.write_artifact(job, version, bytes).await,
+        }
+    }
+
+    async fn fetch_url(
+        &self,
+        job: &str,
+        version: &Version,
+        valid: std::time::Duration,
+    ) -> Result<Option<String>, EngineError> {
+        match self {
+            Store::File(s) => s.fetch_url(job, version, valid).await,
+            Store::S3(s) => s.fetch_url(job, version, valid).await,
         }
     }
 }
@@ -312,6 +333,16 @@ impl ReleaseStore for FileStore {
             }
         }
         write_atomic(&path, bytes)
+    }
+
+    /// A directory on the operator's machine is not the workers' to read.
+    async fn fetch_url(
+        &self,
+        _job: &str,
+        _version: &Version,
+        _valid: std::time::Duration,
+    ) -> Result<Option<String>, EngineError> {
+        Ok(None)
     }
 }
 
@@ -560,5 +591,21 @@ impl ReleaseStore for S3Store {
             .await
             .map(|_| ())
             .map_err(|e| self.failed(&format!("writing {path}"), e))
+    }
+
+    /// A presigned GET URL: the worker needs no credentials of its own.
+    async fn fetch_url(
+        &self,
+        job: &str,
+        version: &Version,
+        valid: std::time::Duration,
+    ) -> Result<Option<String>, EngineError> {
+        use object_store::signer::Signer;
+        let path = self.path(job, &artifact_name(version))?;
+        self.store
+            .signed_url(http::Method::GET, &path, valid)
+            .await
+            .map(|u| Some(u.to_string()))
+            .map_err(|e| self.failed(&format!("signing a URL for {path}"), e))
     }
 }

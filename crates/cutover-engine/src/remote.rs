@@ -33,6 +33,37 @@ rm -rf -- "$d/releases/$new""#,
     .timeout(timeout)
 }
 
+/// `[store] worker_fetch`: downloads an artifact from the store on the
+/// worker (the URL, which carries a signature, comes on stdin as a curl
+/// config line, never on a command line), checks its sha256 before
+/// anything reads it, and unpacks it into a private dir under the job dir,
+/// whose path it prints. What an earlier fetch left there is removed
+/// first: only one deploy runs at a time.
+pub(crate) fn fetch_artifact(job_dir: &str, sha256: &str, timeout: Duration) -> Command {
+    script(
+        r#"d=$1 sha=$2
+rm -rf -- "$d"/.fetch.* 2>/dev/null
+tmp=$(mktemp -d "$d/.fetch.XXXXXXXX") || exit 90
+if ! curl -fsS --max-time 600 -o "$tmp/a" -K - 2>"$tmp/err"; then
+    echo "cutover: cannot download the artifact from the store: $(head -c 500 "$tmp/err")" >&2
+    rm -rf -- "$tmp"; exit 91
+fi
+set -- $(sha256sum "$tmp/a")
+if [ "$1" != "$sha" ]; then
+    echo "cutover: the downloaded artifact has sha256 $1, not $sha: refused before unpacking" >&2
+    rm -rf -- "$tmp"; exit 92
+fi
+if ! { mkdir "$tmp/t" && zstd -dcq "$tmp/a" | tar -x -p -f - -C "$tmp/t"; }; then
+    echo "cutover: cannot unpack the artifact (the worker needs zstd and GNU tar)" >&2
+    rm -rf -- "$tmp"; exit 93
+fi
+rm -f -- "$tmp/a" "$tmp/err"
+printf '%s\n' "$tmp/t""#,
+        &[job_dir, sha256],
+    )
+    .timeout(timeout)
+}
+
 /// What pruning after a switch keeps: the newest `keep` release dirs and,
 /// whatever their age, the ones named here (the release the store calls
 /// promoted: the last healthy one, which a failed batch or a revert

@@ -18,7 +18,11 @@ pub async fn run(s: &Session, c: ChannelCommand) -> Result<u8, CliError> {
             (ChannelOp::Promote, options(s, change, force))
         }
         ChannelCommand::Rollback(ch) => (ChannelOp::Rollback, options(s, ch, false)),
-        ChannelCommand::Resign { job, keys } => (
+        ChannelCommand::Resign {
+            job,
+            keys,
+            allow_rollback,
+        } => (
             ChannelOp::Resign,
             ChannelOptions {
                 job,
@@ -27,7 +31,7 @@ pub async fn run(s: &Session, c: ChannelCommand) -> Result<u8, CliError> {
                 reason: String::new(),
                 ticket: String::new(),
                 keys,
-                force: false,
+                force: allow_rollback,
                 command: command_line(),
             },
         ),

@@ -612,3 +612,59 @@ fn doctor_lists_what_production_lacks_and_passes_when_it_is_set_up() {
     assert!(out.stdout.contains("✗ check passes"), "{out:?}");
     assert!(out.stdout.contains("✓ CUTOVER_ENV=production"), "{out:?}");
 }
+
+#[test]
+fn a_store_restored_from_a_backup_is_refused_until_resigned_on_purpose() {
+    let t = tempfile::tempdir().expect("tmp");
+    let store = t.path().join("store");
+    let keys = t.path().join("k");
+    let trust = format!(
+        "public_keys = [\"{}\"]\n",
+        keys.join("cutover-signing.pub").display()
+    );
+    let p = local_publisher(&store, &trust);
+    p.expect(
+        &["keys", "generate", "--out", keys.to_str().expect("utf8")],
+        0,
+    );
+    let key = keys.join("cutover-signing.key").display().to_string();
+    p.expect(&["publish", "api", "--key", &key], 0);
+    let index = store.join("api/releases.json");
+    let backup = std::fs::read(&index).expect("seq 1");
+    p.job("api", "version = \"1.0.1\"\n");
+    p.expect(&["publish", "api", "--key", &key], 0);
+    p.expect(&["deploy"], 0);
+
+    // The backup (seq 1) comes back: every command refuses it.
+    std::fs::write(&index, &backup).expect("restore backup");
+    for args in [
+        &["deploy", "--force"][..],
+        &["channel", "resign", "api", "--key", &key],
+    ] {
+        let out = p.expect(args, 4);
+        assert!(
+            out.stderr.contains("lower than 2 already seen"),
+            "{args:?}: {out:?}"
+        );
+    }
+    // On purpose: accepted, re-signed above what was seen, audited.
+    let out = p.expect(
+        &[
+            "channel",
+            "resign",
+            "api",
+            "--key",
+            &key,
+            "--allow-rollback",
+        ],
+        0,
+    );
+    assert!(out.stdout.contains("index seq 3"), "{out:?}");
+    let audit = std::fs::read_to_string(p.path().join(".cutover/audit.log")).expect("audit");
+    assert!(audit.contains("older than the highest seq seen"), "{audit}");
+    let out = p.expect(&["deploy"], 0);
+    assert!(out.stdout.contains("(2 restart)"), "{out:?}");
+    let status = p.expect(&["--json", "channel", "status"], 0);
+    let doc: serde_json::Value = serde_json::from_str(&status.stdout).expect("json");
+    assert_eq!(doc["report"]["jobs"][0]["workers"][0]["runs"], "1.0.0");
+}

@@ -117,3 +117,98 @@ fn an_s3_store_publishes_concurrently_deploys_and_refuses_tampering() {
     s3.boto(&["put", "releases", "cutover/api/releases.json"], &body);
     a.expect(&["deploy", "--force"], 0);
 }
+
+/// `[store] worker_fetch`: each ssh worker downloads the artifact from the
+/// bucket itself (a presigned URL), checks its sha256 and unpacks it; the
+/// operator sends only what differs per allocation. A worker that cannot
+/// reach the store fails with what happened, and nothing switches.
+#[test]
+fn workers_fetch_artifacts_from_the_store_themselves() {
+    let s3 = S3Server::start();
+    s3.boto(&["create_bucket", "releases"], b"");
+    let fleet = Fleet::start_at(2, 60);
+    let keys = tempfile::tempdir().expect("keys");
+    let p = Project::new();
+    for (k, v) in s3.env() {
+        p.env.borrow_mut().push((k, v));
+    }
+    p.expect(
+        &[
+            "keys",
+            "generate",
+            "--out",
+            keys.path().to_str().expect("utf8"),
+        ],
+        0,
+    );
+    let key = keys
+        .path()
+        .join("cutover-signing.key")
+        .display()
+        .to_string();
+    p.write(
+        "cutover.toml",
+        &format!(
+            "{}\n[store]\nurl = \"s3://releases/cutover\"\nworker_fetch = true\n[trust]\npublic_keys = [\"{}\"]\n",
+            fleet.project_toml(),
+            keys.path().join("cutover-signing.pub").display()
+        ),
+    );
+    p.write("workers.toml", &fleet.workers_toml(&[]));
+    p.job("api", "version = \"1.0.0\"\n");
+    p.write(
+        "jobs/api/app.conf.tpl",
+        "worker={{ worker.name }} version={{ job.version }}\n",
+    );
+    let blob: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::create_dir_all(p.path().join("jobs/api/bin")).expect("bin");
+    std::fs::write(p.path().join("jobs/api/bin/blob"), &blob).expect("blob");
+    p.expect(&["publish", "api", "--key", &key], 0);
+
+    let out = p.expect(&["deploy", "--progress=always"], 0);
+    assert!(
+        out.stdout.contains("fetch api 1.0.0 from the store"),
+        "{out:?}"
+    );
+    // app.conf rendered; app.conf.tpl and job.toml dropped.
+    assert!(out.stdout.contains("upload 3 files of its own"), "{out:?}");
+    for w in ["w1", "w2"] {
+        let worker = fleet.worker(w);
+        assert_eq!(
+            worker.read("jobs/api/current/app.conf"),
+            format!("worker={w} version=1.0.0\n")
+        );
+        assert_eq!(
+            std::fs::read(worker.path("jobs/api/current/bin/blob")).expect("blob"),
+            blob
+        );
+        assert!(!worker.path("jobs/api/current/app.conf.tpl").exists());
+        // Nothing of the download is left behind.
+        let left: Vec<_> = std::fs::read_dir(worker.path("jobs/api"))
+            .expect("job dir")
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".fetch."))
+            .collect();
+        assert!(left.is_empty(), "{w}: {left:?}");
+    }
+    // What was fetched is what a push writes: drift finds nothing.
+    p.expect(&["drift"], 0);
+
+    // A worker that cannot reach the store fails, naming what happened;
+    // its running release stays.
+    fleet.shim(
+        "curl",
+        "#!/bin/sh\necho 'curl: (7) Failed to connect to the store' >&2\nexit 7\n",
+    );
+    p.job("api", "version = \"1.0.1\"\n");
+    p.expect(&["publish", "api", "--key", &key], 0);
+    let before = fleet.worker("w1").current("api");
+    let out = p.expect(&["deploy"], 1);
+    assert!(
+        out.all()
+            .contains("cannot download the artifact from the store")
+            && out.all().contains("Failed to connect"),
+        "{out:?}"
+    );
+    assert_eq!(fleet.worker("w1").current("api"), before);
+}

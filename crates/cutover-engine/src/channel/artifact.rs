@@ -13,6 +13,9 @@ use crate::relstore::{artifact_name, ReleaseStore, Store};
 use crate::scratch::Scratch;
 use crate::{Context, EngineError};
 
+/// How long a worker's download URL stays valid.
+const FETCH_VALID: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// The largest unpacked artifact (a zip bomb stops here).
 const MAX_UNPACKED: u64 = 8 << 30;
 
@@ -99,7 +102,6 @@ pub fn unpack(bytes: &[u8], dir: &Path) -> Result<(), EngineError> {
                 )))
             }
         }
-        entry.set_preserve_mtime(false);
         let unpacked = entry.unpack_in(dir).map_err(|e| {
             bad(format!(
                 "entry `{}` cannot be unpacked: {e}",
@@ -183,6 +185,16 @@ pub fn canary_workers<'a>(ctx: &'a Context, job: &'a Job) -> Vec<&'a Worker> {
     chosen
 }
 
+/// How workers download a version themselves (`[store] worker_fetch`).
+#[derive(Debug, Clone)]
+pub struct Fetch {
+    /// A URL valid for the deploy (a presigned one for S3).
+    pub url: String,
+    pub version: Version,
+    /// The artifact's files and symlinks, relative.
+    pub paths: BTreeSet<String>,
+}
+
 /// A published job as a deploy rolls it out.
 pub struct PublishedJob {
     pub index: Index,
@@ -191,6 +203,8 @@ pub struct PublishedJob {
     pub canary_workers: BTreeSet<String>,
     /// version -> its artifact, unpacked.
     pub dirs: BTreeMap<String, PathBuf>,
+    /// version -> how workers fetch it, with `[store] worker_fetch`.
+    pub fetch: BTreeMap<String, Fetch>,
 }
 
 impl PublishedJob {
@@ -235,6 +249,13 @@ pub async fn for_deploy(
         return Ok(Published::default());
     }
     let store = Store::of_project(ctx)?;
+    let worker_fetch = ctx.project.config.worker_fetch;
+    if worker_fetch && matches!(store, Store::File(_)) {
+        return Err(EngineError::usage(
+            "[store] worker_fetch = true needs a store the workers can reach: this one is a directory on this machine",
+            "use an s3:// store, or remove worker_fetch",
+        ));
+    }
     let mut out = Published::default();
     let mut trust = None;
     for job in ctx.project.jobs.values() {
@@ -266,6 +287,7 @@ pub async fn for_deploy(
         let stable = index.signed.channels.get("stable").cloned();
         let canary = index.signed.channels.get("canary").cloned();
         let mut dirs = BTreeMap::new();
+        let mut fetches = BTreeMap::new();
         for v in stable.iter().chain(canary.iter()) {
             if dirs.contains_key(v) {
                 continue;
@@ -281,6 +303,27 @@ pub async fn for_deploy(
             std::fs::create_dir_all(scratch.path().join(&job.name))
                 .map_err(EngineError::io("creating the artifacts dir"))?;
             tokio::task::block_in_place(|| unpack(&bytes, &dir))?;
+            if worker_fetch {
+                if let Some(url) = store.fetch_url(&job.name, version, FETCH_VALID).await? {
+                    let paths = walkdir::WalkDir::new(&dir)
+                        .min_depth(1)
+                        .into_iter()
+                        .filter_map(Result::ok)
+                        .filter(|e| !e.file_type().is_dir())
+                        .filter_map(|e| {
+                            Some(e.path().strip_prefix(&dir).ok()?.to_str()?.to_string())
+                        })
+                        .collect();
+                    fetches.insert(
+                        v.clone(),
+                        Fetch {
+                            url,
+                            version: version.clone(),
+                            paths,
+                        },
+                    );
+                }
+            }
             dirs.insert(v.clone(), dir);
         }
         let canary_workers = canary_workers(ctx, job)
@@ -295,6 +338,7 @@ pub async fn for_deploy(
                 canary,
                 canary_workers,
                 dirs,
+                fetch: fetches,
             },
         );
     }

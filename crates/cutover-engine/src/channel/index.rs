@@ -54,7 +54,20 @@ pub async fn load(
     job: &str,
     allow_expired: bool,
 ) -> Result<Option<Loaded>, EngineError> {
-    let seen_seq = seen(ctx, job).await?;
+    load_with(ctx, store, trust, job, allow_expired, false).await
+}
+
+/// [`load`], and with `allow_rollback` an index older than the highest
+/// seen is accepted too (a store restored from a backup on purpose).
+async fn load_with(
+    ctx: &Context,
+    store: &Store,
+    trust: &Trust,
+    job: &str,
+    allow_expired: bool,
+    allow_rollback: bool,
+) -> Result<Option<Loaded>, EngineError> {
+    let seen_seq = seen(ctx, job).await?.filter(|_| !allow_rollback);
     let Some(fetched) = store.read_index(job).await? else {
         if let Some(seq) = seen_seq {
             // Deleted (or a store that was never the one published to):
@@ -123,6 +136,20 @@ pub async fn update(
     trust: &Trust,
     keys: &[SigningKey],
     job: &str,
+    change: impl FnMut(&mut Signed) -> Result<(), EngineError>,
+) -> Result<Index, EngineError> {
+    update_with(ctx, store, trust, keys, job, false, change).await
+}
+
+/// [`update`]; with `allow_rollback`, an index older than the highest seq
+/// seen is accepted and re-signed above it.
+pub async fn update_with(
+    ctx: &Context,
+    store: &Store,
+    trust: &Trust,
+    keys: &[SigningKey],
+    job: &str,
+    allow_rollback: bool,
     mut change: impl FnMut(&mut Signed) -> Result<(), EngineError>,
 ) -> Result<Index, EngineError> {
     check_signers(trust, keys)?;
@@ -139,7 +166,7 @@ pub async fn update(
             let ms = 20 + u64::from(attempt) * 10 + u64::from(std::process::id() % 17);
             tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
         }
-        let loaded = load(ctx, store, trust, job, true).await?;
+        let loaded = load_with(ctx, store, trust, job, true, allow_rollback).await?;
         let (mut signed, tag) = match loaded {
             Some(l) => (l.index.signed, Some(l.tag)),
             None => (
@@ -156,6 +183,9 @@ pub async fn update(
         };
         change(&mut signed)?;
         let now = jiff::Timestamp::now();
+        if allow_rollback {
+            signed.seq = signed.seq.max(seen(ctx, job).await?.unwrap_or(0));
+        }
         signed.seq += 1;
         signed.expires = jiff::Timestamp::from_second(now.as_second().saturating_add(lifetime))
             .map_err(|e| {

@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::index;
 use crate::deploy::{self, DeployOptions, DeployReport};
 use crate::keys::Trust;
-use crate::relstore::Store;
+use crate::relstore::{ReleaseStore, Store};
 use crate::{Context, EngineError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -42,7 +42,8 @@ pub struct ChannelOptions {
     pub ticket: String,
     /// `--key` files; else CUTOVER_SIGNING_KEY_FILE, else the dev key.
     pub keys: Vec<PathBuf>,
-    /// promote: skip the soak (audited).
+    /// promote: skip the soak; resign: accept an index older than the
+    /// highest seq seen (both audited).
     pub force: bool,
     /// The command line, for the lock, the deployment and the audit log.
     pub command: String,
@@ -219,7 +220,7 @@ pub async fn run(
     index::check_signers(&trust, &keys)?;
     let store = Store::of_project(ctx)?;
     if op == ChannelOp::Resign {
-        return resign(ctx, &store, &trust, &keys, &opts.job).await;
+        return resign(ctx, &store, &trust, &keys, &opts.job, opts.force).await;
     }
     let version = version.unwrap_or_default();
     let lock = ctx.store.lock(&ctx.holder(&opts.command, None)).await?;
@@ -411,14 +412,16 @@ async fn resign(
     trust: &Trust,
     keys: &[ed25519_dalek::SigningKey],
     job: &str,
+    allow_rollback: bool,
 ) -> Result<ChannelReport, EngineError> {
-    if index::load(ctx, store, trust, job, true).await?.is_none() {
+    if store.read_index(job).await?.is_none() {
         return Err(EngineError::usage(
             format!("{job} is not published: the store has no index of it"),
             format!("publish it first: `cutover publish {job}`"),
         ));
     }
-    let updated = index::update(ctx, store, trust, keys, job, |_| Ok(())).await?;
+    let updated =
+        index::update_with(ctx, store, trust, keys, job, allow_rollback, |_| Ok(())).await?;
     Ok(ChannelReport {
         op: ChannelOp::Resign,
         job: job.to_string(),
@@ -428,6 +431,7 @@ async fn resign(
         channels: updated.signed.channels.clone(),
         deploy: None,
         soak: None,
-        forced: None,
+        forced: allow_rollback
+            .then(|| "an index older than the highest seq seen was accepted".to_string()),
     })
 }

@@ -284,7 +284,7 @@ pub async fn deploy(ctx: &Context, opts: &DeployOptions) -> Result<DeployReport,
     // record is finished (as failed), never left "running".
     let executed = async {
         let (run, stage_root) = stage_run(
-            ctx, opts, &plan, &rendered, &recorded, records, kv, fleet, &known, seq,
+            ctx, opts, &plan, &rendered, &recorded, records, kv, fleet, &known, seq, &published,
         )
         .await?;
         drop(published);
@@ -620,6 +620,7 @@ async fn stage_run(
     fleet: Fleet,
     known: &BTreeMap<String, Worker>,
     seq: i64,
+    published: &crate::channel::artifact::Published,
 ) -> Result<(Arc<Run>, crate::scratch::Scratch), EngineError> {
     // Stage what will be uploaded, once per distinct tree, in a private
     // dir (rendered files may hold secrets). A run killed with -9 left
@@ -673,6 +674,41 @@ async fn stage_run(
         })
         .cloned()
         .collect();
+    // `[store] worker_fetch`: each worker downloads its version's artifact
+    // from the store; only what differs for the allocation (rendered
+    // templates, certificates, the template sources to drop) is sent.
+    let fetches: BTreeMap<Key, run::FetchPlan> = wanted
+        .iter()
+        .filter_map(|k| {
+            let c = rendered.candidates.get(k)?;
+            let f = published.jobs.get(&k.0)?.fetch.get(&c.version)?;
+            let tree = rendered.trees.get(k)?;
+            let in_tree: BTreeSet<&str> = tree.entries.iter().map(|e| e.path.as_str()).collect();
+            let mut changed: Vec<String> = tree
+                .entries
+                .iter()
+                .filter(|e| matches!(e.content, cutover_model::tree::Content::Rendered(_)))
+                .map(|e| e.path.clone())
+                .chain(
+                    f.paths
+                        .iter()
+                        .filter(|p| !in_tree.contains(p.as_str()))
+                        .cloned(),
+                )
+                .collect();
+            changed.sort();
+            changed.dedup();
+            Some((
+                k.clone(),
+                run::FetchPlan {
+                    url: f.url.clone(),
+                    sha256: f.version.sha256.clone(),
+                    name: format!("{} {}", k.0, f.version.version),
+                    changed,
+                },
+            ))
+        })
+        .collect();
     let manifests = wanted
         .iter()
         .filter_map(|k| {
@@ -709,6 +745,7 @@ async fn stage_run(
         staged,
         bases,
         returning,
+        fetches,
         ticket_bases,
         manifests,
         records,

@@ -12,6 +12,16 @@ pub(super) struct DeltaBase {
     pub(super) changed: Vec<String>,
 }
 
+/// An allocation whose worker downloads its artifact from the store.
+pub(super) struct FetchPlan {
+    pub(super) url: String,
+    pub(super) sha256: String,
+    /// `job version`, for messages.
+    pub(super) name: String,
+    /// What differs from the artifact for this allocation.
+    pub(super) changed: Vec<String>,
+}
+
 /// What the tasks of one run share.
 pub(super) struct Run {
     pub(super) project: Arc<Project>,
@@ -25,6 +35,8 @@ pub(super) struct Run {
     /// Allocations going back to a tree promoted before: a release dir of
     /// it that the worker kept is reused, with no transfer.
     pub(super) returning: BTreeSet<Key>,
+    /// `[store] worker_fetch`: allocations whose worker downloads the bulk.
+    pub(super) fetches: BTreeMap<Key, FetchPlan>,
     /// BASE release ids of unfinished ticket releases, per allocation.
     pub(super) ticket_bases: BTreeMap<Key, Vec<String>>,
     /// (job, hash) -> manifest JSON of each tree being rolled out.

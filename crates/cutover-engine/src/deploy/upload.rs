@@ -128,6 +128,11 @@ pub(super) async fn upload_one(run: &Run, job: &Job, a: &AllocPlan) -> Result<Up
     let base = run.bases.get(&(job.name.clone(), a.worker.clone()));
     let base_dir = base.map(|b| format!("{job_dir}/releases/{}", b.release));
     let setup = remote::upload_setup(&job_dir, &release, run.timeout);
+    if let Some(f) = run.fetches.get(&(job.name.clone(), a.worker.clone())) {
+        return fetch_one(run, job, a, &host, &job_dir, &dest, &setup, f)
+            .await
+            .map(|()| Uploaded { release });
+    }
     if run
         .returning
         .contains(&(job.name.clone(), a.worker.clone()))
@@ -175,6 +180,91 @@ pub(super) async fn upload_one(run: &Run, job: &Job, a: &AllocPlan) -> Result<Up
         .await
         .map_err(|e| e.to_string())?;
     Ok(Uploaded { release })
+}
+
+/// `[store] worker_fetch`: the worker downloads the artifact from the
+/// store, checks its sha256 and unpacks it; the new release dir is made
+/// from it by hard links plus what differs for the allocation (rendered
+/// templates, certificates), sent from here, and checked file by file
+/// like any delta upload. A worker that cannot reach the store fails
+/// with what curl said.
+#[allow(clippy::too_many_arguments)]
+async fn fetch_one(
+    run: &Run,
+    job: &Job,
+    a: &AllocPlan,
+    host: &cutover_transport::Host,
+    job_dir: &str,
+    dest: &str,
+    setup: &cutover_transport::Command,
+    f: &super::run::FetchPlan,
+) -> Result<(), String> {
+    let out = host.run(setup).await.map_err(|e| e.to_string())?;
+    if !out.success() {
+        return Err(format!("preparing {job_dir}: {}", out.stderr.trim()));
+    }
+    run.step(
+        &job.name,
+        &a.worker,
+        &format!("fetch {} from the store", f.name),
+    );
+    let fetch = remote::fetch_artifact(job_dir, &f.sha256, run.timeout);
+    // A curl config line: the URL never appears on a command line.
+    let config = format!("url = \"{}\"\n", f.url.replace(['\\', '"', '\n'], ""));
+    let out = host
+        .run_with_input(&fetch, config.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    if !out.success() {
+        return Err(out
+            .stderr
+            .trim()
+            .trim_start_matches("cutover: ")
+            .to_string());
+    }
+    // The path the worker printed is used only if it is the one the
+    // script makes: under the job dir, a `.fetch.` dir, plain characters.
+    let base = out.stdout.trim().to_string();
+    let plain = base
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c));
+    if !plain || !base.starts_with(&format!("{job_dir}/.fetch.")) || base.contains("..") {
+        return Err(format!(
+            "the worker answered an unexpected fetch dir: {base:?}"
+        ));
+    }
+    let stage = run
+        .staged
+        .get(&(job.name.clone(), a.hash.clone()))
+        .ok_or_else(|| "internal error: tree not staged".to_string())?;
+    let n = f.changed.len();
+    run.step(
+        &job.name,
+        &a.worker,
+        &format!(
+            "upload {n} file{} of its own",
+            if n == 1 { "" } else { "s" }
+        ),
+    );
+    let done = host
+        .push_delta(stage, dest, &base, &f.changed, None, run.timeout)
+        .await
+        .map_err(|e| e.to_string());
+    let parent = base.trim_end_matches("/t").to_string();
+    let mut rm = cutover_transport::Command::new(["rm", "-rf", "--", parent.as_str()]);
+    rm.timeout = run.timeout;
+    let _ = host.run(&rm).await;
+    if done? {
+        return Ok(());
+    }
+    run.step(
+        &job.name,
+        &a.worker,
+        &format!("{}: the fetched tree did not check out", full_upload(host)),
+    );
+    host.push(stage, dest, None, None, run.timeout)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// A release dir of the tree `hash` that the worker kept (release dirs
