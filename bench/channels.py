@@ -47,8 +47,41 @@ def job_toml(version, canary):
     return text
 
 
+class Moto:
+    """moto_server (a real S3 API) from target/moto-venv, on a free port."""
+
+    def __init__(self, root):
+        import socket
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        self.port = s.getsockname()[1]
+        s.close()
+        venv = root / "target/moto-venv/bin"
+        self.proc = subprocess.Popen([str(venv / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{self.port}", "AWS_ALLOW_HTTP": "true",
+                    "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": "us-east-1"}
+        deadline = time.time() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise SystemExit("moto_server did not start")
+                time.sleep(0.1)
+        subprocess.run([str(venv / "python"), "-c",
+                        "import boto3,sys; boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1',"
+                        " aws_access_key_id='b', aws_secret_access_key='b').create_bucket(Bucket='bench')",
+                        self.env["AWS_ENDPOINT_URL"]], check=True)
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+
+
 class Project:
-    def __init__(self, fleet, src, work, binary, name, store=None):
+    def __init__(self, fleet, src, work, binary, name, store=None, fetch=False):
         self.bin, self.fleet = binary, fleet
         self.dir = work / name
         self.job = self.dir / "jobs" / "bench"
@@ -60,7 +93,8 @@ class Project:
             subprocess.run([binary, "keys", "generate", "--out", str(keys)], check=True,
                            stdout=subprocess.DEVNULL, cwd=work)
             self.key = str(keys / "cutover-signing.key")
-            store_cfg = (f'[store]\nurl = "file://{store}"\n'
+            url = store if str(store).startswith("s3://") else f"file://{store}"
+            store_cfg = (f'[store]\nurl = "{url}"\nworker_fetch = {"true" if fetch else "false"}\n'
                          f'[trust]\npublic_keys = ["{keys}/cutover-signing.pub"]\n')
         (self.dir / "cutover.toml").write_text(
             f'name = "bench"\n[ssh]\nuser = "root"\nidentity_file = "{fleet.key}"\n'
@@ -69,8 +103,11 @@ class Project:
             f'[[worker]]\nname = "{w["name"]}"\nhost = "{w["ip"]}"\nport = {w["port"]}\n'
             f'root = "{w["root"]}/{name}"\n\n' for w in fleet.workers))
 
+    env = None
+
     def run(self, *args):
-        return timed([self.bin, *args, "--progress=never"], cwd=self.dir)
+        env = dict(os.environ, **self.env) if self.env else None
+        return timed([self.bin, *args, "--progress=never"], cwd=self.dir, env=env)
 
     def events(self, w):
         p = w["root"] / self.dir.name / "jobs/bench/shared/events"
@@ -120,6 +157,8 @@ def main():
     ap.add_argument("--n", type=int, default=40)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--fetch", action="store_true",
+                    help="also push vs [store] worker_fetch from an S3 store (moto_server from target/moto-venv)")
     a = ap.parse_args()
     a.cutover = str(Path(a.cutover).resolve())
     root = HERE.parent
@@ -181,6 +220,25 @@ def main():
             res["promote"].append(promote)
             print(f"  run {r + 1}: deploy C {res['deploy_c'][r]:.2f}s, canary {canary:.2f}s + "
                   f"promote {promote:.2f}s", flush=True)
+        if a.fetch:
+            # A first deploy of the published 30 MB job to N workers from an
+            # S3 store: pushed by the operator, or fetched by each worker.
+            moto = Moto(root)
+            try:
+                res["push"], res["fetch"] = [], []
+                for mode in ("push", "fetch"):
+                    pj = Project(fleet, src, work, a.cutover, mode, f"s3://bench/{mode}", fetch=(mode == "fetch"))
+                    pj.env = moto.env
+                    (pj.job / "job.toml").write_text(job_toml("1.0.0", False))
+                    pj.run("publish", "bench", "--key", pj.key)
+                    for r in range(a.runs):
+                        pj.reset()
+                        wall, _, _ = pj.run("deploy")
+                        pj.check("src/d0/sub0/file0.txt", original, 0, f"{mode} run {r + 1}")
+                        res[mode].append(wall)
+                        print(f"  {mode} run {r + 1}: {wall:.2f}s", flush=True)
+            finally:
+                moto.stop()
     finally:
         fleet.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -195,8 +253,12 @@ def main():
         f"| publish, 30 MB / 300 files | {p:.2f} s | floor (tar \\| zstd -19, sha256sum) {f:.2f} s | {p / f:.2f} |",
         f"| index verification | {res['verify_us']:.0f} us | target 5 ms | {res['verify_us'] / 5000:.3f} |",
         f"| canary + promote, one file, N = {a.n} | {c:.2f} + {pr:.2f} = {c + pr:.2f} s | deploy C {d:.2f} s | {(c + pr) / d:.2f} |",
-        "",
     ]
+    if a.fetch:
+        pu, fe = med(res["push"]), med(res["fetch"])
+        lines.append(f"| first deploy of the published job from S3, N = {a.n}: worker_fetch | {fe:.2f} s | "
+                     f"pushed by the operator {pu:.2f} s | {fe / pu:.2f} |")
+    lines.append("")
     text = "\n".join(lines)
     print(text)
     out = Path(a.out)

@@ -410,6 +410,10 @@ pub enum ChannelCommand {
         /// above that seq (audited).
         #[arg(long)]
         allow_rollback: bool,
+        /// Accept an expired index (it may be an old one replayed: check it
+        /// with `cutover channel status JOB` first) and renew it (audited).
+        #[arg(long)]
+        allow_expired: bool,
         /// A private key to sign the index with (repeatable); else
         /// CUTOVER_SIGNING_KEY_FILE.
         #[arg(long = "key", value_name = "FILE", env = env_vars::CUTOVER_SIGNING_KEY_FILE, value_delimiter = ':')]

@@ -46,8 +46,7 @@ pub fn generate(dir: &Path) -> Result<KeyInfo, EngineError> {
             )));
         }
     }
-    std::fs::DirBuilder::new()
-        .recursive(true)
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
         .create(dir)
         .map_err(|e| bad(format!("cannot create {}: {e}", dir.display())))?;
     let mut seed = [0u8; 32];

@@ -198,6 +198,17 @@ pub async fn publish(ctx: &Context, opts: &PublishOptions) -> Result<Published, 
             "the build output must hold the job's Makefile: workers run its targets",
         ));
     }
+    // Nothing is published that every deploy would refuse.
+    crate::channel::artifact::check_links(&out_dir).map_err(|e| {
+        invalid(
+            format!(
+                "the build output of {} ({}): {e}",
+                job.name,
+                out_dir.display()
+            ),
+            "a published symlink must point inside the artifact, and not through another symlink",
+        )
+    })?;
     let artifact = tokio::task::block_in_place(|| pack(&out_dir))?;
     let now = jiff::Timestamp::now();
     let new_version = Version {
@@ -240,7 +251,9 @@ pub async fn publish(ctx: &Context, opts: &PublishOptions) -> Result<Published, 
         }
         Ok(())
     };
-    if let Some(current) = crate::channel::index::load(ctx, &store, &trust, &job.name, true).await?
+    if let Some(current) = crate::channel::index::load(ctx, &store, &trust, &job.name, false)
+        .await
+        .map_err(crate::channel::index::explain_expired(&job.name))?
     {
         admit(&current.index.signed)?;
     }

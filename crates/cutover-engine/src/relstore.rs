@@ -267,17 +267,20 @@ impl ReleaseStore for FileStore {
 
     async fn read_index(&self, job: &str) -> Result<Option<Fetched>, EngineError> {
         let dir = self.job_dir(job)?;
-        let path = dir.join("releases.json");
-        no_symlink(&dir)?;
-        no_symlink(&path)?;
-        match read_limited(&path, cutover_index::MAX_BYTES as u64 + 1) {
-            Ok(bytes) => Ok(Some(Fetched {
-                tag: tag_of(&bytes),
-                bytes,
-            })),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(EngineError::io(format!("reading {}", path.display()))(e)),
-        }
+        blocking(move || {
+            let path = dir.join("releases.json");
+            no_symlink(&dir)?;
+            no_symlink(&path)?;
+            match read_limited(&path, cutover_index::MAX_BYTES as u64 + 1) {
+                Ok(bytes) => Ok(Some(Fetched {
+                    tag: tag_of(&bytes),
+                    bytes,
+                })),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(EngineError::io(format!("reading {}", path.display()))(e)),
+            }
+        })
+        .await?
     }
 
     async fn write_index(
@@ -287,33 +290,47 @@ impl ReleaseStore for FileStore {
         expected: Option<&Tag>,
     ) -> Result<Swap, EngineError> {
         let dir = self.job_dir(job)?;
-        make_dir(&dir)?;
-        let _lock = self.lock(&dir).await?;
-        let path = dir.join("releases.json");
-        no_symlink(&path)?;
-        let now = match read_limited(&path, cutover_index::MAX_BYTES as u64 + 1) {
-            Ok(b) => Some(tag_of(&b)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(EngineError::io(format!("reading {}", path.display()))(e)),
-        };
-        if now.as_ref() != expected {
-            return Ok(Swap::Conflict);
+        {
+            let dir = dir.clone();
+            blocking(move || make_dir(&dir)).await??;
         }
-        write_atomic(&path, bytes)?;
-        Ok(Swap::Written)
+        let lock = self.lock(&dir).await?;
+        let (bytes, expected) = (bytes.to_vec(), expected.cloned());
+        blocking(move || {
+            let path = dir.join("releases.json");
+            no_symlink(&path)?;
+            let now = match read_limited(&path, cutover_index::MAX_BYTES as u64 + 1) {
+                Ok(b) => Some(tag_of(&b)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(EngineError::io(format!("reading {}", path.display()))(e)),
+            };
+            if now != expected {
+                return Ok(Swap::Conflict);
+            }
+            write_atomic(&path, &bytes)?;
+            drop(lock);
+            Ok(Swap::Written)
+        })
+        .await?
     }
 
     async fn read_artifact(&self, job: &str, version: &Version) -> Result<Vec<u8>, EngineError> {
         let dir = self.job_dir(job)?;
-        let path = dir.join(artifact_name(version));
-        no_symlink(&dir)?;
-        no_symlink(&path)?;
-        let path2 = path.clone();
         let size = version.size;
-        tokio::task::spawn_blocking(move || read_limited(&path2, size + 1))
-            .await
-            .map_err(|e| EngineError::Internal(e.to_string()))?
-            .map_err(EngineError::io(format!("reading {}", path.display())))
+        let name = artifact_name(version);
+        blocking(move || {
+            let path = dir.join(name);
+            no_symlink(&dir)?;
+            no_symlink(&path)?;
+            match read_limited(&path, size + 1) {
+                Ok(b) => Ok(b),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(EngineError::Refused(
+                    format!("{} is missing from the store", path.display()),
+                )),
+                Err(e) => Err(EngineError::io(format!("reading {}", path.display()))(e)),
+            }
+        })
+        .await?
     }
 
     async fn write_artifact(
@@ -323,16 +340,20 @@ impl ReleaseStore for FileStore {
         bytes: &[u8],
     ) -> Result<(), EngineError> {
         let dir = self.job_dir(job)?;
-        make_dir(&dir)?;
-        let path = dir.join(artifact_name(version));
-        no_symlink(&path)?;
-        // Named by content: one already there with the right bytes stays.
-        if let Ok(there) = read_limited(&path, version.size + 1) {
-            if cutover_index::check_artifact(version, &there).is_ok() {
-                return Ok(());
+        let (version, bytes) = (version.clone(), bytes.to_vec());
+        blocking(move || {
+            make_dir(&dir)?;
+            let path = dir.join(artifact_name(&version));
+            no_symlink(&path)?;
+            // Named by content: one already there with the right bytes stays.
+            if let Ok(there) = read_limited(&path, version.size + 1) {
+                if cutover_index::check_artifact(&version, &there).is_ok() {
+                    return Ok(());
+                }
             }
-        }
-        write_atomic(&path, bytes)
+            write_atomic(&path, &bytes)
+        })
+        .await?
     }
 
     /// A directory on the operator's machine is not the workers' to read.
@@ -343,6 +364,23 @@ impl ReleaseStore for FileStore {
         _valid: std::time::Duration,
     ) -> Result<Option<String>, EngineError> {
         Ok(None)
+    }
+}
+
+/// How long one file store operation may take (a hung mount must not
+/// hang cutover).
+const FILE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Runs file work off the async runtime, for at most [`FILE_TIMEOUT`].
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, EngineError> {
+    match tokio::time::timeout(FILE_TIMEOUT, tokio::task::spawn_blocking(work)).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(EngineError::Internal(e.to_string())),
+        Err(_) => Err(EngineError::Failed(
+            "the file store did not answer within 60 s (a hung mount?)".into(),
+        )),
     }
 }
 
@@ -522,13 +560,19 @@ impl ReleaseStore for S3Store {
     async fn read_index(&self, job: &str) -> Result<Option<Fetched>, EngineError> {
         let path = self.path(job, "releases.json")?;
         let limit = cutover_index::MAX_BYTES as u64 + 1;
-        Ok(self
-            .get_limited(&path, limit)
-            .await?
-            .map(|(bytes, tag)| Fetched {
-                tag: Tag(tag.unwrap_or_default()),
-                bytes,
-            }))
+        let Some((bytes, tag)) = self.get_limited(&path, limit).await? else {
+            return Ok(None);
+        };
+        let tag = tag.filter(|t| !t.is_empty()).ok_or_else(|| {
+            EngineError::Failed(format!(
+                "{}/{job}/releases.json came without an ETag: this S3 API cannot update it safely (compare-and-swap needs ETags and If-Match)",
+                self.url
+            ))
+        })?;
+        Ok(Some(Fetched {
+            tag: Tag(tag),
+            bytes,
+        }))
     }
 
     async fn write_index(

@@ -39,14 +39,20 @@ rm -rf -- "$d/releases/$new""#,
 /// anything reads it, and unpacks it into a private dir under the job dir,
 /// whose path it prints. What an earlier fetch left there is removed
 /// first: only one deploy runs at a time.
-pub(crate) fn fetch_artifact(job_dir: &str, sha256: &str, timeout: Duration) -> Command {
+pub(crate) fn fetch_artifact(job_dir: &str, sha256: &str, size: u64, timeout: Duration) -> Command {
+    let size = size.to_string();
     script(
-        r#"d=$1 sha=$2
+        r#"d=$1 sha=$2 size=$3
 rm -rf -- "$d"/.fetch.* 2>/dev/null
 tmp=$(mktemp -d "$d/.fetch.XXXXXXXX") || exit 90
-if ! curl -fsS --max-time 600 -o "$tmp/a" -K - 2>"$tmp/err"; then
+if ! curl -fsS --max-time 600 --max-filesize "$size" -o "$tmp/a" -K - 2>"$tmp/err"; then
     echo "cutover: cannot download the artifact from the store: $(head -c 500 "$tmp/err")" >&2
     rm -rf -- "$tmp"; exit 91
+fi
+got=$(wc -c <"$tmp/a")
+if [ "$got" -ne "$size" ]; then
+    echo "cutover: the downloaded artifact is $got bytes, not $size: refused before unpacking" >&2
+    rm -rf -- "$tmp"; exit 92
 fi
 set -- $(sha256sum "$tmp/a")
 if [ "$1" != "$sha" ]; then
@@ -59,7 +65,7 @@ if ! { mkdir "$tmp/t" && zstd -dcq "$tmp/a" | tar -x -p -f - -C "$tmp/t"; }; the
 fi
 rm -f -- "$tmp/a" "$tmp/err"
 printf '%s\n' "$tmp/t""#,
-        &[job_dir, sha256],
+        &[job_dir, sha256, &size],
     )
     .timeout(timeout)
 }

@@ -28,6 +28,17 @@ pub async fn live(
     jobs: Option<&BTreeSet<String>>,
     health: bool,
 ) -> Result<BTreeMap<(String, String), Live>, EngineError> {
+    live_on(ctx, jobs, None, health).await
+}
+
+/// [`live`], on `workers` only (`None`: all): one connection per worker
+/// checked, none to the others.
+pub async fn live_on(
+    ctx: &Context,
+    jobs: Option<&BTreeSet<String>>,
+    workers: Option<&BTreeSet<String>>,
+    health: bool,
+) -> Result<BTreeMap<(String, String), Live>, EngineError> {
     let (recorded, records) = render::recorded(ctx).await?;
     let mut items = Vec::new();
     for r in &records {
@@ -35,6 +46,7 @@ pub async fn live(
         if r.status == AllocStatus::Stopped
             || r.release_id.is_none()
             || jobs.is_some_and(|j| !j.contains(&r.job))
+            || workers.is_some_and(|w| !w.contains(&r.worker))
         {
             continue;
         }

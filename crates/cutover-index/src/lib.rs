@@ -87,7 +87,7 @@ pub enum Refused {
     TooManySignatures(usize),
     #[error("unknown schema_version {0} (this cutover reads {SCHEMA_VERSION})")]
     Schema(u32),
-    #[error("the index is job `{found}`'s, not `{expected}`'s")]
+    #[error("the index is job `{}`'s, not `{expected}`'s", found.escape_default())]
     WrongJob { expected: String, found: String },
     #[error("{valid} distinct trusted key(s) signed it; {threshold} must")]
     Threshold { valid: usize, threshold: usize },
@@ -95,7 +95,7 @@ pub enum Refused {
     Expired(String),
     #[error("the index has seq {found}, lower than {seen} already seen: a rollback")]
     Rollback { found: u64, seen: u64 },
-    #[error("version name `{0}` could escape its directory")]
+    #[error("version name `{}` could escape its directory", .0.escape_default())]
     BadName(String),
     #[error("version {version}'s artifact {what}")]
     Artifact { version: String, what: String },
@@ -258,6 +258,14 @@ pub fn verify(bytes: &[u8], expect: &Expect<'_>) -> Result<Index, Refused> {
     for v in &s.versions {
         if !safe_name(&v.version) {
             return Err(Refused::BadName(v.version.clone()));
+        }
+        // The digest names the artifact's file: 64 lowercase hex digits.
+        let hex = |c: char| c.is_ascii_digit() || ('a'..='f').contains(&c);
+        if v.sha256.len() != 64 || !v.sha256.chars().all(hex) {
+            return Err(Refused::Malformed(format!(
+                "version {}: sha256 `{}` is not 64 lowercase hex digits",
+                v.version, v.sha256
+            )));
         }
     }
     for v in s.channels.values() {

@@ -316,7 +316,7 @@ struct RawBuild {
 struct RawCanary {
     #[serde(default)]
     selectors: Vec<Spanned<String>>,
-    count: Option<u32>,
+    count: Option<Spanned<u32>>,
     soak: Option<Spanned<String>>,
 }
 
@@ -1001,9 +1001,17 @@ impl Loader<'_> {
         });
         let canary = raw.canary.as_ref().map(|c| {
             check_labels(&c.selectors, d);
+            if let Some(n) = c.count.as_ref().filter(|n| *n.get_ref() == 0) {
+                d.push(
+                    src.diag(n.span(), "canary.count is 0: a canary needs a worker")
+                        .with_help(
+                            "set count = 1 (or more), or pick canary workers with selectors",
+                        ),
+                );
+            }
             Canary {
                 selectors: c.selectors.iter().map(|s| s.get_ref().clone()).collect(),
-                count: c.count,
+                count: c.count.as_ref().map(|n| *n.get_ref()),
                 soak: duration(src, "canary.soak", &c.soak, Duration::from_secs(600), d),
             }
         });

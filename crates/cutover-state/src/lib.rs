@@ -84,6 +84,10 @@ pub trait StateStore: Send + Sync {
     /// A small named document (JSON), e.g. what a ticket release replaced.
     fn meta_get<'a>(&'a self, key: &'a str) -> Fut<'a, Option<String>>;
     fn meta_put<'a>(&'a self, key: &'a str, value: &'a str) -> Fut<'a, ()>;
+    /// Raises a numeric meta value to `value`, never lowers it, in one
+    /// statement (two processes cannot lower each other's); returns the
+    /// value now stored.
+    fn meta_raise<'a>(&'a self, key: &'a str, value: u64) -> Fut<'a, u64>;
 
     /// Takes the project lock or reports who holds it.
     fn lock<'a>(&'a self, holder: &'a LockHolder) -> Fut<'a, ProjectLock>;

@@ -395,6 +395,24 @@ impl StateStore for SqliteStore {
         })
     }
 
+    fn meta_raise<'a>(&'a self, key: &'a str, value: u64) -> Fut<'a, u64> {
+        Box::pin(async move {
+            let v = i64::try_from(value).unwrap_or(i64::MAX);
+            let row = sqlx::query(
+                "INSERT INTO meta (key, value) VALUES (?1, CAST(?2 AS TEXT))
+                 ON CONFLICT(key) DO UPDATE SET value = CAST(MAX(CAST(value AS INTEGER), ?2) AS TEXT)
+                 RETURNING value",
+            )
+            .bind(key)
+            .bind(v)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(self.err())?;
+            let stored: String = row.get("value");
+            Ok(stored.parse().unwrap_or(value))
+        })
+    }
+
     fn lock<'a>(&'a self, holder: &'a LockHolder) -> Fut<'a, ProjectLock> {
         Box::pin(async move { ProjectLock::acquire(&self.lock_path, holder) })
     }

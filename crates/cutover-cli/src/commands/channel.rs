@@ -22,6 +22,7 @@ pub async fn run(s: &Session, c: ChannelCommand) -> Result<u8, CliError> {
             job,
             keys,
             allow_rollback,
+            allow_expired,
         } => (
             ChannelOp::Resign,
             ChannelOptions {
@@ -31,7 +32,11 @@ pub async fn run(s: &Session, c: ChannelCommand) -> Result<u8, CliError> {
                 reason: String::new(),
                 ticket: String::new(),
                 keys,
-                force: allow_rollback,
+                force: false,
+                allow: channel::index::Allow {
+                    expired: allow_expired,
+                    rollback: allow_rollback,
+                },
                 command: command_line(),
             },
         ),
@@ -99,6 +104,7 @@ fn options(s: &Session, c: ChannelChange, force: bool) -> ChannelOptions {
         ticket: c.ticket,
         keys: c.keys,
         force,
+        allow: Default::default(),
         command: command_line(),
     }
 }

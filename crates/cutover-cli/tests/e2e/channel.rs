@@ -668,3 +668,102 @@ fn a_store_restored_from_a_backup_is_refused_until_resigned_on_purpose() {
     let doc: serde_json::Value = serde_json::from_str(&status.stdout).expect("json");
     assert_eq!(doc["report"]["jobs"][0]["workers"][0]["runs"], "1.0.0");
 }
+
+#[test]
+fn channel_updates_need_canary_workers_and_a_sound_artifact_first() {
+    let t = tempfile::tempdir().expect("tmp");
+    let store = t.path().join("store");
+    let keys = t.path().join("k");
+    let trust = format!(
+        "public_keys = [\"{}\"]\n",
+        keys.join("cutover-signing.pub").display()
+    );
+    let p = local_publisher(&store, &trust);
+    // api runs on the web workers; its canary selectors pick a db one.
+    p.write(
+        "workers.toml",
+        "[[worker]]\nname = \"a\"\ntransport = \"local\"\nroot = \"local-workers/a\"\nlabels = [\"web\"]\n\n[[worker]]\nname = \"b\"\ntransport = \"local\"\nroot = \"local-workers/b\"\nlabels = [\"web\"]\n\n[[worker]]\nname = \"c\"\ntransport = \"local\"\nroot = \"local-workers/c\"\nlabels = [\"db\"]\n",
+    );
+    p.expect(
+        &["keys", "generate", "--out", keys.to_str().expect("utf8")],
+        0,
+    );
+    let key = keys.join("cutover-signing.key").display().to_string();
+    let canary =
+        |sel: &str| format!("version = \"1.0.0\"\nselectors = [\"web\"]\n[canary]\n{sel}\n");
+    p.job("api", &canary("count = 0"));
+    let out = p.expect(&["check"], 2);
+    assert!(out.stderr.contains("canary.count is 0"), "{out:?}");
+    p.job("api", &canary("selectors = [\"db\"]"));
+    p.expect(&["publish", "api", "--key", &key], 0);
+    p.job(
+        "api",
+        &canary("selectors = [\"db\"]").replace("1.0.0", "1.1.0"),
+    );
+    p.expect(&["publish", "api", "--channel", "canary", "--key", &key], 0);
+    let index = || -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(store.join("api/releases.json")).expect("index"))
+            .expect("json")
+    };
+    let seq = index()["signed"]["seq"].clone();
+
+    // No worker matches [canary] selectors: refused, nothing changed.
+    for args in [
+        &[
+            "channel",
+            "canary",
+            "api",
+            "--version",
+            "1.1.0",
+            "--key",
+            &key,
+        ][..],
+        &[
+            "channel",
+            "promote",
+            "api",
+            "--version",
+            "1.1.0",
+            "--key",
+            &key,
+            "--force",
+        ],
+    ] {
+        let out = p.expect(args, 2);
+        assert!(
+            out.stderr.contains("has no canary worker"),
+            "{args:?}: {out:?}"
+        );
+    }
+    assert_eq!(index()["signed"]["seq"], seq);
+
+    // A rollback to a version whose artifact is gone from the store is
+    // refused before the index points at it.
+    p.job("api", &canary("count = 1").replace("1.0.0", "1.2.0"));
+    p.expect(&["publish", "api", "--key", &key, "--force"], 0);
+    p.expect(&["deploy"], 0);
+    for entry in std::fs::read_dir(store.join("api"))
+        .expect("store")
+        .filter_map(Result::ok)
+    {
+        if entry.file_name().to_string_lossy().starts_with("1.0.0.") {
+            std::fs::remove_file(entry.path()).expect("rm artifact");
+        }
+    }
+    let _ = std::fs::remove_dir_all(p.path().join(".cutover/cache"));
+    let out = p.expect(
+        &[
+            "channel",
+            "rollback",
+            "api",
+            "--version",
+            "1.0.0",
+            "--key",
+            &key,
+        ],
+        4,
+    );
+    assert!(out.stderr.contains("missing from the store"), "{out:?}");
+    assert_eq!(index()["signed"]["channels"]["stable"], "1.2.0");
+    p.expect(&["deploy"], 0);
+}

@@ -235,7 +235,7 @@ fn concurrent_publishes_lose_no_version() {
 }
 
 /// What the review of publish found: too few signers write nothing; a
-/// deleted index is refused, not restarted; an expired index is re-signed;
+/// deleted index is refused, not restarted;
 /// a symlink in the store is refused (nothing written through it); a
 /// signing key in the build output is never published; a job.toml without
 /// a version is refused.

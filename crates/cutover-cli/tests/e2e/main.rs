@@ -17,4 +17,5 @@ mod safety;
 mod secrets;
 mod signals;
 mod snapshots;
+mod tamper;
 mod truth;

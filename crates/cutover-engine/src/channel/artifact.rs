@@ -61,7 +61,7 @@ pub fn unpack(bytes: &[u8], dir: &Path) -> Result<(), EngineError> {
     let bad = |what: String| EngineError::Refused(format!("the artifact {what}"));
     let tar =
         zstd::stream::read::Decoder::new(bytes).map_err(|e| bad(format!("is not zstd: {e}")))?;
-    let mut archive = tar::Archive::new(std::io::Read::take(tar, MAX_UNPACKED));
+    let mut archive = tar::Archive::new(std::io::Read::take(tar, MAX_UNPACKED + 1));
     std::fs::create_dir(dir).map_err(EngineError::io(format!("creating {}", dir.display())))?;
     let entries = archive
         .entries()
@@ -115,28 +115,55 @@ pub fn unpack(bytes: &[u8], dir: &Path) -> Result<(), EngineError> {
             )));
         }
     }
-    // A link may be lexically inside and still resolve outside through
-    // another link (`x -> .`, `y -> x/..`): resolve every one for real.
-    let root = dir
-        .canonicalize()
-        .map_err(EngineError::io(format!("reading {}", dir.display())))?;
-    for entry in walkdir::WalkDir::new(dir).min_depth(1) {
-        let entry = entry.map_err(|e| bad(format!("cannot be read back: {e}")))?;
+    if archive.into_inner().limit() == 0 {
+        return Err(bad("unpacks to more than 8 GiB".to_string()));
+    }
+    check_links(dir).map_err(bad)
+}
+
+/// Every symlink under `root` stays inside it: its target is relative,
+/// stays inside by name, and does not pass through another symlink (which
+/// could lead anywhere: `a -> .`, `c -> a/a/../..`). Used on what is
+/// published and on what is unpacked.
+pub fn check_links(root: &Path) -> Result<(), String> {
+    for entry in walkdir::WalkDir::new(root).min_depth(1) {
+        let entry = entry.map_err(|e| format!("cannot be read: {e}"))?;
         if !entry.path_is_symlink() {
             continue;
         }
-        match entry.path().canonicalize() {
-            Ok(real) if real.starts_with(&root) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            _ => {
-                return Err(bad(format!(
-                    "symlink `{}` resolves outside it",
-                    entry
-                        .path()
-                        .strip_prefix(dir)
-                        .unwrap_or(entry.path())
-                        .display()
-                )))
+        let rel = entry.path().strip_prefix(root).unwrap_or(entry.path());
+        let target =
+            std::fs::read_link(entry.path()).map_err(|e| format!("cannot be read: {e}"))?;
+        let base = rel.parent().unwrap_or(Path::new(""));
+        if target.is_absolute() || !inside(&base.join(&target)) {
+            return Err(format!(
+                "symlink `{}` points outside it (to {})",
+                rel.display(),
+                target.display()
+            ));
+        }
+        // Walk the target by name from the link's dir: no step may be a
+        // symlink itself.
+        let mut at = root.join(base);
+        for c in target.components() {
+            match c {
+                Component::Normal(name) => {
+                    at.push(name);
+                    if at
+                        .symlink_metadata()
+                        .is_ok_and(|m| m.file_type().is_symlink())
+                    {
+                        return Err(format!(
+                            "symlink `{}` points through another symlink (to {})",
+                            rel.display(),
+                            target.display()
+                        ));
+                    }
+                }
+                Component::ParentDir => {
+                    at.pop();
+                }
+                _ => {}
             }
         }
     }
@@ -262,10 +289,23 @@ pub async fn for_deploy(
         if scope.is_some_and(|s| !s.contains(&job.name)) {
             continue;
         }
-        // Cheap first look: most projects publish few jobs.
+        // Cheap first look: most projects publish few jobs. A job whose
+        // job.toml has [build] or [canary] says it is published: without
+        // an index it is refused, never deployed from the working tree
+        // (an index deleted from the store must not switch signing off).
         if store.read_index(&job.name).await?.is_none()
             && super::index::seen(ctx, &job.name).await?.is_none()
         {
+            let declared = job.manifest.build.is_some() || job.manifest.canary.is_some();
+            if declared {
+                return Err(EngineError::Refused(format!(
+                    "{}/{}/releases.json is missing: jobs/{}/job.toml has [build] or [canary], so it deploys only from its signed index (publish it with `cutover publish {}`)",
+                    store.url(),
+                    job.name,
+                    job.name,
+                    job.name
+                )));
+            }
             continue;
         }
         let trust = match &trust {

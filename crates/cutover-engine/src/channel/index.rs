@@ -26,16 +26,27 @@ pub(crate) async fn seen(ctx: &Context, job: &str) -> Result<Option<u64>, Engine
         .and_then(|s| s.parse().ok()))
 }
 
-/// Records `seq` as seen, unless a higher one was.
+/// Records `seq` as seen, unless a higher one was (atomically: two
+/// commands at once never lower it).
 async fn note_seen(ctx: &Context, job: &str, seq: u64) -> Result<(), EngineError> {
-    if seen(ctx, job).await?.is_none_or(|s| s < seq) {
-        ctx.store.meta_put(&seen_key(job), &seq.to_string()).await?;
-    }
+    ctx.store.meta_raise(&seen_key(job), seq).await?;
     Ok(())
 }
 
 fn refused(store: &Store, job: &str, e: impl std::fmt::Display) -> EngineError {
     EngineError::Refused(format!("{}/{job}/releases.json: {e}", store.url()))
+}
+
+/// Adds to an expiry refusal what to do about it.
+pub fn explain_expired(job: &str) -> impl FnOnce(EngineError) -> EngineError + '_ {
+    move |e| {
+        match e {
+        EngineError::Refused(m) if m.contains("expired at") => EngineError::Refused(format!(
+            "{m}; an expired index may be an old one replayed: check it (`cutover channel status {job}`), then renew it with `cutover channel resign {job} --allow-expired`"
+        )),
+        e => e,
+    }
+    }
 }
 
 /// A verified index and the tag it was read with.
@@ -125,8 +136,8 @@ pub fn check_signers(trust: &Trust, keys: &[SigningKey]) -> Result<(), EngineErr
     Ok(())
 }
 
-/// Updates a job's index: reads and verifies it (an expired one too: the
-/// update re-signs it), lets `change` edit what is signed, then writes it
+/// Updates a job's index: reads and verifies it, lets `change` edit what
+/// is signed, then writes it
 /// with seq + 1 and a new expiry if nobody wrote in between, else reads
 /// again and retries. The written index is read back and verified.
 /// `change` runs once per attempt, on the index as read then.
@@ -138,20 +149,30 @@ pub async fn update(
     job: &str,
     change: impl FnMut(&mut Signed) -> Result<(), EngineError>,
 ) -> Result<Index, EngineError> {
-    update_with(ctx, store, trust, keys, job, false, change).await
+    update_with(ctx, store, trust, keys, job, Allow::default(), change).await
 }
 
-/// [`update`]; with `allow_rollback`, an index older than the highest seq
-/// seen is accepted and re-signed above it.
+/// What an update accepts of the index it reads, beyond a valid one: only
+/// `channel resign`, on the operator's word.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Allow {
+    /// An expired index (it is renewed).
+    pub expired: bool,
+    /// An index older than the highest seq seen (re-signed above it).
+    pub rollback: bool,
+}
+
+/// [`update`], accepting what `allow` says.
 pub async fn update_with(
     ctx: &Context,
     store: &Store,
     trust: &Trust,
     keys: &[SigningKey],
     job: &str,
-    allow_rollback: bool,
+    allow: Allow,
     mut change: impl FnMut(&mut Signed) -> Result<(), EngineError>,
 ) -> Result<Index, EngineError> {
+    let allow_rollback = allow.rollback;
     check_signers(trust, keys)?;
     let lifetime = i64::try_from(trust.lifetime.as_secs()).unwrap_or(i64::MAX / 2);
     for attempt in 0..SWAP_ATTEMPTS {
@@ -166,7 +187,9 @@ pub async fn update_with(
             let ms = 20 + u64::from(attempt) * 10 + u64::from(std::process::id() % 17);
             tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
         }
-        let loaded = load_with(ctx, store, trust, job, true, allow_rollback).await?;
+        let loaded = load_with(ctx, store, trust, job, allow.expired, allow_rollback)
+            .await
+            .map_err(explain_expired(job))?;
         let (mut signed, tag) = match loaded {
             Some(l) => (l.index.signed, Some(l.tag)),
             None => (
@@ -209,8 +232,20 @@ pub async fn update_with(
             ));
         }
         match store.write_index(job, &bytes, tag.as_ref()).await? {
-            Swap::Conflict => continue,
             Swap::Written => {}
+            Swap::Conflict => {
+                // A retried request (a 5xx after the write landed) reports
+                // our own write as a conflict: it is one only if what is
+                // there now is not what was just signed.
+                let ours = match store.read_index(job).await? {
+                    Some(f) => serde_json::from_slice::<Index>(&f.bytes)
+                        .is_ok_and(|there| there.signed == new.signed),
+                    None => false,
+                };
+                if !ours {
+                    continue;
+                }
+            }
         }
         // Read back what others will read.
         let back = load(ctx, store, trust, job, false)

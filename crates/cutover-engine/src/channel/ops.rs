@@ -42,9 +42,10 @@ pub struct ChannelOptions {
     pub ticket: String,
     /// `--key` files; else CUTOVER_SIGNING_KEY_FILE, else the dev key.
     pub keys: Vec<PathBuf>,
-    /// promote: skip the soak; resign: accept an index older than the
-    /// highest seq seen (both audited).
+    /// promote: skip the soak (audited).
     pub force: bool,
+    /// resign: what it accepts of the index it renews (audited).
+    pub allow: index::Allow,
     /// The command line, for the lock, the deployment and the audit log.
     pub command: String,
 }
@@ -168,7 +169,8 @@ async fn canary_problems(
         return Ok(out);
     }
     let scope: BTreeSet<String> = [job.name.clone()].into();
-    let live = crate::status::live(ctx, Some(&scope), true).await?;
+    let only: BTreeSet<String> = workers.iter().cloned().collect();
+    let live = crate::status::live_on(ctx, Some(&scope), Some(&only), true).await?;
     for w in &workers {
         let health = live
             .get(&(job.name.clone(), w.clone()))
@@ -220,20 +222,14 @@ pub async fn run(
     index::check_signers(&trust, &keys)?;
     let store = Store::of_project(ctx)?;
     if op == ChannelOp::Resign {
-        return resign(ctx, &store, &trust, &keys, &opts.job, opts.force).await;
+        return resign(ctx, &store, &trust, &keys, &opts.job, opts.allow).await;
     }
     let version = version.unwrap_or_default();
     let lock = ctx.store.lock(&ctx.holder(&opts.command, None)).await?;
 
     let current = index::load(ctx, &store, &trust, &job.name, false)
         .await
-        .map_err(|e| match e {
-            EngineError::Refused(m) if m.contains("expired") => EngineError::Refused(format!(
-                "{m}; renew it with `cutover channel resign {}`",
-                job.name
-            )),
-            e => e,
-        })?
+        .map_err(index::explain_expired(&job.name))?
         .ok_or_else(|| {
             EngineError::usage(
                 format!(
@@ -295,6 +291,27 @@ pub async fn run(
         }
     };
     admit(&current)?;
+    if matches!(op, ChannelOp::Canary | ChannelOp::Promote)
+        && super::artifact::canary_workers(ctx, job).is_empty()
+    {
+        return Err(EngineError::usage(
+            format!("{} has no canary worker: no worker of the job matches [canary] selectors", job.name),
+            "check [canary] selectors (or count) in its job.toml against the labels in workers.toml",
+        ));
+    }
+    // V's artifact is fetched and checked before the index points at it: a
+    // missing or damaged one would otherwise stop every later deploy.
+    {
+        let v = current
+            .version(&version)
+            .cloned()
+            .ok_or_else(|| EngineError::Internal(format!("{version} vanished from the index")))?;
+        let bytes = super::artifact::fetch(ctx, &store, &job.name, &v).await?;
+        let scratch =
+            crate::scratch::Scratch::create(&ctx.runtime_dir, "artifacts", &ctx.project.root)?;
+        let dir = scratch.path().join("check");
+        tokio::task::block_in_place(|| super::artifact::unpack(&bytes, &dir))?;
+    }
 
     if op == ChannelOp::Promote {
         let problems = canary_problems(ctx, job, &version).await?;
@@ -352,7 +369,29 @@ pub async fn run(
         Ok(())
     })
     .await?;
-    if op != ChannelOp::Canary {
+    // On record before the rollout: a forced promote is audited whatever
+    // happens next.
+    let _ = crate::audit::append(
+        &ctx.workspace,
+        &ctx.operator,
+        &opts.command,
+        "index-updated",
+        0,
+        &format!(
+            "job {} {} {version} seq {}{}",
+            job.name,
+            op.as_str(),
+            updated.signed.seq,
+            forced
+                .as_deref()
+                .map(|f| format!("; forced: {f}"))
+                .unwrap_or_default()
+        ),
+    );
+    // A soak belongs to one canary run: a new canary version (or a
+    // promote or rollback) starts from none.
+    let same_canary = op == ChannelOp::Canary && current.channels.get("canary") == Some(&version);
+    if !same_canary {
         ctx.store.meta_put(&soak_key(&job.name), "").await?;
     }
 
@@ -412,7 +451,7 @@ async fn resign(
     trust: &Trust,
     keys: &[ed25519_dalek::SigningKey],
     job: &str,
-    allow_rollback: bool,
+    allow: index::Allow,
 ) -> Result<ChannelReport, EngineError> {
     if store.read_index(job).await?.is_none() {
         return Err(EngineError::usage(
@@ -420,8 +459,14 @@ async fn resign(
             format!("publish it first: `cutover publish {job}`"),
         ));
     }
-    let updated =
-        index::update_with(ctx, store, trust, keys, job, allow_rollback, |_| Ok(())).await?;
+    let updated = index::update_with(ctx, store, trust, keys, job, allow, |_| Ok(())).await?;
+    let mut accepted = Vec::new();
+    if allow.expired {
+        accepted.push("an expired index");
+    }
+    if allow.rollback {
+        accepted.push("an index older than the highest seq seen");
+    }
     Ok(ChannelReport {
         op: ChannelOp::Resign,
         job: job.to_string(),
@@ -431,7 +476,6 @@ async fn resign(
         channels: updated.signed.channels.clone(),
         deploy: None,
         soak: None,
-        forced: allow_rollback
-            .then(|| "an index older than the highest seq seen was accepted".to_string()),
+        forced: (!accepted.is_empty()).then(|| format!("{} accepted", accepted.join(" or "))),
     })
 }

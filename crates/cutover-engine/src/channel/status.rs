@@ -101,6 +101,28 @@ pub async fn status(
             continue;
         }
         let Some(fetched) = store.read_index(&j.name).await? else {
+            // Missing where it must be: seen before, or declared by
+            // [build] / [canary]. Every deploy of it refuses: say so.
+            let seen = super::index::seen(ctx, &j.name).await?;
+            let declared = j.manifest.build.is_some() || j.manifest.canary.is_some();
+            if seen.is_some() || declared {
+                jobs.push(JobChannels {
+                    job: j.name.clone(),
+                    valid: false,
+                    refused: Some(match seen {
+                        Some(seq) => format!("the index is missing, but this project has seen seq {seq} of it"),
+                        None => "the index is missing, and job.toml's [build] or [canary] says the job is published".to_string(),
+                    }),
+                    seq: None,
+                    expires: None,
+                    expiry_warning: None,
+                    channels: BTreeMap::new(),
+                    versions: Vec::new(),
+                    signed_by: Vec::new(),
+                    workers: Vec::new(),
+                });
+                continue;
+            }
             if job.is_some() {
                 return Err(EngineError::usage(
                     format!(
@@ -125,11 +147,14 @@ pub async fn status(
                 allow_expired: false,
             },
         );
-        // Shown even when refused, marked so: what it claims, not what is.
+        // Shown even when refused, marked so: what it claims, not what is,
+        // with anything that could drive a terminal escaped.
         let (index, refused) = match verified {
             Ok(i) => (Some(i), None),
             Err(e) => (
-                serde_json::from_slice::<cutover_index::Index>(&fetched.bytes).ok(),
+                serde_json::from_slice::<cutover_index::Index>(&fetched.bytes)
+                    .ok()
+                    .map(printable),
                 Some(e.to_string()),
             ),
         };
@@ -189,4 +214,37 @@ pub async fn status(
         store: store.url().to_string(),
         jobs,
     })
+}
+
+/// An unverified index with every text field escaped for a terminal.
+fn printable(mut index: cutover_index::Index) -> cutover_index::Index {
+    let clean = |s: &mut String| {
+        if s.chars().any(char::is_control) {
+            *s = s.escape_default().to_string();
+        }
+    };
+    let signed = &mut index.signed;
+    clean(&mut signed.job);
+    clean(&mut signed.expires);
+    signed.channels = std::mem::take(&mut signed.channels)
+        .into_iter()
+        .map(|(mut k, mut v)| {
+            clean(&mut k);
+            clean(&mut v);
+            (k, v)
+        })
+        .collect();
+    for v in &mut signed.versions {
+        for f in [
+            &mut v.version,
+            &mut v.sha256,
+            &mut v.published_at,
+            &mut v.actor,
+            &mut v.reason,
+            &mut v.ticket,
+        ] {
+            clean(f);
+        }
+    }
+    index
 }

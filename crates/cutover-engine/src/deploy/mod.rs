@@ -703,6 +703,7 @@ async fn stage_run(
                 run::FetchPlan {
                     url: f.url.clone(),
                     sha256: f.version.sha256.clone(),
+                    size: f.version.size,
                     name: format!("{} {}", k.0, f.version.version),
                     changed,
                 },

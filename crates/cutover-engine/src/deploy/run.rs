@@ -16,6 +16,7 @@ pub(super) struct DeltaBase {
 pub(super) struct FetchPlan {
     pub(super) url: String,
     pub(super) sha256: String,
+    pub(super) size: u64,
     /// `job version`, for messages.
     pub(super) name: String,
     /// What differs from the artifact for this allocation.

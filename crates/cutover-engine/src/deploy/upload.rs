@@ -208,7 +208,7 @@ async fn fetch_one(
         &a.worker,
         &format!("fetch {} from the store", f.name),
     );
-    let fetch = remote::fetch_artifact(job_dir, &f.sha256, run.timeout);
+    let fetch = remote::fetch_artifact(job_dir, &f.sha256, f.size, run.timeout);
     // A curl config line: the URL never appears on a command line.
     let config = format!("url = \"{}\"\n", f.url.replace(['\\', '"', '\n'], ""));
     let out = host
