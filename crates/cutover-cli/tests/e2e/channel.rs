@@ -767,3 +767,83 @@ fn channel_updates_need_canary_workers_and_a_sound_artifact_first() {
     assert_eq!(index()["signed"]["channels"]["stable"], "1.2.0");
     p.expect(&["deploy"], 0);
 }
+
+/// kill -9 in the middle of a promotion's rollout (a worker's restart
+/// holds at a gate): the index already says stable, the audit log says
+/// so, and the next plain deploy finishes the rollout.
+#[test]
+fn a_promotion_killed_mid_rollout_is_finished_by_the_next_deploy() {
+    let c = channels(70, "");
+    let gates = tempfile::tempdir().expect("gates");
+    let gated = MAKEFILE.replacen(
+        "\nrestart:\n",
+        &format!(
+            "\nrestart:\n\t@if [ -e {g}/armed ]; then touch {g}/reached; while [ ! -e {g}/go ]; do sleep 0.05; done; fi\n",
+            g = gates.path().display()
+        ),
+        1,
+    );
+    let p = &c.p;
+    let job = |version: &str| {
+        p.job(
+            "api",
+            &format!("version = \"{version}\"\nmax_concurrent_upgrades = 1\n[canary]\ncount = 1\nsoak = \"1s\"\n"),
+        );
+        p.write("jobs/api/Makefile", &gated);
+        p.write("jobs/api/build.txt", &format!("build {version}\n"));
+    };
+    job("1.0.0");
+    p.expect(&["publish", "api", "--key", &c.key], 0);
+    p.expect(&["deploy"], 0);
+    job("1.1.0");
+    p.expect(
+        &["publish", "api", "--channel", "canary", "--key", &c.key],
+        0,
+    );
+    p.expect(
+        &[
+            "channel",
+            "canary",
+            "api",
+            "--version",
+            "1.1.0",
+            "--key",
+            &c.key,
+        ],
+        0,
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+
+    std::fs::write(gates.path().join("armed"), "").expect("arm");
+    let mut child = p.spawn(&[
+        "channel",
+        "promote",
+        "api",
+        "--version",
+        "1.1.0",
+        "--key",
+        &c.key,
+    ]);
+    wait_for(&gates.path().join("reached"));
+    child.kill().expect("kill -9");
+    assert_eq!(finish(child).code, -1, "killed");
+    let audit = std::fs::read_to_string(p.path().join(".cutover/audit.log")).expect("audit");
+    assert!(audit.contains("outcome=index-updated"), "{audit}");
+    std::fs::remove_file(gates.path().join("armed")).expect("disarm");
+    std::fs::write(gates.path().join("go"), "").expect("go");
+
+    p.expect(&["deploy"], 0);
+    for w in ["w1", "w2", "w3"] {
+        assert_eq!(c.conf(w), format!("worker={w} version=1.1.0\n"));
+    }
+    let status = p.expect(&["--json", "channel", "status", "api"], 0);
+    let doc: serde_json::Value = serde_json::from_str(&status.stdout).expect("json");
+    assert_eq!(doc["report"]["jobs"][0]["channels"]["stable"], "1.1.0");
+    for w in doc["report"]["jobs"][0]["workers"]
+        .as_array()
+        .expect("workers")
+    {
+        assert_eq!(w["drift"], false, "{w}");
+    }
+    assert_eq!(p.expect(&["lock", "status"], 0).stdout.trim(), "unlocked");
+}
