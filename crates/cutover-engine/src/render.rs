@@ -50,7 +50,8 @@ fn render_blocking(
     let project = &ctx.project;
     let empty = BTreeMap::new();
     let template_env = ctx.template_env();
-    let fleet = cutover_model::view::FleetView::of(project);
+    let fleet =
+        cutover_model::view::FleetView::of(project).with_versions(&published.view_versions());
     let mut out = Rendered {
         trees: BTreeMap::new(),
         candidates: BTreeMap::new(),

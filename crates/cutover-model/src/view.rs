@@ -69,6 +69,17 @@ impl FleetView {
         FleetView { jobs, workers }
     }
 
+    /// The same view with these jobs' versions (a published job's is its
+    /// stable version, not job.toml's, which reaches no worker).
+    pub fn with_versions(mut self, versions: &BTreeMap<String, String>) -> FleetView {
+        for (job, v) in versions {
+            if let Some(j) = self.jobs.get_mut(job) {
+                j.version = v.clone();
+            }
+        }
+        self
+    }
+
     /// `jobs.json`: every job, its version and the workers that run it.
     pub fn jobs_json(&self) -> String {
         serde_json::to_string_pretty(&self.jobs).unwrap_or_default() + "\n"

@@ -258,6 +258,16 @@ impl PublishedJob {
     }
 }
 
+impl Published {
+    /// The version the fleet view shows of each published job: stable.
+    pub fn view_versions(&self) -> BTreeMap<String, String> {
+        self.jobs
+            .iter()
+            .filter_map(|(j, p)| Some((j.clone(), p.stable.clone()?)))
+            .collect()
+    }
+}
+
 /// The published jobs of a deploy's scope, with their artifacts unpacked
 /// in a private scratch dir (removed on drop).
 #[derive(Default)]

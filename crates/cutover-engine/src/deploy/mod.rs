@@ -219,6 +219,7 @@ pub async fn deploy(ctx: &Context, opts: &DeployOptions) -> Result<DeployReport,
         unverified,
         published,
     } = plan_run(ctx, opts, &fleet, recorded, records).await?;
+    let view_versions = published.view_versions();
     let mut report = DeployReport {
         outcome: Outcome::Planned,
         seq: None,
@@ -245,8 +246,8 @@ pub async fn deploy(ctx: &Context, opts: &DeployOptions) -> Result<DeployReport,
             Outcome::Failed
         };
         let ran: BTreeSet<String> = records.iter().map(|r| r.worker.clone()).collect();
-        if view::any_stale(ctx, &ran).await {
-            let n = view::refresh_views(ctx, &fleet, &ran).await;
+        if view::any_stale(ctx, &ran, &view_versions).await {
+            let n = view::refresh_views(ctx, &fleet, &ran, &view_versions).await;
             ctx.reporter.event(&Event::Message {
                 text: format!("wrote worker.json and jobs.json on {n} worker(s)"),
             });
@@ -299,7 +300,7 @@ pub async fn deploy(ctx: &Context, opts: &DeployOptions) -> Result<DeployReport,
             waves::run_waves(&run, &plan, &mut report).await?;
             if !run.interrupt.is_set() {
                 let ran = run.records.keys().map(|(_, w)| w.clone()).collect();
-                view::refresh_views(ctx, &run.fleet, &ran).await;
+                view::refresh_views(ctx, &run.fleet, &ran, &view_versions).await;
             }
         } else {
             let jobs: BTreeSet<&String> = unhealthy.iter().map(|(j, _)| j).collect();

@@ -48,8 +48,13 @@ async fn stale<'a>(
 /// Writes the fleet view to every worker whose view changed. A worker that
 /// cannot be written is warned about: the next deploy tries again (its
 /// hash is not recorded). Returns how many were written.
-pub(super) async fn refresh_views(ctx: &Context, fleet: &Fleet, ran: &BTreeSet<String>) -> usize {
-    let view = cutover_model::view::FleetView::of(&ctx.project);
+pub(super) async fn refresh_views(
+    ctx: &Context,
+    fleet: &Fleet,
+    ran: &BTreeSet<String>,
+    versions: &BTreeMap<String, String>,
+) -> usize {
+    let view = cutover_model::view::FleetView::of(&ctx.project).with_versions(versions);
     let jobs_json = view.jobs_json();
     let timeout = ctx.project.config.ssh.command_timeout;
     let targets = stale(ctx, &jobs_json, &view, ran).await;
@@ -95,7 +100,11 @@ pub(super) async fn refresh_views(ctx: &Context, fleet: &Fleet, ran: &BTreeSet<S
 }
 
 /// Whether any worker's view changed (no connection is made).
-pub(super) async fn any_stale(ctx: &Context, ran: &BTreeSet<String>) -> bool {
-    let view = cutover_model::view::FleetView::of(&ctx.project);
+pub(super) async fn any_stale(
+    ctx: &Context,
+    ran: &BTreeSet<String>,
+    versions: &BTreeMap<String, String>,
+) -> bool {
+    let view = cutover_model::view::FleetView::of(&ctx.project).with_versions(versions);
     !stale(ctx, &view.jobs_json(), &view, ran).await.is_empty()
 }
