@@ -19,23 +19,36 @@ const FETCH_VALID: std::time::Duration = std::time::Duration::from_secs(3600);
 /// The largest unpacked artifact (a zip bomb stops here).
 const MAX_UNPACKED: u64 = 8 << 30;
 
-/// A version's artifact bytes, checked against the index. A cached copy
-/// (`.cutover/cache/artifacts/`) is used when it checks out; otherwise the
-/// store's, which is then cached.
+fn cache_path(ctx: &Context, job: &str, version: &Version) -> PathBuf {
+    ctx.workspace
+        .join("cache/artifacts")
+        .join(job)
+        .join(artifact_name(version))
+}
+
+/// An artifact's bytes, checked against the index.
+pub struct Checked {
+    pub bytes: Vec<u8>,
+    /// They came from the local cache, which holds only artifacts that
+    /// unpacked cleanly: no need to unpack them to know they do.
+    pub unpacked_before: bool,
+}
+
+/// A version's artifact bytes, checked against the index (size, then
+/// sha256): the cached copy (`.cutover/cache/artifacts/`) when it checks
+/// out, else the store's. [`remember`] caches them once they unpacked.
 pub async fn fetch(
     ctx: &Context,
     store: &Store,
     job: &str,
     version: &Version,
-) -> Result<Vec<u8>, EngineError> {
-    let cache = ctx
-        .workspace
-        .join("cache/artifacts")
-        .join(job)
-        .join(artifact_name(version));
-    if let Ok(bytes) = std::fs::read(&cache) {
+) -> Result<Checked, EngineError> {
+    if let Ok(bytes) = std::fs::read(cache_path(ctx, job, version)) {
         if cutover_index::check_artifact(version, &bytes).is_ok() {
-            return Ok(bytes);
+            return Ok(Checked {
+                bytes,
+                unpacked_before: true,
+            });
         }
     }
     let bytes = store.read_artifact(job, version).await?;
@@ -46,12 +59,20 @@ pub async fn fetch(
             artifact_name(version)
         ))
     })?;
+    Ok(Checked {
+        bytes,
+        unpacked_before: false,
+    })
+}
+
+/// Caches an artifact that unpacked cleanly.
+pub fn remember(ctx: &Context, job: &str, version: &Version, bytes: &[u8]) {
+    let cache = cache_path(ctx, job, version);
     if let Some(dir) = cache.parent() {
         if std::fs::create_dir_all(dir).is_ok() {
-            let _ = crate::relstore::write_atomic(&cache, &bytes);
+            let _ = crate::relstore::write_atomic(&cache, bytes);
         }
     }
-    Ok(bytes)
 }
 
 /// Unpacks a checked artifact into `dir` (which must not exist). Only
@@ -348,11 +369,15 @@ pub async fn for_deploy(
                     job.name
                 ))
             })?;
-            let bytes = fetch(ctx, &store, &job.name, version).await?;
+            let checked = fetch(ctx, &store, &job.name, version).await?;
+            let bytes = checked.bytes;
             let dir = scratch.path().join(&job.name).join(v);
             std::fs::create_dir_all(scratch.path().join(&job.name))
                 .map_err(EngineError::io("creating the artifacts dir"))?;
             tokio::task::block_in_place(|| unpack(&bytes, &dir))?;
+            if !checked.unpacked_before {
+                remember(ctx, &job.name, version, &bytes);
+            }
             if worker_fetch {
                 if let Some(url) = store.fetch_url(&job.name, version, FETCH_VALID).await? {
                     let paths = walkdir::WalkDir::new(&dir)

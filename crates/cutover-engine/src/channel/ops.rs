@@ -306,11 +306,14 @@ pub async fn run(
             .version(&version)
             .cloned()
             .ok_or_else(|| EngineError::Internal(format!("{version} vanished from the index")))?;
-        let bytes = super::artifact::fetch(ctx, &store, &job.name, &v).await?;
-        let scratch =
-            crate::scratch::Scratch::create(&ctx.runtime_dir, "artifacts", &ctx.project.root)?;
-        let dir = scratch.path().join("check");
-        tokio::task::block_in_place(|| super::artifact::unpack(&bytes, &dir))?;
+        let checked = super::artifact::fetch(ctx, &store, &job.name, &v).await?;
+        if !checked.unpacked_before {
+            let scratch =
+                crate::scratch::Scratch::create(&ctx.runtime_dir, "artifacts", &ctx.project.root)?;
+            let dir = scratch.path().join("check");
+            tokio::task::block_in_place(|| super::artifact::unpack(&checked.bytes, &dir))?;
+            super::artifact::remember(ctx, &job.name, &v, &checked.bytes);
+        }
     }
 
     if op == ChannelOp::Promote {
