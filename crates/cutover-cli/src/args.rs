@@ -346,7 +346,7 @@ pub struct PublishArgs {
     pub channel: String,
     /// A private key to sign the index with (repeatable, for a threshold
     /// above one); else CUTOVER_SIGNING_KEY_FILE.
-    #[arg(long = "key", value_name = "FILE", env = env_vars::CUTOVER_SIGNING_KEY_FILE, value_delimiter = ':')]
+    #[arg(long = "key", value_name = "FILE")]
     pub keys: Vec<PathBuf>,
     /// Point stable at a new version of a job with [canary] (audited).
     #[arg(long)]
@@ -362,6 +362,7 @@ pub struct PublishArgs {
 /// What a channel update records, in the index and the audit log.
 #[derive(Debug, Args)]
 pub struct ChannelChange {
+    /// The published job.
     pub job: String,
     /// The published version.
     #[arg(long, value_name = "V")]
@@ -377,7 +378,7 @@ pub struct ChannelChange {
     pub ticket: String,
     /// A private key to sign the index with (repeatable, for a threshold
     /// above one); else CUTOVER_SIGNING_KEY_FILE.
-    #[arg(long = "key", value_name = "FILE", env = env_vars::CUTOVER_SIGNING_KEY_FILE, value_delimiter = ':')]
+    #[arg(long = "key", value_name = "FILE")]
     pub keys: Vec<PathBuf>,
 }
 
@@ -386,6 +387,13 @@ pub enum ChannelCommand {
     /// Point canary at V (a signed index update) and deploy V to the job's
     /// canary workers ([canary] selectors, or the first `count`); the soak
     /// starts once every canary allocation is promoted and healthy.
+    /// Exit 3 while another command holds the project lock, 4 if the
+    /// index or V's artifact does not verify.
+    #[command(after_help = "Example:
+  cutover publish api --channel canary --key ~/.cutover-keys/cutover-signing.key
+  cutover channel canary api --version 1.1.0 --key ~/.cutover-keys/cutover-signing.key --reason 'try it'
+
+To end a canary: cutover channel rollback api --version <stable>")]
     Canary(ChannelChange),
     /// Point stable at V, the canary, once its soak is over and every
     /// canary worker runs V and is healthy now; then roll V out to every
@@ -404,6 +412,7 @@ pub enum ChannelCommand {
     /// Renew a job's index: the same channels and versions, seq + 1, a new
     /// expiry ([trust] index_lifetime from now).
     Resign {
+        /// The published job.
         job: String,
         /// Accept an index older than the highest seq this project has
         /// seen (a store restored from a backup on purpose), and re-sign it
@@ -416,7 +425,7 @@ pub enum ChannelCommand {
         allow_expired: bool,
         /// A private key to sign the index with (repeatable); else
         /// CUTOVER_SIGNING_KEY_FILE.
-        #[arg(long = "key", value_name = "FILE", env = env_vars::CUTOVER_SIGNING_KEY_FILE, value_delimiter = ':')]
+        #[arg(long = "key", value_name = "FILE")]
         keys: Vec<PathBuf>,
     },
     /// Each published job's channels, versions, seq, expiry and signature

@@ -105,6 +105,13 @@ pub fn read_signing_key(path: &Path) -> Result<SigningKey, EngineError> {
             "give --key FILE (or CUTOVER_SIGNING_KEY_FILE) a key `cutover keys generate` wrote",
         )
     };
+    // A public key given by mistake: say so before anything else.
+    if std::fs::read(path).is_ok_and(|b| b.starts_with(keyfile::PUBLIC_HEADER.as_bytes())) {
+        return Err(EngineError::usage(
+            format!("{} is a public key, not a signing key", path.display()),
+            "give --key the private key file (cutover-signing.key, not .pub)",
+        ));
+    }
     let meta = std::fs::metadata(path).map_err(|e| {
         bad(format!(
             "cannot read the signing key {}: {e}",
@@ -155,7 +162,7 @@ pub struct TrustEnv {
     /// `CUTOVER_TRUST_PUBLIC_KEYS_JSON`: a JSON array of hex public keys.
     pub json: Option<String>,
     /// `CUTOVER_SIGNING_KEY_FILE`: the signing key when no `--key` is given.
-    pub signing_key_file: Option<PathBuf>,
+    pub signing_key_file: Vec<PathBuf>,
     /// `CUTOVER_ALLOW_INSECURE_DEV_KEYS=1`: a development project signs
     /// with a key kept in `.cutover/dev-key/`, and trusts it.
     pub insecure_dev_keys: bool,
@@ -196,8 +203,13 @@ pub fn signing_keys(ctx: &Context, given: &[PathBuf]) -> Result<Vec<SigningKey>,
     if !given.is_empty() {
         return given.iter().map(|p| read_signing_key(p)).collect();
     }
-    if let Some(p) = &ctx.trust_env.signing_key_file {
-        return Ok(vec![read_signing_key(p)?]);
+    if !ctx.trust_env.signing_key_file.is_empty() {
+        return ctx
+            .trust_env
+            .signing_key_file
+            .iter()
+            .map(|p| read_signing_key(p))
+            .collect();
     }
     if dev_keys_allowed(ctx)? {
         return Ok(vec![dev_key(ctx)?]);

@@ -188,6 +188,24 @@ pub async fn publish(ctx: &Context, opts: &PublishOptions) -> Result<Published, 
         }
         None => job.dir.clone(),
     };
+    // The output must be a real dir inside the job dir: what is packed is
+    // published, and the project's .cutover/ (secrets) or .git/ never are.
+    let inside = out_dir
+        .canonicalize()
+        .ok()
+        .zip(job.dir.canonicalize().ok())
+        .is_some_and(|(o, j)| o.starts_with(j));
+    if !inside {
+        return Err(invalid(
+            format!(
+                "the build output of {} ({}) is missing or outside jobs/{}/",
+                job.name,
+                out_dir.display(),
+                job.name
+            ),
+            "[build] output names a dir inside the job dir, which the build command creates",
+        ));
+    }
     if !out_dir.join("Makefile").is_file() {
         return Err(invalid(
             format!(
@@ -198,6 +216,16 @@ pub async fn publish(ctx: &Context, opts: &PublishOptions) -> Result<Published, 
             "the build output must hold the job's Makefile: workers run its targets",
         ));
     }
+    let stop_if_asked = || {
+        if ctx.interrupt.is_set() {
+            Err(EngineError::Failed(
+                "interrupted: nothing was published (the store is unchanged)".into(),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    stop_if_asked()?;
     // Nothing is published that every deploy would refuse.
     crate::channel::artifact::check_links(&out_dir).map_err(|e| {
         invalid(
@@ -256,7 +284,21 @@ pub async fn publish(ctx: &Context, opts: &PublishOptions) -> Result<Published, 
         .map_err(crate::channel::index::explain_expired(&job.name))?
     {
         admit(&current.index.signed)?;
+        // One more version must still fit the size every reader accepts:
+        // checked before anything is uploaded.
+        let size = serde_json::to_vec_pretty(&current.index).map_or(0, |b| b.len());
+        if size + 2048 > index::MAX_BYTES {
+            return Err(invalid(
+                format!(
+                    "the index of {} is {size} bytes with {} versions: one more would pass the 1 MiB every reader refuses",
+                    job.name,
+                    current.index.signed.versions.len()
+                ),
+                "start a new job name for a new series of versions",
+            ));
+        }
     }
+    stop_if_asked()?;
     // Then the artifact, named by its content: a publish that loses the
     // index race, or dies here, leaves a file no index points at, never a
     // changed one.
@@ -268,6 +310,7 @@ pub async fn publish(ctx: &Context, opts: &PublishOptions) -> Result<Published, 
         .map_err(|e| EngineError::Refused(format!("{} as stored: {e}", store.url())))?;
 
     let mut unchanged = false;
+    stop_if_asked()?;
     let index =
         crate::channel::index::update(ctx, &store, &trust, &opts.keys, &job.name, |signed| {
             admit(signed)?;

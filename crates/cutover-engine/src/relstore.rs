@@ -304,6 +304,7 @@ impl ReleaseStore for FileStore {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
                 Err(e) => return Err(EngineError::io(format!("reading {}", path.display()))(e)),
             };
+            sweep_tmp(&dir);
             if now != expected {
                 return Ok(Swap::Conflict);
             }
@@ -381,6 +382,28 @@ async fn blocking<T: Send + 'static>(
         Err(_) => Err(EngineError::Failed(
             "the file store did not answer within 60 s (a hung mount?)".into(),
         )),
+    }
+}
+
+/// Removes the temporary files an interrupted write left in a job's dir
+/// (`.<name>.<pid>.<nanos>.tmp`), once they are an hour old: a live
+/// writer's are seconds old.
+fn sweep_tmp(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.filter_map(Result::ok) {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > std::time::Duration::from_secs(3600));
+        if name.starts_with('.') && name.ends_with(".tmp") && old {
+            let _ = std::fs::remove_file(e.path());
+        }
     }
 }
 
@@ -534,6 +557,15 @@ impl S3Store {
         use object_store::ObjectStore;
         let got = match self.store.get(path).await {
             Ok(g) => g,
+            // A missing bucket is a setup problem, not a missing index.
+            Err(e @ object_store::Error::NotFound { .. })
+                if format!("{e:?}").contains("NoSuchBucket") =>
+            {
+                return Err(EngineError::usage(
+                    format!("{}: the bucket does not exist", self.url),
+                    "create it, or fix [store] url in cutover.toml",
+                ))
+            }
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(self.failed(&format!("reading {path}"), e)),
         };

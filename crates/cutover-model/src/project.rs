@@ -309,7 +309,7 @@ struct RawBackup {
 #[derive(Deserialize)]
 struct RawBuild {
     command: Option<String>,
-    output: Option<String>,
+    output: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -392,10 +392,9 @@ fn duration(
     match parse_duration(v.get_ref()) {
         Ok(d) => d,
         Err(e) => {
-            diags.push(
-                src.diag(v.span(), format!("{key}: {e}"))
-                    .with_help("write a duration such as \"500ms\", \"5s\", \"10m\" or \"1h30m\""),
-            );
+            diags.push(src.diag(v.span(), format!("{key}: {e}")).with_help(
+                "write a duration such as \"500ms\", \"5s\", \"10m\", \"1h30m\" or \"30d\"",
+            ));
             default
         }
     }
@@ -1029,9 +1028,25 @@ impl Loader<'_> {
             health,
             backup,
             certs,
-            build: raw.build.as_ref().map(|b| Build {
-                command: b.command.clone(),
-                output: b.output.clone(),
+            build: raw.build.as_ref().map(|b| {
+                // The output is packed and published: it must stay in the
+                // job dir (never the project's .cutover/ or .git/).
+                if let Some(o) = &b.output {
+                    let escapes = Path::new(o.get_ref()).is_absolute()
+                        || Path::new(o.get_ref())
+                            .components()
+                            .any(|c| matches!(c, std::path::Component::ParentDir));
+                    if escapes {
+                        d.push(
+                            src.diag(o.span(), "build.output leaves the job dir")
+                                .with_help("give a path inside jobs/<job>/, such as \"dist\""),
+                        );
+                    }
+                }
+                Build {
+                    command: b.command.clone(),
+                    output: b.output.as_ref().map(|o| o.get_ref().clone()),
+                }
             }),
             canary,
             hooks: Hooks {

@@ -136,6 +136,25 @@ fn print_report(s: &Session, r: &ChannelReport) {
     if let Some(d) = &r.deploy {
         super::deploy::summarize_in(d, &s.ctx.project);
     }
+    if !r.ok() {
+        match (r.op, &r.previous_stable) {
+            (ChannelOp::Canary, Some(stable)) => println!(
+                "[channel] {}: to end the canary, `cutover channel rollback {} --version {stable}` puts its workers back on stable",
+                r.job, r.job
+            ),
+            (ChannelOp::Promote | ChannelOp::Rollback, Some(prev))
+                if r.version.as_ref() != Some(prev) =>
+            {
+                println!(
+                    "[channel] {}: stable now points at {}; to go back, `cutover channel rollback {} --version {prev}`",
+                    r.job,
+                    r.version.as_deref().unwrap_or("?"),
+                    r.job
+                )
+            }
+            _ => {}
+        }
+    }
     match (&r.soak, r.op) {
         (Some(soak), _) => println!(
             "[channel] {}: soak of {} started {}; promote after {}",

@@ -550,6 +550,12 @@ pub async fn publish(s: &Session, a: crate::args::PublishArgs) -> Result<u8, Cli
     let p = match result {
         Ok(p) => p,
         Err(e) => {
+            // Stopped by a signal: 130 or 143, recorded as interrupted.
+            if let Some(rc) = s.ctx.interrupt.exit_code() {
+                s.audit(&command, "interrupted", rc, &format!("job {}: {e}", a.job));
+                eprintln!("error: {e}");
+                return Ok(rc);
+            }
             let rc = e.exit_code();
             s.audit(&command, "failed", rc, &format!("job {}: {e}", a.job));
             return Err(e.into());
@@ -591,6 +597,24 @@ pub async fn publish(s: &Session, a: crate::args::PublishArgs) -> Result<u8, Cli
 }
 
 pub fn keys_generate(g: &crate::args::Global, out: &std::path::Path) -> Result<u8, CliError> {
+    // A private key inside the project is one `git add` away from the
+    // repository: refused.
+    if let Ok(root) = super::project_root(g) {
+        let abs = std::env::current_dir()
+            .map(|d| d.join(out))
+            .unwrap_or_else(|_| out.to_path_buf());
+        let (root, abs) = (root.canonicalize().unwrap_or(root), normalize(&abs));
+        if abs.starts_with(&root) {
+            return Err(CliError::usage(
+                format!(
+                    "{} is inside the project ({}): a private key there is one `git add` away from the repository",
+                    out.display(),
+                    root.display()
+                ),
+                "generate it outside the project, e.g. --out ~/.cutover-keys, and copy only the .pub in",
+            ));
+        }
+    }
     let key = cutover_engine::keys::generate(out)?;
     if g.json {
         super::print_json(serde_json::json!({
@@ -851,4 +875,35 @@ pub async fn lock_release(s: &Session) -> Result<u8, CliError> {
         }
     }
     Ok(0)
+}
+
+/// `path` with `.` and `..` resolved by name (it may not exist yet), and
+/// its existing part resolved for real.
+fn normalize(path: &std::path::Path) -> std::path::PathBuf {
+    let mut out = std::path::PathBuf::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    let mut existing = out.clone();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        match existing.file_name() {
+            Some(n) => rest.push(n.to_os_string()),
+            None => break,
+        }
+        if !existing.pop() {
+            break;
+        }
+    }
+    let mut real = existing.canonicalize().unwrap_or(existing);
+    for n in rest.into_iter().rev() {
+        real.push(n);
+    }
+    real
 }

@@ -264,7 +264,14 @@ pub(crate) fn trust_env() -> cutover_engine::keys::TrustEnv {
     cutover_engine::keys::TrustEnv {
         paths: var(env_vars::CUTOVER_TRUST_PUBLIC_KEYS_PATH),
         json: var(env_vars::CUTOVER_TRUST_PUBLIC_KEYS_JSON),
-        signing_key_file: var(env_vars::CUTOVER_SIGNING_KEY_FILE).map(PathBuf::from),
+        signing_key_file: var(env_vars::CUTOVER_SIGNING_KEY_FILE)
+            .map(|v| {
+                v.split(':')
+                    .filter(|p| !p.is_empty())
+                    .map(PathBuf::from)
+                    .collect()
+            })
+            .unwrap_or_default(),
         insecure_dev_keys: var(env_vars::CUTOVER_ALLOW_INSECURE_DEV_KEYS).as_deref() == Some("1"),
         production: var(env_vars::CUTOVER_ENV).as_deref() == Some("production"),
     }

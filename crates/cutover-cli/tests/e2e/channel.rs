@@ -847,3 +847,122 @@ fn a_promotion_killed_mid_rollout_is_finished_by_the_next_deploy() {
     }
     assert_eq!(p.expect(&["lock", "status"], 0).stdout.trim(), "unlocked");
 }
+
+/// What the hostile pass found: a build output outside the job dir (it
+/// would publish .cutover/ and .git/), Ctrl-C during a publish, a public
+/// key given as --key, a key generated into the project, and a canary
+/// that could not be ended.
+#[test]
+fn publish_and_keys_refuse_what_would_leak_and_stop_on_a_signal() {
+    let t = tempfile::tempdir().expect("tmp");
+    let store = t.path().join("store");
+    let keys = t.path().join("k");
+    let trust = format!(
+        "public_keys = [\"{}\"]\n",
+        keys.join("cutover-signing.pub").display()
+    );
+    let p = local_publisher(&store, &trust);
+    p.expect(
+        &["keys", "generate", "--out", keys.to_str().expect("utf8")],
+        0,
+    );
+    let key = keys.join("cutover-signing.key").display().to_string();
+
+    // A build output that leaves the job dir: refused at check and publish.
+    p.job("api", "version = \"1.0.0\"\n[build]\noutput = \"../..\"\n");
+    let out = p.expect(&["check"], 2);
+    assert!(
+        out.stderr.contains("build.output leaves the job dir"),
+        "{out:?}"
+    );
+    assert!(!store.exists());
+
+    // A key generated into the project is refused; nothing is written.
+    let out = p.expect(&["keys", "generate", "--out", "keys"], 2);
+    assert!(out.stderr.contains("is inside the project"), "{out:?}");
+    assert!(!p.path().join("keys").exists());
+
+    // The public key given as --key: said plainly.
+    p.job("api", "version = \"1.0.0\"\n");
+    let public = keys.join("cutover-signing.pub").display().to_string();
+    let out = p.expect(&["publish", "api", "--key", &public], 2);
+    assert!(
+        out.stderr.contains("is a public key, not a signing key"),
+        "{out:?}"
+    );
+
+    // SIGINT while the build runs: exit 130, nothing published, audited.
+    let mark = t.path().join("building");
+    p.job(
+        "api",
+        &format!(
+            "version = \"1.0.0\"\n[build]\ncommand = \"touch {} && sleep 2\"\n",
+            mark.display()
+        ),
+    );
+    let child = p.spawn(&["publish", "api", "--key", &key]);
+    wait_for(&mark);
+    signal(&child, "INT");
+    let out = finish(child);
+    assert_eq!(out.code, 130, "{out:?}");
+    assert!(!store.join("api/releases.json").exists());
+    let audit = std::fs::read_to_string(p.path().join(".cutover/audit.log")).expect("audit");
+    assert!(audit.contains("outcome=interrupted"), "{audit}");
+
+    // A canary is ended by a rollback to the stable version.
+    p.job("api", "version = \"1.0.0\"\n[canary]\ncount = 1\n");
+    p.expect(&["publish", "api", "--key", &key], 0);
+    p.expect(&["deploy"], 0);
+    p.job("api", "version = \"1.1.0\"\n[canary]\ncount = 1\n");
+    p.write("jobs/api/new.txt", "new\n");
+    p.expect(&["publish", "api", "--channel", "canary", "--key", &key], 0);
+    p.expect(
+        &[
+            "channel",
+            "canary",
+            "api",
+            "--version",
+            "1.1.0",
+            "--key",
+            &key,
+        ],
+        0,
+    );
+    assert!(p
+        .path()
+        .join("local-workers/a/jobs/api/current/new.txt")
+        .exists());
+    p.expect(
+        &[
+            "channel",
+            "rollback",
+            "api",
+            "--version",
+            "1.0.0",
+            "--key",
+            &key,
+        ],
+        0,
+    );
+    assert!(!p
+        .path()
+        .join("local-workers/a/jobs/api/current/new.txt")
+        .exists());
+    let out = p.expect(&["--json", "channel", "status", "api"], 0);
+    let doc: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
+    assert!(doc["report"]["jobs"][0]["channels"].get("canary").is_none());
+    // Without a canary, the stable version is no rollback target.
+    let out = p.expect(
+        &[
+            "channel",
+            "rollback",
+            "api",
+            "--version",
+            "1.0.0",
+            "--key",
+            &key,
+        ],
+        2,
+    );
+    assert!(out.stderr.contains("not earlier than stable"), "{out:?}");
+}

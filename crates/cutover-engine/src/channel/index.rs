@@ -86,7 +86,7 @@ async fn load_with(
             return Err(refused(
                 store,
                 job,
-                format!("it is missing, but this project has seen seq {seq} of it"),
+                format!("it is missing, but this project has seen seq {seq} of it; if the store lost it, restore it from a backup (an older one then needs `cutover channel resign {job} --allow-rollback`)"),
             ));
         }
         return Ok(None);
@@ -99,7 +99,18 @@ async fn load_with(
         now: jiff::Timestamp::now(),
         allow_expired,
     };
-    let index = index::verify(&fetched.bytes, &expect).map_err(|e| refused(store, job, e))?;
+    let index = index::verify(&fetched.bytes, &expect).map_err(|e| {
+        let hint = match &e {
+            index::Refused::Rollback { .. } => format!(
+                "; a store restored from a backup on purpose is accepted with `cutover channel resign {job} --allow-rollback`"
+            ),
+            index::Refused::Threshold { .. } => format!(
+                "; it was changed after it was signed, or signed by keys this project does not trust: find out who wrote it (`cutover channel status {job}`, `cutover keys list`)"
+            ),
+            _ => String::new(),
+        };
+        refused(store, job, format!("{e}{hint}"))
+    })?;
     note_seen(ctx, job, index.signed.seq).await?;
     Ok(Some(Loaded {
         index,

@@ -74,6 +74,8 @@ pub struct ChannelReport {
     pub soak: Option<Soak>,
     /// What `--force` overrode (audited).
     pub forced: Option<String>,
+    /// Stable before this update, for the way back.
+    pub previous_stable: Option<String>,
 }
 
 impl ChannelReport {
@@ -277,12 +279,15 @@ pub async fn run(
                         format!("{} has no stable version to roll back from", job.name),
                         "a rollback points stable at an earlier version",
                     )),
+                    // Back to the stable version itself: ends a canary
+                    // (its workers return to stable).
+                    Some(st) if pos(&version) == Some(st) && canary.is_some() => Ok(()),
                     Some(st) if pos(&version).is_some_and(|p| p >= st) => Err(EngineError::usage(
                         format!(
                             "{} {version} is not earlier than stable {}",
                             job.name, s.versions[st].version
                         ),
-                        "roll back to a version published before the stable one",
+                        "roll back to a version published before the stable one (or, while a canary runs, to the stable one: that ends the canary)",
                     )),
                     Some(_) => Ok(()),
                 }
@@ -444,6 +449,7 @@ pub async fn run(
         deploy: Some(report),
         soak,
         forced,
+        previous_stable: current.channels.get("stable").cloned(),
     })
 }
 
@@ -480,5 +486,6 @@ async fn resign(
         deploy: None,
         soak: None,
         forced: (!accepted.is_empty()).then(|| format!("{} accepted", accepted.join(" or "))),
+        previous_stable: None,
     })
 }

@@ -57,16 +57,18 @@ impl ChannelStatus {
 }
 
 /// A warning when `expires` is within 7 days of `now`.
-pub fn expiry_warning(expires: &str, now: jiff::Timestamp) -> Option<String> {
+pub fn expiry_warning(job: &str, expires: &str, now: jiff::Timestamp) -> Option<String> {
     let t: jiff::Timestamp = expires.parse().ok()?;
     let left = t.duration_since(now);
     if left <= jiff::SignedDuration::ZERO {
-        return Some(format!("expired at {expires}"));
+        return Some(format!(
+            "expired at {expires}: check it, then `cutover channel resign {job} --allow-expired`"
+        ));
     }
     let warn = jiff::SignedDuration::try_from(EXPIRY_WARNING).ok()?;
     (left < warn).then(|| {
         format!(
-            "expires in {}h ({expires}): renew with `cutover channel resign`",
+            "expires in {}h ({expires}): renew with `cutover channel resign {job}`",
             left.as_secs() / 3600
         )
     })
@@ -199,7 +201,7 @@ pub async fn status(
             seq: signed.as_ref().map(|s| s.seq),
             expiry_warning: signed
                 .as_ref()
-                .and_then(|s| expiry_warning(&s.expires, now)),
+                .and_then(|s| expiry_warning(&j.name, &s.expires, now)),
             expires: signed.as_ref().map(|s| s.expires.clone()),
             channels: signed
                 .as_ref()
