@@ -226,7 +226,7 @@ struct RawSsh {
 
 #[derive(Deserialize)]
 struct RawStore {
-    url: Option<String>,
+    url: Option<Spanned<String>>,
     worker_fetch: Option<bool>,
 }
 
@@ -234,7 +234,7 @@ struct RawStore {
 struct RawTrust {
     #[serde(default)]
     public_keys: Vec<String>,
-    threshold: Option<u32>,
+    threshold: Option<Spanned<u32>>,
     index_lifetime: Option<Spanned<String>>,
 }
 
@@ -526,6 +526,36 @@ impl Loader<'_> {
         });
         let trust = raw.trust.as_ref();
         let template_env = self.template_env(&src, &raw.templates.env);
+        // What every command that uses them would refuse, said at its line.
+        if let Some(u) = raw.store.as_ref().and_then(|s| s.url.as_ref()) {
+            let url = u.get_ref();
+            let ok = match url.split_once("://") {
+                Some(("file", path)) => path.starts_with('/'),
+                Some(("s3", rest)) => !rest.split('/').next().unwrap_or("").is_empty(),
+                _ => false,
+            };
+            if !ok {
+                self.diags.push(
+                    src.diag(
+                        u.span(),
+                        format!("store.url `{url}` is not a store this cutover can use"),
+                    )
+                    .with_help("write file:///absolute/path or s3://bucket/prefix"),
+                );
+            }
+        }
+        if let Some(t) = trust
+            .and_then(|t| t.threshold.as_ref())
+            .filter(|t| *t.get_ref() == 0)
+        {
+            self.diags.push(
+                src.diag(
+                    t.span(),
+                    "trust.threshold is 0: every index would need no signature",
+                )
+                .with_help("a threshold is at least 1"),
+            );
+        }
         let index_lifetime = duration(
             &src,
             "trust.index_lifetime",
@@ -549,7 +579,11 @@ impl Loader<'_> {
             remote: raw.remote.unwrap_or_else(|| "origin".into()),
             state,
             ssh,
-            store_url: raw.store.as_ref().and_then(|s| s.url.clone()),
+            store_url: raw
+                .store
+                .as_ref()
+                .and_then(|s| s.url.as_ref())
+                .map(|u| u.get_ref().clone()),
             worker_fetch: raw
                 .store
                 .as_ref()
@@ -559,7 +593,9 @@ impl Loader<'_> {
             trust_public_keys: trust
                 .map(|t| t.public_keys.iter().map(|p| self.path(p)).collect())
                 .unwrap_or_default(),
-            trust_threshold: trust.and_then(|t| t.threshold).unwrap_or(1),
+            trust_threshold: trust
+                .and_then(|t| t.threshold.as_ref())
+                .map_or(1, |t| *t.get_ref()),
             template_env,
         })
     }

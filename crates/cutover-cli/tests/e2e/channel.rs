@@ -966,3 +966,31 @@ fn publish_and_keys_refuse_what_would_leak_and_stop_on_a_signal() {
     );
     assert!(out.stderr.contains("not earlier than stable"), "{out:?}");
 }
+
+#[test]
+fn check_refuses_a_store_or_threshold_no_command_could_use() {
+    let p = Project::new();
+    p.write("workers.toml", "");
+    for (toml, why) in [
+        (
+            "[store]\nurl = \"ftp://x/y\"\n",
+            "is not a store this cutover can use",
+        ),
+        (
+            "[store]\nurl = \"file://relative/store\"\n",
+            "is not a store this cutover can use",
+        ),
+        (
+            "[store]\nurl = \"s3://\"\n",
+            "is not a store this cutover can use",
+        ),
+        ("[trust]\nthreshold = 0\n", "trust.threshold is 0"),
+    ] {
+        p.write("cutover.toml", &format!("name = \"t\"\n{toml}"));
+        let out = p.expect(&["check"], 2);
+        assert!(
+            out.stderr.contains(why) && out.stderr.contains("cutover.toml:"),
+            "{toml}: {out:?}"
+        );
+    }
+}
