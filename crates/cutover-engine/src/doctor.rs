@@ -103,9 +103,8 @@ pub fn environment(ctx_env: &crate::keys::TrustEnv, admin: &AdminEnv) -> Vec<Ite
 /// worker, the git remote, and the release indexes.
 pub async fn project(ctx: &Context) -> Vec<Item> {
     let mut out = Vec::new();
-    let problems = crate::channel::ops::production_trust_problems(ctx);
     out.push(match crate::keys::trust(ctx) {
-        Ok(t) if !t.keys.is_empty() && problems.iter().all(|p| !p.contains("trusted keys")) => {
+        Ok(t) if crate::keys::trust_configured(ctx) => {
             Item::pass(
                 "trusted keys configured",
                 format!("{} key(s), threshold {}", t.keys.len(), t.threshold),

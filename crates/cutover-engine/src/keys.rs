@@ -105,20 +105,24 @@ pub fn read_signing_key(path: &Path) -> Result<SigningKey, EngineError> {
             "give --key FILE (or CUTOVER_SIGNING_KEY_FILE) a key `cutover keys generate` wrote",
         )
     };
-    // A public key given by mistake: say so before anything else.
-    if std::fs::read(path).is_ok_and(|b| b.starts_with(keyfile::PUBLIC_HEADER.as_bytes())) {
+    let cannot = |e: std::io::Error| {
+        bad(format!(
+            "cannot read the signing key {}: {e}",
+            path.display()
+        ))
+    };
+    // One open: the mode and the content are of the same file.
+    let mut file = std::fs::File::open(path).map_err(cannot)?;
+    let mode = file.metadata().map_err(cannot)?.permissions().mode() & 0o777;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(cannot)?;
+    // A public key given by mistake: said before anything else.
+    if bytes.starts_with(keyfile::PUBLIC_HEADER.as_bytes()) {
         return Err(EngineError::usage(
             format!("{} is a public key, not a signing key", path.display()),
             "give --key the private key file (cutover-signing.key, not .pub)",
         ));
     }
-    let meta = std::fs::metadata(path).map_err(|e| {
-        bad(format!(
-            "cannot read the signing key {}: {e}",
-            path.display()
-        ))
-    })?;
-    let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(EngineError::usage(
             format!(
@@ -131,13 +135,7 @@ pub fn read_signing_key(path: &Path) -> Result<SigningKey, EngineError> {
             ),
         ));
     }
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        bad(format!(
-            "cannot read the signing key {}: {e}",
-            path.display()
-        ))
-    })?;
-    keyfile::parse_private(&text)
+    keyfile::parse_private(&String::from_utf8_lossy(&bytes))
         .ok_or_else(|| bad(format!("{} is not a cutover signing key", path.display())))
 }
 
@@ -173,6 +171,13 @@ pub struct TrustEnv {
 /// The dir of the insecure development key (`CUTOVER_ALLOW_INSECURE_DEV_KEYS`).
 pub fn dev_key_dir(ctx: &Context) -> PathBuf {
     ctx.workspace.join("dev-key")
+}
+
+/// Whether trusted keys are configured (`[trust] public_keys` or the
+/// environment), the insecure development key aside.
+pub fn trust_configured(ctx: &Context) -> bool {
+    let env = &ctx.trust_env;
+    !ctx.project.config.trust_public_keys.is_empty() || env.paths.is_some() || env.json.is_some()
 }
 
 /// Refuses insecure development keys in production.

@@ -2,10 +2,12 @@
 //! will be uploaded into a private temporary directory (never `.cutover/`:
 //! rendered files may hold secrets).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 
+use cutover_model::config::Job;
 use cutover_model::plan::{Candidate, Recorded};
 use cutover_model::tree::{JobSource, Promoted, RenderContext, StoredTree, Tree};
 use cutover_state::AllocStatus;
@@ -66,18 +68,28 @@ fn render_blocking(
         // A published job renders its channels' artifacts, a version per
         // worker; any other its working tree.
         let pubjob = published.jobs.get(&job.name);
-        let mut sources: BTreeMap<String, JobSource> = BTreeMap::new();
+        // version -> its files, and the job as its templates see it
+        // (`job.version` is the version they render).
+        let mut sources: BTreeMap<String, (JobSource, Cow<'_, Job>)> = BTreeMap::new();
         match pubjob {
             Some(p) => {
                 for (version, dir) in &p.dirs {
-                    sources.insert(version.clone(), JobSource::scan_artifact(job, dir)?);
+                    let mut versioned = job.clone();
+                    versioned.manifest.version = version.clone();
+                    sources.insert(
+                        version.clone(),
+                        (JobSource::scan_artifact(job, dir)?, Cow::Owned(versioned)),
+                    );
                 }
             }
             None => {
-                sources.insert(job.manifest.version.clone(), JobSource::scan(job, project)?);
+                sources.insert(
+                    job.manifest.version.clone(),
+                    (JobSource::scan(job, project)?, Cow::Borrowed(job)),
+                );
             }
         }
-        for source in sources.values() {
+        for (source, _) in sources.values() {
             out.bytes += source.bytes;
             out.files += source.file_count();
         }
@@ -96,19 +108,10 @@ fn render_blocking(
                 },
                 None => job.manifest.version.clone(),
             };
-            let Some(source) = sources.get(&version) else {
+            let Some((source, job)) = sources.get(&version) else {
                 continue;
             };
-            // Templates see the version they render (`job.version`).
-            let versioned;
-            let job = if version == job.manifest.version {
-                job
-            } else {
-                let mut j = job.clone();
-                j.manifest.version = version.clone();
-                versioned = j;
-                &versioned
-            };
+            let job: &Job = job;
             let generated = certs.get(&key).cloned().unwrap_or_default();
             let tree = match source.render(job, w, &rctx) {
                 Err(e @ cutover_model::tree::TreeError::Template { .. })

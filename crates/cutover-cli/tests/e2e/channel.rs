@@ -323,6 +323,40 @@ fn channel_commands_are_refused_while_the_lock_is_held() {
     assert_eq!(index["signed"]["seq"], 2);
 }
 
+/// A local publisher with a key pair the project trusts (`trust_extra`
+/// goes in [trust] too).
+struct Keyed {
+    _t: tempfile::TempDir,
+    p: Project,
+    store: std::path::PathBuf,
+    keys: std::path::PathBuf,
+    /// The private key's path.
+    key: String,
+}
+
+fn keyed(trust_extra: &str) -> Keyed {
+    let t = tempfile::tempdir().expect("tmp");
+    let store = t.path().join("store");
+    let keys = t.path().join("k");
+    let trust = format!(
+        "public_keys = [\"{}\"]\n{trust_extra}",
+        keys.join("cutover-signing.pub").display()
+    );
+    let p = local_publisher(&store, &trust);
+    p.expect(
+        &["keys", "generate", "--out", keys.to_str().expect("utf8")],
+        0,
+    );
+    let key = keys.join("cutover-signing.key").display().to_string();
+    Keyed {
+        _t: t,
+        p,
+        store,
+        keys,
+        key,
+    }
+}
+
 /// A project on two local workers publishing `api` to a file store.
 fn local_publisher(store: &std::path::Path, trust: &str) -> Project {
     let p = Project::new();
@@ -492,19 +526,13 @@ fn a_signing_key_is_rotated_by_adding_resigning_and_retiring() {
 
 #[test]
 fn an_index_near_expiry_is_warned_about_and_resign_renews_it() {
-    let t = tempfile::tempdir().expect("tmp");
-    let store = t.path().join("store");
-    let keys = t.path().join("k");
-    let trust = format!(
-        "public_keys = [\"{}\"]\nindex_lifetime = \"2h\"\n",
-        keys.join("cutover-signing.pub").display()
-    );
-    let p = local_publisher(&store, &trust);
-    p.expect(
-        &["keys", "generate", "--out", keys.to_str().expect("utf8")],
-        0,
-    );
-    let key = keys.join("cutover-signing.key").display().to_string();
+    let Keyed {
+        _t,
+        p,
+        store,
+        keys,
+        key,
+    } = keyed("index_lifetime = \"2h\"\n");
     p.expect(&["publish", "api", "--key", &key], 0);
     let out = p.expect(&["channel", "status"], 0);
     assert!(out.stdout.contains("warning: expires in 1h"), "{out:?}");
@@ -615,19 +643,9 @@ fn doctor_lists_what_production_lacks_and_passes_when_it_is_set_up() {
 
 #[test]
 fn a_store_restored_from_a_backup_is_refused_until_resigned_on_purpose() {
-    let t = tempfile::tempdir().expect("tmp");
-    let store = t.path().join("store");
-    let keys = t.path().join("k");
-    let trust = format!(
-        "public_keys = [\"{}\"]\n",
-        keys.join("cutover-signing.pub").display()
-    );
-    let p = local_publisher(&store, &trust);
-    p.expect(
-        &["keys", "generate", "--out", keys.to_str().expect("utf8")],
-        0,
-    );
-    let key = keys.join("cutover-signing.key").display().to_string();
+    let Keyed {
+        _t, p, store, key, ..
+    } = keyed("");
     p.expect(&["publish", "api", "--key", &key], 0);
     let index = store.join("api/releases.json");
     let backup = std::fs::read(&index).expect("seq 1");
@@ -671,24 +689,14 @@ fn a_store_restored_from_a_backup_is_refused_until_resigned_on_purpose() {
 
 #[test]
 fn channel_updates_need_canary_workers_and_a_sound_artifact_first() {
-    let t = tempfile::tempdir().expect("tmp");
-    let store = t.path().join("store");
-    let keys = t.path().join("k");
-    let trust = format!(
-        "public_keys = [\"{}\"]\n",
-        keys.join("cutover-signing.pub").display()
-    );
-    let p = local_publisher(&store, &trust);
+    let Keyed {
+        _t, p, store, key, ..
+    } = keyed("");
     // api runs on the web workers; its canary selectors pick a db one.
     p.write(
         "workers.toml",
         "[[worker]]\nname = \"a\"\ntransport = \"local\"\nroot = \"local-workers/a\"\nlabels = [\"web\"]\n\n[[worker]]\nname = \"b\"\ntransport = \"local\"\nroot = \"local-workers/b\"\nlabels = [\"web\"]\n\n[[worker]]\nname = \"c\"\ntransport = \"local\"\nroot = \"local-workers/c\"\nlabels = [\"db\"]\n",
     );
-    p.expect(
-        &["keys", "generate", "--out", keys.to_str().expect("utf8")],
-        0,
-    );
-    let key = keys.join("cutover-signing.key").display().to_string();
     let canary =
         |sel: &str| format!("version = \"1.0.0\"\nselectors = [\"web\"]\n[canary]\n{sel}\n");
     p.job("api", &canary("count = 0"));
@@ -854,19 +862,13 @@ fn a_promotion_killed_mid_rollout_is_finished_by_the_next_deploy() {
 /// that could not be ended.
 #[test]
 fn publish_and_keys_refuse_what_would_leak_and_stop_on_a_signal() {
-    let t = tempfile::tempdir().expect("tmp");
-    let store = t.path().join("store");
-    let keys = t.path().join("k");
-    let trust = format!(
-        "public_keys = [\"{}\"]\n",
-        keys.join("cutover-signing.pub").display()
-    );
-    let p = local_publisher(&store, &trust);
-    p.expect(
-        &["keys", "generate", "--out", keys.to_str().expect("utf8")],
-        0,
-    );
-    let key = keys.join("cutover-signing.key").display().to_string();
+    let Keyed {
+        _t: t,
+        p,
+        store,
+        keys,
+        key,
+    } = keyed("");
 
     // A build output that leaves the job dir: refused at check and publish.
     p.job("api", "version = \"1.0.0\"\n[build]\noutput = \"../..\"\n");

@@ -320,13 +320,12 @@ pub async fn for_deploy(
         if scope.is_some_and(|s| !s.contains(&job.name)) {
             continue;
         }
-        // Cheap first look: most projects publish few jobs. A job whose
+        // One read per job: most projects publish few jobs. A job whose
         // job.toml has [build] or [canary] says it is published: without
         // an index it is refused, never deployed from the working tree
         // (an index deleted from the store must not switch signing off).
-        if store.read_index(&job.name).await?.is_none()
-            && super::index::seen(ctx, &job.name).await?.is_none()
-        {
+        let fetched = store.read_index(&job.name).await?;
+        if fetched.is_none() && super::index::seen(ctx, &job.name).await?.is_none() {
             let declared = job.manifest.build.is_some() || job.manifest.canary.is_some();
             if declared {
                 return Err(EngineError::Refused(format!(
@@ -343,7 +342,9 @@ pub async fn for_deploy(
             Some(t) => t,
             None => trust.insert(crate::keys::trust(ctx)?),
         };
-        let Some(loaded) = super::index::load(ctx, &store, trust, &job.name, false).await? else {
+        let Some(loaded) =
+            super::index::check(ctx, &store, trust, &job.name, fetched, false, false).await?
+        else {
             continue;
         };
         let index = loaded.index;

@@ -78,8 +78,32 @@ async fn load_with(
     allow_expired: bool,
     allow_rollback: bool,
 ) -> Result<Option<Loaded>, EngineError> {
+    let fetched = store.read_index(job).await?;
+    check(
+        ctx,
+        store,
+        trust,
+        job,
+        fetched,
+        allow_expired,
+        allow_rollback,
+    )
+    .await
+}
+
+/// Verifies an index already read from `store` (`None`: there was none),
+/// as [`load`] does, and remembers its seq.
+pub async fn check(
+    ctx: &Context,
+    store: &Store,
+    trust: &Trust,
+    job: &str,
+    fetched: Option<crate::relstore::Fetched>,
+    allow_expired: bool,
+    allow_rollback: bool,
+) -> Result<Option<Loaded>, EngineError> {
     let seen_seq = seen(ctx, job).await?.filter(|_| !allow_rollback);
-    let Some(fetched) = store.read_index(job).await? else {
+    let Some(fetched) = fetched else {
         if let Some(seq) = seen_seq {
             // Deleted (or a store that was never the one published to):
             // starting over would drop versions and read as a rollback.

@@ -127,8 +127,7 @@ fn soak_length(ctx: &Context, job: &str) -> std::time::Duration {
 pub fn production_trust_problems(ctx: &Context) -> Vec<String> {
     let env = &ctx.trust_env;
     let mut out = Vec::new();
-    if ctx.project.config.trust_public_keys.is_empty() && env.paths.is_none() && env.json.is_none()
-    {
+    if !crate::keys::trust_configured(ctx) {
         out.push("no trusted keys are configured ([trust] public_keys)".to_string());
     }
     if env.insecure_dev_keys {
