@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::env_vars;
+use cutover_engine::app::env as env_vars;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -100,6 +100,17 @@ pub enum Command {
     /// The production checklist: each item ✓ or ✗ with what fixes it; exit 1
     /// if any ✗. Also warns about release indexes near expiry.
     Doctor,
+    /// The admin UI (/_admin), the JSON API (/api) and the release store
+    /// (/store) of this project, until Ctrl-C or SIGTERM. Needs an admin
+    /// token (CUTOVER_ADMIN_TOKEN, _FILE or CUTOVER_ADMIN_TOKENS_FILE);
+    /// serves plain HTTP on loopback only, unless --tls-cert/--tls-key or
+    /// --insecure-http.
+    #[command(after_help = "Examples:
+  CUTOVER_ADMIN_TOKEN=$(cat ~/.cutover-admin-token) cutover serve
+  cutover serve --listen 0.0.0.0:7878 --tls-cert cert.pem --tls-key key.pem
+Then open http://127.0.0.1:7878/_admin and sign in with the token; automation
+calls /api/... with `Authorization: Bearer TOKEN`.")]
+    Serve(ServeArgs),
     /// Certificates of jobs with [certs], from the project CA.
     #[command(subcommand)]
     Certs(CertsCommand),
@@ -380,6 +391,24 @@ pub struct ChannelChange {
     /// above one); else CUTOVER_SIGNING_KEY_FILE.
     #[arg(long = "key", value_name = "FILE")]
     pub keys: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The address and port to listen on.
+    #[arg(long, default_value = "127.0.0.1:7878", value_name = "ADDR:PORT")]
+    pub listen: std::net::SocketAddr,
+    /// The TLS certificate chain (PEM), to serve HTTPS.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP on a non-loopback address (only behind a TLS proxy
+    /// on this machine: tokens and cookies would cross the network in the
+    /// clear otherwise).
+    #[arg(long)]
+    pub insecure_http: bool,
 }
 
 #[derive(Debug, Subcommand)]

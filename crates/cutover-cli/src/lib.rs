@@ -26,7 +26,6 @@ macro_rules! eprintln {
 
 mod args;
 mod commands;
-mod env_vars;
 mod error;
 mod example;
 mod msrv;
@@ -40,8 +39,6 @@ use cutover_engine::interrupt::Interrupt;
 
 use clap::Parser;
 
-pub use error::CliError;
-
 /// Runs cutover with these arguments; the exit code follows SPEC section 11.
 pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     let args: Vec<OsString> = args.into_iter().collect();
@@ -51,13 +48,11 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
             // A usage error under --json is one JSON document too.
             if args.iter().skip(1).any(|a| a == "--json") {
                 let text = e.render().to_string();
-                let doc = serde_json::json!({
-                    "outcome": "invalid",
-                    "exit_code": 2,
-                    "error": text.trim().trim_start_matches("error: "),
-                    "help": "see `cutover --help` or `cutover <command> --help`",
-                });
-                println!("{doc}");
+                let e = cutover_engine::EngineError::usage(
+                    text.trim().trim_start_matches("error: "),
+                    "see `cutover --help` or `cutover <command> --help`",
+                );
+                error::print(&e, true);
             } else {
                 let _ = e.print();
             }
@@ -110,7 +105,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(interrupted.filter(|_| code != 0).unwrap_or(code)),
         Err(e) => {
-            e.print(json);
+            error::print(&e, json);
             ExitCode::from(interrupted.unwrap_or(e.exit_code()))
         }
     }

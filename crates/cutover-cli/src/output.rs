@@ -68,108 +68,9 @@ impl Reporter for Silent {
     fn event(&self, _: &Event) {}
 }
 
-/// The plain line for an event, or `None` when it only matters in a live view.
-fn event_line(p: &str, e: &Event, verbose: bool) -> Option<String> {
-    let line = match e {
-        Event::ConnectFailed { worker, error } => {
-            format!("[{p}] {worker}: unreachable: {error}")
-        }
-        Event::StopDone {
-            job,
-            worker,
-            why,
-            ok,
-            message,
-        } => {
-            if *ok {
-                format!("[{p}] {job}@{worker}: stopped ({why})")
-            } else {
-                format!("[{p}] {job}@{worker}: stop FAILED ({why}): {message}")
-            }
-        }
-        Event::JobStarted { job, wave, batches } => {
-            format!(
-                "[{p}] wave {wave}: {job} ({batches} batch{})",
-                if *batches == 1 { "" } else { "es" }
-            )
-        }
-        Event::JobBlocked { job, because } => format!("[{p}] {job}: not started: {because}"),
-        Event::BatchStarted {
-            job,
-            batch,
-            batches,
-            workers,
-        } => {
-            format!(
-                "[{p}] {job}: batch {batch}/{batches}: {}",
-                workers.join(" ")
-            )
-        }
-        Event::Step { job, worker, step } => {
-            if !verbose {
-                return None;
-            }
-            format!("[{p}] {job}@{worker}: {step}")
-        }
-        Event::AllocDone {
-            job,
-            worker,
-            action,
-            ok,
-            message,
-        } => {
-            if *ok {
-                format!("[{p}] {job}@{worker}: {action} ok")
-            } else {
-                format!("[{p}] {job}@{worker}: {action} FAILED: {message}")
-            }
-        }
-        Event::Reverted {
-            job,
-            worker,
-            ok,
-            message,
-        } => {
-            if *ok {
-                format!("[{p}] {job}@{worker}: switched back to the previous release")
-            } else {
-                format!("[{p}] {job}@{worker}: switching back FAILED: {message}")
-            }
-        }
-        Event::Hook {
-            job,
-            hook,
-            ok,
-            message,
-        } => {
-            if *ok {
-                if !verbose {
-                    return None;
-                }
-                format!("[{p}] {job}: hook {hook} ok")
-            } else {
-                format!("[{p}] {job}: hook {hook} FAILED: {message}")
-            }
-        }
-        Event::Message { text } => format!("[{p}] {text}"),
-        Event::JobDone {
-            job,
-            status,
-            message,
-        } => {
-            if message.is_empty() {
-                format!("[{p}] {job}: {status}")
-            } else {
-                format!("[{p}] {job}: {status}: {message}")
-            }
-        }
-    };
-    Some(line)
-}
-
 impl Reporter for LinePrinter {
     fn event(&self, e: &Event) {
-        let Some(line) = event_line(self.prefix, e, self.verbose) else {
+        let Some(line) = e.line(self.prefix, self.verbose) else {
             return;
         };
         let _guard = self.lock.lock();
@@ -228,7 +129,7 @@ impl Reporter for LiveProgress {
                         self.multi.remove(&bar);
                     }
                 }
-                if let Some(line) = event_line(self.prefix, other, false) {
+                if let Some(line) = other.line(self.prefix, false) {
                     let _ = self.multi.println(line);
                 }
             }

@@ -61,6 +61,28 @@ impl EngineError {
         }
     }
 
+    /// What to do next, when there is something to say beyond the message.
+    pub fn help(&self) -> Option<String> {
+        use cutover_model::tree::TreeError;
+        match self {
+            EngineError::Usage { help, .. } => help.clone(),
+            EngineError::Locked(_) => Some(
+                "wait for it to finish; if that process is gone, the next run takes the lock over (see `cutover lock status`)".into(),
+            ),
+            EngineError::State(StateError::Db { path, .. }) => Some(format!(
+                "if {path} is damaged, move it aside (with its -wal and -shm files) and run \
+                 `cutover state rebuild`: the workers carry what they run"
+            )),
+            EngineError::Template(TreeError::Template { .. }) => Some(
+                "fix the template, or set the missing value with `cutover kv put JOB KEY VALUE`".into(),
+            ),
+            EngineError::Template(TreeError::Refused { .. }) => Some(
+                "remove or rename it: a job tree holds files, directories and symlinks with UTF-8 names, one per path on the worker".into(),
+            ),
+            _ => None,
+        }
+    }
+
     pub fn usage(message: impl Into<String>, help: impl Into<String>) -> Self {
         EngineError::Usage {
             message: message.into(),

@@ -6,6 +6,7 @@
 //! The engine takes a loaded [`cutover_model::Project`], a state store and a
 //! [`Reporter`]; it never parses command lines or reads the environment.
 
+pub mod app;
 pub mod audit;
 pub mod certs;
 mod context;

@@ -21,6 +21,11 @@ pub struct ProjectConfig {
     pub index_lifetime: std::time::Duration,
     /// `[templates] env`: which environment variables templates may read.
     pub template_env: EnvAllowList,
+    /// `[serve] store_dir`: where `cutover serve` keeps the store it serves.
+    pub serve_store_dir: Option<PathBuf>,
+    /// `[serve] store_read_token`: the sha256 (hex) of the token that
+    /// `/store` reads need; `None`: reads are anonymous.
+    pub store_read_token: Option<String>,
 }
 
 /// The environment variable names (globs) that templates may read as `env`.

@@ -194,6 +194,7 @@ struct RawProject {
     #[serde(default)]
     ssh: RawSsh,
     store: Option<RawStore>,
+    serve: Option<RawServe>,
     trust: Option<RawTrust>,
     #[serde(default)]
     templates: RawTemplates,
@@ -228,6 +229,12 @@ struct RawSsh {
 struct RawStore {
     url: Option<Spanned<String>>,
     worker_fetch: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct RawServe {
+    store_dir: Option<String>,
+    store_read_token: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -532,6 +539,10 @@ impl Loader<'_> {
             let ok = match url.split_once("://") {
                 Some(("file", path)) => path.starts_with('/'),
                 Some(("s3", rest)) => !rest.split('/').next().unwrap_or("").is_empty(),
+                Some(("http" | "https", rest)) => {
+                    let host = rest.split('/').next().unwrap_or("");
+                    !host.is_empty() && !host.contains('@')
+                }
                 _ => false,
             };
             if !ok {
@@ -540,10 +551,28 @@ impl Loader<'_> {
                         u.span(),
                         format!("store.url `{url}` is not a store this cutover can use"),
                     )
-                    .with_help("write file:///absolute/path or s3://bucket/prefix"),
+                    .with_help(
+                        "write file:///absolute/path, s3://bucket/prefix or http(s)://host:port (a `cutover serve`)",
+                    ),
                 );
             }
         }
+        let serve = raw.serve.as_ref();
+        let store_read_token = serve.and_then(|s| s.store_read_token.as_ref()).and_then(|t| {
+            let hex = t
+                .get_ref()
+                .strip_prefix("sha256:")
+                .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+            if hex.is_none() {
+                self.diags.push(
+                    src.diag(t.span(), "serve.store_read_token is not a sha256 hash")
+                        .with_help(
+                            "write \"sha256:<64 hex digits>\", the hash of the token (`printf %s TOKEN | sha256sum`); the token itself never goes into cutover.toml",
+                        ),
+                );
+            }
+            hex.map(str::to_ascii_lowercase)
+        });
         if let Some(t) = trust
             .and_then(|t| t.threshold.as_ref())
             .filter(|t| *t.get_ref() == 0)
@@ -590,6 +619,10 @@ impl Loader<'_> {
                 .and_then(|s| s.worker_fetch)
                 .unwrap_or(false),
             index_lifetime,
+            serve_store_dir: serve
+                .and_then(|s| s.store_dir.as_deref())
+                .map(|d| self.path(d)),
+            store_read_token,
             trust_public_keys: trust
                 .map(|t| t.public_keys.iter().map(|p| self.path(p)).collect())
                 .unwrap_or_default(),

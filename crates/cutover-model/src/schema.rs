@@ -36,6 +36,10 @@ pub const PROJECT: Shape = Table(&[
         ]),
     ),
     ("store", Table(&[("url", Value), ("worker_fetch", Value)])),
+    (
+        "serve",
+        Table(&[("store_dir", Value), ("store_read_token", Value)]),
+    ),
     ("templates", Table(&[("env", Value)])),
     (
         "trust",

@@ -1,14 +1,14 @@
 //! `cutover channel ...` and `cutover doctor`.
 
+use cutover_engine::app::Answer;
 use cutover_engine::channel::{self, ChannelOp, ChannelOptions, ChannelReport};
 
-use super::{command_line, Session};
+use super::Session;
 use crate::args::{ChannelChange, ChannelCommand, Global};
-use crate::env_vars;
-use crate::error::CliError;
 use crate::output;
+use cutover_engine::EngineError;
 
-pub async fn run(s: &Session, c: ChannelCommand) -> Result<u8, CliError> {
+pub async fn run(s: &Session, c: ChannelCommand) -> Result<u8, EngineError> {
     let (op, opts) = match c {
         ChannelCommand::Status { job, index_url } => {
             return status(s, job.as_deref(), index_url.as_deref()).await
@@ -37,7 +37,7 @@ pub async fn run(s: &Session, c: ChannelCommand) -> Result<u8, CliError> {
                     expired: allow_expired,
                     rollback: allow_rollback,
                 },
-                command: command_line(),
+                command: String::new(),
             },
         ),
     };
@@ -49,50 +49,14 @@ pub async fn run(s: &Session, c: ChannelCommand) -> Result<u8, CliError> {
             opts.version.as_deref().unwrap_or("")
         );
     }
-    let detail = |extra: &str| {
-        let mut d = format!("job {}", opts.job);
-        if let Some(v) = &opts.version {
-            d.push_str(&format!(" version {v}"));
-        }
-        d.push_str(&format!(" actor {}", opts.actor));
-        if !opts.reason.is_empty() {
-            d.push_str(&format!(" reason {:?}", opts.reason));
-        }
-        if !opts.ticket.is_empty() {
-            d.push_str(&format!(" ticket {}", opts.ticket));
-        }
-        d.push_str(extra);
-        d
-    };
-    let report = match channel::run(&s.ctx, op, &opts).await {
-        Ok(r) => r,
-        Err(e) => {
-            let rc = e.exit_code();
-            s.audit(&opts.command, "refused", rc, &detail(&format!(": {e}")));
-            return Err(e.into());
-        }
-    };
-    let rc = if report.ok() { 0 } else { s.failure_rc() };
-    let outcome = report
-        .deploy
-        .as_ref()
-        .map_or("succeeded", |d| d.outcome.as_str());
-    let mut extra = format!(" seq {}", report.seq);
-    if let Some(f) = &report.forced {
-        extra.push_str(&format!("; forced: {f}"));
-    }
-    if let Some(d) = report.deploy.as_ref().and_then(|d| d.seq) {
-        extra.push_str(&format!("; deployment {d}"));
-    }
-    s.audit(&opts.command, outcome, rc, &detail(&extra));
+    let inv = s.invocation_of(cutover_engine::app::channel_command(op, &opts));
+    let (report, answer) = cutover_engine::app::channel(&s.ctx, &inv, op, &opts).await?;
     if s.json {
-        super::print_json(serde_json::json!({
-            "outcome": outcome, "exit_code": rc, "report": report,
-        }));
-        return Ok(rc);
+        super::print_answer(&answer);
+        return Ok(answer.exit_code);
     }
     print_report(s, &report);
-    Ok(rc)
+    Ok(answer.exit_code)
 }
 
 fn options(s: &Session, c: ChannelChange, force: bool) -> ChannelOptions {
@@ -105,7 +69,7 @@ fn options(s: &Session, c: ChannelChange, force: bool) -> ChannelOptions {
         keys: c.keys,
         force,
         allow: Default::default(),
-        command: command_line(),
+        command: String::new(),
     }
 }
 
@@ -168,13 +132,11 @@ fn print_report(s: &Session, r: &ChannelReport) {
     }
 }
 
-async fn status(s: &Session, job: Option<&str>, url: Option<&str>) -> Result<u8, CliError> {
-    let st = channel::status::status(&s.ctx, job, url).await?;
-    let rc = if st.any_refused() { 4 } else { 0 };
+async fn status(s: &Session, job: Option<&str>, url: Option<&str>) -> Result<u8, EngineError> {
+    let (st, answer) = cutover_engine::app::channel_status(&s.ctx, job, url).await?;
+    let rc = answer.exit_code;
     if s.json {
-        super::print_json(serde_json::json!({
-            "outcome": if rc == 0 { "ok" } else { "refused" }, "exit_code": rc, "report": st,
-        }));
+        super::print_answer(&answer);
         return Ok(rc);
     }
     if st.jobs.is_empty() {
@@ -234,20 +196,9 @@ async fn status(s: &Session, job: Option<&str>, url: Option<&str>) -> Result<u8,
 
 /// `cutover doctor`: what needs no project first, then the project's
 /// items (or one failing item when it does not load).
-pub async fn doctor(g: &Global) -> Result<u8, CliError> {
-    let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
-    let admin = cutover_engine::doctor::AdminEnv {
-        unauthenticated: var(env_vars::CUTOVER_ALLOW_UNAUTHENTICATED_ADMIN).as_deref() == Some("1"),
-        token_source: [
-            env_vars::CUTOVER_ADMIN_TOKEN,
-            env_vars::CUTOVER_ADMIN_TOKEN_FILE,
-            env_vars::CUTOVER_ADMIN_TOKENS_FILE,
-        ]
-        .into_iter()
-        .find(|n| var(n).is_some())
-        .map(str::to_string),
-    };
-    let mut items = cutover_engine::doctor::environment(&super::trust_env(), &admin);
+pub async fn doctor(g: &Global) -> Result<u8, EngineError> {
+    let env = super::environment();
+    let mut items = cutover_engine::doctor::environment(&env.trust_env(), &env.admin_env());
     match Session::open(g, "doctor").await {
         Ok(s) => {
             items.push(cutover_engine::doctor::Item::pass(
@@ -258,19 +209,16 @@ pub async fn doctor(g: &Global) -> Result<u8, CliError> {
         }
         Err(e) => items.push(cutover_engine::doctor::Item::fail(
             "check passes",
-            match &e {
-                CliError::Usage { message, .. } => message.clone(),
-                CliError::Engine(e) => e.to_string().lines().next().unwrap_or_default().to_string(),
-            },
+            e.to_string().lines().next().unwrap_or_default().to_string(),
             "run `cutover check` and fix what it reports",
         )),
     }
     let failed = items.iter().filter(|i| !i.ok).count();
     let rc = u8::from(failed > 0);
     if g.json {
-        super::print_json(serde_json::json!({
-            "outcome": if rc == 0 { "ok" } else { "failed" }, "exit_code": rc, "items": items,
-        }));
+        super::print_answer(
+            &Answer::new(if rc == 0 { "ok" } else { "failed" }, rc).with("items", &items),
+        );
         return Ok(rc);
     }
     for i in &items {

@@ -11,19 +11,19 @@ use super::{channel, deploy, inspect, release, Session};
 use crate::args::{
     ChannelChange, ChannelCommand, DeployArgs, Global, Progress, PublishArgs, ReleaseCommand,
 };
-use crate::error::CliError;
+use cutover_engine::EngineError;
 
 fn step(title: &str) {
     println!();
     println!("==> {title}");
 }
 
-pub async fn run(g: &Global) -> Result<u8, CliError> {
+pub async fn run(g: &Global) -> Result<u8, EngineError> {
     let tmp = tempfile::Builder::new()
         .prefix("cutover-demo-")
         .tempdir()
         .map_err(|e| {
-            CliError::usage(
+            EngineError::usage(
                 format!("cannot create a temporary directory: {e}"),
                 "set TMPDIR to a writable directory",
             )
@@ -78,7 +78,7 @@ pub async fn run(g: &Global) -> Result<u8, CliError> {
 
     step("edit jobs/cache/settings.txt, then cutover deploy   (one reload, the rest unchanged)");
     std::fs::write(dir.join("jobs/cache/settings.txt"), "max_entries = 5000\n")
-        .map_err(|e| CliError::usage(format!("cannot edit the example: {e}"), "check TMPDIR"))?;
+        .map_err(|e| EngineError::usage(format!("cannot edit the example: {e}"), "check TMPDIR"))?;
     let rc = deploy::run(&s, deploy_args(false)).await?;
     if rc != 0 {
         return Ok(rc);
@@ -122,19 +122,19 @@ pub async fn run(g: &Global) -> Result<u8, CliError> {
     Ok(0)
 }
 
-fn git(dir: &Path, args: &[&str]) -> Result<String, CliError> {
+fn git(dir: &Path, args: &[&str]) -> Result<String, EngineError> {
     let out = std::process::Command::new("git")
         .args(args)
         .current_dir(dir)
         .output()
         .map_err(|e| {
-            CliError::usage(
+            EngineError::usage(
                 format!("cannot run git: {e}"),
                 "install git to see the release part of the demo",
             )
         })?;
     if !out.status.success() {
-        return Err(CliError::usage(
+        return Err(EngineError::usage(
             format!(
                 "git {} failed: {}",
                 args.join(" "),
@@ -146,14 +146,14 @@ fn git(dir: &Path, args: &[&str]) -> Result<String, CliError> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-fn identity(dir: &Path) -> Result<(), CliError> {
+fn identity(dir: &Path) -> Result<(), EngineError> {
     git(dir, &["config", "user.name", "cutover demo"])?;
     git(dir, &["config", "user.email", "demo@cutover.invalid"])?;
     Ok(())
 }
 
 /// A developer merges a branch into main and pushes it.
-fn merge(dev: &Path, branch: &str, files: &[(&str, &str)]) -> Result<(), CliError> {
+fn merge(dev: &Path, branch: &str, files: &[(&str, &str)]) -> Result<(), EngineError> {
     git(dev, &["checkout", "-q", "-b", branch])?;
     for (rel, text) in files {
         let path = dev.join(rel);
@@ -161,7 +161,7 @@ fn merge(dev: &Path, branch: &str, files: &[(&str, &str)]) -> Result<(), CliErro
             let _ = std::fs::create_dir_all(parent);
         }
         std::fs::write(&path, text)
-            .map_err(|e| CliError::usage(format!("cannot write {rel}: {e}"), "check TMPDIR"))?;
+            .map_err(|e| EngineError::usage(format!("cannot write {rel}: {e}"), "check TMPDIR"))?;
     }
     git(dev, &["add", "-A"])?;
     git(dev, &["commit", "-q", "-m", &format!("work on {branch}")])?;
@@ -196,7 +196,7 @@ fn run_args(ticket: &str) -> ReleaseCommand {
     }
 }
 
-async fn release_demo(project: &Path, tmp: &Path, g: &Global) -> Result<(), CliError> {
+async fn release_demo(project: &Path, tmp: &Path, g: &Global) -> Result<(), EngineError> {
     step("git: the project goes into a repository with a bare origin; a developer clones it");
     let origin = tmp.join("origin.git");
     git(
@@ -294,13 +294,14 @@ async fn release_demo(project: &Path, tmp: &Path, g: &Global) -> Result<(), CliE
 /// Publishes `hello` to a file store, canaries a new version on one
 /// worker, promotes it after its soak, and rolls back. The index is signed
 /// with an insecure development key: a demo only.
-async fn channels_demo(project: &Path, tmp: &Path, g: &Global) -> Result<(), CliError> {
+async fn channels_demo(project: &Path, tmp: &Path, g: &Global) -> Result<(), EngineError> {
     step("release channels: a file store, and a development signing key (CUTOVER_ALLOW_INSECURE_DEV_KEYS=1: never in production)");
-    let edit = |rel: &str, f: &dyn Fn(String) -> String| -> Result<(), CliError> {
+    let edit = |rel: &str, f: &dyn Fn(String) -> String| -> Result<(), EngineError> {
         let path = project.join(rel);
         let text = std::fs::read_to_string(&path).unwrap_or_default();
-        std::fs::write(&path, f(text))
-            .map_err(|e| CliError::usage(format!("cannot edit the example: {e}"), "check TMPDIR"))
+        std::fs::write(&path, f(text)).map_err(|e| {
+            EngineError::usage(format!("cannot edit the example: {e}"), "check TMPDIR")
+        })
     };
     let store = tmp.join("store");
     edit("cutover.toml", &|t| {
@@ -315,7 +316,7 @@ async fn channels_demo(project: &Path, tmp: &Path, g: &Global) -> Result<(), Cli
         let mut s = Session::open_at(project, g, prefix).await?;
         s.ctx.trust_env.insecure_dev_keys = true;
         s.ctx.trust_env.production = false;
-        Ok::<_, CliError>(s)
+        Ok::<_, EngineError>(s)
     };
     let publish = |channel: &str| PublishArgs {
         job: "hello".into(),

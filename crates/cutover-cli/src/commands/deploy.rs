@@ -1,60 +1,38 @@
 //! `cutover deploy`.
 
-use cutover_engine::deploy::{self, DeployOptions, DeployReport, Outcome};
+use cutover_engine::app;
+use cutover_engine::deploy::{self, DeployReport, Outcome};
+use cutover_engine::EngineError;
 use cutover_model::plan::{Action, Plan};
 
-use super::{command_line, job_set, Session};
+use super::{job_set, Session};
 use crate::args::DeployArgs;
-use crate::error::CliError;
 use crate::output;
 
-pub async fn run(s: &Session, a: DeployArgs) -> Result<u8, CliError> {
-    let (head, dirty) = git_head(&s.ctx.project.root);
-    let opts = DeployOptions {
+pub async fn run(s: &Session, a: DeployArgs) -> Result<u8, EngineError> {
+    let req = app::DeployRequest {
         jobs: job_set(a.jobs),
         dry_run: a.dry_run,
         force: a.force,
         sync_only: a.sync_only,
-        command: command_line(),
-        head,
-        dirty,
-        lock_held: false,
         verify: a.verify,
         purge_data: a.purge_data,
     };
-    if !s.json && !opts.dry_run {
+    if !s.json && !req.dry_run {
         // The plan is computed inside the engine; announce the start only.
         println!("[deploy] planning {}", s.ctx.project.config.name);
     }
-    let report = deploy::deploy(&s.ctx, &opts).await?;
-    let rc = if report.outcome.ok() {
-        0
-    } else {
-        s.failure_rc()
-    };
-    if !opts.dry_run {
-        let detail = report
-            .seq
-            .map(|n| format!("deployment {n}"))
-            .unwrap_or_default();
-        s.audit(&opts.command, report.outcome.as_str(), rc, &detail);
-    }
+    let inv = s.invocation_of(app::deploy_command(&req));
+    let (report, answer) = app::deploy(&s.ctx, &inv, &req).await?;
     if s.json {
-        super::print_json(serde_json::json!({
-            "outcome": report.outcome,
-            "exit_code": rc,
-            "dry_run": opts.dry_run,
-            "report": report,
-        }));
-        return Ok(rc);
-    }
-    if opts.dry_run {
+        super::print_answer(&answer);
+    } else if req.dry_run {
         print_plan(&report.plan);
         println!("dry run: nothing was changed");
     } else {
         summarize_in(&report, &s.ctx.project);
     }
-    Ok(rc)
+    Ok(answer.exit_code)
 }
 
 pub fn print_plan(plan: &Plan) {
@@ -285,20 +263,4 @@ fn summarize_with(r: &DeployReport, in_project: impl Fn(&str) -> bool) {
             }
         }
     }
-}
-
-/// HEAD of the project's git repository and whether the tree is dirty.
-pub fn git_head(root: &std::path::Path) -> (Option<String>, bool) {
-    let git = |args: &[&str]| {
-        std::process::Command::new("git")
-            .args(args)
-            .current_dir(root)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    };
-    let head = git(&["rev-parse", "HEAD"]);
-    let dirty = head.is_some() && git(&["status", "--porcelain"]).is_some_and(|s| !s.is_empty());
-    (head, dirty)
 }

@@ -1,19 +1,27 @@
 //! `cutover init [DIR] [--example]`.
 
+use cutover_engine::app::Answer;
 use std::path::{Path, PathBuf};
 
 use crate::args::{Global, InitArgs};
-use crate::error::CliError;
 use crate::example;
+use cutover_engine::EngineError;
 
-pub fn run(g: &Global, a: InitArgs) -> Result<u8, CliError> {
+pub fn run(g: &Global, a: InitArgs) -> Result<u8, EngineError> {
     let dir = a.dir.clone().unwrap_or_else(|| PathBuf::from("."));
     let files = scaffold(&dir, a.example)?;
     if g.json {
-        super::print_json(serde_json::json!({
-            "outcome": "ok", "exit_code": 0, "project": dir.display().to_string(),
-            "files": files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
-        }));
+        super::print_answer(
+            &Answer::ok()
+                .with("project", dir.display().to_string())
+                .with(
+                    "files",
+                    files
+                        .iter()
+                        .map(|f| f.display().to_string())
+                        .collect::<Vec<_>>(),
+                ),
+        );
     } else {
         for f in &files {
             println!("created {}", f.display());
@@ -27,9 +35,9 @@ pub fn run(g: &Global, a: InitArgs) -> Result<u8, CliError> {
 }
 
 /// Writes a new project into `dir`; refuses to touch an existing one.
-pub fn scaffold(dir: &Path, with_example: bool) -> Result<Vec<PathBuf>, CliError> {
+pub fn scaffold(dir: &Path, with_example: bool) -> Result<Vec<PathBuf>, EngineError> {
     if dir.join("cutover.toml").exists() {
-        return Err(CliError::usage(
+        return Err(EngineError::usage(
             format!("{} already has a cutover.toml", dir.display()),
             "init only creates new projects; edit the existing files instead",
         ));
@@ -37,7 +45,7 @@ pub fn scaffold(dir: &Path, with_example: bool) -> Result<Vec<PathBuf>, CliError
     let io = |what: &Path| {
         let what = what.display().to_string();
         move |e: std::io::Error| {
-            CliError::usage(
+            EngineError::usage(
                 format!("cannot write {what}: {e}"),
                 "check the directory's permissions",
             )

@@ -1,28 +1,29 @@
 //! Read commands (`check`, `status`, `drift`, `cat`, `lock status`) and
 //! the small mutating ones (`job run`, `lock release`).
 
+use cutover_engine::app::Answer;
 use cutover_engine::{drift, jobrun};
 use cutover_state::StateStore;
 
 use super::{command_line, job_set, load_project, project_root, Session};
 use crate::args::{CatArgs, CatWhat, Global};
-use crate::error::CliError;
 use crate::output::{short, table};
+use cutover_engine::EngineError;
 
-pub fn check(g: &Global) -> Result<u8, CliError> {
+pub fn check(g: &Global) -> Result<u8, EngineError> {
     let root = project_root(g)?;
     let loaded = load_project(&root);
     let (books, playbook_diags) = cutover_model::playbook::load(&root);
     let project = match loaded {
         Ok(p) if playbook_diags.is_empty() => p,
         Ok(_) => {
-            return Err(CliError::Engine(cutover_engine::EngineError::Config(
+            return Err(cutover_engine::EngineError::Config(
                 cutover_model::Diagnostics(playbook_diags),
-            )));
+            ));
         }
-        Err(CliError::Engine(cutover_engine::EngineError::Config(mut d))) => {
+        Err(cutover_engine::EngineError::Config(mut d)) => {
             d.0.extend(playbook_diags);
-            return Err(CliError::Engine(cutover_engine::EngineError::Config(d)));
+            return Err(cutover_engine::EngineError::Config(d));
         }
         Err(e) => return Err(e),
     };
@@ -31,7 +32,7 @@ pub fn check(g: &Global) -> Result<u8, CliError> {
     // input here too.
     for job in project.jobs.values() {
         cutover_model::tree::JobSource::scan(job, &project)
-            .map_err(|e| CliError::Engine(cutover_engine::EngineError::Template(e)))?;
+            .map_err(cutover_engine::EngineError::Template)?;
     }
     let allocations: usize = project
         .jobs
@@ -39,11 +40,13 @@ pub fn check(g: &Global) -> Result<u8, CliError> {
         .map(|j| project.workers_for(j).count())
         .sum();
     if g.json {
-        super::print_json(serde_json::json!({
-            "outcome": "ok", "exit_code": 0,
-            "jobs": project.jobs.len(), "workers": project.workers.len(), "allocations": allocations,
-            "playbooks": books.len(),
-        }));
+        super::print_answer(
+            &Answer::ok()
+                .with("jobs", project.jobs.len())
+                .with("workers", project.workers.len())
+                .with("allocations", allocations)
+                .with("playbooks", books.len()),
+        );
     } else {
         println!(
             "ok: {} job(s), {} worker(s), {} allocation(s), {} wave(s), {} playbook(s)",
@@ -63,18 +66,18 @@ fn known_jobs(
     s: &Session,
     jobs: &Option<std::collections::BTreeSet<String>>,
     records: &[cutover_state::AllocationRecord],
-) -> Result<(), CliError> {
+) -> Result<(), EngineError> {
     for j in jobs.iter().flatten() {
         if !s.ctx.project.jobs.contains_key(j) && !records.iter().any(|r| &r.job == j) {
             let known: Vec<&str> = s.ctx.project.jobs.keys().map(String::as_str).collect();
-            return Err(CliError::usage(
+            return Err(EngineError::usage(
                 format!("--jobs names `{j}`, which is not a job of this project"),
                 format!("jobs: {}", known.join(", ")),
             ));
         }
     }
     if jobs.as_ref().is_some_and(|j| j.is_empty()) {
-        return Err(CliError::usage(
+        return Err(EngineError::usage(
             "--jobs names no job",
             "name jobs: --jobs a,b",
         ));
@@ -82,7 +85,7 @@ fn known_jobs(
     Ok(())
 }
 
-pub async fn status(s: &Session, a: crate::args::StatusArgs) -> Result<u8, CliError> {
+pub async fn status(s: &Session, a: crate::args::StatusArgs) -> Result<u8, EngineError> {
     let jobs = job_set(a.jobs);
     let p = &s.ctx.project;
     let records = s.store.allocations().await?;
@@ -175,12 +178,14 @@ pub async fn status(s: &Session, a: crate::args::StatusArgs) -> Result<u8, CliEr
         .into_iter()
         .next();
     if s.json {
-        super::print_json(serde_json::json!({
-            "outcome": "ok", "exit_code": 0, "allocations": docs,
-            "last_deployment": last.as_ref().map(|d| serde_json::json!({
-                "seq": d.seq, "outcome": d.outcome, "started_at": d.started_at,
-            })),
-        }));
+        super::print_answer(&Answer::ok().with("allocations", &docs).with(
+            "last_deployment",
+            last.as_ref().map(|d| {
+                serde_json::json!({
+                    "seq": d.seq, "outcome": d.outcome, "started_at": d.started_at,
+                })
+            }),
+        ));
         return Ok(0);
     }
     if rows.is_empty() {
@@ -202,16 +207,15 @@ pub async fn status(s: &Session, a: crate::args::StatusArgs) -> Result<u8, CliEr
     Ok(0)
 }
 
-pub async fn drift(s: &Session, jobs: Option<Vec<String>>) -> Result<u8, CliError> {
+pub async fn drift(s: &Session, jobs: Option<Vec<String>>) -> Result<u8, EngineError> {
     let jobs = job_set(jobs);
     let report = drift::drift(&s.ctx, jobs.as_ref()).await?;
     let rc = if report.any_drift() { 4 } else { 0 };
     if s.json {
-        super::print_json(serde_json::json!({
-            "outcome": if rc == 0 { "clean" } else { "drift" },
-            "exit_code": rc,
-            "allocations": report.allocations,
-        }));
+        super::print_answer(
+            &Answer::new(if rc == 0 { "clean" } else { "drift" }, rc)
+                .with("allocations", &report.allocations),
+        );
         return Ok(rc);
     }
     if report.allocations.is_empty() {
@@ -270,7 +274,7 @@ fn touched_jobs(summary: &str) -> Vec<String> {
     out
 }
 
-pub async fn cat(s: &Session, a: CatArgs) -> Result<u8, CliError> {
+pub async fn cat(s: &Session, a: CatArgs) -> Result<u8, EngineError> {
     let p = &s.ctx.project;
     let jobs = job_set(a.jobs);
     known_jobs(s, &jobs, &s.store.allocations().await?)?;
@@ -435,7 +439,7 @@ pub async fn cat(s: &Session, a: CatArgs) -> Result<u8, CliError> {
             }
         };
     if s.json {
-        super::print_json(serde_json::json!({"outcome": "ok", "exit_code": 0, "items": doc}));
+        super::print_answer(&Answer::ok().with("items", &doc));
     } else {
         table(&header, &rows);
     }
@@ -447,7 +451,7 @@ pub async fn job_run(
     job: &str,
     target: &str,
     workers: Option<Vec<String>>,
-) -> Result<u8, CliError> {
+) -> Result<u8, EngineError> {
     let results = jobrun::run_target(&s.ctx, job, target, workers.as_deref()).await?;
     let rc = if results.iter().all(|r| r.ok) { 0 } else { 1 };
     s.audit(
@@ -457,9 +461,9 @@ pub async fn job_run(
         "",
     );
     if s.json {
-        super::print_json(serde_json::json!({
-            "outcome": if rc == 0 { "success" } else { "failed" }, "exit_code": rc, "results": results,
-        }));
+        super::print_answer(
+            &Answer::new(if rc == 0 { "success" } else { "failed" }, rc).with("results", &results),
+        );
     } else {
         for r in &results {
             let state = if r.ok { "ok" } else { "FAILED" };
@@ -475,12 +479,12 @@ pub async fn job_run(
 }
 
 /// `cutover job purge JOB [--yes]`: asks first unless `--yes`.
-pub async fn job_purge(s: &Session, job: &str, yes: bool) -> Result<u8, CliError> {
+pub async fn job_purge(s: &Session, job: &str, yes: bool) -> Result<u8, EngineError> {
     let workers = jobrun::purgeable(&s.ctx, job).await?;
     if !yes {
         use std::io::{BufRead, IsTerminal, Write};
         if !std::io::stdin().is_terminal() {
-            return Err(CliError::usage(
+            return Err(EngineError::usage(
                 format!("`cutover job purge {job}` deletes data and asks first, but stdin is not a terminal"),
                 format!("run it again with --yes to delete the shared/ data of {job} on: {}", workers.join(", ")),
             ));
@@ -515,9 +519,7 @@ pub async fn job_purge(s: &Session, job: &str, yes: bool) -> Result<u8, CliError
     let outcome = if rc == 0 { "success" } else { "failed" };
     s.audit(&command_line(), outcome, rc, "");
     if s.json {
-        super::print_json(serde_json::json!({
-            "outcome": outcome, "exit_code": rc, "report": report,
-        }));
+        super::print_answer(&Answer::new(outcome, rc).with("report", &report));
         return Ok(rc);
     }
     for p in &report.allocations {
@@ -534,7 +536,7 @@ pub async fn job_purge(s: &Session, job: &str, yes: bool) -> Result<u8, CliError
 }
 
 /// `cutover state rebuild`.
-pub async fn publish(s: &Session, a: crate::args::PublishArgs) -> Result<u8, CliError> {
+pub async fn publish(s: &Session, a: crate::args::PublishArgs) -> Result<u8, EngineError> {
     let command = command_line();
     let keys = cutover_engine::keys::signing_keys(&s.ctx, &a.keys)?;
     let opts = cutover_engine::publish::PublishOptions {
@@ -558,7 +560,7 @@ pub async fn publish(s: &Session, a: crate::args::PublishArgs) -> Result<u8, Cli
             }
             let rc = e.exit_code();
             s.audit(&command, "failed", rc, &format!("job {}: {e}", a.job));
-            return Err(e.into());
+            return Err(e);
         }
     };
     let forced = if a.force { "; forced" } else { "" };
@@ -569,9 +571,7 @@ pub async fn publish(s: &Session, a: crate::args::PublishArgs) -> Result<u8, Cli
         &format!("job {} version {} seq {}{forced}", p.job, p.version, p.seq),
     );
     if s.json {
-        super::print_json(serde_json::json!({
-            "outcome": "published", "exit_code": 0, "report": p,
-        }));
+        super::print_answer(&Answer::new("published", 0).with("report", &p));
         return Ok(0);
     }
     let channels: Vec<String> = p
@@ -596,7 +596,7 @@ pub async fn publish(s: &Session, a: crate::args::PublishArgs) -> Result<u8, Cli
     Ok(0)
 }
 
-pub fn keys_generate(g: &crate::args::Global, out: &std::path::Path) -> Result<u8, CliError> {
+pub fn keys_generate(g: &crate::args::Global, out: &std::path::Path) -> Result<u8, EngineError> {
     // A private key inside the project is one `git add` away from the
     // repository: refused.
     if let Ok(root) = super::project_root(g) {
@@ -605,7 +605,7 @@ pub fn keys_generate(g: &crate::args::Global, out: &std::path::Path) -> Result<u
             .unwrap_or_else(|_| out.to_path_buf());
         let (root, abs) = (root.canonicalize().unwrap_or(root), normalize(&abs));
         if abs.starts_with(&root) {
-            return Err(CliError::usage(
+            return Err(EngineError::usage(
                 format!(
                     "{} is inside the project ({}): a private key there is one `git add` away from the repository",
                     out.display(),
@@ -617,9 +617,7 @@ pub fn keys_generate(g: &crate::args::Global, out: &std::path::Path) -> Result<u
     }
     let key = cutover_engine::keys::generate(out)?;
     if g.json {
-        super::print_json(serde_json::json!({
-            "outcome": "ok", "exit_code": 0, "key": key,
-        }));
+        super::print_answer(&Answer::ok().with("key", &key));
         return Ok(0);
     }
     println!(
@@ -635,7 +633,7 @@ pub fn keys_generate(g: &crate::args::Global, out: &std::path::Path) -> Result<u
     Ok(0)
 }
 
-pub async fn keys_list(s: &Session) -> Result<u8, CliError> {
+pub async fn keys_list(s: &Session) -> Result<u8, EngineError> {
     let trust = cutover_engine::keys::trust(&s.ctx)?;
     // Which keys signed each published job's current index.
     let signed: Vec<(String, Vec<String>, Option<String>)> =
@@ -656,9 +654,7 @@ pub async fn keys_list(s: &Session) -> Result<u8, CliError> {
                 serde_json::json!({ "job": job, "signed_by": by, "refused": refused })
             })
             .collect();
-        super::print_json(serde_json::json!({
-            "outcome": "ok", "exit_code": 0, "trust": trust, "indexes": indexes,
-        }));
+        super::print_answer(&Answer::ok().with("trust", &trust).with("indexes", &indexes));
         return Ok(0);
     }
     if trust.keys.is_empty() {
@@ -689,12 +685,10 @@ pub async fn keys_list(s: &Session) -> Result<u8, CliError> {
     Ok(0)
 }
 
-pub async fn certs_list(s: &Session) -> Result<u8, CliError> {
+pub async fn certs_list(s: &Session) -> Result<u8, EngineError> {
     let certs = cutover_engine::certs::list(&s.ctx).await?;
     if s.json {
-        super::print_json(serde_json::json!({
-            "outcome": "ok", "exit_code": 0, "certificates": certs,
-        }));
+        super::print_answer(&Answer::ok().with("certificates", &certs));
         return Ok(0);
     }
     if certs.is_empty() {
@@ -722,9 +716,9 @@ pub async fn certs_list(s: &Session) -> Result<u8, CliError> {
     Ok(0)
 }
 
-pub async fn logs(s: &Session, a: crate::args::LogsArgs) -> Result<u8, CliError> {
+pub async fn logs(s: &Session, a: crate::args::LogsArgs) -> Result<u8, EngineError> {
     if job_set(a.workers.clone()).is_some_and(|w| w.is_empty()) {
-        return Err(CliError::usage(
+        return Err(EngineError::usage(
             "--workers names no worker",
             "name workers: --workers w1,w2 (or leave it out for all)",
         ));
@@ -759,14 +753,9 @@ pub async fn logs(s: &Session, a: crate::args::LogsArgs) -> Result<u8, CliError>
             .iter()
             .map(|(w, e)| serde_json::json!({ "worker": w, "error": e }))
             .collect();
-        println!(
-            "{}",
-            serde_json::json!({
-                "outcome": if rc == 0 { "ok" } else { "failed" },
-                "exit_code": rc,
-                "failed": failed,
-            })
-        );
+        // One line, like the log lines before it.
+        let summary = Answer::new(if rc == 0 { "ok" } else { "failed" }, rc).with("failed", failed);
+        println!("{}", summary.to_json());
         return Ok(rc);
     }
     for (w, e) in &failed {
@@ -775,14 +764,12 @@ pub async fn logs(s: &Session, a: crate::args::LogsArgs) -> Result<u8, CliError>
     Ok(rc)
 }
 
-pub async fn worker_forget(s: &Session, name: &str) -> Result<u8, CliError> {
+pub async fn worker_forget(s: &Session, name: &str) -> Result<u8, EngineError> {
     let command = command_line();
     let report = cutover_engine::jobrun::forget_worker(&s.ctx, name, &command).await?;
     s.audit(&command, "forgotten", 0, &format!("worker {name}"));
     if s.json {
-        super::print_json(serde_json::json!({
-            "outcome": "forgotten", "exit_code": 0, "report": report,
-        }));
+        super::print_answer(&Answer::new("forgotten", 0).with("report", &report));
         return Ok(0);
     }
     println!(
@@ -796,7 +783,7 @@ pub async fn worker_forget(s: &Session, name: &str) -> Result<u8, CliError> {
     Ok(0)
 }
 
-pub async fn state_rebuild(s: &Session) -> Result<u8, CliError> {
+pub async fn state_rebuild(s: &Session) -> Result<u8, EngineError> {
     let command = command_line();
     let _lock = s.ctx.store.lock(&s.ctx.holder(&command, None)).await?;
     let report = cutover_engine::rebuild::rebuild_store(&s.ctx).await?;
@@ -809,9 +796,7 @@ pub async fn state_rebuild(s: &Session) -> Result<u8, CliError> {
         &format!("rebuilt={}", report.rebuilt.len()),
     );
     if s.json {
-        super::print_json(serde_json::json!({
-            "outcome": outcome, "exit_code": rc, "report": report,
-        }));
+        super::print_answer(&Answer::new(outcome, rc).with("report", &report));
         return Ok(rc);
     }
     for r in &report.rebuilt {
@@ -840,11 +825,13 @@ pub async fn state_rebuild(s: &Session) -> Result<u8, CliError> {
     Ok(rc)
 }
 
-pub async fn lock_status(s: &Session) -> Result<u8, CliError> {
+pub async fn lock_status(s: &Session) -> Result<u8, EngineError> {
     let holder = s.store.lock_status().await?;
     if s.json {
-        super::print_json(
-            serde_json::json!({"outcome": "ok", "exit_code": 0, "locked": holder.is_some(), "holder": holder}),
+        super::print_answer(
+            &Answer::ok()
+                .with("locked", holder.is_some())
+                .with("holder", &holder),
         );
     } else {
         match holder {
@@ -855,7 +842,7 @@ pub async fn lock_status(s: &Session) -> Result<u8, CliError> {
     Ok(0)
 }
 
-pub async fn lock_release(s: &Session) -> Result<u8, CliError> {
+pub async fn lock_release(s: &Session) -> Result<u8, EngineError> {
     let cleared = s.store.force_unlock().await?;
     s.audit(
         &command_line(),
@@ -867,7 +854,7 @@ pub async fn lock_release(s: &Session) -> Result<u8, CliError> {
             .unwrap_or_default(),
     );
     if s.json {
-        super::print_json(serde_json::json!({"outcome": "ok", "exit_code": 0, "cleared": cleared}));
+        super::print_answer(&Answer::ok().with("cleared", &cleared));
     } else {
         match cleared {
             Some(h) => println!("cleared the lock record left by {h}"),

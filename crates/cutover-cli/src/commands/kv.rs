@@ -1,5 +1,6 @@
 //! `cutover kv get|put|list|delete`.
 
+use cutover_engine::app::Answer;
 use std::io::Read;
 
 use cutover_engine::kv;
@@ -7,15 +8,15 @@ use cutover_state::Secret;
 
 use super::{command_line, Session};
 use crate::args::KvCommand;
-use crate::error::CliError;
 use crate::output::table;
+use cutover_engine::EngineError;
 
-pub async fn run(s: &Session, c: KvCommand) -> Result<u8, CliError> {
+pub async fn run(s: &Session, c: KvCommand) -> Result<u8, EngineError> {
     match c {
         KvCommand::Get { job, key, reveal } => {
             let v = kv::get(&s.ctx, &job, &key, reveal).await?;
             if s.json {
-                super::print_json(serde_json::json!({"outcome": "ok", "exit_code": 0, "entry": v}));
+                super::print_answer(&Answer::ok().with("entry", &v));
             } else {
                 match v.value {
                     Some(value) => println!("{value}"),
@@ -32,7 +33,7 @@ pub async fn run(s: &Session, c: KvCommand) -> Result<u8, CliError> {
             let value = if value == "-" {
                 let mut buf = String::new();
                 std::io::stdin().read_to_string(&mut buf).map_err(|e| {
-                    CliError::usage(
+                    EngineError::usage(
                         format!("cannot read the value from standard input: {e}"),
                         "pipe the value in, or give it as an argument",
                     )
@@ -49,8 +50,11 @@ pub async fn run(s: &Session, c: KvCommand) -> Result<u8, CliError> {
             );
             s.audit(&cmd, "success", 0, "");
             if s.json {
-                super::print_json(
-                    serde_json::json!({"outcome": "ok", "exit_code": 0, "job": job, "key": key, "secret": secret}),
+                super::print_answer(
+                    &Answer::ok()
+                        .with("job", &job)
+                        .with("key", &key)
+                        .with("secret", secret),
                 );
             } else {
                 println!(
@@ -66,9 +70,7 @@ pub async fn run(s: &Session, c: KvCommand) -> Result<u8, CliError> {
         KvCommand::List { job, reveal } => {
             let list = kv::list(&s.ctx, job.as_deref(), reveal).await?;
             if s.json {
-                super::print_json(
-                    serde_json::json!({"outcome": "ok", "exit_code": 0, "entries": list}),
-                );
+                super::print_answer(&Answer::ok().with("entries", &list));
             } else {
                 let rows: Vec<Vec<String>> = list
                     .iter()
@@ -87,7 +89,7 @@ pub async fn run(s: &Session, c: KvCommand) -> Result<u8, CliError> {
             kv::delete(&s.ctx, &job, &key).await?;
             s.audit(&command_line(), "success", 0, "");
             if s.json {
-                super::print_json(serde_json::json!({"outcome": "ok", "exit_code": 0}));
+                super::print_answer(&Answer::ok());
             } else {
                 println!("{job}/{key} deleted");
             }

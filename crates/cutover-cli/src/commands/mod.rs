@@ -10,23 +10,22 @@ mod kv;
 pub mod playbook;
 pub mod release;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use cutover_engine::{Context, EngineError, Operator, Reporter};
-use cutover_model::{LoadOptions, Project, StateBackend};
+use cutover_engine::app::{self, Answer, Environment, Invocation};
+use cutover_engine::{Context, EngineError, Reporter};
+use cutover_model::Project;
 use cutover_state::SqliteStore;
 
 use crate::args::{
     CertsCommand, Cli, Command, Global, JobCommand, KeysCommand, LockCommand, Progress,
     StateCommand, WorkerCommand,
 };
-use crate::env_vars;
-use crate::error::CliError;
 use crate::output::{self, LinePrinter, LiveProgress, Silent};
 
-pub async fn run(cli: Cli) -> Result<u8, CliError> {
+pub async fn run(cli: Cli) -> Result<u8, EngineError> {
     let g = &cli.global;
     match cli.command {
         Command::Init(a) => init::run(g, a),
@@ -65,6 +64,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Publish(a) => inspect::publish(&Session::open(g, "publish").await?, a).await,
         Command::Channel(c) => channel::run(&Session::open(g, "channel").await?, c).await,
         Command::Doctor => channel::doctor(g).await,
+        Command::Serve(a) => serve(g, a).await,
         Command::Keys(KeysCommand::Generate { out }) => inspect::keys_generate(g, &out),
         Command::Keys(KeysCommand::List) => {
             inspect::keys_list(&Session::open(g, "keys").await?).await
@@ -90,7 +90,7 @@ pub struct Session {
 }
 
 impl Session {
-    pub async fn open(g: &Global, prefix: &'static str) -> Result<Session, CliError> {
+    pub async fn open(g: &Global, prefix: &'static str) -> Result<Session, EngineError> {
         let root = project_root(g)?;
         Session::open_at(&root, g, prefix).await
     }
@@ -99,16 +99,7 @@ impl Session {
         root: &Path,
         g: &Global,
         prefix: &'static str,
-    ) -> Result<Session, CliError> {
-        let project = load_project(root)?;
-        if let StateBackend::Postgres { .. } = project.config.state {
-            return Err(CliError::usage(
-                "cutover.toml: [state] backend = \"postgres\" is not available in this build yet",
-                "use backend = \"sqlite\" (the default) for now",
-            ));
-        }
-        let workspace = root.join(".cutover");
-        let store = Arc::new(SqliteStore::open(&workspace).await?);
+    ) -> Result<Session, EngineError> {
         let reporter: Arc<dyn Reporter> = if g.json {
             Arc::new(Silent)
         } else {
@@ -121,21 +112,11 @@ impl Session {
                 (Progress::Auto, false) => Arc::new(LinePrinter::new(prefix, false)),
             }
         };
+        let opened = app::open(root, environment(), reporter, crate::interrupt()).await?;
         Ok(Session {
-            ctx: Context {
-                project: Arc::new(project),
-                store: store.clone(),
-                workspace,
-                operator: operator(),
-                env: std::env::vars().collect::<BTreeMap<_, _>>(),
-                reporter,
-                runtime_dir: runtime_dir(),
-                interrupt: crate::interrupt(),
-                load: load_options(),
-                trust_env: trust_env(),
-            },
+            ctx: opened.ctx,
             json: g.json,
-            store,
+            store: opened.sqlite,
         })
     }
 
@@ -145,26 +126,32 @@ impl Session {
         self.ctx.interrupt.exit_code().unwrap_or(1)
     }
 
+    /// This operator running `command` (as the app layer spells it).
+    pub fn invocation_of(&self, command: String) -> Invocation {
+        Invocation {
+            actor: self.ctx.operator.user.clone(),
+            command,
+        }
+    }
+
     /// Appends this command to `.cutover/audit.log`.
     pub fn audit(&self, command: &str, outcome: &str, rc: u8, detail: &str) {
-        if let Err(e) = cutover_engine::audit::append(
-            &self.ctx.workspace,
-            &self.ctx.operator,
-            command,
-            outcome,
-            i32::from(rc),
-            detail,
-        ) {
-            eprintln!("warning: cannot write .cutover/audit.log: {e}");
-        }
+        self.invocation_of(command.to_string())
+            .audit(&self.ctx, outcome, rc, detail);
     }
 }
 
-pub fn project_root(g: &Global) -> Result<PathBuf, CliError> {
+/// The environment of this process, read once.
+pub fn environment() -> &'static Environment {
+    static ENV: std::sync::OnceLock<Environment> = std::sync::OnceLock::new();
+    ENV.get_or_init(|| Environment::new(std::env::vars()))
+}
+
+pub fn project_root(g: &Global) -> Result<PathBuf, EngineError> {
     let start = match &g.project {
         Some(p) => p.clone(),
         None => std::env::current_dir().map_err(|e| {
-            CliError::usage(
+            EngineError::usage(
                 format!("cannot read the current directory: {e}"),
                 "pass --project DIR",
             )
@@ -174,7 +161,7 @@ pub fn project_root(g: &Global) -> Result<PathBuf, CliError> {
         if start.join(cutover_model::project::PROJECT_FILE).is_file() {
             return Ok(start);
         }
-        return Err(CliError::usage(
+        return Err(EngineError::usage(
             format!("{} has no cutover.toml", start.display()),
             format!(
                 "create a project there with `cutover init {}`",
@@ -183,65 +170,15 @@ pub fn project_root(g: &Global) -> Result<PathBuf, CliError> {
         ));
     }
     Project::find_root(&start).ok_or_else(|| {
-        CliError::usage(
+        EngineError::usage(
             format!("no cutover.toml in {} or any directory above it", start.display()),
             "run cutover inside a project, pass --project DIR, or create one with `cutover init DIR --example`",
         )
     })
 }
 
-pub fn load_options() -> LoadOptions {
-    LoadOptions {
-        home: std::env::var_os(env_vars::HOME).map(PathBuf::from),
-    }
-}
-
-/// `$XDG_RUNTIME_DIR` when it is an absolute, existing dir; else the
-/// system temp dir. Either way cutover makes its own 0700 dirs in it.
-pub fn runtime_dir() -> PathBuf {
-    std::env::var_os(env_vars::XDG_RUNTIME_DIR)
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute() && p.is_dir())
-        .unwrap_or_else(std::env::temp_dir)
-}
-
-pub fn load_project(root: &Path) -> Result<Project, CliError> {
-    Project::load(root, &load_options()).map_err(|d| CliError::Engine(EngineError::Config(d)))
-}
-
-pub fn operator() -> Operator {
-    let user = std::env::var(env_vars::CUTOVER_USER)
-        .or_else(|_| std::env::var(env_vars::USER))
-        .ok()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(account_name);
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into());
-    Operator {
-        user,
-        host,
-        pid: std::process::id(),
-    }
-}
-
-/// This process's account name from the system (`/etc/passwd`), for a
-/// session without `$USER` (cron, systemd, `env -i`); else `uid N`.
-fn account_name() -> String {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(uid) = std::fs::metadata("/proc/self").map(|m| m.uid()) else {
-        return "unknown".into();
-    };
-    std::fs::read_to_string("/etc/passwd")
-        .ok()
-        .and_then(|text| {
-            text.lines().find_map(|l| {
-                let f: Vec<&str> = l.split(':').collect();
-                (f.len() > 2 && f[2] == uid.to_string()).then(|| f[0].to_string())
-            })
-        })
-        .unwrap_or_else(|| format!("uid {uid}"))
+pub fn load_project(root: &Path) -> Result<Project, EngineError> {
+    app::load(root, environment())
 }
 
 pub fn job_set(jobs: Option<Vec<String>>) -> Option<BTreeSet<String>> {
@@ -254,25 +191,26 @@ pub fn command_line() -> String {
     format!("cutover {}", args.join(" "))
 }
 
-pub fn print_json(doc: serde_json::Value) {
-    output::json(&doc);
+pub fn print_answer(answer: &Answer) {
+    output::json(&answer.to_json());
 }
 
-/// The keys the environment names (and whether it is production).
-pub(crate) fn trust_env() -> cutover_engine::keys::TrustEnv {
-    let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
-    cutover_engine::keys::TrustEnv {
-        paths: var(env_vars::CUTOVER_TRUST_PUBLIC_KEYS_PATH),
-        json: var(env_vars::CUTOVER_TRUST_PUBLIC_KEYS_JSON),
-        signing_key_file: var(env_vars::CUTOVER_SIGNING_KEY_FILE)
-            .map(|v| {
-                v.split(':')
-                    .filter(|p| !p.is_empty())
-                    .map(PathBuf::from)
-                    .collect()
-            })
-            .unwrap_or_default(),
-        insecure_dev_keys: var(env_vars::CUTOVER_ALLOW_INSECURE_DEV_KEYS).as_deref() == Some("1"),
-        production: var(env_vars::CUTOVER_ENV).as_deref() == Some("production"),
-    }
+/// `cutover serve`: until a signal.
+async fn serve(g: &Global, a: crate::args::ServeArgs) -> Result<u8, EngineError> {
+    let root = project_root(g)?;
+    let opts = cutover_serve::ServeOptions {
+        root,
+        listen: a.listen,
+        tls_cert: a.tls_cert,
+        tls_key: a.tls_key,
+        insecure_http: a.insecure_http,
+        env: environment().clone(),
+        interrupt: crate::interrupt(),
+    };
+    cutover_serve::serve(opts, |url| {
+        println!("cutover serve: listening on {url} (Ctrl-C stops)");
+    })
+    .await?;
+    println!("cutover serve: stopped");
+    Ok(0)
 }

@@ -1,5 +1,6 @@
 //! `cutover playbook list|match|check|new`.
 
+use cutover_engine::app::Answer;
 use std::path::Path;
 
 use cutover_model::playbook::{self, Playbook};
@@ -7,8 +8,8 @@ use serde::Serialize;
 
 use super::{project_root, Session};
 use crate::args::{Global, PlaybookCommand};
-use crate::error::CliError;
 use crate::output::table;
+use cutover_engine::EngineError;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Match {
@@ -34,26 +35,24 @@ pub fn matching(root: &Path, phase: &str, output: &str) -> Vec<Match> {
         .collect()
 }
 
-fn load_valid(root: &Path) -> Result<Vec<Playbook>, CliError> {
+fn load_valid(root: &Path) -> Result<Vec<Playbook>, EngineError> {
     let (books, diags) = playbook::load(root);
     if diags.is_empty() {
         Ok(books)
     } else {
-        Err(CliError::Engine(cutover_engine::EngineError::Config(
+        Err(cutover_engine::EngineError::Config(
             cutover_model::Diagnostics(diags),
-        )))
+        ))
     }
 }
 
-pub async fn run(g: &Global, c: PlaybookCommand) -> Result<u8, CliError> {
+pub async fn run(g: &Global, c: PlaybookCommand) -> Result<u8, EngineError> {
     let root = project_root(g)?;
     match c {
         PlaybookCommand::List => {
             let books = load_valid(&root)?;
             if g.json {
-                super::print_json(
-                    serde_json::json!({"outcome": "ok", "exit_code": 0, "playbooks": books}),
-                );
+                super::print_answer(&Answer::ok().with("playbooks", &books));
             } else if books.is_empty() {
                 println!("no playbooks: create one with `cutover playbook new ID`");
             } else {
@@ -78,14 +77,14 @@ pub async fn run(g: &Global, c: PlaybookCommand) -> Result<u8, CliError> {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
             {
-                return Err(CliError::usage(
+                return Err(EngineError::usage(
                     format!("`{id}` is not a valid playbook id"),
                     "use letters, digits, `-`, `_` and `.`",
                 ));
             }
             let path = root.join(playbook::DIR).join(format!("{id}.yaml"));
             if path.exists() {
-                return Err(CliError::usage(
+                return Err(EngineError::usage(
                     format!("{} already exists", path.display()),
                     "edit it, or choose another id",
                 ));
@@ -95,15 +94,13 @@ pub async fn run(g: &Global, c: PlaybookCommand) -> Result<u8, CliError> {
                 std::fs::write(&path, playbook::template(&id))
             };
             write().map_err(|e| {
-                CliError::usage(
+                EngineError::usage(
                     format!("cannot write {}: {e}", path.display()),
                     "check permissions",
                 )
             })?;
             if g.json {
-                super::print_json(
-                    serde_json::json!({"outcome": "ok", "exit_code": 0, "file": path.display().to_string()}),
-                );
+                super::print_answer(&Answer::ok().with("file", path.display().to_string()));
             } else {
                 println!(
                     "created {}/{id}.yaml: fill in symptom, match, detection and fix",
@@ -118,16 +115,14 @@ pub async fn run(g: &Global, c: PlaybookCommand) -> Result<u8, CliError> {
             let Some((phase, output)) =
                 cutover_engine::release::last_failure(&s.ctx, &ticket).await?
             else {
-                return Err(CliError::usage(
+                return Err(EngineError::usage(
                     format!("no failure recorded for ticket {ticket}"),
                     format!("see `cutover release state {ticket}`"),
                 ));
             };
             let found = matching(&root, phase.as_str(), &output);
             if g.json {
-                super::print_json(
-                    serde_json::json!({"outcome": "ok", "exit_code": 0, "phase": phase, "matches": found}),
-                );
+                super::print_answer(&Answer::ok().with("phase", phase).with("matches", &found));
             } else {
                 println!(
                     "release {ticket} failed in {}: {}",
@@ -150,7 +145,7 @@ pub async fn run(g: &Global, c: PlaybookCommand) -> Result<u8, CliError> {
         PlaybookCommand::Check { id } => {
             let books = load_valid(&root)?;
             let book = books.iter().find(|b| b.id == id).ok_or_else(|| {
-                CliError::usage(
+                EngineError::usage(
                     format!("no playbook `{id}`"),
                     format!(
                         "playbooks: {}",
@@ -193,8 +188,11 @@ pub async fn run(g: &Global, c: PlaybookCommand) -> Result<u8, CliError> {
                     .iter()
                     .map(|(c, e, ok, _)| serde_json::json!({"command": c, "expect": e, "matched": ok}))
                     .collect();
-                super::print_json(
-                    serde_json::json!({"outcome": "ok", "exit_code": 0, "id": id, "applies": applies, "detection": items}),
+                super::print_answer(
+                    &Answer::ok()
+                        .with("id", &id)
+                        .with("applies", applies)
+                        .with("detection", &items),
                 );
             } else {
                 for (c, e, ok, _) in &results {

@@ -1,15 +1,16 @@
 //! `cutover plan` and `cutover release run|revert|state|return-to-main`.
 
+use cutover_engine::app::Answer;
 use cutover_engine::release::{
     self, plan::Target, Phase, ReleaseLog, ReleaseOptions, ReleaseOutcome, RevertOptions, StateFile,
 };
 
 use super::{command_line, deploy::print_plan, Session};
 use crate::args::{PhaseArg, PlanArgs, ReleaseCommand};
-use crate::error::CliError;
 use crate::output::table;
+use cutover_engine::EngineError;
 
-pub async fn plan(s: &Session, a: PlanArgs) -> Result<u8, CliError> {
+pub async fn plan(s: &Session, a: PlanArgs) -> Result<u8, EngineError> {
     let target = match a.incoming {
         Some(b) => Target::Incoming(b),
         None => Target::Head,
@@ -22,12 +23,11 @@ pub async fn plan(s: &Session, a: PlanArgs) -> Result<u8, CliError> {
         0
     };
     if s.json {
-        super::print_json(serde_json::json!({
-            "outcome": if rc == 0 { "ok" } else { "unclassified" },
-            "exit_code": rc,
-            "unclassified": unclassified,
-            "report": report,
-        }));
+        super::print_answer(
+            &Answer::new(if rc == 0 { "ok" } else { "unclassified" }, rc)
+                .with("unclassified", &unclassified)
+                .with("report", &report),
+        );
         return Ok(rc);
     }
     println!(
@@ -84,7 +84,7 @@ fn phase(p: PhaseArg) -> Phase {
     }
 }
 
-pub async fn run(s: &Session, c: ReleaseCommand) -> Result<u8, CliError> {
+pub async fn run(s: &Session, c: ReleaseCommand) -> Result<u8, EngineError> {
     match c {
         ReleaseCommand::Run {
             ticket,
@@ -142,9 +142,10 @@ pub async fn run(s: &Session, c: ReleaseCommand) -> Result<u8, CliError> {
                 &format!("ticket {ticket}"),
             );
             if s.json {
-                super::print_json(serde_json::json!({
-                    "outcome": if report.ok { "reverted" } else { "failed" }, "exit_code": rc, "report": report,
-                }));
+                super::print_answer(
+                    &Answer::new(if report.ok { "reverted" } else { "failed" }, rc)
+                        .with("report", &report),
+                );
             } else if let Some(when) = &report.already_reverted {
                 println!(
                     "[release-revert] release {ticket} was already reverted ({when}): nothing was changed"
@@ -173,8 +174,8 @@ pub async fn run(s: &Session, c: ReleaseCommand) -> Result<u8, CliError> {
             };
             s.audit(&command, report.outcome.as_str(), rc, "");
             if s.json {
-                super::print_json(
-                    serde_json::json!({"outcome": report.outcome, "exit_code": rc, "report": report}),
+                super::print_answer(
+                    &Answer::new(report.outcome.as_str(), rc).with("report", &report),
                 );
             } else if rc == 0 {
                 println!(
@@ -189,7 +190,7 @@ pub async fn run(s: &Session, c: ReleaseCommand) -> Result<u8, CliError> {
     }
 }
 
-async fn release_run(s: &Session, opts: &ReleaseOptions) -> Result<u8, CliError> {
+async fn release_run(s: &Session, opts: &ReleaseOptions) -> Result<u8, EngineError> {
     let t = &opts.ticket;
     let report = release::run(&s.ctx, opts).await?;
     let (rc, outcome) = match &report.outcome {
@@ -221,10 +222,11 @@ async fn release_run(s: &Session, opts: &ReleaseOptions) -> Result<u8, CliError>
         _ => Vec::new(),
     };
     if s.json {
-        super::print_json(serde_json::json!({
-            "outcome": outcome, "exit_code": rc, "report": report,
-            "playbooks": playbooks,
-        }));
+        super::print_answer(
+            &Answer::new(outcome, rc)
+                .with("report", &report)
+                .with("playbooks", &playbooks),
+        );
         return Ok(rc);
     }
     match &report.outcome {
@@ -267,12 +269,12 @@ async fn release_run(s: &Session, opts: &ReleaseOptions) -> Result<u8, CliError>
     Ok(rc)
 }
 
-async fn state(s: &Session, ticket: &str) -> Result<u8, CliError> {
+async fn state(s: &Session, ticket: &str) -> Result<u8, EngineError> {
     release::check_ticket(ticket)?;
     let file = StateFile::load(&s.ctx.workspace, ticket)?;
     let lines = ReleaseLog::lines(&s.ctx.workspace, ticket);
     if file.is_none() && lines.is_empty() {
-        return Err(CliError::usage(
+        return Err(EngineError::usage(
             format!("no release recorded for ticket {ticket}"),
             "releases are recorded in .cutover/releases/<ticket>.env and .log",
         ));
@@ -288,13 +290,21 @@ async fn state(s: &Session, ticket: &str) -> Result<u8, CliError> {
         .collect();
     let failure = release::last_failure(&s.ctx, ticket).await?;
     if s.json {
-        super::print_json(serde_json::json!({
-            "outcome": "ok", "exit_code": 0, "ticket": ticket, "standing": standing,
-            "state": file, "events": last,
-            "last_failure": failure.as_ref().map(|(phase, output)| serde_json::json!({
-                "phase": phase, "output": output,
-            })),
-        }));
+        super::print_answer(
+            &Answer::ok()
+                .with("ticket", ticket)
+                .with("standing", &standing)
+                .with("state", &file)
+                .with("events", &last)
+                .with(
+                    "last_failure",
+                    failure.as_ref().map(|(phase, output)| {
+                        serde_json::json!({
+                            "phase": phase, "output": output,
+                        })
+                    }),
+                ),
+        );
         return Ok(0);
     }
     println!("release {ticket}: {standing}");

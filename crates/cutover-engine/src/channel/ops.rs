@@ -33,6 +33,7 @@ impl ChannelOp {
     }
 }
 
+#[derive(Debug, Clone)]
 pub struct ChannelOptions {
     pub job: String,
     /// The version (all but resign).

@@ -19,6 +19,9 @@ use cutover_index::Version;
 use crate::interrupt::Interrupt;
 use crate::EngineError;
 
+mod http;
+pub use http::HttpStore;
+
 /// What identifies one state of an index, for compare-and-swap.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tag(pub String);
@@ -89,6 +92,7 @@ pub fn artifact_name(version: &Version) -> String {
 pub enum Store {
     File(FileStore),
     S3(S3Store),
+    Http(HttpStore),
 }
 
 impl Store {
@@ -103,6 +107,9 @@ impl Store {
     ) -> Result<Store, EngineError> {
         if url.starts_with("s3://") {
             return Ok(Store::S3(S3Store::open(url, env)?));
+        }
+        if url.starts_with("http://") || url.starts_with("https://") {
+            return Ok(Store::Http(HttpStore::open(url, env)?));
         }
         if let Some(path) = url.strip_prefix("file://") {
             if !path.starts_with('/') {
@@ -119,7 +126,7 @@ impl Store {
         }
         Err(EngineError::usage(
             format!("store url `{url}` is not supported by this version of cutover"),
-            "use file:///absolute/path or s3://bucket/prefix",
+            "use file:///absolute/path, s3://bucket/prefix or http(s)://host:port (a `cutover serve`)",
         ))
     }
 
@@ -140,6 +147,7 @@ impl ReleaseStore for Store {
         match self {
             Store::File(s) => s.url(),
             Store::S3(s) => s.url(),
+            Store::Http(s) => s.url(),
         }
     }
 
@@ -147,6 +155,7 @@ impl ReleaseStore for Store {
         match self {
             Store::File(s) => s.read_index(job).await,
             Store::S3(s) => s.read_index(job).await,
+            Store::Http(s) => s.read_index(job).await,
         }
     }
 
@@ -159,6 +168,7 @@ impl ReleaseStore for Store {
         match self {
             Store::File(s) => s.write_index(job, bytes, expected).await,
             Store::S3(s) => s.write_index(job, bytes, expected).await,
+            Store::Http(s) => s.write_index(job, bytes, expected).await,
         }
     }
 
@@ -166,6 +176,7 @@ impl ReleaseStore for Store {
         match self {
             Store::File(s) => s.read_artifact(job, version).await,
             Store::S3(s) => s.read_artifact(job, version).await,
+            Store::Http(s) => s.read_artifact(job, version).await,
         }
     }
 
@@ -178,6 +189,7 @@ impl ReleaseStore for Store {
         match self {
             Store::File(s) => s.write_artifact(job, version, bytes).await,
             Store::S3(s) => s.write_artifact(job, version, bytes).await,
+            Store::Http(s) => s.write_artifact(job, version, bytes).await,
         }
     }
 
@@ -190,6 +202,7 @@ impl ReleaseStore for Store {
         match self {
             Store::File(s) => s.fetch_url(job, version, valid).await,
             Store::S3(s) => s.fetch_url(job, version, valid).await,
+            Store::Http(s) => s.fetch_url(job, version, valid).await,
         }
     }
 }
@@ -679,7 +692,7 @@ impl ReleaseStore for S3Store {
         use object_store::signer::Signer;
         let path = self.path(job, &artifact_name(version))?;
         self.store
-            .signed_url(http::Method::GET, &path, valid)
+            .signed_url(::http::Method::GET, &path, valid)
             .await
             .map(|u| Some(u.to_string()))
             .map_err(|e| self.failed(&format!("signing a URL for {path}"), e))

@@ -1,5 +1,6 @@
-//! Every environment variable cutover reads, in one place. Only the CLI
-//! reads the environment; the libraries get what they need as arguments.
+//! Every environment variable cutover reads, in one place. The front ends
+//! (the CLI, the server) read the process environment once into an
+//! [`super::Environment`]; everything below them gets it as an argument.
 
 /// The project directory (same as `--project`).
 pub const CUTOVER_PROJECT: &str = "CUTOVER_PROJECT";
@@ -34,3 +35,6 @@ pub const CUTOVER_ADMIN_TOKEN: &str = "CUTOVER_ADMIN_TOKEN";
 pub const CUTOVER_ADMIN_TOKEN_FILE: &str = "CUTOVER_ADMIN_TOKEN_FILE";
 /// A file of named tokens, stored hashed (`name:sha256` lines).
 pub const CUTOVER_ADMIN_TOKENS_FILE: &str = "CUTOVER_ADMIN_TOKENS_FILE";
+/// The read token `cutover publish`, `deploy` and the channel commands send
+/// to an `http(s)://` store whose `cutover serve` sets `[serve] store_read_token`.
+pub const CUTOVER_STORE_READ_TOKEN: &str = "CUTOVER_STORE_READ_TOKEN";
