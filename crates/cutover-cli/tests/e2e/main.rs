@@ -15,6 +15,7 @@ mod release;
 mod s3;
 mod safety;
 mod secrets;
+mod serve;
 mod signals;
 mod snapshots;
 mod tamper;

@@ -519,7 +519,7 @@ impl Project {
 
     /// The cutover command every test runs: in the project, with its own
     /// TMPDIR and nothing of the developer's environment that cutover reads.
-    fn command(&self, args: &[&str]) -> Command {
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = match self.umask.get() {
             Some(mask) => {
                 let mut c = Command::new("sh");
@@ -867,5 +867,124 @@ impl Drop for S3Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A `cutover serve` of a project, on a free loopback port; stopped (and
+/// waited for) on drop.
+pub struct Served {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+}
+
+impl Served {
+    /// Starts `cutover serve --listen 127.0.0.1:0` with `env`, and waits
+    /// for the line that says where it listens.
+    pub fn start(p: &Project, env: &[(&str, &str)]) -> Served {
+        use std::io::BufRead;
+        let mut child = p
+            .command(&["serve", "--listen", "127.0.0.1:0"])
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn cutover serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the listening line");
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("cutover serve said: {line:?}"));
+        Served {
+            child,
+            base: url.trim_end_matches("/_admin").to_string(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Stops it with SIGTERM and returns its exit code.
+    pub fn stop(mut self) -> i32 {
+        signal(&self.child, "TERM");
+        self.child.wait().expect("wait").code().unwrap_or(-1)
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plain HTTP client for the tests (reqwest on a runtime of its own).
+pub struct Http {
+    rt: tokio::runtime::Runtime,
+    pub client: reqwest::Client,
+}
+
+/// An HTTP answer: status, headers and body.
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: String,
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HTTP {}\n{}", self.status, self.body)
+    }
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
+    }
+
+    pub fn header(&self, name: &str) -> String {
+        self.headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Http {
+    pub fn new() -> Http {
+        Http {
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime"),
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .no_proxy()
+                .build()
+                .expect("client"),
+        }
+    }
+
+    pub fn send(&self, req: reqwest::RequestBuilder) -> Reply {
+        self.rt.block_on(async {
+            let resp = req.send().await.expect("request");
+            Reply {
+                status: resp.status().as_u16(),
+                headers: resp.headers().clone(),
+                body: resp.text().await.expect("body"),
+            }
+        })
+    }
+
+    /// Runs `f` on this client's runtime (for concurrent requests).
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
     }
 }
