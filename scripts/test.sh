@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs (openssh-server, rsync, make, git,
 # openssl to check the certificates cutover issues, python3 with a venv
-# holding moto_server, a real S3 API),
+# holding moto_server, a real S3 API, chromium and chromedriver for the
+# admin UI's browser tests),
 # then builds the tests once and runs them. The tests start their own sshd
 # workers on 127.0.0.x; nothing is left running afterwards.
 set -euo pipefail
@@ -16,6 +17,11 @@ command -v git >/dev/null 2>&1 || need+=(git)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
+# The admin UI's browser tests: headless Chromium through chromedriver.
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+# The server's tests compare token hashes with the system's sha256sum.
+command -v sha256sum >/dev/null 2>&1 || need+=(coreutils)
 if [ "${#need[@]}" -gt 0 ]; then
     echo "test.sh: installing ${need[*]}"
     sudo=""

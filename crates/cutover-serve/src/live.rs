@@ -33,7 +33,8 @@ impl Live {
         });
         let weak = Arc::downgrade(&live);
         tokio::spawn(async move {
-            let mut tail = FeedTail::from_end(&workspace);
+            // The page opens on the last lines written, then follows.
+            let mut tail = FeedTail::from_last(&workspace, 64 << 10);
             let mut tick = tokio::time::interval(POLL);
             loop {
                 tick.tick().await;

@@ -1,50 +1,14 @@
 //! `cutover playbook list|match|check|new`.
 
 use cutover_engine::app::Answer;
-use std::path::Path;
 
-use cutover_model::playbook::{self, Playbook};
-use serde::Serialize;
+use cutover_engine::app::playbooks::{detect, load_valid, matching};
+use cutover_model::playbook;
 
 use super::{project_root, Session};
 use crate::args::{Global, PlaybookCommand};
 use crate::output::table;
 use cutover_engine::EngineError;
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Match {
-    pub id: String,
-    pub file: String,
-    pub symptom: String,
-    pub adhoc: String,
-}
-
-/// Playbooks that fit a failure; invalid playbook files are skipped here
-/// (`cutover check` reports them).
-pub fn matching(root: &Path, phase: &str, output: &str) -> Vec<Match> {
-    playbook::load(root)
-        .0
-        .into_iter()
-        .filter(|p| p.matches(phase, output))
-        .map(|p| Match {
-            id: p.id,
-            file: p.file,
-            symptom: p.symptom,
-            adhoc: p.fix.adhoc,
-        })
-        .collect()
-}
-
-fn load_valid(root: &Path) -> Result<Vec<Playbook>, EngineError> {
-    let (books, diags) = playbook::load(root);
-    if diags.is_empty() {
-        Ok(books)
-    } else {
-        Err(cutover_engine::EngineError::Config(
-            cutover_model::Diagnostics(diags),
-        ))
-    }
-}
 
 pub async fn run(g: &Global, c: PlaybookCommand) -> Result<u8, EngineError> {
     let root = project_root(g)?;
@@ -157,52 +121,24 @@ pub async fn run(g: &Global, c: PlaybookCommand) -> Result<u8, EngineError> {
                     ),
                 )
             })?;
-            let mut results = Vec::new();
-            for d in &book.detection {
-                let out = std::process::Command::new("sh")
-                    .arg("-c")
-                    .arg(&d.command)
-                    .current_dir(&root)
-                    .output();
-                let (text, ok) = match out {
-                    Ok(o) => {
-                        let text = format!(
-                            "{}{}",
-                            String::from_utf8_lossy(&o.stdout),
-                            String::from_utf8_lossy(&o.stderr)
-                        );
-                        let ok = if d.expect.is_empty() {
-                            o.status.success()
-                        } else {
-                            text.contains(&d.expect)
-                        };
-                        (text, ok)
-                    }
-                    Err(e) => (e.to_string(), false),
-                };
-                results.push((d.command.clone(), d.expect.clone(), ok, text));
-            }
-            let applies = !results.is_empty() && results.iter().all(|r| r.2);
+            let (results, applies) = detect(&root, book);
             if g.json {
-                let items: Vec<_> = results
-                    .iter()
-                    .map(|(c, e, ok, _)| serde_json::json!({"command": c, "expect": e, "matched": ok}))
-                    .collect();
                 super::print_answer(
                     &Answer::ok()
                         .with("id", &id)
                         .with("applies", applies)
-                        .with("detection", &items),
+                        .with("detection", &results),
                 );
             } else {
-                for (c, e, ok, _) in &results {
+                for d in &results {
                     println!(
-                        "{} `{c}`{}",
-                        if *ok { "✓" } else { "✗" },
-                        if e.is_empty() {
+                        "{} `{}`{}",
+                        if d.matched { "✓" } else { "✗" },
+                        d.command,
+                        if d.expect.is_empty() {
                             String::new()
                         } else {
-                            format!(" (expect: {e})")
+                            format!(" (expect: {})", d.expect)
                         }
                     );
                 }

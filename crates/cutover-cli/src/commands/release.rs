@@ -133,19 +133,11 @@ pub async fn run(s: &Session, c: ReleaseCommand) -> Result<u8, EngineError> {
                 no_push,
                 command: command_line(),
             };
-            let report = release::revert(&s.ctx, &opts).await?;
-            let rc = if report.ok { 0 } else { s.failure_rc() };
-            s.audit(
-                &opts.command,
-                if report.ok { "reverted" } else { "failed" },
-                rc,
-                &format!("ticket {ticket}"),
-            );
+            let inv = s.invocation_of(opts.command.clone());
+            let (report, answer) = cutover_engine::app::release_revert(&s.ctx, &inv, &opts).await?;
+            let rc = answer.exit_code;
             if s.json {
-                super::print_answer(
-                    &Answer::new(if report.ok { "reverted" } else { "failed" }, rc)
-                        .with("report", &report),
-                );
+                super::print_answer(&answer);
             } else if let Some(when) = &report.already_reverted {
                 println!(
                     "[release-revert] release {ticket} was already reverted ({when}): nothing was changed"
@@ -192,41 +184,11 @@ pub async fn run(s: &Session, c: ReleaseCommand) -> Result<u8, EngineError> {
 
 async fn release_run(s: &Session, opts: &ReleaseOptions) -> Result<u8, EngineError> {
     let t = &opts.ticket;
-    let report = release::run(&s.ctx, opts).await?;
-    let (rc, outcome) = match &report.outcome {
-        ReleaseOutcome::Complete => (0, "complete"),
-        ReleaseOutcome::DryRun => (0, "dry-run"),
-        ReleaseOutcome::NothingToRelease { .. } => (5, "nothing-to-release"),
-        // 4 for drift found in verify, 130/143 when a signal stopped it,
-        // else 1 (a ticket script's own exit status is in the log only).
-        ReleaseOutcome::Failed { phase, rc, .. } => (
-            match (phase, rc) {
-                _ if s.ctx.interrupt.is_set() => s.failure_rc(),
-                (Phase::Verify, 4) => 4,
-                _ => 1,
-            },
-            "failed",
-        ),
-    };
-    if !opts.dry_run {
-        let mut detail = format!("ticket {t}");
-        if let Some(h) = &report.took_over_lock {
-            detail.push_str(&format!("; took over the stale lock of {h}"));
-        }
-        s.audit(&opts.command, outcome, rc, &detail);
-    }
-    let playbooks = match &report.outcome {
-        ReleaseOutcome::Failed { phase, .. } => {
-            super::playbook::matching(&s.ctx.project.root, phase.as_str(), &report.failure_output)
-        }
-        _ => Vec::new(),
-    };
+    let inv = s.invocation_of(opts.command.clone());
+    let (report, playbooks, answer) = cutover_engine::app::release_run(&s.ctx, &inv, opts).await?;
+    let rc = answer.exit_code;
     if s.json {
-        super::print_answer(
-            &Answer::new(outcome, rc)
-                .with("report", &report)
-                .with("playbooks", &playbooks),
-        );
+        super::print_answer(&answer);
         return Ok(rc);
     }
     match &report.outcome {

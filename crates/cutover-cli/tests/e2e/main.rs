@@ -3,6 +3,7 @@
 
 mod support;
 
+mod browser;
 mod channel;
 mod check;
 mod crash;

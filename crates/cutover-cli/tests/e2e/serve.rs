@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use crate::support::*;
 
-const TOKEN_ANA: &str = "ana-token-0123456789";
+pub const TOKEN_ANA: &str = "ana-token-0123456789";
 const TOKEN_BOB: &str = "bob-token-9876543210";
 const POISON: &str = "p0is0n-s3rve-51c2";
 
@@ -120,8 +120,7 @@ impl Site {
         );
         self.p
             .write("jobs/api/build.txt", &format!("build {version}\n"));
-        self.p
-            .expect(&["publish", "api", "--channel", channel], 0);
+        self.p.expect(&["publish", "api", "--channel", channel], 0);
     }
 
     pub fn audit(&self) -> Vec<String> {
@@ -149,10 +148,9 @@ fn audit_shape(line: &str) -> String {
 
 /// The version api runs on `worker` (its rendered `version.txt`), or "".
 fn runs(p: &Project, worker: &str) -> String {
-    std::fs::read_to_string(
-        p.path()
-            .join(format!("local-workers/{worker}/jobs/api/current/version.txt")),
-    )
+    std::fs::read_to_string(p.path().join(format!(
+        "local-workers/{worker}/jobs/api/current/version.txt"
+    )))
     .map(|t| t.trim().to_string())
     .unwrap_or_default()
 }
@@ -168,7 +166,10 @@ fn serve_refuses_to_start_unsafe() {
         &[("CUTOVER_ADMIN_TOKEN", TOKEN_ANA)],
     );
     assert_eq!(out.code, 2, "{out:?}");
-    assert!(out.stderr.contains("refusing plain HTTP on 0.0.0.0"), "{out:?}");
+    assert!(
+        out.stderr.contains("refusing plain HTTP on 0.0.0.0"),
+        "{out:?}"
+    );
     let out = p.cutover_env(
         &["serve", "--listen", "127.0.0.1:0"],
         &[
@@ -177,7 +178,10 @@ fn serve_refuses_to_start_unsafe() {
         ],
     );
     assert_eq!(out.code, 2, "{out:?}");
-    assert!(out.stderr.contains("refused with CUTOVER_ENV=production"), "{out:?}");
+    assert!(
+        out.stderr.contains("refused with CUTOVER_ENV=production"),
+        "{out:?}"
+    );
     chmod(Path::new(&s.tokens_file), 0o644);
     let out = p.cutover_env(
         &["serve", "--listen", "127.0.0.1:0"],
@@ -247,12 +251,18 @@ fn the_api_answers_the_cli_document_with_the_status_of_its_exit_code() {
     let cli = p.expect(&["--json", "deploy"], 0);
     let cli: serde_json::Value = serde_json::from_str(&cli.stdout).expect("json");
     assert_eq!(
-        cli.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()),
-        doc.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()),
+        cli.as_object()
+            .map(|o| o.keys().cloned().collect::<Vec<_>>()),
+        doc.as_object()
+            .map(|o| o.keys().cloned().collect::<Vec<_>>()),
         "the API answers the CLI's --json document"
     );
     let audit = s.audit();
-    assert_eq!(audit.len(), 3, "publish, deploy by ana, deploy by tester: {audit:?}");
+    assert_eq!(
+        audit.len(),
+        3,
+        "publish, deploy by ana, deploy by tester: {audit:?}"
+    );
     assert!(audit[1].contains(" user=ana "), "{audit:?}");
     assert!(audit[2].contains(" user=tester "), "{audit:?}");
     assert_eq!(
@@ -270,7 +280,11 @@ fn the_api_answers_the_cli_document_with_the_status_of_its_exit_code() {
     assert_eq!(r.status, 400, "{r:?}");
     assert_eq!(r.json()["exit_code"], 2);
     assert!(r.json()["help"].as_str().is_some_and(|h| h.contains("api")));
-    let r = post("/api/deploy", TOKEN_ANA, serde_json::json!({"dry-run": true}));
+    let r = post(
+        "/api/deploy",
+        TOKEN_ANA,
+        serde_json::json!({"dry-run": true}),
+    );
     assert_eq!(r.status, 400, "an unknown option is refused: {r:?}");
     let r = post(
         "/api/channel/api/canary",
@@ -306,7 +320,9 @@ fn the_api_answers_the_cli_document_with_the_status_of_its_exit_code() {
     let last = s.audit().pop().expect("audit");
     assert!(
         last.contains(" user=bob ")
-            && last.contains("command=\"cutover channel promote api --version 1.1.0 --reason soaked\""),
+            && last.contains(
+                "command=\"cutover channel promote api --version 1.1.0 --reason soaked\""
+            ),
         "{last}"
     );
 
@@ -334,7 +350,11 @@ fn the_api_answers_the_cli_document_with_the_status_of_its_exit_code() {
     p.job("web", "version = \"1\"\n");
     p.write(
         "jobs/web/Makefile",
-        &MAKEFILE.replacen("start:\n", &format!("start:\n{}", gate_line(gates.path())), 1),
+        &MAKEFILE.replacen(
+            "start:\n",
+            &format!("start:\n{}", gate_line(gates.path())),
+            1,
+        ),
     );
     let deploy = p.spawn(&["deploy", "--jobs", "web"]);
     wait_for(&gates.path().join("reached"));
@@ -352,7 +372,9 @@ fn the_api_answers_the_cli_document_with_the_status_of_its_exit_code() {
     // Reads: deployments, audit, releases, one job.
     let r = get("/api/deployments", Some(TOKEN_ANA));
     assert_eq!(r.status, 200);
-    assert!(r.json()["deployments"].as_array().is_some_and(|d| d.len() >= 4));
+    assert!(r.json()["deployments"]
+        .as_array()
+        .is_some_and(|d| d.len() >= 4));
     let r = get("/api/jobs/api", Some(TOKEN_ANA));
     assert_eq!(r.json()["job"]["channels"]["stable"], "1.1.0", "{r:?}");
     let r = get("/api/jobs/nope", Some(TOKEN_ANA));
@@ -390,7 +412,10 @@ fn sign_in(http: &Http, base: &str, token: &str) -> (String, String) {
     for attr in ["HttpOnly", "SameSite=Strict", "Max-Age=", "Path=/"] {
         assert!(set.contains(attr), "session cookie lacks {attr}: {set}");
     }
-    assert!(!set.contains("Secure"), "no Secure on loopback (plain HTTP): {set}");
+    assert!(
+        !set.contains("Secure"),
+        "no Secure on loopback (plain HTTP): {set}"
+    );
     let session = set.split(';').next().expect("cookie").to_string();
     let page = http.send(
         http.client
@@ -430,7 +455,8 @@ fn the_ui_needs_a_session_and_csrf_escapes_everything_and_leaks_no_secret() {
     assert_eq!(r.status, 303, "{r:?}");
     assert_eq!(r.header("location"), "/_admin/login");
     assert_eq!(
-        http.send(http.client.get(format!("{base}/_admin/events"))).status,
+        http.send(http.client.get(format!("{base}/_admin/events")))
+            .status,
         401
     );
     // A wrong token does not sign in.
@@ -441,10 +467,16 @@ fn the_ui_needs_a_session_and_csrf_escapes_everything_and_leaks_no_secret() {
         http.client
             .post(format!("{base}/_admin/login"))
             .header("cookie", cookie)
-            .form(&[("csrf", field(&login.body, "csrf").as_str()), ("token", "nope")]),
+            .form(&[
+                ("csrf", field(&login.body, "csrf").as_str()),
+                ("token", "nope"),
+            ]),
     );
     assert_eq!(r.status, 401, "{r:?}");
-    assert!(r.header("set-cookie").contains("cutover_login"), "no session: {r:?}");
+    assert!(
+        r.header("set-cookie").contains("cutover_login"),
+        "no session: {r:?}"
+    );
 
     let (session, csrf) = sign_in(&http, &base, TOKEN_ANA);
     let page = |path: &str| {
@@ -457,7 +489,9 @@ fn the_ui_needs_a_session_and_csrf_escapes_everything_and_leaks_no_secret() {
     let r = page("/_admin");
     let csp = r.header("content-security-policy");
     assert!(
-        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline") && csp.contains("frame-ancestors 'none'"),
+        csp.contains("script-src 'self'")
+            && !csp.contains("unsafe-inline")
+            && csp.contains("frame-ancestors 'none'"),
         "{csp}"
     );
     assert_eq!(r.header("x-content-type-options"), "nosniff");
@@ -488,7 +522,11 @@ fn the_ui_needs_a_session_and_csrf_escapes_everything_and_leaks_no_secret() {
     );
     assert_eq!(r.status, 403, "{r:?}");
     std::thread::sleep(std::time::Duration::from_millis(300));
-    assert_eq!(s.audit().len(), audit_before, "a refused form changes nothing");
+    assert_eq!(
+        s.audit().len(),
+        audit_before,
+        "a refused form changes nothing"
+    );
     assert_eq!(runs(p, "a"), "", "nothing was deployed");
 
     // With the token: the deploy runs in the background, as ana.
@@ -517,22 +555,38 @@ fn the_ui_needs_a_session_and_csrf_escapes_everything_and_leaks_no_secret() {
     );
     assert_eq!(r.status, 303, "{r:?}");
     wait_until(|| runs(p, "a") == "1.1.0");
-    wait_until(|| {
-        page("/_admin/jobs/api")
-            .body
-            .contains("success (exit 0)")
-    });
-    for path in ["/_admin", "/_admin/jobs/api", "/_admin/audit", "/_admin/deployments", "/_admin/releases"] {
+    wait_until(|| page("/_admin/jobs/api").body.contains("success (exit 0)"));
+    for path in [
+        "/_admin",
+        "/_admin/jobs/api",
+        "/_admin/audit",
+        "/_admin/deployments",
+        "/_admin/releases",
+    ] {
         let r = page(path);
         assert_eq!(r.status, 200, "{path}: {r:?}");
-        assert!(!r.body.contains("<script>alert"), "{path} shows markup unescaped:\n{}", r.body);
+        assert!(
+            !r.body.contains("<script>alert"),
+            "{path} shows markup unescaped:\n{}",
+            r.body
+        );
         assert!(!r.body.contains(POISON), "{path} shows the secret");
     }
     assert!(page("/_admin/audit").body.contains("&lt;script&gt;alert"));
 
     // No secret in any API answer or in the feed.
-    for path in ["/api/overview", "/api/deployments", "/api/audit", "/api/releases", "/api/jobs/api"] {
-        let r = http.send(http.client.get(format!("{base}{path}")).bearer_auth(TOKEN_ANA));
+    for path in [
+        "/api/overview",
+        "/api/deployments",
+        "/api/audit",
+        "/api/releases",
+        "/api/jobs/api",
+    ] {
+        let r = http.send(
+            http.client
+                .get(format!("{base}{path}"))
+                .bearer_auth(TOKEN_ANA),
+        );
         assert_eq!(r.status, 200, "{path}");
         assert!(!r.body.contains(POISON), "{path} answers the secret");
     }
@@ -578,7 +632,10 @@ fn an_http_store_takes_publishes_with_compare_and_swap_and_refuses_escapes() {
         .push(("CUTOVER_SIGNING_KEY_FILE".into(), home.key.clone()));
 
     // Without a token the store refuses the write, and says what to do.
-    p.job("api", "version = \"1.0.0\"\n[canary]\ncount = 1\nsoak = \"0s\"\n");
+    p.job(
+        "api",
+        "version = \"1.0.0\"\n[canary]\ncount = 1\nsoak = \"0s\"\n",
+    );
     let out = p.expect(&["publish", "api"], 2);
     assert!(out.stderr.contains("CUTOVER_ADMIN_TOKEN"), "{out:?}");
     assert!(!home.store.join("api/releases.json").exists());
@@ -605,8 +662,14 @@ fn an_http_store_takes_publishes_with_compare_and_swap_and_refuses_escapes() {
     );
     q.p.env.borrow_mut().clear();
     q.p.env.borrow_mut().extend(p.env.borrow().iter().cloned());
-    p.job("api", "version = \"1.1.0\"\n[canary]\ncount = 1\nsoak = \"0s\"\n");
-    q.p.job("api", "version = \"1.2.0\"\n[canary]\ncount = 1\nsoak = \"0s\"\n");
+    p.job(
+        "api",
+        "version = \"1.1.0\"\n[canary]\ncount = 1\nsoak = \"0s\"\n",
+    );
+    q.p.job(
+        "api",
+        "version = \"1.2.0\"\n[canary]\ncount = 1\nsoak = \"0s\"\n",
+    );
     let a = p.spawn(&["publish", "api", "--channel", "canary"]);
     let b = q.p.spawn(&["publish", "api", "--channel", "canary"]);
     let (a, b) = (finish(a), finish(b));
@@ -642,15 +705,43 @@ fn an_http_store_takes_publishes_with_compare_and_swap_and_refuses_escapes() {
         http.send(r)
     };
     let before = std::fs::read(&index).expect("index");
-    assert_eq!(put("api/releases.json", None, &[("if-match", &etag)], b"{}".to_vec()).status, 401);
     assert_eq!(
-        put("api/releases.json", Some(TOKEN_ANA), &[("if-match", &etag)], b"{}".to_vec()).status,
+        put(
+            "api/releases.json",
+            None,
+            &[("if-match", &etag)],
+            b"{}".to_vec()
+        )
+        .status,
+        401
+    );
+    assert_eq!(
+        put(
+            "api/releases.json",
+            Some(TOKEN_ANA),
+            &[("if-match", &etag)],
+            b"{}".to_vec()
+        )
+        .status,
         412,
         "the ETag read before two publishes is stale"
     );
-    assert_eq!(put("api/releases.json", Some(TOKEN_ANA), &[], b"{}".to_vec()).status, 412);
-    assert_eq!(std::fs::read(&index).expect("index"), before, "the index is unchanged");
-    for bad in ["../x.tar.zst", "api/%2e%2e/x.tar.zst", "api%2Freleases.json", "api/.lock", "api/sub/releases.json"] {
+    assert_eq!(
+        put("api/releases.json", Some(TOKEN_ANA), &[], b"{}".to_vec()).status,
+        412
+    );
+    assert_eq!(
+        std::fs::read(&index).expect("index"),
+        before,
+        "the index is unchanged"
+    );
+    for bad in [
+        "../x.tar.zst",
+        "api/%2e%2e/x.tar.zst",
+        "api%2Freleases.json",
+        "api/.lock",
+        "api/sub/releases.json",
+    ] {
         let r = put(bad, Some(TOKEN_ANA), &[], b"x".to_vec());
         assert!(r.status == 400 || r.status == 404, "{bad}: {r:?}");
         let r = http.send(http.client.get(format!("{base}/store/{bad}")));
@@ -659,7 +750,12 @@ fn an_http_store_takes_publishes_with_compare_and_swap_and_refuses_escapes() {
     let r = put(
         "api/releases.json",
         Some(TOKEN_ANA),
-        &[("if-match", &http.send(http.client.get(format!("{base}/store/api/releases.json"))).header("etag"))],
+        &[(
+            "if-match",
+            &http
+                .send(http.client.get(format!("{base}/store/api/releases.json")))
+                .header("etag"),
+        )],
         vec![b' '; 2 << 20],
     );
     assert_eq!(r.status, 413, "{r:?}");
@@ -669,7 +765,12 @@ fn an_http_store_takes_publishes_with_compare_and_swap_and_refuses_escapes() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .find(|n| n.ends_with(".tar.zst"))
         .expect("an artifact");
-    let r = put(&format!("api/{artifact}"), Some(TOKEN_ANA), &[], b"other bytes".to_vec());
+    let r = put(
+        &format!("api/{artifact}"),
+        Some(TOKEN_ANA),
+        &[],
+        b"other bytes".to_vec(),
+    );
     assert_eq!(r.status, 409, "an artifact never changes: {r:?}");
     // A symlink planted in the store is not followed.
     std::os::unix::fs::symlink("/etc", home.store.join("evil")).expect("symlink");
@@ -684,7 +785,10 @@ fn an_http_store_takes_publishes_with_compare_and_swap_and_refuses_escapes() {
         "cutover.toml",
         &toml.replace(
             "[serve]\n",
-            &format!("[serve]\nstore_read_token = \"sha256:{}\"\n", sha256_hex(read_token)),
+            &format!(
+                "[serve]\nstore_read_token = \"sha256:{}\"\n",
+                sha256_hex(read_token)
+            ),
         ),
     );
     home.p.expect(&["check"], 0);
@@ -692,9 +796,20 @@ fn an_http_store_takes_publishes_with_compare_and_swap_and_refuses_escapes() {
     let base = server.base.clone();
     let url = format!("{base}/store/api/releases.json");
     assert_eq!(http.send(http.client.get(&url)).status, 401);
-    assert_eq!(http.send(http.client.get(&url).bearer_auth("wrong")).status, 401);
-    assert_eq!(http.send(http.client.get(&url).bearer_auth(read_token)).status, 200);
-    assert_eq!(http.send(http.client.get(&url).bearer_auth(TOKEN_BOB)).status, 200);
+    assert_eq!(
+        http.send(http.client.get(&url).bearer_auth("wrong")).status,
+        401
+    );
+    assert_eq!(
+        http.send(http.client.get(&url).bearer_auth(read_token))
+            .status,
+        200
+    );
+    assert_eq!(
+        http.send(http.client.get(&url).bearer_auth(TOKEN_BOB))
+            .status,
+        200
+    );
 }
 
 #[test]
@@ -749,7 +864,10 @@ fn the_overview_api_holds_up_under_load_while_a_deploy_runs() {
     assert!(out.stdout.contains("web@a: start ok"), "{out:?}");
     let errors = results.iter().filter(|(s, _)| *s != 200).count();
     assert_eq!(errors, 0, "every overview answered 200 during the deploy");
-    let mut lat: Vec<_> = results.iter().map(|(_, d)| d.as_secs_f64() * 1000.0).collect();
+    let mut lat: Vec<_> = results
+        .iter()
+        .map(|(_, d)| d.as_secs_f64() * 1000.0)
+        .collect();
     lat.sort_by(f64::total_cmp);
     let rss_kb: u64 = std::fs::read_to_string(format!("/proc/{}/status", server.pid()))
         .expect("status")
@@ -766,5 +884,8 @@ fn the_overview_api_holds_up_under_load_while_a_deploy_runs() {
         lat[lat.len() * 99 / 100],
         rss_kb / 1024
     );
-    assert!(rss_kb < 256 * 1024, "server memory is bounded: peak {rss_kb} kB");
+    assert!(
+        rss_kb < 256 * 1024,
+        "server memory is bounded: peak {rss_kb} kB"
+    );
 }

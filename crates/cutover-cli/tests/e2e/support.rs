@@ -966,6 +966,9 @@ impl Http {
                 .expect("runtime"),
             client: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
+                // A fresh connection per request: a server that answered early
+                // (413) closes its connection, and a reused one would break.
+                .pool_max_idle_per_host(0)
                 .no_proxy()
                 .build()
                 .expect("client"),

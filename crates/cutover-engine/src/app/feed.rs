@@ -134,19 +134,38 @@ pub struct FeedTail {
 impl FeedTail {
     /// Tails `workspace`'s feed from its current end.
     pub fn from_end(workspace: &Path) -> FeedTail {
-        let path = workspace.join(FILE);
-        let offset = std::fs::metadata(&path).map_or(0, |m| m.len());
-        FeedTail {
-            path,
-            offset,
-            partial: Vec::new(),
-        }
+        FeedTail::from_last(workspace, 0)
     }
 
-    /// The complete lines appended since the last call. A feed that
-    /// started over is read from its beginning; a line that does not
-    /// parse (a torn write after a crash) is skipped.
-    pub fn poll(&mut self) -> Vec<FeedLine> {
+    /// Tails `workspace`'s feed from about `bytes` before its end: the
+    /// first poll gives the last lines written (a partial first line is
+    /// skipped).
+    pub fn from_last(workspace: &Path, bytes: u64) -> FeedTail {
+        let path = workspace.join(FILE);
+        let len = std::fs::metadata(&path).map_or(0, |m| m.len());
+        let mut tail = FeedTail {
+            path,
+            offset: len.saturating_sub(bytes),
+            partial: Vec::new(),
+        };
+        if tail.offset > 0 {
+            // Start at a line boundary: after the first newline at or
+            // past the byte before the offset.
+            let start = tail.offset - 1;
+            let mut buf = Vec::new();
+            let found = std::fs::File::open(&tail.path).ok().and_then(|mut f| {
+                f.seek(SeekFrom::Start(start)).ok()?;
+                f.take(bytes + 1).read_to_end(&mut buf).ok()?;
+                buf.iter().position(|b| *b == b'\n')
+            });
+            tail.offset = found.map_or(len, |at| start + at as u64 + 1);
+        }
+        tail
+    }
+
+    /// Reads and keeps the bytes appended since the last read, up to the
+    /// last complete line; returns those complete lines' bytes.
+    fn poll_raw(&mut self) -> Vec<u8> {
         let Ok(mut f) = std::fs::File::open(&self.path) else {
             return Vec::new();
         };
@@ -169,8 +188,14 @@ impl FeedTail {
             return Vec::new();
         };
         let rest = self.partial.split_off(end + 1);
-        let complete = std::mem::replace(&mut self.partial, rest);
-        complete
+        std::mem::replace(&mut self.partial, rest)
+    }
+
+    /// The complete lines appended since the last call. A feed that
+    /// started over is read from its beginning; a line that does not
+    /// parse (a torn write after a crash) is skipped.
+    pub fn poll(&mut self) -> Vec<FeedLine> {
+        self.poll_raw()
             .split(|b| *b == b'\n')
             .filter_map(|l| serde_json::from_slice(l).ok())
             .collect()
@@ -209,6 +234,13 @@ mod tests {
         assert!(matches!(
             lines[0].kind,
             FeedKind::Finished { exit_code: 0, .. }
+        ));
+        // A tail from near the end starts at a line boundary.
+        let last = FeedTail::from_last(dir.path(), 400).poll();
+        assert!(!last.is_empty() && last.len() < 4, "{last:?}");
+        assert!(matches!(
+            last.last().map(|l| &l.kind),
+            Some(FeedKind::Finished { .. })
         ));
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).expect("meta").permissions().mode();

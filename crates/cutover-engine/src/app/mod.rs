@@ -15,6 +15,8 @@ pub mod env;
 pub mod feed;
 mod ops;
 pub mod overview;
+pub mod playbooks;
+mod release;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,6 +28,7 @@ use cutover_state::SqliteStore;
 pub use answer::Answer;
 pub use ops::{channel, channel_command, channel_status, deploy, deploy_command, DeployRequest};
 pub use overview::{audit_lines, deployments, overview, releases, Overview};
+pub use release::{release_revert, release_run};
 
 use crate::interrupt::Interrupt;
 use crate::{Context, EngineError, Operator, Reporter};

@@ -45,7 +45,7 @@ pub fn deploy_command(r: &DeployRequest) -> String {
 }
 
 /// The run's context: the front end's reporter, and the feed beside it.
-fn fed(ctx: &Context, inv: &Invocation) -> (Context, Arc<FeedWriter>) {
+pub(super) fn fed(ctx: &Context, inv: &Invocation) -> (Context, Arc<FeedWriter>) {
     let feed = FeedWriter::begin(&ctx.workspace, inv);
     let mut ctx = ctx.with_reporter(Arc::new(Tee(ctx.reporter.clone(), feed.clone())));
     ctx.operator.user = inv.actor.clone();
@@ -54,7 +54,7 @@ fn fed(ctx: &Context, inv: &Invocation) -> (Context, Arc<FeedWriter>) {
 
 /// The exit code of a run that did not succeed: 1, or 130 / 143 when a
 /// signal stopped it.
-fn failure_rc(ctx: &Context) -> u8 {
+pub(super) fn failure_rc(ctx: &Context) -> u8 {
     ctx.interrupt.exit_code().unwrap_or(1)
 }
 

@@ -19,7 +19,7 @@ mod run;
 
 pub use files::{ReleaseLog, StateFile};
 pub use git::{Git, GitError};
-pub use revert::{return_to_main, revert, RevertOptions};
+pub use revert::{return_to_main, revert, RevertOptions, RevertReport};
 pub use run::{run, ReleaseOptions, ReleaseOutcome, ReleaseReport};
 
 use serde::{Deserialize, Serialize};
