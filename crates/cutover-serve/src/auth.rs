@@ -19,6 +19,9 @@ const FAILURES_PER_WINDOW: u32 = 5;
 const WINDOW: Duration = Duration::from_secs(60);
 /// Sessions kept at most (the oldest go first).
 const MAX_SESSIONS: usize = 10_000;
+/// Addresses whose failures are counted at most (beyond, the counts start
+/// over: memory stays bounded whatever the clients).
+const MAX_COUNTED: usize = 65_536;
 
 pub type Digest32 = [u8; 32];
 
@@ -212,12 +215,15 @@ impl Sessions {
         }
     }
 
-    /// Whether `ip` may try to sign in now.
+    /// Whether `ip` may try to sign in now. A limited address is refused
+    /// whatever it sends, a right token included: a guess must not learn
+    /// it was right. (Behind a proxy on this machine every client is
+    /// 127.0.0.1 and shares one limit.)
     pub fn may_try(&self, ip: IpAddr) -> bool {
         let Ok(f) = self.failures.lock() else {
             return false;
         };
-        match f.get(&ip) {
+        match f.get(&counted(ip)) {
             Some((n, since)) => *n < FAILURES_PER_WINDOW || since.elapsed() > WINDOW,
             None => true,
         }
@@ -225,21 +231,30 @@ impl Sessions {
 
     pub fn failed(&self, ip: IpAddr) {
         if let Ok(mut f) = self.failures.lock() {
-            if f.len() > 100_000 {
+            if f.len() >= MAX_COUNTED {
                 f.retain(|_, (_, since)| since.elapsed() <= WINDOW);
+                if f.len() >= MAX_COUNTED {
+                    f.clear();
+                }
             }
-            let e = f.entry(ip).or_insert((0, Instant::now()));
+            let e = f.entry(counted(ip)).or_insert((0, Instant::now()));
             if e.1.elapsed() > WINDOW {
                 *e = (0, Instant::now());
             }
             e.0 += 1;
         }
     }
+}
 
-    pub fn succeeded(&self, ip: IpAddr) {
-        if let Ok(mut f) = self.failures.lock() {
-            f.remove(&ip);
+/// The address a failure counts against: an IPv6 client's whole /64 (one
+/// host has that many addresses to rotate through).
+fn counted(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
         }
+        v4 => v4,
     }
 }
 

@@ -35,8 +35,6 @@ use cutover_engine::interrupt::Interrupt;
 use cutover_engine::{Context, EngineError, Quiet};
 use tower_http::set_header::SetResponseHeaderLayer;
 
-pub use auth::{hex, parse_tokens_file, sha256};
-
 /// What `cutover serve` was asked.
 pub struct ServeOptions {
     pub root: PathBuf,
@@ -62,6 +60,10 @@ pub(crate) struct Server {
     pages: minijinja::Environment<'static>,
     /// What the UI started, newest last (the page shows how each ended).
     actions: Mutex<Vec<pages::UiAction>>,
+    /// Every run the UI or the API started: they finish their steps
+    /// whatever happens to the request (a client that went away, a
+    /// signal), and the server waits for them before it exits.
+    runs: tokio_util::task::TaskTracker,
 }
 
 impl Server {
@@ -81,6 +83,14 @@ impl Server {
             Err(poisoned) => *poisoned.into_inner() = fresh,
         }
         Ok(())
+    }
+
+    /// Runs `work` (a deploy, a channel change) as a tracked task.
+    pub(crate) fn run<T: Send + 'static>(
+        &self,
+        work: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> tokio::task::JoinHandle<T> {
+        self.runs.spawn(work)
     }
 
     /// The sha256 of `[serve] store_read_token`, as configured now.
@@ -173,11 +183,12 @@ pub async fn serve(o: ServeOptions, ready: impl FnOnce(&str)) -> Result<(), Engi
         ctx: RwLock::new(Arc::new(ctx)),
         tokens,
         sessions: auth::Sessions::default(),
-        secure_cookie: !loopback(&o.listen),
-        store: store::StoreDir::new(store_dir),
+        secure_cookie: tls.is_some() || !loopback(&o.listen),
+        store: store::StoreDir::new(store_dir, o.interrupt.clone()),
         live,
         pages: pages::templates(),
         actions: Mutex::new(Vec::new()),
+        runs: tokio_util::task::TaskTracker::new(),
     });
     let app = router(server.clone());
     let tcp = tokio::net::TcpListener::bind(o.listen).await.map_err(|e| {
@@ -212,10 +223,16 @@ pub async fn serve(o: ServeOptions, ready: impl FnOnce(&str)) -> Result<(), Engi
         o.interrupt.signalled().await;
         tokio::time::sleep(Duration::from_secs(2)).await;
     };
-    tokio::select! {
+    let result = tokio::select! {
         r = served => r.map_err(EngineError::io("serving")),
         () = deadline => Ok(()),
-    }
+    };
+    // Runs in flight saw the signal: they start nothing new and finish
+    // the steps they are in, as a CLI command would. (A second signal
+    // aborts the whole command, and the CLI records the deployment.)
+    server.runs.close();
+    server.runs.wait().await;
+    result
 }
 
 /// Where the served store lives: `[serve] store_dir`, else the directory

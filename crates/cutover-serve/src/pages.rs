@@ -11,7 +11,7 @@ use axum::extract::{ConnectInfo, Form, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use cutover_engine::app::{self, Answer, Invocation};
-use cutover_engine::{Context, EngineError};
+use cutover_engine::EngineError;
 use minijinja::context;
 use serde::Serialize;
 
@@ -218,9 +218,8 @@ pub async fn login(
             StatusCode::UNAUTHORIZED,
         );
     };
-    s.sessions.succeeded(peer);
     let (id, _) = s.sessions.start(&actor);
-    (
+    let mut resp = (
         StatusCode::SEE_OTHER,
         [
             (header::LOCATION, "/_admin".to_string()),
@@ -230,7 +229,14 @@ pub async fn login(
             ),
         ],
     )
-        .into_response()
+        .into_response();
+    // The sign-in form's CSRF cookie has served.
+    if let Ok(v) =
+        header::HeaderValue::from_str(&set_cookie(&s, LOGIN_COOKIE, "", "/_admin/login", 0))
+    {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+    resp
 }
 
 pub async fn logout(State(s): S, headers: HeaderMap, Form(f): Fields) -> Response {
@@ -262,7 +268,7 @@ pub async fn overview(State(s): S, headers: HeaderMap, Query(q): Query<OverviewQ
     let Some((_, sess)) = session(&s, &headers) else {
         return to_login();
     };
-    let live = q.live.as_deref() == Some("1");
+    let live = q.live.as_deref().is_some_and(|v| v == "1" || v == "true");
     match app::overview(&s.ctx(), live).await {
         Ok(ov) => render(
             &s,
@@ -283,42 +289,12 @@ pub async fn overview(State(s): S, headers: HeaderMap, Query(q): Query<OverviewQ
     }
 }
 
-/// One job's view (as in the overview) and its lines of the audit log.
-pub async fn job_view(
-    ctx: &Context,
-    job: &str,
-) -> Result<(app::overview::JobView, Vec<String>), EngineError> {
-    if !ctx.project.jobs.contains_key(job) {
-        let known: Vec<&str> = ctx.project.jobs.keys().map(String::as_str).collect();
-        return Err(EngineError::usage(
-            format!("no job named `{job}`"),
-            format!("jobs: {}", known.join(", ")),
-        ));
-    }
-    let ov = app::overview(ctx, false).await?;
-    let view = ov
-        .jobs
-        .into_iter()
-        .find(|j| j.job == job)
-        .ok_or_else(|| EngineError::Internal(format!("job {job} missing from the overview")))?;
-    let word = |l: &str| {
-        l.split(|c: char| c.is_whitespace() || c == '"' || c == '=')
-            .any(|w| w == job)
-    };
-    let history = app::audit_lines(ctx, 5000)
-        .into_iter()
-        .filter(|l| word(l))
-        .take(100)
-        .collect();
-    Ok((view, history))
-}
-
 pub async fn job(State(s): S, headers: HeaderMap, Path(job): Path<String>) -> Response {
     let Some((_, sess)) = session(&s, &headers) else {
         return to_login();
     };
     let path = format!("/_admin/jobs/{job}");
-    match job_view(&s.ctx(), &job).await {
+    match app::overview::job_view(&s.ctx(), &job).await {
         Ok((view, history)) => {
             let actions: Vec<UiAction> = s
                 .actions
@@ -383,16 +359,18 @@ fn start(
             answer: None,
         });
     }
-    let s = s.clone();
-    tokio::spawn(async move {
+    let s2 = s.clone();
+    // Tracked by the server; the page shows how it ended.
+    drop(s.run(async move {
         let answer = work.await;
-        if let Ok(mut a) = s.actions.lock() {
+        let done = s2.actions.lock().map(|mut a| {
             if let Some(x) = a.iter_mut().find(|x| x.id == id) {
                 x.state = "done".into();
                 x.answer = Some(answer.to_json());
             }
-        }
-    });
+        });
+        drop(done);
+    }));
 }
 
 pub async fn change(

@@ -1,40 +1,49 @@
-//! `/store/<job>/<file>`: the release store over HTTP. GET for readers
-//! (anonymous, or with the read token), PUT with an admin token. The only
-//! paths are a job's `releases.json` and its content-named artifacts; an
-//! index PUT is a compare-and-swap on the ETag (the sha256 of the bytes),
-//! done under one lock; an artifact, once written, never changes.
+//! `/store/<job>/<file>`: the release store over HTTP. GET and HEAD for
+//! readers (anonymous, or with the read token), PUT with an admin token.
+//! The only paths are a job's `releases.json` and its content-named
+//! artifacts `<version>.<sha256>.tar.zst`.
+//!
+//! Indexes go through the engine's file store, so an HTTP PUT and a local
+//! `cutover publish` on the same directory take the same lock: the ETag is
+//! the file store's tag (the sha256 of the bytes) and a PUT must name the
+//! one it replaces. Artifacts stream in and out (never whole in memory);
+//! an upload must hash to the sha256 in its name, and once stored an
+//! artifact never changes.
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use cutover_engine::interrupt::Interrupt;
+use cutover_engine::relstore::{FileStore, ReleaseStore, Swap, Tag};
 use futures::StreamExt;
+use sha2::Digest;
 
-use crate::auth::{hex, sha256};
+use crate::auth::hex;
 
-/// The largest upload: an artifact (whose unpacked size is limited to
-/// 8 GiB on the way out) or an index (1 MiB).
+/// The largest artifact upload (an unpacked artifact is limited to 8 GiB
+/// on the way out; a packed one is far smaller).
 pub const MAX_UPLOAD: u64 = 4 << 30;
 
 pub struct StoreDir {
-    pub root: PathBuf,
-    /// Index writes, one at a time: the compare and the swap together.
-    cas: tokio::sync::Mutex<()>,
+    files: FileStore,
 }
 
 /// What a request names: a job's index or one of its artifacts.
 pub struct Target {
     pub job: String,
     pub file: String,
-    pub index: bool,
+    /// The sha256 an artifact's name carries; `None` for the index.
+    pub sha256: Option<String>,
 }
 
 /// Parses the path after `/store/` as sent (still percent-encoded):
-/// `<job>/releases.json` or `<job>/<name>.tar.zst`, plain names only. An
-/// encoded byte, `..`, a dot-file or a deeper path is refused.
+/// `<job>/releases.json` or `<job>/<version>.<sha256>.tar.zst`, plain
+/// names only. An encoded byte, `..`, a dot-file or a deeper path is
+/// refused.
 pub fn target(raw: &str) -> Option<Target> {
     if raw.contains('%') || raw.contains('\\') {
         return None;
@@ -50,19 +59,21 @@ pub fn target(raw: &str) -> Option<Target> {
     if !plain(job) || !plain(file) || !cutover_engine::index::safe_name(job) {
         return None;
     }
-    let index = file == "releases.json";
-    if !index && !file.ends_with(".tar.zst") {
-        return None;
+    if file == "releases.json" {
+        return Some(Target {
+            job: job.to_string(),
+            file: file.to_string(),
+            sha256: None,
+        });
     }
-    Some(Target {
+    let stem = file.strip_suffix(".tar.zst")?;
+    let (version, sha) = stem.rsplit_once('.')?;
+    let hex64 = sha.len() == 64 && sha.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    (hex64 && !version.is_empty()).then(|| Target {
         job: job.to_string(),
         file: file.to_string(),
-        index,
+        sha256: Some(sha.to_string()),
     })
-}
-
-fn etag(bytes: &[u8]) -> String {
-    format!("\"{}\"", hex(&sha256(bytes)))
 }
 
 fn status(code: StatusCode, text: &str) -> Response {
@@ -74,73 +85,147 @@ fn status(code: StatusCode, text: &str) -> Response {
         .into_response()
 }
 
-impl StoreDir {
-    pub fn new(root: PathBuf) -> StoreDir {
-        StoreDir {
-            root,
-            cas: tokio::sync::Mutex::new(()),
-        }
-    }
+fn quoted(tag: &str) -> String {
+    format!("\"{tag}\"")
+}
 
-    /// The job's dir; never a symlink.
-    fn job_dir(&self, t: &Target) -> std::io::Result<PathBuf> {
-        let dir = self.root.join(&t.job);
-        match std::fs::symlink_metadata(&dir) {
-            Ok(m) if m.file_type().is_symlink() => Err(std::io::Error::other("a symlink")),
-            _ => Ok(dir),
+/// A refusal of the engine's file store, as HTTP.
+fn failed(e: &cutover_engine::EngineError) -> Response {
+    match e {
+        // A symlink or a non-file where a store file should be: not ours.
+        cutover_engine::EngineError::Refused(_) => status(StatusCode::NOT_FOUND, "not found"),
+        other => status(StatusCode::INTERNAL_SERVER_ERROR, &other.to_string()),
+    }
+}
+
+impl StoreDir {
+    pub fn new(root: std::path::PathBuf, interrupt: Arc<Interrupt>) -> StoreDir {
+        StoreDir {
+            files: FileStore::at(root, interrupt),
         }
     }
 
     pub async fn get(&self, t: &Target, head: bool) -> Response {
-        let Ok(dir) = self.job_dir(t) else {
-            return status(StatusCode::NOT_FOUND, "not found");
+        let Some(sha) = &t.sha256 else {
+            return match self.files.read_index(&t.job).await {
+                Ok(Some(f)) => {
+                    let len = f.bytes.len();
+                    let body = if head {
+                        Body::empty()
+                    } else {
+                        Body::from(f.bytes)
+                    };
+                    (
+                        StatusCode::OK,
+                        [
+                            (header::CONTENT_TYPE, "application/json".to_string()),
+                            (header::ETAG, quoted(&f.tag.0)),
+                            (header::CONTENT_LENGTH, len.to_string()),
+                        ],
+                        body,
+                    )
+                        .into_response()
+                }
+                Ok(None) => status(StatusCode::NOT_FOUND, "not found"),
+                Err(e) => failed(&e),
+            };
+        };
+        let dir = match self.files.existing_job_dir(&t.job) {
+            Ok(d) => d,
+            Err(e) => return failed(&e),
         };
         let path = dir.join(&t.file);
-        let read = tokio::task::spawn_blocking(move || read_nofollow(&path)).await;
-        match read {
-            Ok(Ok(Some(bytes))) => {
-                let tag = etag(&bytes);
-                let len = bytes.len();
-                let body = if head {
-                    Body::empty()
-                } else {
-                    Body::from(bytes)
-                };
-                (
-                    StatusCode::OK,
-                    [
-                        (header::CONTENT_TYPE, "application/octet-stream".to_string()),
-                        (header::ETAG, tag),
-                        (header::CONTENT_LENGTH, len.to_string()),
-                    ],
-                    body,
-                )
-                    .into_response()
-            }
-            Ok(Ok(None)) => status(StatusCode::NOT_FOUND, "not found"),
-            _ => status(StatusCode::INTERNAL_SERVER_ERROR, "cannot read it"),
-        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path);
+        let file = match file {
+            Ok(f) if f.metadata().is_ok_and(|m| m.is_file()) => f,
+            // Missing, a symlink (ELOOP) or not a file: nothing to serve.
+            _ => return status(StatusCode::NOT_FOUND, "not found"),
+        };
+        let len = file.metadata().map_or(0, |m| m.len());
+        let body = if head {
+            Body::empty()
+        } else {
+            let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file));
+            Body::from_stream(stream)
+        };
+        (
+            StatusCode::OK,
+            [
+                (header::CONTENT_TYPE, "application/zstd".to_string()),
+                // Named by content: the name's sha256 is the ETag.
+                (header::ETAG, quoted(sha)),
+                (header::CONTENT_LENGTH, len.to_string()),
+            ],
+            body,
+        )
+            .into_response()
     }
 
     pub async fn put(&self, t: &Target, headers: &HeaderMap, body: Body) -> Response {
-        let limit = if t.index {
-            cutover_engine::index::MAX_BYTES as u64
-        } else {
-            MAX_UPLOAD
-        };
-        let Ok(dir) = self.job_dir(t) else {
-            return status(StatusCode::FORBIDDEN, "the job's dir is a symlink");
-        };
-        if let Err(e) = std::fs::create_dir_all(&dir) {
-            return status(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                &format!("cannot create the job's dir: {e}"),
-            );
+        match &t.sha256 {
+            None => self.put_index(t, headers, body).await,
+            Some(sha) => self.put_artifact(t, sha, body).await,
         }
-        // The body goes to a temporary file first: nothing is replaced
-        // until the whole upload arrived within its limit.
+    }
+
+    /// A compare-and-swap under the file store's lock: `If-Match` names
+    /// the ETag replaced, `If-None-Match: *` a first index.
+    async fn put_index(&self, t: &Target, headers: &HeaderMap, body: Body) -> Response {
+        let if_match = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok());
+        let if_none = headers
+            .get(header::IF_NONE_MATCH)
+            .and_then(|v| v.to_str().ok());
+        let expected = match (if_match, if_none) {
+            (Some(tag), None) => Some(Tag(tag.trim().trim_matches('"').to_string())),
+            (None, Some("*")) => None,
+            _ => {
+                return status(
+                    StatusCode::PRECONDITION_FAILED,
+                    "an index is replaced only knowing what it replaces: send If-Match with its ETag, or If-None-Match: * for a first index",
+                )
+            }
+        };
+        let limit = cutover_engine::index::MAX_BYTES;
+        let bytes = match axum::body::to_bytes(body, limit).await {
+            Ok(b) => b,
+            Err(_) => {
+                return status(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &format!("an index is at most {limit} bytes"),
+                )
+            }
+        };
+        match self
+            .files
+            .write_index(&t.job, &bytes, expected.as_ref())
+            .await
+        {
+            Ok(Swap::Written) => (
+                StatusCode::CREATED,
+                [(header::ETAG, quoted(&hex(&sha2::Sha256::digest(&bytes))))],
+            )
+                .into_response(),
+            Ok(Swap::Conflict) => status(
+                StatusCode::PRECONDITION_FAILED,
+                "the index changed since it was read: read it again",
+            ),
+            Err(e) => failed(&e),
+        }
+    }
+
+    /// Streams the upload to a temporary file in the job's dir; it
+    /// becomes the artifact only if it hashes to the name's sha256.
+    async fn put_artifact(&self, t: &Target, sha: &str, body: Body) -> Response {
+        let dir = match self.files.job_dir_made(&t.job) {
+            Ok(d) => d,
+            Err(e) => return failed(&e),
+        };
         let tmp = match tempfile::Builder::new()
             .prefix(".upload-")
+            .suffix(".tmp")
             .tempfile_in(&dir)
         {
             Ok(f) => f,
@@ -152,19 +237,18 @@ impl StoreDir {
             }
         };
         let mut stream = body.into_data_stream();
-        let mut file = tmp.as_file();
         let mut size = 0u64;
         let mut hasher = sha2::Sha256::new();
-        use sha2::Digest;
+        let mut file = tmp.as_file();
         while let Some(chunk) = stream.next().await {
             let Ok(chunk) = chunk else {
                 return status(StatusCode::BAD_REQUEST, "the upload broke off");
             };
             size += chunk.len() as u64;
-            if size > limit {
+            if size > MAX_UPLOAD {
                 return status(
                     StatusCode::PAYLOAD_TOO_LARGE,
-                    &format!("over the limit of {limit} bytes"),
+                    &format!("an artifact is at most {MAX_UPLOAD} bytes"),
                 );
             }
             hasher.update(&chunk);
@@ -172,75 +256,43 @@ impl StoreDir {
                 return status(StatusCode::INTERNAL_SERVER_ERROR, "cannot write the upload");
             }
         }
-        if file.sync_all().is_err() {
-            return status(StatusCode::INTERNAL_SERVER_ERROR, "cannot write the upload");
-        }
-        let new_tag = format!("\"{}\"", hex(&hasher.finalize()));
-        let path = dir.join(&t.file);
-        let _cas = self.cas.lock().await;
-        let now = match read_nofollow(&path) {
-            Ok(now) => now,
-            Err(_) => return status(StatusCode::CONFLICT, "the target is not a plain file"),
-        };
-        if t.index {
-            let if_match = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok());
-            let if_none = headers
-                .get(header::IF_NONE_MATCH)
-                .and_then(|v| v.to_str().ok());
-            let holds = match (if_match, if_none, &now) {
-                (Some(want), _, Some(cur)) => want == etag(cur) || want == "*",
-                (Some(_), _, None) => false,
-                (None, Some("*"), cur) => cur.is_none(),
-                // An index is only ever replaced knowing what it replaces.
-                (None, _, _) => false,
-            };
-            if !holds {
-                return status(
-                    StatusCode::PRECONDITION_FAILED,
-                    "the index changed since it was read (or the request named no If-Match / If-None-Match: *): read it again",
-                );
-            }
-        } else if let Some(cur) = &now {
-            // Named by content: the same bytes again are fine, others never.
-            return if etag(cur) == new_tag {
-                (StatusCode::OK, [(header::ETAG, new_tag)]).into_response()
-            } else {
-                status(
-                    StatusCode::CONFLICT,
-                    "an artifact of that name exists with other bytes; artifacts never change",
-                )
-            };
-        }
-        if let Err(e) = tmp.persist(&path) {
+        if hex(&hasher.finalize()) != sha {
             return status(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                &format!("cannot store it: {}", e.error),
+                StatusCode::BAD_REQUEST,
+                "the upload's sha256 is not the one its name says",
             );
         }
-        let _ = std::fs::File::open(&dir).and_then(|d| d.sync_all());
-        (StatusCode::CREATED, [(header::ETAG, new_tag)]).into_response()
+        let path = dir.join(&t.file);
+        match std::fs::symlink_metadata(&path) {
+            // Named by content, checked above: the same bytes are there.
+            Ok(m) if m.is_file() => {
+                return (StatusCode::OK, [(header::ETAG, quoted(sha))]).into_response()
+            }
+            Ok(_) => return status(StatusCode::CONFLICT, "a non-file holds that name"),
+            Err(_) => {}
+        }
+        let stored = file
+            .sync_all()
+            .and_then(|()| {
+                tmp.as_file()
+                    .set_permissions(std::fs::Permissions::from_mode(0o644))
+            })
+            .and_then(|()| tmp.persist_noclobber(&path).map_err(|e| e.error));
+        match stored {
+            Ok(_) => {
+                let _ = std::fs::File::open(&dir).and_then(|d| d.sync_all());
+                (StatusCode::CREATED, [(header::ETAG, quoted(sha))]).into_response()
+            }
+            // Another upload of the same bytes won the race: fine.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                (StatusCode::OK, [(header::ETAG, quoted(sha))]).into_response()
+            }
+            Err(e) => status(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("cannot store it: {e}"),
+            ),
+        }
     }
-}
-
-/// A file's bytes, `None` when absent; an error for a symlink or a
-/// non-file.
-fn read_nofollow(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
-    use std::io::Read;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path);
-    let mut f = match f {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    if !f.metadata()?.is_file() {
-        return Err(std::io::Error::other("not a file"));
-    }
-    let mut out = Vec::new();
-    f.read_to_end(&mut out)?;
-    Ok(Some(out))
 }
 
 #[cfg(test)]
@@ -249,8 +301,10 @@ mod tests {
 
     #[test]
     fn only_plain_store_paths_are_targets() {
-        assert!(target("web/releases.json").is_some_and(|t| t.index));
-        assert!(target("web/1.0.0.abc.tar.zst").is_some_and(|t| !t.index));
+        let sha = "a".repeat(64);
+        assert!(target("web/releases.json").is_some_and(|t| t.sha256.is_none()));
+        assert!(target(&format!("web/1.0.0.{sha}.tar.zst"))
+            .is_some_and(|t| t.sha256 == Some(sha.clone())));
         for bad in [
             "../etc/passwd",
             "web/../../x.tar.zst",
@@ -259,6 +313,8 @@ mod tests {
             "web/sub/releases.json",
             "web/.lock",
             "web/notes.txt",
+            "web/1.0.0.abc.tar.zst",
+            &format!("web/.{sha}.tar.zst"),
             ".hidden/releases.json",
             "web\\releases.json",
             "/releases.json",

@@ -208,6 +208,93 @@ fn serve_refuses_to_start_unsafe() {
 }
 
 #[test]
+fn serve_speaks_https_with_secure_cookies() {
+    let s = site(None);
+    let t = tempfile::tempdir().expect("tmp");
+    let (cert, key) = (t.path().join("cert.pem"), t.path().join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .args([
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .args(["-addext", "extendedKeyUsage=serverAuth"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let server = Served::start_with(
+        &s.p,
+        &[
+            "--tls-cert",
+            cert.to_str().expect("utf8"),
+            "--tls-key",
+            key.to_str().expect("utf8"),
+        ],
+        &[("CUTOVER_ADMIN_TOKENS_FILE", &s.tokens_file)],
+    );
+    assert!(
+        server.base.starts_with("https://127.0.0.1:"),
+        "{}",
+        server.base
+    );
+    let pem = std::fs::read(&cert).expect("cert");
+    let http = Http::with_client(
+        reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("pem"))
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .build()
+            .expect("client"),
+    );
+    let r = http.send(
+        http.client
+            .get(format!("{}/api/overview", server.base))
+            .bearer_auth(TOKEN_ANA),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = http.send(http.client.get(format!("{}/_admin/login", server.base)));
+    assert!(
+        r.header("set-cookie").contains("; Secure"),
+        "HTTPS cookies are Secure: {r:?}"
+    );
+    // Plain HTTP to the same port gets no page.
+    let plain = server.base.replace("https://", "http://");
+    let answered = http.block_on(async {
+        reqwest::Client::new()
+            .get(format!("{plain}/api/overview"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    });
+    assert!(
+        answered.as_ref().map_or(true, |st| *st != 200),
+        "{answered:?}"
+    );
+    assert_eq!(server.stop(), 0);
+}
+
+#[test]
 fn the_api_answers_the_cli_document_with_the_status_of_its_exit_code() {
     let s = site(None);
     let p = &s.p;
@@ -310,6 +397,61 @@ fn the_api_answers_the_cli_document_with_the_status_of_its_exit_code() {
     assert_eq!(r.json()["report"]["channels"]["canary"], "1.1.0");
     assert_eq!(runs(p, "a"), "1.1.0");
     assert_eq!(runs(p, "b"), "1.0.0");
+    // The same canary from the CLI (after a rollback ends the first) writes
+    // the same audit line but for the actor.
+    let by_api = s.audit().pop().expect("audit");
+    p.expect(
+        &[
+            "channel",
+            "rollback",
+            "api",
+            "--version",
+            "1.0.0",
+            "--reason",
+            "again",
+        ],
+        0,
+    );
+    p.expect(
+        &[
+            "channel",
+            "canary",
+            "api",
+            "--version",
+            "1.1.0",
+            "--reason",
+            "try <b>it</b>",
+            "--ticket",
+            "T-9",
+        ],
+        0,
+    );
+    let by_cli = s.audit().pop().expect("audit");
+    assert_eq!(
+        audit_shape(&by_api),
+        audit_shape(&by_cli),
+        "{by_api}\n{by_cli}"
+    );
+    assert!(
+        by_api.contains(
+            "command=\"cutover channel canary api --version 1.1.0 --reason 'try <b>it</b>' --ticket T-9\""
+        ),
+        "{by_api}"
+    );
+    let detail = |l: &str| {
+        l.split(" detail=")
+            .nth(1)
+            .unwrap_or_default()
+            .split(" seq ")
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(
+        detail(&by_api).replace("actor bob", "actor tester"),
+        detail(&by_cli),
+        "{by_api}\n{by_cli}"
+    );
     let r = post(
         "/api/channel/api/promote",
         TOKEN_BOB,
@@ -382,10 +524,12 @@ fn the_api_answers_the_cli_document_with_the_status_of_its_exit_code() {
     let r = get("/api/audit", Some(TOKEN_ANA));
     assert!(r.body.contains("T-9"), "{r:?}");
 
-    // Five wrong tokens from one address, then even a right one waits.
-    for _ in 0..5 {
-        assert_eq!(get("/api/overview", Some("wrong")).status, 401);
-    }
+    // Five wrong tokens a minute from one address (one was sent above),
+    // then even a right one waits: a guess never learns it was right.
+    let statuses: Vec<u16> = (0..5)
+        .map(|_| get("/api/overview", Some("wrong")).status)
+        .collect();
+    assert_eq!(statuses, [401, 401, 401, 401, 429]);
     assert_eq!(get("/api/overview", Some(TOKEN_ANA)).status, 429);
     assert_eq!(server.stop(), 0, "SIGTERM stops the server cleanly");
 }
@@ -438,12 +582,20 @@ fn field(html: &str, name: &str) -> String {
 fn the_ui_needs_a_session_and_csrf_escapes_everything_and_leaks_no_secret() {
     let s = site(None);
     let p = &s.p;
-    // A secret that reaches the workers, and a hook that prints it.
-    p.expect(&["kv", "put", "api", "db_password", POISON, "--secret"], 0);
-    p.write("jobs/api/db.conf.tpl", "password = {{ kv.db_password }}\n");
+    // A secret that reaches the workers, and a job whose start prints it
+    // (and markup) and fails: the failure's message carries both.
+    p.job("leaky", "version = \"1\"\n");
+    p.expect(
+        &["kv", "put", "leaky", "db_password", POISON, "--secret"],
+        0,
+    );
     p.write(
-        "jobs/api/job.toml",
-        "version = \"1.0.0\"\n[canary]\ncount = 1\nsoak = \"0s\"\n[hooks]\npost_deploy = \"cat db.conf; echo '<script>alert(1)</script>'\"\n[health]\ncommand = \"make -s health\"\nattempts = 2\ninterval = \"100ms\"\n",
+        "jobs/leaky/db.conf.tpl",
+        "password = {{ kv.db_password }}\n",
+    );
+    p.write(
+        "jobs/leaky/Makefile",
+        "start:\n\t@cat db.conf; echo '<script>alert(1)</script>'; exit 1\n",
     );
     s.publish("1.0.0", "stable");
     let server = s.serve();
@@ -495,7 +647,6 @@ fn the_ui_needs_a_session_and_csrf_escapes_everything_and_leaks_no_secret() {
         "{csp}"
     );
     assert_eq!(r.header("x-content-type-options"), "nosniff");
-    assert!(!r.body.contains("<script>") || !r.body.contains("<script>alert"));
 
     // A POST without the CSRF token, or with a forged one: 403, nothing run.
     let audit_before = s.audit().len();
@@ -591,8 +742,19 @@ fn the_ui_needs_a_session_and_csrf_escapes_everything_and_leaks_no_secret() {
         assert!(!r.body.contains(POISON), "{path} answers the secret");
     }
     let feed = std::fs::read_to_string(p.path().join(".cutover/events.jsonl")).expect("feed");
-    assert!(feed.contains("redacted") || !feed.is_empty());
+    assert!(
+        feed.contains("\"job\":\"leaky\",\"worker\":\"a\",\"action\":\"start\",\"ok\":false")
+            && feed.contains("password = <redacted>"),
+        "the failure's output reached the feed, redacted: {feed}"
+    );
     assert!(!feed.contains(POISON), "the feed holds the secret");
+    let feed_page = page("/_admin");
+    assert!(
+        feed_page.body.contains("leaky@a: start FAILED")
+            && feed_page.body.contains("password = &lt;redacted&gt;"),
+        "{}",
+        feed_page.body
+    );
 
     // Sign-out ends the session: the old cookie no longer opens a page.
     let r = http.send(
@@ -771,11 +933,54 @@ fn an_http_store_takes_publishes_with_compare_and_swap_and_refuses_escapes() {
         &[],
         b"other bytes".to_vec(),
     );
-    assert_eq!(r.status, 409, "an artifact never changes: {r:?}");
-    // A symlink planted in the store is not followed.
+    assert_eq!(r.status, 400, "an artifact never changes: {r:?}");
+    let same = std::fs::read(home.store.join("api").join(&artifact)).expect("artifact");
+    let r = put(
+        &format!("api/{artifact}"),
+        Some(TOKEN_ANA),
+        &[],
+        same.clone(),
+    );
+    assert_eq!(r.status, 200, "the same bytes again: {r:?}");
+    let r = http.send(http.client.get(format!("{base}/store/api/{artifact}")));
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("etag"),
+        format!("\"{}\"", &artifact[artifact.len() - 72..artifact.len() - 8])
+    );
+    assert_eq!(
+        r.header("content-length"),
+        same.len().to_string(),
+        "an artifact streams whole"
+    );
+    // A symlink planted in the store is not followed, as a dir or a file.
+    let sha = "a".repeat(64);
     std::os::unix::fs::symlink("/etc", home.store.join("evil")).expect("symlink");
-    let r = http.send(http.client.get(format!("{base}/store/evil/passwd.tar.zst")));
+    let r = http.send(
+        http.client
+            .get(format!("{base}/store/evil/1.0.{sha}.tar.zst")),
+    );
     assert_eq!(r.status, 404, "{r:?}");
+    std::os::unix::fs::symlink(
+        "/etc/passwd",
+        home.store.join(format!("api/9.9.9.{sha}.tar.zst")),
+    )
+    .expect("symlink");
+    let r = http.send(
+        http.client
+            .get(format!("{base}/store/api/9.9.9.{sha}.tar.zst")),
+    );
+    assert_eq!(r.status, 404, "{r:?}");
+    assert!(!r.body.contains("root:"), "{r:?}");
+    // An upload whose bytes are not the sha256 its name says is refused.
+    let r = put(
+        &format!("api/2.0.0.{sha}.tar.zst"),
+        Some(TOKEN_ANA),
+        &[],
+        b"not that".to_vec(),
+    );
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(!home.store.join(format!("api/2.0.0.{sha}.tar.zst")).exists());
     drop(server);
 
     // A private store: reads need the read token (or an admin token).
@@ -887,5 +1092,84 @@ fn the_overview_api_holds_up_under_load_while_a_deploy_runs() {
     assert!(
         rss_kb < 256 * 1024,
         "server memory is bounded: peak {rss_kb} kB"
+    );
+}
+
+#[test]
+fn a_run_the_server_started_survives_sigterm_and_kill_9_is_resumed() {
+    let s = site(None);
+    let p = &s.p;
+    let gates = tempfile::tempdir().expect("gates");
+    p.job("web", "version = \"1\"\n");
+    p.write(
+        "jobs/web/Makefile",
+        &MAKEFILE.replacen(
+            "start:\n",
+            &format!("start:\n{}", gate_line(gates.path())),
+            1,
+        ),
+    );
+    let post_deploy = |base: String| {
+        std::thread::spawn(move || {
+            let http = Http::new();
+            let _ = http.block_on(
+                http.client
+                    .post(format!("{base}/api/deploy"))
+                    .bearer_auth(TOKEN_ANA)
+                    .header("content-type", "application/json")
+                    .body(r#"{"jobs": ["web"]}"#)
+                    .send(),
+            );
+        })
+    };
+
+    // SIGTERM while an API deploy waits at its gate: the server waits for
+    // the run, which finishes its step, records itself and frees the lock.
+    let server = s.serve();
+    let client = post_deploy(server.base.clone());
+    wait_for(&gates.path().join("reached"));
+    let pid = server.pid();
+    signal_pid(pid, "TERM");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(alive(&pid.to_string()), "the server waits for its run");
+    std::fs::write(gates.path().join("go"), "").expect("go");
+    assert_eq!(server.stop_wait(), 0);
+    let _ = client.join();
+    let audit = s.audit();
+    let last = audit.last().expect("audit");
+    assert!(
+        last.contains(" user=ana ")
+            && last.contains("command=\"cutover deploy --jobs web\"")
+            && last.contains("rc=143"),
+        "the run recorded itself as interrupted by SIGTERM: {audit:?}"
+    );
+    let lock = p.expect(&["lock", "status"], 0);
+    assert_eq!(lock.stdout.trim(), "unlocked", "{lock:?}");
+
+    // kill -9 mid-run: the next command takes the lock over and finishes.
+    std::fs::remove_file(gates.path().join("go")).expect("rm go");
+    std::fs::remove_file(gates.path().join("reached")).expect("rm reached");
+    p.write("jobs/web/extra.txt", "changed\n");
+    p.write(
+        "jobs/web/Makefile",
+        &MAKEFILE.replacen(
+            "restart:\n",
+            &format!("restart:\n{}", gate_line(gates.path())),
+            1,
+        ),
+    );
+    let server = s.serve();
+    let client = post_deploy(server.base.clone());
+    wait_for(&gates.path().join("reached"));
+    signal_pid(server.pid(), "KILL");
+    drop(server);
+    let _ = client.join();
+    std::fs::write(gates.path().join("go"), "").expect("go");
+    let out = p.expect(&["deploy", "--jobs", "web"], 0);
+    assert!(out.stdout.contains("took over a stale lock"), "{out:?}");
+    assert_eq!(
+        std::fs::read_to_string(p.path().join("local-workers/a/jobs/web/current/extra.txt"))
+            .expect("extra"),
+        "changed\n"
     );
 }

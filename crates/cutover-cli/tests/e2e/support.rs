@@ -687,6 +687,15 @@ pub fn signal(child: &Child, signal: &str) {
     assert!(ok.success());
 }
 
+/// Sends `signal` to the process `pid`.
+pub fn signal_pid(pid: u32, signal: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(ok.success());
+}
+
 /// Waits for a spawned cutover and collects what it printed.
 pub fn finish(child: Child) -> Output {
     let out = child.wait_with_output().expect("wait");
@@ -882,9 +891,16 @@ impl Served {
     /// Starts `cutover serve --listen 127.0.0.1:0` with `env`, and waits
     /// for the line that says where it listens.
     pub fn start(p: &Project, env: &[(&str, &str)]) -> Served {
+        Served::start_with(p, &[], env)
+    }
+
+    /// [`Served::start`] with more flags (`--tls-cert`, ...).
+    pub fn start_with(p: &Project, flags: &[&str], env: &[(&str, &str)]) -> Served {
         use std::io::BufRead;
+        let mut args = vec!["serve", "--listen", "127.0.0.1:0"];
+        args.extend_from_slice(flags);
         let mut child = p
-            .command(&["serve", "--listen", "127.0.0.1:0"])
+            .command(&args)
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -897,7 +913,7 @@ impl Served {
             .expect("read the listening line");
         let url = line
             .split_whitespace()
-            .find(|w| w.starts_with("http://"))
+            .find(|w| w.starts_with("http://") || w.starts_with("https://"))
             .unwrap_or_else(|| panic!("cutover serve said: {line:?}"));
         Served {
             child,
@@ -912,6 +928,11 @@ impl Served {
     /// Stops it with SIGTERM and returns its exit code.
     pub fn stop(mut self) -> i32 {
         signal(&self.child, "TERM");
+        self.child.wait().expect("wait").code().unwrap_or(-1)
+    }
+
+    /// Waits for it to exit (after a signal sent otherwise).
+    pub fn stop_wait(mut self) -> i32 {
         self.child.wait().expect("wait").code().unwrap_or(-1)
     }
 }
@@ -972,6 +993,14 @@ impl Http {
                 .no_proxy()
                 .build()
                 .expect("client"),
+        }
+    }
+
+    /// A client of the test's own making (one that trusts a test CA, say).
+    pub fn with_client(client: reqwest::Client) -> Http {
+        Http {
+            client,
+            ..Http::new()
         }
     }
 

@@ -43,11 +43,14 @@ pub enum FeedKind {
 }
 
 /// Appends one run's lines. Writing is best effort: a feed that cannot be
-/// written never fails the run it reports on.
+/// written never fails the run it reports on. Each line opens the feed by
+/// its path, so a run whose feed another process started over goes on in
+/// the new one.
 pub struct FeedWriter {
     run: String,
     inv: Invocation,
-    file: Mutex<Option<std::fs::File>>,
+    path: PathBuf,
+    lock: Mutex<()>,
 }
 
 impl FeedWriter {
@@ -57,15 +60,6 @@ impl FeedWriter {
         if std::fs::metadata(&path).is_ok_and(|m| m.len() > ROTATE_AT) {
             let _ = std::fs::rename(&path, workspace.join(format!("{FILE}.1")));
         }
-        let file = {
-            use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(0o600)
-                .open(&path)
-                .ok()
-        };
         let w = Arc::new(FeedWriter {
             run: format!(
                 "{}-{}",
@@ -73,7 +67,8 @@ impl FeedWriter {
                 cutover_state::now_compact_millis()
             ),
             inv: inv.clone(),
-            file: Mutex::new(file),
+            path,
+            lock: Mutex::new(()),
         });
         w.write(FeedKind::Started);
         w
@@ -87,6 +82,7 @@ impl FeedWriter {
     }
 
     fn write(&self, kind: FeedKind) {
+        use std::os::unix::fs::OpenOptionsExt;
         let line = FeedLine {
             time: cutover_state::now_rfc3339(),
             run: self.run.clone(),
@@ -98,12 +94,17 @@ impl FeedWriter {
             return;
         };
         text.push('\n');
-        if let Ok(mut file) = self.file.lock() {
-            if let Some(f) = file.as_mut() {
-                // One write per line on an O_APPEND file: lines of two
-                // processes never interleave.
-                let _ = f.write_all(text.as_bytes());
-            }
+        let _one_at_a_time = self.lock.lock();
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&self.path);
+        if let Ok(mut f) = file {
+            // One write per line on an O_APPEND file: lines of two
+            // processes never interleave.
+            let _ = f.write_all(text.as_bytes());
         }
     }
 }
@@ -129,6 +130,8 @@ pub struct FeedTail {
     path: PathBuf,
     offset: u64,
     partial: Vec<u8>,
+    /// The file read (device, inode): another one is a feed started over.
+    file: Option<(u64, u64)>,
 }
 
 impl FeedTail {
@@ -144,6 +147,7 @@ impl FeedTail {
         let path = workspace.join(FILE);
         let len = std::fs::metadata(&path).map_or(0, |m| m.len());
         let mut tail = FeedTail {
+            file: std::fs::metadata(&path).ok().map(|m| id_of(&m)),
             path,
             offset: len.saturating_sub(bytes),
             partial: Vec::new(),
@@ -169,11 +173,15 @@ impl FeedTail {
         let Ok(mut f) = std::fs::File::open(&self.path) else {
             return Vec::new();
         };
-        let len = f.metadata().map_or(0, |m| m.len());
-        if len < self.offset {
+        let Ok(meta) = f.metadata() else {
+            return Vec::new();
+        };
+        let len = meta.len();
+        if len < self.offset || self.file.is_some_and(|id| id != id_of(&meta)) {
             self.offset = 0;
             self.partial.clear();
         }
+        self.file = Some(id_of(&meta));
         if len == self.offset || f.seek(SeekFrom::Start(self.offset)).is_err() {
             return Vec::new();
         }
@@ -200,6 +208,11 @@ impl FeedTail {
             .filter_map(|l| serde_json::from_slice(l).ok())
             .collect()
     }
+}
+
+fn id_of(m: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (m.dev(), m.ino())
 }
 
 #[cfg(test)]

@@ -88,7 +88,16 @@ pub async fn deploy(
     let report = match deploy::deploy(&run_ctx, &opts).await {
         Ok(r) => r,
         Err(e) => {
-            feed.finish("error", e.exit_code());
+            // Refused (bad input, a held lock): audited as such.
+            let refused = Answer::error(&e);
+            let why = e.to_string();
+            inv.audit(
+                ctx,
+                &refused.outcome,
+                refused.exit_code,
+                why.lines().next().unwrap_or_default(),
+            );
+            feed.finish(&refused.outcome, refused.exit_code);
             return Err(e);
         }
     };

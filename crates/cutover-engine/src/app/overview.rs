@@ -230,3 +230,30 @@ pub fn audit_lines(ctx: &Context, limit: usize) -> Vec<String> {
     let text = std::fs::read_to_string(ctx.workspace.join("audit.log")).unwrap_or_default();
     text.lines().rev().take(limit).map(str::to_string).collect()
 }
+
+/// One job's view (as in the overview) and its lines of the audit log.
+pub async fn job_view(ctx: &Context, job: &str) -> Result<(JobView, Vec<String>), EngineError> {
+    if !ctx.project.jobs.contains_key(job) {
+        let known: Vec<&str> = ctx.project.jobs.keys().map(String::as_str).collect();
+        return Err(EngineError::usage(
+            format!("no job named `{job}`"),
+            format!("jobs: {}", known.join(", ")),
+        ));
+    }
+    let ov = overview(ctx, false).await?;
+    let view = ov
+        .jobs
+        .into_iter()
+        .find(|j| j.job == job)
+        .ok_or_else(|| EngineError::Internal(format!("job {job} missing from the overview")))?;
+    let word = |l: &str| {
+        l.split(|c: char| c.is_whitespace() || c == '"' || c == '=')
+            .any(|w| w == job)
+    };
+    let history = audit_lines(ctx, 5000)
+        .into_iter()
+        .filter(|l| word(l))
+        .take(100)
+        .collect();
+    Ok((view, history))
+}

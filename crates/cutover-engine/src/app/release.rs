@@ -20,11 +20,19 @@ pub async fn release_run(
         command: inv.command.clone(),
         ..opts.clone()
     };
-    let (run_ctx, feed) = fed(ctx, inv);
+    // A dry run writes nothing: not even the feed.
+    let (run_ctx, feed) = if opts.dry_run {
+        (ctx.with_reporter(ctx.reporter.clone()), None)
+    } else {
+        let (c, f) = fed(ctx, inv);
+        (c, Some(f))
+    };
     let report = match release::run(&run_ctx, opts).await {
         Ok(r) => r,
         Err(e) => {
-            feed.finish("error", e.exit_code());
+            if let Some(f) = &feed {
+                f.finish("error", e.exit_code());
+            }
             return Err(e);
         }
     };
@@ -48,7 +56,9 @@ pub async fn release_run(
         }
         inv.audit(ctx, outcome, rc, &detail);
     }
-    feed.finish(outcome, rc);
+    if let Some(f) = &feed {
+        f.finish(outcome, rc);
+    }
     let playbooks = match &report.outcome {
         ReleaseOutcome::Failed { phase, .. } => {
             matching(&ctx.project.root, phase.as_str(), &report.failure_output)

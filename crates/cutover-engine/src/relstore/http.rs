@@ -4,8 +4,11 @@
 //! first index); the server answers 412 when another update came first.
 //!
 //! Writes send the admin token (`CUTOVER_ADMIN_TOKEN` or `_FILE`); reads
-//! send `CUTOVER_STORE_READ_TOKEN`, else the admin token, else nothing. No
-//! token is ever sent over plain HTTP to an address off this machine.
+//! send `CUTOVER_STORE_READ_TOKEN`, else nothing, and the admin token only
+//! when the store answers 401 without it. No token is ever sent over plain
+//! HTTP to an address off this machine, and no redirect is followed.
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -25,6 +28,8 @@ pub struct HttpStore {
     client: reqwest::Client,
     admin_token: Option<String>,
     read_token: Option<String>,
+    /// A read needed the admin token: the store is private.
+    private: AtomicBool,
 }
 
 impl HttpStore {
@@ -41,20 +46,17 @@ impl HttpStore {
                 "remove them: the client sends CUTOVER_ADMIN_TOKEN (writes) or CUTOVER_STORE_READ_TOKEN (reads) from the environment",
             ));
         }
-        let var = |n: &str| vars.get(n).filter(|v| !v.is_empty()).cloned();
+        let var = |n: &str| {
+            vars.get(n)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
         let admin_token = match (
             var(env::CUTOVER_ADMIN_TOKEN),
             var(env::CUTOVER_ADMIN_TOKEN_FILE),
         ) {
             (Some(t), _) => Some(t),
-            (None, Some(path)) => Some(
-                std::fs::read_to_string(&path)
-                    .map_err(EngineError::io(format!(
-                        "reading CUTOVER_ADMIN_TOKEN_FILE {path}"
-                    )))?
-                    .trim()
-                    .to_string(),
-            ),
+            (None, Some(path)) => Some(read_private(&path)?),
             (None, None) => None,
         };
         let read_token = var(env::CUTOVER_STORE_READ_TOKEN);
@@ -74,6 +76,8 @@ impl HttpStore {
         }
         let client = reqwest::Client::builder()
             .timeout(TIMEOUT)
+            // A redirect could carry a token elsewhere.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| EngineError::Failed(format!("cannot start an HTTP client: {e}")))?;
         Ok(HttpStore {
@@ -82,6 +86,7 @@ impl HttpStore {
             client,
             admin_token,
             read_token,
+            private: AtomicBool::new(false),
         })
     }
 
@@ -94,9 +99,14 @@ impl HttpStore {
         Ok(format!("{}/{job}/{file}", self.base))
     }
 
-    fn read(&self, url: &str) -> reqwest::RequestBuilder {
+    fn read(&self, url: &str, admin: bool) -> reqwest::RequestBuilder {
         let req = self.client.get(url);
-        match self.read_token.as_ref().or(self.admin_token.as_ref()) {
+        let token = if admin {
+            self.admin_token.as_ref()
+        } else {
+            self.read_token.as_ref()
+        };
+        match token {
             Some(t) => req.bearer_auth(t),
             None => req,
         }
@@ -135,11 +145,25 @@ impl HttpStore {
         limit: u64,
     ) -> Result<Option<(Vec<u8>, Option<String>)>, EngineError> {
         let what = format!("reading {url}");
+        let admin = self.private.load(Ordering::Relaxed) && self.read_token.is_none();
         let mut resp = self
-            .read(url)
+            .read(url, admin)
             .send()
             .await
             .map_err(|e| self.failed(&what, e))?;
+        if resp.status() == reqwest::StatusCode::UNAUTHORIZED
+            && !admin
+            && self.read_token.is_none()
+            && self.admin_token.is_some()
+        {
+            // A private store, and no read token: the admin token reads too.
+            self.private.store(true, Ordering::Relaxed);
+            resp = self
+                .read(url, true)
+                .send()
+                .await
+                .map_err(|e| self.failed(&what, e))?;
+        }
         if resp.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }
@@ -250,9 +274,33 @@ impl ReleaseStore for HttpStore {
         version: &Version,
         _valid: Duration,
     ) -> Result<Option<String>, EngineError> {
-        if self.read_token.is_some() {
+        if self.read_token.is_some() || self.private.load(Ordering::Relaxed) {
             return Ok(None);
         }
         Ok(Some(self.file_url(job, &artifact_name(version))?))
     }
+}
+
+/// The token in `CUTOVER_ADMIN_TOKEN_FILE`; refused when other users could
+/// read the file.
+fn read_private(path: &str) -> Result<String, EngineError> {
+    use std::os::unix::fs::PermissionsExt;
+    let what = format!("reading CUTOVER_ADMIN_TOKEN_FILE {path}");
+    let mode = std::fs::metadata(path)
+        .map_err(EngineError::io(what.clone()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(EngineError::usage(
+            format!(
+                "{path} (CUTOVER_ADMIN_TOKEN_FILE) can be read by other users (mode {:o})",
+                mode & 0o777
+            ),
+            format!("chmod 600 {path}"),
+        ));
+    }
+    Ok(std::fs::read_to_string(path)
+        .map_err(EngineError::io(what))?
+        .trim()
+        .to_string())
 }

@@ -216,6 +216,29 @@ pub struct FileStore {
 }
 
 impl FileStore {
+    /// The store in `root` (what `cutover serve` serves).
+    pub fn at(root: PathBuf, interrupt: Arc<Interrupt>) -> FileStore {
+        FileStore {
+            url: format!("file://{}", root.display()),
+            root,
+            interrupt,
+        }
+    }
+
+    /// The job's dir, made if missing; never a symlink.
+    pub fn job_dir_made(&self, job: &str) -> Result<PathBuf, EngineError> {
+        let dir = self.job_dir(job)?;
+        make_dir(&dir)?;
+        Ok(dir)
+    }
+
+    /// The job's dir if it exists and is no symlink.
+    pub fn existing_job_dir(&self, job: &str) -> Result<PathBuf, EngineError> {
+        let dir = self.job_dir(job)?;
+        no_symlink(&dir)?;
+        Ok(dir)
+    }
+
     fn job_dir(&self, job: &str) -> Result<PathBuf, EngineError> {
         if !cutover_index::safe_name(job) {
             return Err(EngineError::Refused(format!(
