@@ -88,6 +88,14 @@ impl SqliteStore {
             .await
             .map_err(db)?;
         sqlx::raw_sql(SCHEMA).execute(&pool).await.map_err(db)?;
+        // The operator's alone, like secret.key: it holds what runs where,
+        // the KV (secrets encrypted) and the history. SQLite gives its -wal
+        // and -shm files the same mode.
+        for f in ["state.db", "state.db-wal", "state.db-shm"] {
+            use std::os::unix::fs::PermissionsExt;
+            let _ =
+                std::fs::set_permissions(workspace.join(f), std::fs::Permissions::from_mode(0o600));
+        }
         Ok(SqliteStore {
             pool,
             lock_path: workspace.join("lock"),

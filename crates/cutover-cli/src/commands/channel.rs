@@ -97,6 +97,9 @@ fn print_report(s: &Session, r: &ChannelReport) {
     if let Some(f) = &r.forced {
         println!("[channel] forced: {f} (audited)");
     }
+    for w in &r.warnings {
+        println!("[channel] warning: {w}");
+    }
     if let Some(d) = &r.deploy {
         super::deploy::summarize_in(d, &s.ctx.project);
     }

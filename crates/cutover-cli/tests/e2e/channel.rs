@@ -996,3 +996,32 @@ fn check_refuses_a_store_or_threshold_no_command_could_use() {
         );
     }
 }
+
+#[test]
+fn a_canary_on_every_worker_is_said() {
+    let s = crate::serve::site(None);
+    let p = &s.p;
+    let job = |v: &str| format!("version = \"{v}\"\n[canary]\ncount = 5\nsoak = \"0s\"\n");
+    p.job("api", &job("1.0.0"));
+    p.expect(&["publish", "api"], 0);
+    p.job("api", &job("1.1.0"));
+    p.expect(&["publish", "api", "--channel", "canary"], 0);
+    let out = p.expect(
+        &[
+            "channel",
+            "canary",
+            "api",
+            "--version",
+            "1.1.0",
+            "--reason",
+            "all in",
+        ],
+        0,
+    );
+    assert!(
+        out.stdout.contains(
+            "[channel] warning: every worker of api is a canary ([canary] count = 5 and the job runs on 2 workers)"
+        ),
+        "{out:?}"
+    );
+}

@@ -64,3 +64,66 @@ fn a_secret_is_rendered_on_the_worker_and_never_stored_or_printed_in_plain_text(
     let revealed = p.expect(&["kv", "get", "api", "db_password", "--reveal"], 0);
     assert_eq!(revealed.stdout.trim(), POISON);
 }
+
+/// A failing post_deploy hook that prints a secret: its output is kept for
+/// the retry, and shown by the next plan; neither holds the secret.
+#[test]
+fn a_failed_hooks_output_is_kept_and_shown_without_the_secret() {
+    let p = Project::new();
+    p.write("cutover.toml", "name = \"t\"\n");
+    p.write(
+        "workers.toml",
+        "[[worker]]\nname = \"a\"\ntransport = \"local\"\nroot = \"local-workers/a\"\n",
+    );
+    p.job(
+        "api",
+        &format!(
+            "version = \"1\"\n[hooks]\npost_deploy = \"cat {}/local-workers/a/jobs/api/current/db.conf; exit 1\"\n",
+            p.path().display()
+        ),
+    );
+    p.write("jobs/api/db.conf.tpl", "password = {{ kv.db_password }}\n");
+    p.expect(&["kv", "put", "api", "db_password", POISON, "--secret"], 0);
+    let outputs = [
+        p.expect(&["deploy"], 1),
+        p.expect(&["deploy", "--dry-run"], 0),
+        p.expect(&["--json", "deploy", "--dry-run"], 0),
+    ];
+    assert!(
+        outputs[1]
+            .stdout
+            .contains("retry: the last post_deploy failed"),
+        "{:?}",
+        outputs[1]
+    );
+    assert!(outputs[1].stdout.contains("<redacted>"), "{:?}", outputs[1]);
+    for o in &outputs {
+        assert!(!o.all().contains(POISON), "secret printed:\n{o:?}");
+    }
+    let leaked = grep_tree(&p.path().join(".cutover"), POISON.as_bytes());
+    assert!(
+        leaked.is_empty(),
+        "secret in plain text in .cutover: {leaked:?}"
+    );
+}
+
+#[test]
+fn the_state_store_is_the_operators_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let p = Project::new();
+    p.write("cutover.toml", "name = \"t\"\n");
+    p.write(
+        "workers.toml",
+        "[[worker]]\nname = \"a\"\ntransport = \"local\"\nroot = \"local-workers/a\"\n",
+    );
+    p.job("api", "version = \"1\"\n");
+    p.expect(&["deploy"], 0);
+    for f in ["state.db", "events.jsonl"] {
+        let path = p.path().join(".cutover").join(f);
+        let mode = std::fs::metadata(&path)
+            .unwrap_or_else(|e| panic!("{f}: {e}"))
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{f} is mode {:o}", mode & 0o777);
+    }
+}

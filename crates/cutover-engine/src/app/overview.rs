@@ -225,10 +225,33 @@ pub fn releases(ctx: &Context, ticket: Option<&str>) -> Vec<ReleaseView> {
         .collect()
 }
 
-/// The last `limit` lines of `.cutover/audit.log`, newest first.
+/// The last `limit` lines of `.cutover/audit.log`, newest first, read
+/// from the end of the log (at most its last 4 MiB): a long history costs
+/// a page nothing.
 pub fn audit_lines(ctx: &Context, limit: usize) -> Vec<String> {
-    let text = std::fs::read_to_string(ctx.workspace.join("audit.log")).unwrap_or_default();
-    text.lines().rev().take(limit).map(str::to_string).collect()
+    use std::io::{Read, Seek, SeekFrom};
+    const TAIL: u64 = 4 << 20;
+    let Ok(mut f) = std::fs::File::open(ctx.workspace.join("audit.log")) else {
+        return Vec::new();
+    };
+    let len = f.metadata().map_or(0, |m| m.len());
+    let start = len.saturating_sub(TAIL);
+    let mut bytes = Vec::new();
+    if f.seek(SeekFrom::Start(start)).is_err() || f.read_to_end(&mut bytes).is_err() {
+        return Vec::new();
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let mut lines: Vec<&str> = text.lines().collect();
+    if start > 0 && !lines.is_empty() {
+        // The first line read is cut.
+        lines.remove(0);
+    }
+    lines
+        .iter()
+        .rev()
+        .take(limit)
+        .map(|l| l.to_string())
+        .collect()
 }
 
 /// One job's view (as in the overview) and its lines of the audit log.

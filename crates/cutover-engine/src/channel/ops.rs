@@ -77,6 +77,8 @@ pub struct ChannelReport {
     pub forced: Option<String>,
     /// Stable before this update, for the way back.
     pub previous_stable: Option<String>,
+    /// What the operator should know (a canary on every worker, say).
+    pub warnings: Vec<String>,
 }
 
 impl ChannelReport {
@@ -450,6 +452,7 @@ pub async fn run(
         soak,
         forced,
         previous_stable: current.channels.get("stable").cloned(),
+        warnings: canary_warnings(ctx, job, op),
     })
 }
 
@@ -487,5 +490,27 @@ async fn resign(
         soak: None,
         forced: (!accepted.is_empty()).then(|| format!("{} accepted", accepted.join(" or "))),
         previous_stable: None,
+        warnings: Vec::new(),
     })
+}
+
+/// A canary that covers every worker of the job leaves none on stable to
+/// compare with, or to fall back on while it soaks: said, not refused (a
+/// one-worker job has no other choice).
+fn canary_warnings(ctx: &Context, job: &cutover_model::Job, op: ChannelOp) -> Vec<String> {
+    let all = ctx.project.workers_for(job).count();
+    let canaries = super::artifact::canary_workers(ctx, job).len();
+    if op != ChannelOp::Canary || all < 2 || canaries < all {
+        return Vec::new();
+    }
+    let why = match job.manifest.canary.as_ref().and_then(|c| c.count) {
+        Some(n) if n as usize >= all => {
+            format!("[canary] count = {n} and the job runs on {all} workers")
+        }
+        _ => format!("every one of its {all} workers matches [canary] selectors"),
+    };
+    vec![format!(
+        "every worker of {} is a canary ({why}): none stays on stable while it soaks; lower [canary] count or narrow its selectors",
+        job.name
+    )]
 }

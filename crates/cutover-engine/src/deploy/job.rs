@@ -62,9 +62,11 @@ async fn post_deploy(run: &Run, job: &Job, result: JobResult, workers: Vec<Strin
     let hook = &job.manifest.hooks.post_deploy;
     let outcome = run.hook(job, "post_deploy", hook, workers).await;
     let key = post_deploy_key(&job.name);
+    // The hook's output is kept for the retry, redacted: the store is no
+    // place for a secret it printed.
     let recorded = match &outcome {
         Ok(()) => run.store.meta_put(&key, "").await,
-        Err(e) => run.store.meta_put(&key, e).await,
+        Err(e) => run.store.meta_put(&key, &run.redactor.redact(e)).await,
     };
     match (outcome, recorded) {
         (Ok(()), _) => finish(run, result, JobStatus::Succeeded, String::new()),

@@ -511,13 +511,15 @@ async fn plan_run(
     let kv = kv::for_templates(ctx).await?;
     let rollout_order = kv::rollout_order(&kv);
     let mut post_deploy_failed = BTreeMap::new();
+    // A record written before redaction reached it is redacted on the way out.
+    let redact = kv.redactor();
     for job in ctx.project.jobs.values() {
         if job.manifest.hooks.post_deploy.is_none() {
             continue;
         }
         let key = job::post_deploy_key(&job.name);
         if let Some(why) = ctx.store.meta_get(&key).await?.filter(|m| !m.is_empty()) {
-            post_deploy_failed.insert(job.name.clone(), why);
+            post_deploy_failed.insert(job.name.clone(), redact.redact(&why));
         }
     }
     let cert_mode = if opts.dry_run {
