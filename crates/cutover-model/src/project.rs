@@ -539,9 +539,11 @@ impl Loader<'_> {
             let ok = match url.split_once("://") {
                 Some(("file", path)) => path.starts_with('/'),
                 Some(("s3", rest)) => !rest.split('/').next().unwrap_or("").is_empty(),
+                // A `cutover serve` is its host and port: its store is at
+                // `/store`, and a path would name nothing.
                 Some(("http" | "https", rest)) => {
-                    let host = rest.split('/').next().unwrap_or("");
-                    !host.is_empty() && !host.contains('@')
+                    let rest = rest.trim_end_matches('/');
+                    !rest.is_empty() && !rest.contains('@') && !rest.contains('/')
                 }
                 _ => false,
             };

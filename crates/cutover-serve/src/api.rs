@@ -58,8 +58,9 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
         .get(axum::http::header::AUTHORIZATION)?
         .to_str()
         .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
+        .split_once(' ')
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
 }
 
 /// The name of the admin token the request carries; the audit actor.
@@ -177,7 +178,7 @@ pub async fn events(
     headers: HeaderMap,
 ) -> Response {
     authed!(s, headers, peer);
-    s.live.sse().into_response()
+    s.live.sse(|| true).into_response()
 }
 
 pub async fn refresh(
@@ -225,6 +226,21 @@ impl DeployBody {
     }
 }
 
+/// A JSON object as the options of a command (an array or a scalar is
+/// refused, as is an unknown field).
+fn object<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, EngineError> {
+    let usage = |why: String| {
+        EngineError::usage(
+            format!("the request body is not what this endpoint takes: {why}"),
+            "send a JSON object with the command's options (see docs/reference.md, `cutover serve`)",
+        )
+    };
+    if !v.is_object() {
+        return Err(usage("not a JSON object".into()));
+    }
+    serde_json::from_value(v).map_err(|e| usage(e.to_string()))
+}
+
 fn bad_body(e: JsonRejection) -> Response {
     error(&EngineError::usage(
         format!(
@@ -239,11 +255,12 @@ pub async fn deploy(
     State(s): S,
     ConnectInfo(crate::Peer(peer)): ConnectInfo<crate::Peer>,
     headers: HeaderMap,
-    body: Result<Json<DeployBody>, JsonRejection>,
+    body: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Response {
     let actor = authed!(s, headers, peer);
-    let body = match body {
-        Ok(Json(b)) => b,
+    let body: DeployBody = match body.map(|Json(v)| object(v)) {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => return error(&e),
         Err(e) => return bad_body(e),
     };
     let req = body.request();
@@ -251,7 +268,11 @@ pub async fn deploy(
         actor,
         command: app::deploy_command(&req),
     };
-    let ctx = s.ctx();
+    // An action runs with the project as it is on disk, as the CLI would.
+    let ctx = match s.fresh() {
+        Ok(c) => c,
+        Err(e) => return error(&e),
+    };
     let run = s.run(async move {
         match app::deploy(&ctx, &inv, &req).await {
             Ok((_, a)) => a,
@@ -325,11 +346,12 @@ pub async fn change(
     ConnectInfo(crate::Peer(peer)): ConnectInfo<crate::Peer>,
     headers: HeaderMap,
     Path((job, op)): Path<(String, String)>,
-    body: Result<Json<ChangeBody>, JsonRejection>,
+    body: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Response {
     let actor = authed!(s, headers, peer);
-    let body = match body {
-        Ok(Json(b)) => b,
+    let body: ChangeBody = match body.map(|Json(v)| object(v)) {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => return error(&e),
         Err(e) => return bad_body(e),
     };
     let (op, opts) = match change_options(&job, &op, &actor, body) {
@@ -340,7 +362,11 @@ pub async fn change(
         actor,
         command: app::channel_command(op, &opts),
     };
-    let ctx = s.ctx();
+    // An action runs with the project as it is on disk, as the CLI would.
+    let ctx = match s.fresh() {
+        Ok(c) => c,
+        Err(e) => return error(&e),
+    };
     let run = s.run(async move {
         match app::channel(&ctx, &inv, op, &opts).await {
             Ok((_, a)) => a,
@@ -431,11 +457,31 @@ pub async fn store_put(
     if s.tokens.is_none() {
         return unauthorized("this server runs without admin tokens, and a store write needs one");
     }
-    if let Err(r) = actor(&s, &headers, peer) {
-        return r;
+    let who = match actor(&s, &headers, peer) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let t = match store_target(&uri) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let resp = s.store.put(&t, &headers, body).await;
+    // Every write is audited on the server, with the token's name.
+    let (outcome, rc) = match resp.status().as_u16() {
+        200..=299 => ("stored", 0),
+        412 => ("conflict", 1),
+        400..=499 => ("refused", 2),
+        _ => ("failed", 1),
+    };
+    Invocation {
+        actor: who,
+        command: format!("PUT /store/{}/{}", t.job, t.file),
     }
-    match store_target(&uri) {
-        Ok(t) => s.store.put(&t, &headers, body).await,
-        Err(r) => r,
-    }
+    .audit(
+        &s.ctx(),
+        outcome,
+        rc,
+        &format!("HTTP {}", resp.status().as_u16()),
+    );
+    resp
 }

@@ -69,16 +69,11 @@ impl Tokens {
     pub fn from_env(e: &Environment) -> Result<Option<Tokens>, EngineError> {
         let mut named = Vec::new();
         if let Some(t) = e.var(env::CUTOVER_ADMIN_TOKEN) {
-            named.push(("admin".to_string(), sha256(t.trim().as_bytes())));
+            let token = strong(t, "CUTOVER_ADMIN_TOKEN")?;
+            named.push(("admin".to_string(), sha256(token.as_bytes())));
         } else if let Some(path) = e.var(env::CUTOVER_ADMIN_TOKEN_FILE) {
             let text = read_private(Path::new(path), env::CUTOVER_ADMIN_TOKEN_FILE)?;
-            let token = text.trim();
-            if token.is_empty() {
-                return Err(EngineError::usage(
-                    format!("{path} (CUTOVER_ADMIN_TOKEN_FILE) is empty"),
-                    "write the token into it, or unset the variable",
-                ));
-            }
+            let token = strong(&text, &format!("{path} (CUTOVER_ADMIN_TOKEN_FILE)"))?;
             named.push(("admin".to_string(), sha256(token.as_bytes())));
         }
         if let Some(path) = e.var(env::CUTOVER_ADMIN_TOKENS_FILE) {
@@ -102,7 +97,29 @@ impl Tokens {
     }
 }
 
-/// `name:sha256hex` lines; `#` comments and blank lines are skipped.
+/// The shortest admin token accepted: shorter ones can be guessed.
+const MIN_TOKEN: usize = 16;
+
+/// A token as given, trimmed; refused when blank or short.
+fn strong<'a>(token: &'a str, what: &str) -> Result<&'a str, EngineError> {
+    let t = token.trim();
+    let n = t.chars().count();
+    if n < MIN_TOKEN {
+        let is = if n == 0 {
+            "blank".to_string()
+        } else {
+            format!("{n} character(s)")
+        };
+        return Err(EngineError::usage(
+            format!("{what} is {is}: an admin token has at least {MIN_TOKEN} characters"),
+            "make one with `head -c 32 /dev/urandom | base64`",
+        ));
+    }
+    Ok(t)
+}
+
+/// `name:sha256hex` lines; `#` comments and blank lines are skipped. A
+/// name or a hash given twice is refused: one token, one actor.
 pub fn parse_tokens_file(path: &str, text: &str) -> Result<Vec<(String, Digest32)>, EngineError> {
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {
@@ -123,7 +140,22 @@ pub fn parse_tokens_file(path: &str, text: &str) -> Result<Vec<(String, Digest32
                 .map(|d| (name.to_string(), d))
         });
         match parsed {
-            Some(entry) => out.push(entry),
+            Some(entry) => {
+                let earlier = out
+                    .iter()
+                    .find(|(name, hash)| *name == entry.0 || *hash == entry.1);
+                if let Some((name, _)) = earlier {
+                    return Err(EngineError::usage(
+                        format!(
+                            "{path}:{}: `{}` repeats the name or the token of `{name}`",
+                            n + 1,
+                            entry.0
+                        ),
+                        "give each person or automation a token (and a name) of its own",
+                    ));
+                }
+                out.push(entry)
+            }
             None => {
                 return Err(EngineError::usage(
                     format!("{path}:{}: not a `name:sha256` line", n + 1),
@@ -144,10 +176,16 @@ pub fn parse_tokens_file(path: &str, text: &str) -> Result<Vec<(String, Digest32
 /// A secret file's text; refused when other users could read it.
 fn read_private(path: &Path, var: &str) -> Result<String, EngineError> {
     use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).map_err(EngineError::io(format!(
-        "{var}: reading {}",
-        path.display()
-    )))?;
+    let unreadable = |e: std::io::Error| {
+        EngineError::usage(
+            format!("{var}: cannot read {}: {e}", path.display()),
+            format!("point {var} at a file (mode 0600) holding the token(s)"),
+        )
+    };
+    let meta = std::fs::metadata(path).map_err(unreadable)?;
+    if !meta.is_file() {
+        return Err(unreadable(std::io::Error::other("not a file")));
+    }
     if meta.permissions().mode() & 0o077 != 0 {
         return Err(EngineError::usage(
             format!(
@@ -158,10 +196,7 @@ fn read_private(path: &Path, var: &str) -> Result<String, EngineError> {
             format!("chmod 600 {}", path.display()),
         ));
     }
-    std::fs::read_to_string(path).map_err(EngineError::io(format!(
-        "{var}: reading {}",
-        path.display()
-    )))
+    std::fs::read_to_string(path).map_err(unreadable)
 }
 
 #[derive(Debug, Clone)]
@@ -273,6 +308,14 @@ mod tests {
         let e = parse_tokens_file("t", "ana:s3cret\n").expect_err("a raw token is refused");
         assert!(e.to_string().contains("t:1"), "{e}");
         assert!(parse_tokens_file("t", "a b:00\n").is_err());
+        let dup = parse_tokens_file("t", &format!("ana:{h}\nbob:{h}\n"))
+            .expect_err("one token, one actor");
+        assert!(dup.to_string().contains("t:2"), "{dup}");
+        assert!(strong("   ", "T").is_err() && strong("short", "T").is_err());
+        assert_eq!(
+            strong(" 0123456789abcdef ", "T").ok(),
+            Some("0123456789abcdef")
+        );
         assert!(parse_tokens_file("t", "# nothing\n").is_err());
     }
 

@@ -53,8 +53,10 @@ pub(crate) struct Server {
     /// `None`: CUTOVER_ALLOW_UNAUTHENTICATED_ADMIN=1 (loopback only).
     tokens: Option<auth::Tokens>,
     sessions: auth::Sessions,
-    /// Cookies are `Secure` except on loopback.
+    /// Cookies are `Secure` under TLS or off loopback.
     secure_cookie: bool,
+    /// Cookie names carry the port: two servers on one host keep apart.
+    cookie_port: u16,
     store: store::StoreDir,
     live: Arc<live::Live>,
     pages: minijinja::Environment<'static>,
@@ -77,12 +79,18 @@ impl Server {
     /// Loads the project again (manifests, workers, config), keeping the
     /// one in use when the new one does not load.
     pub(crate) fn refresh(&self) -> Result<(), EngineError> {
+        self.fresh().map(drop)
+    }
+
+    /// The project as it is on disk now: what an action runs with, as the
+    /// CLI would (the pages show what was last loaded until Refresh).
+    pub(crate) fn fresh(&self) -> Result<Arc<Context>, EngineError> {
         let fresh = Arc::new(self.ctx().reload()?);
         match self.ctx.write() {
-            Ok(mut c) => *c = fresh,
-            Err(poisoned) => *poisoned.into_inner() = fresh,
+            Ok(mut c) => *c = fresh.clone(),
+            Err(poisoned) => *poisoned.into_inner() = fresh.clone(),
         }
-        Ok(())
+        Ok(fresh)
     }
 
     /// Runs `work` (a deploy, a channel change) as a tracked task.
@@ -178,19 +186,6 @@ pub async fn serve(o: ServeOptions, ready: impl FnOnce(&str)) -> Result<(), Engi
         "creating the served store {}",
         store_dir.display()
     )))?;
-    let live = live::Live::start(ctx.workspace.clone());
-    let server = Arc::new(Server {
-        ctx: RwLock::new(Arc::new(ctx)),
-        tokens,
-        sessions: auth::Sessions::default(),
-        secure_cookie: tls.is_some() || !loopback(&o.listen),
-        store: store::StoreDir::new(store_dir, o.interrupt.clone()),
-        live,
-        pages: pages::templates(),
-        actions: Mutex::new(Vec::new()),
-        runs: tokio_util::task::TaskTracker::new(),
-    });
-    let app = router(server.clone());
     let tcp = tokio::net::TcpListener::bind(o.listen).await.map_err(|e| {
         EngineError::usage(
             format!("cannot listen on {}: {e}", o.listen),
@@ -200,6 +195,20 @@ pub async fn serve(o: ServeOptions, ready: impl FnOnce(&str)) -> Result<(), Engi
     let local = tcp
         .local_addr()
         .map_err(EngineError::io("reading the listening address"))?;
+    let live = live::Live::start(ctx.workspace.clone());
+    let server = Arc::new(Server {
+        ctx: RwLock::new(Arc::new(ctx)),
+        tokens,
+        sessions: auth::Sessions::default(),
+        secure_cookie: tls.is_some() || !loopback(&o.listen),
+        cookie_port: local.port(),
+        store: store::StoreDir::new(store_dir, o.interrupt.clone()),
+        live,
+        pages: pages::templates(),
+        actions: Mutex::new(Vec::new()),
+        runs: tokio_util::task::TaskTracker::new(),
+    });
+    let app = router(server.clone());
     let scheme = if tls.is_some() { "https" } else { "http" };
     ready(&format!("{scheme}://{local}/_admin"));
     let make = app.into_make_service_with_connect_info::<Peer>();
@@ -250,6 +259,48 @@ fn store_dir(ctx: &Context) -> PathBuf {
         .unwrap_or_else(|| ctx.workspace.join("store"))
 }
 
+/// Without tokens (CUTOVER_ALLOW_UNAUTHENTICATED_ADMIN=1), the only guard
+/// is that requests come from this machine to this machine: a page on
+/// another site (DNS rebinding, a cross-site form) names another host, or
+/// sends its own origin.
+async fn only_this_machine(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let local = |host: &str| {
+        let name = match host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => host,
+        };
+        name == "localhost"
+            || name
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|a| a.is_loopback())
+    };
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let origin_ok = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+        .is_none_or(|o| o == format!("http://{host}"));
+    if !local(&host) || !origin_ok {
+        return (
+            axum::http::StatusCode::FORBIDDEN,
+            "this server runs without tokens and answers only requests from this machine to this machine\n",
+        )
+            .into_response();
+    }
+    next.run(req).await
+}
+
 fn router(server: Arc<Server>) -> Router {
     let headers = [
         (
@@ -294,7 +345,10 @@ fn router(server: Arc<Server>) -> Router {
                 .put(api::store_put),
         )
         .layer(DefaultBodyLimit::max(64 << 10))
-        .with_state(server);
+        .with_state(server.clone());
+    if server.tokens.is_none() {
+        r = r.layer(axum::middleware::from_fn(only_this_machine));
+    }
     for (name, value) in headers {
         r = r.layer(SetResponseHeaderLayer::if_not_present(
             name,

@@ -23,8 +23,8 @@ pub struct Live {
 }
 
 impl Live {
-    /// Starts tailing `workspace`'s feed from its end; stops when
-    /// `stop` resolves.
+    /// Starts tailing `workspace`'s feed (from its last lines); the tail
+    /// stops when the `Live` is dropped.
     pub fn start(workspace: PathBuf) -> Arc<Live> {
         let (tx, _) = broadcast::channel(1024);
         let live = Arc::new(Live {
@@ -67,28 +67,61 @@ impl Live {
             .unwrap_or_default()
     }
 
-    /// The SSE stream: each feed line as one `feed` event (JSON), from now on.
-    pub fn sse(&self) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    /// The SSE stream: each feed line as one `feed` event (JSON), from
+    /// now on, for as long as `alive` says (a UI session that signed out
+    /// ends its stream within a few seconds).
+    pub fn sse(
+        &self,
+        alive: impl Fn() -> bool + Send + Sync + 'static,
+    ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
         let rx = self.tx.subscribe();
-        let stream = futures::stream::unfold(rx, |mut rx| async move {
-            let event = match rx.recv().await {
-                Ok(line) => SseEvent::default()
-                    .event("feed")
-                    .data(feed_json(&line).to_string()),
-                // A slow client misses lines; it is told, and goes on.
-                Err(broadcast::error::RecvError::Lagged(n)) => SseEvent::default()
-                    .event("lagged")
-                    .data(format!("{{\"lagged\":{n}}}")),
-                Err(broadcast::error::RecvError::Closed) => return None,
-            };
-            Some((Ok(event), rx))
+        let alive = Arc::new(alive);
+        let stream = futures::stream::unfold(rx, move |mut rx| {
+            let alive = alive.clone();
+            async move {
+                loop {
+                    if !alive() {
+                        return None;
+                    }
+                    let got = tokio::select! {
+                        got = rx.recv() => got,
+                        () = tokio::time::sleep(Duration::from_secs(5)) => continue,
+                    };
+                    if !alive() {
+                        return None;
+                    }
+                    let event = match got {
+                        Ok(line) => SseEvent::default()
+                            .event("feed")
+                            .data(feed_json(&line).to_string()),
+                        // A slow client misses lines; it is told, and goes on.
+                        Err(broadcast::error::RecvError::Lagged(n)) => SseEvent::default()
+                            .event("lagged")
+                            .data(format!("{{\"lagged\":{n}}}")),
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    };
+                    return Some((Ok(event), rx));
+                }
+            }
         });
         Sse::new(stream).keep_alive(KeepAlive::default())
     }
 }
 
+/// The longest feed line shown; a longer one (a hook that printed a
+/// megabyte) is cut, saying so.
+const MAX_LINE: usize = 2000;
+
 /// One feed line as the CLI's plain progress would print it.
 pub fn line_text(l: &FeedLine) -> String {
+    let text = full_text(l);
+    match text.char_indices().nth(MAX_LINE) {
+        Some((at, _)) => format!("{}… (cut)", &text[..at]),
+        None => text,
+    }
+}
+
+fn full_text(l: &FeedLine) -> String {
     use cutover_engine::app::feed::FeedKind;
     match &l.kind {
         FeedKind::Started => format!("{} started: {}", l.actor, l.command),

@@ -22,9 +22,6 @@ use crate::Server;
 type S = State<Arc<Server>>;
 type Fields = Form<HashMap<String, String>>;
 
-const SESSION_COOKIE: &str = "cutover_session";
-const LOGIN_COOKIE: &str = "cutover_login";
-
 pub fn templates() -> minijinja::Environment<'static> {
     let mut env = minijinja::Environment::new();
     // `.html` templates escape every value they print.
@@ -62,6 +59,16 @@ pub struct UiAction {
     pub answer: Option<serde_json::Value>,
 }
 
+/// The session cookie's name, with the server's port: cookies are kept
+/// per host, and two servers on one host must not sign each other out.
+fn session_cookie(s: &Server) -> String {
+    format!("cutover_session_{}", s.cookie_port)
+}
+
+fn login_cookie(s: &Server) -> String {
+    format!("cutover_login_{}", s.cookie_port)
+}
+
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)
@@ -84,7 +91,7 @@ fn to_login() -> Response {
 
 /// The signed-in session of this request.
 fn session(s: &Server, headers: &HeaderMap) -> Option<(String, Session)> {
-    let id = cookie(headers, SESSION_COOKIE)?;
+    let id = cookie(headers, &session_cookie(s))?;
     s.sessions.get(id).map(|sess| (id.to_string(), sess))
 }
 
@@ -178,7 +185,7 @@ fn login_page(s: &Server, error: Option<&str>, status: StatusCode) -> Response {
             status,
             [(
                 header::SET_COOKIE,
-                set_cookie(s, LOGIN_COOKIE, &token, "/_admin/login", 600),
+                set_cookie(s, &login_cookie(s), &token, "/_admin/login", 600),
             )],
             Html(html),
         )
@@ -194,7 +201,7 @@ pub async fn login(
     Form(f): Fields,
 ) -> Response {
     let sent = f.get("csrf").map(String::as_str).unwrap_or_default();
-    let want = cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
+    let want = cookie(&headers, &login_cookie(&s)).unwrap_or_default();
     if sent.is_empty() || !same(sent.as_bytes(), want.as_bytes()) {
         return forbidden();
     }
@@ -225,14 +232,14 @@ pub async fn login(
             (header::LOCATION, "/_admin".to_string()),
             (
                 header::SET_COOKIE,
-                set_cookie(&s, SESSION_COOKIE, &id, "/", SESSION_TTL.as_secs()),
+                set_cookie(&s, &session_cookie(&s), &id, "/", SESSION_TTL.as_secs()),
             ),
         ],
     )
         .into_response();
     // The sign-in form's CSRF cookie has served.
     if let Ok(v) =
-        header::HeaderValue::from_str(&set_cookie(&s, LOGIN_COOKIE, "", "/_admin/login", 0))
+        header::HeaderValue::from_str(&set_cookie(&s, &login_cookie(&s), "", "/_admin/login", 0))
     {
         resp.headers_mut().append(header::SET_COOKIE, v);
     }
@@ -252,7 +259,7 @@ pub async fn logout(State(s): S, headers: HeaderMap, Form(f): Fields) -> Respons
             (header::LOCATION, "/_admin/login".to_string()),
             (
                 header::SET_COOKIE,
-                set_cookie(&s, SESSION_COOKIE, "", "/", 0),
+                set_cookie(&s, &session_cookie(&s), "", "/", 0),
             ),
         ],
     )
@@ -390,29 +397,18 @@ pub async fn change(
         ticket: field("ticket"),
         force: false,
     };
-    let path = format!("/_admin/jobs/{job}");
     let (op, opts) = match crate::api::change_options(&job, &op, &sess.actor, body) {
         Ok(x) => x,
-        Err(e) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                render(
-                    &s,
-                    "audit.html",
-                    &sess,
-                    &path,
-                    Some(error_notice(&e)),
-                    context! { lines => Vec::<String>::new() },
-                ),
-            )
-                .into_response()
-        }
+        Err(e) => return refused(&s, &sess, &e).await,
     };
     let inv = Invocation {
         actor: sess.actor.clone(),
         command: app::channel_command(op, &opts),
     };
-    let ctx = s.ctx();
+    let ctx = match s.fresh() {
+        Ok(c) => c,
+        Err(e) => return refused(&s, &sess, &e).await,
+    };
     start(
         &s,
         &sess.actor,
@@ -438,7 +434,10 @@ pub async fn deploy(State(s): S, headers: HeaderMap, Form(f): Fields) -> Respons
         actor: sess.actor.clone(),
         command: app::deploy_command(&req),
     };
-    let ctx = s.ctx();
+    let ctx = match s.fresh() {
+        Ok(c) => c,
+        Err(e) => return refused(&s, &sess, &e).await,
+    };
     start(&s, &sess.actor, None, inv.command.clone(), async move {
         match app::deploy(&ctx, &inv, &req).await {
             Ok((_, a)) => a,
@@ -455,27 +454,43 @@ pub async fn refresh(State(s): S, headers: HeaderMap, Form(f): Fields) -> Respon
     };
     let back = f
         .get("back")
-        .filter(|b| b.starts_with("/_admin") && !b.contains("//") && !b.contains('\\'))
+        .filter(|b| {
+            b.starts_with("/_admin") && !b.contains("//") && b.bytes().all(|c| c.is_ascii_graphic())
+        })
         .cloned()
         .unwrap_or_else(|| "/_admin".into());
     match s.refresh() {
         Ok(()) => Redirect::to(&back).into_response(),
-        Err(e) => (
-            StatusCode::BAD_REQUEST,
-            render(
-                &s,
-                "audit.html",
-                &sess,
-                &back,
-                Some(format!(
-                    "The project did not reload; the server keeps the one it had. {}",
-                    error_notice(&e)
-                )),
-                context! { lines => Vec::<String>::new() },
-            ),
-        )
-            .into_response(),
+        Err(e) => refused(&s, &sess, &e).await,
     }
+}
+
+/// A refused action: the overview (of the project as last loaded) with
+/// what was refused and why, status 400; nothing was started.
+async fn refused(s: &Server, sess: &Session, e: &EngineError) -> Response {
+    let notice = Some(format!(
+        "Refused, nothing was started: {} The server keeps the project as it last loaded it.",
+        error_notice(e)
+    ));
+    let page = match app::overview(&s.ctx(), false).await {
+        Ok(ov) => render(
+            s,
+            "overview.html",
+            sess,
+            "/_admin",
+            notice,
+            context! { ov => ov },
+        ),
+        Err(_) => render(
+            s,
+            "audit.html",
+            sess,
+            "/_admin",
+            notice,
+            context! { lines => Vec::<String>::new() },
+        ),
+    };
+    (StatusCode::BAD_REQUEST, page).into_response()
 }
 
 pub async fn releases(State(s): S, headers: HeaderMap) -> Response {
@@ -533,10 +548,13 @@ pub async fn audit(State(s): S, headers: HeaderMap) -> Response {
 }
 
 pub async fn events(State(s): S, headers: HeaderMap) -> Response {
-    if session(&s, &headers).is_none() {
+    let Some((id, _)) = session(&s, &headers) else {
         return StatusCode::UNAUTHORIZED.into_response();
-    }
-    s.live.sse().into_response()
+    };
+    let server = s.clone();
+    s.live
+        .sse(move || server.sessions.get(&id).is_some())
+        .into_response()
 }
 
 pub async fn static_file(Path(file): Path<String>) -> Response {

@@ -198,6 +198,16 @@ impl StoreDir {
                 )
             }
         };
+        // Signatures are every reader's to verify; what is not even an
+        // index of this job is refused here, before it can stop them all.
+        let of_job = serde_json::from_slice::<cutover_engine::index::Index>(&bytes)
+            .is_ok_and(|i| i.signed.job == t.job);
+        if !of_job {
+            return status(
+                StatusCode::BAD_REQUEST,
+                &format!("that is not a release index of {}", t.job),
+            );
+        }
         match self
             .files
             .write_index(&t.job, &bytes, expected.as_ref())

@@ -205,6 +205,86 @@ fn serve_refuses_to_start_unsafe() {
         2,
     );
     assert!(out.stderr.contains("--tls-key"), "{out:?}");
+    // A blank or short token, a token file that is a dir, one token for two
+    // names: refused, with what to do.
+    for (token, says) in [("    ", "is blank"), ("abc", "3 character(s)")] {
+        let out = p.cutover_env(
+            &["serve", "--listen", "127.0.0.1:0"],
+            &[("CUTOVER_ADMIN_TOKEN", token)],
+        );
+        assert_eq!(out.code, 2, "{out:?}");
+        assert!(
+            out.stderr.contains(says) && out.stderr.contains("help:"),
+            "{out:?}"
+        );
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    let out = p.cutover_env(
+        &["serve", "--listen", "127.0.0.1:0"],
+        &[(
+            "CUTOVER_ADMIN_TOKENS_FILE",
+            dir.path().to_str().expect("utf8"),
+        )],
+    );
+    assert_eq!(out.code, 2, "{out:?}");
+    let h = sha256_hex(TOKEN_ANA);
+    std::fs::write(&s.tokens_file, format!("ana:{h}\nbob:{h}\n")).expect("write");
+    let out = p.cutover_env(
+        &["serve", "--listen", "127.0.0.1:0"],
+        &[("CUTOVER_ADMIN_TOKENS_FILE", &s.tokens_file)],
+    );
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains(":2: `bob` repeats"), "{out:?}");
+    // A served store is a host and a port: a path is refused by check.
+    let toml = std::fs::read_to_string(p.path().join("cutover.toml")).expect("toml");
+    p.write(
+        "cutover.toml",
+        &toml.replace(
+            &format!("file://{}", s.store.display()),
+            "http://127.0.0.1:7878/prefix",
+        ),
+    );
+    let out = p.expect(&["check"], 2);
+    assert!(
+        out.stderr.contains("is not a store this cutover can use"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn without_tokens_the_server_answers_this_machine_only() {
+    let s = site(None);
+    let server = Served::start(&s.p, &[("CUTOVER_ALLOW_UNAUTHENTICATED_ADMIN", "1")]);
+    let http = Http::new();
+    let url = format!("{}/api/overview", server.base);
+    assert_eq!(http.send(http.client.get(&url)).status, 200);
+    let r = http.send(http.client.get(&url).header("host", "evil.example:7878"));
+    assert_eq!(r.status, 403, "a rebound name is refused: {r:?}");
+    let r = http.send(
+        http.client
+            .post(format!("{}/api/refresh", server.base))
+            .header("origin", "http://evil.example"),
+    );
+    assert_eq!(r.status, 403, "another site's request is refused: {r:?}");
+    // Reads of a private store need the read token even here.
+    let toml = std::fs::read_to_string(s.p.path().join("cutover.toml")).expect("toml");
+    s.p.write(
+        "cutover.toml",
+        &toml.replace(
+            "[serve]\n",
+            &format!(
+                "[serve]\nstore_read_token = \"sha256:{}\"\n",
+                sha256_hex("reader-0123456789")
+            ),
+        ),
+    );
+    drop(server);
+    let server = Served::start(&s.p, &[("CUTOVER_ALLOW_UNAUTHENTICATED_ADMIN", "1")]);
+    let r = http.send(
+        http.client
+            .get(format!("{}/store/api/releases.json", server.base)),
+    );
+    assert_eq!(r.status, 401, "{r:?}");
 }
 
 #[test]
@@ -373,6 +453,14 @@ fn the_api_answers_the_cli_document_with_the_status_of_its_exit_code() {
         serde_json::json!({"dry-run": true}),
     );
     assert_eq!(r.status, 400, "an unknown option is refused: {r:?}");
+    let r = post("/api/deploy", TOKEN_ANA, serde_json::json!([]));
+    assert_eq!(r.status, 400, "an array is not options: {r:?}");
+    let r = http.send(
+        http.client
+            .get(url("/api/overview"))
+            .header("authorization", format!("bearer {TOKEN_ANA}")),
+    );
+    assert_eq!(r.status, 200, "the scheme is case-insensitive: {r:?}");
     let r = post(
         "/api/channel/api/canary",
         TOKEN_BOB,
@@ -385,6 +473,15 @@ fn the_api_answers_the_cli_document_with_the_status_of_its_exit_code() {
         serde_json::json!({"version": "1.0.0", "reason": "x"}),
     );
     assert_eq!(r.status, 400, "{r:?}");
+    let r = post(
+        "/api/channel/api/canary",
+        TOKEN_BOB,
+        serde_json::json!({"version": "1.0.0", "reason": "ok\n2026 user=root forged", "ticket": "T"}),
+    );
+    assert_eq!(
+        r.status, 400,
+        "a control character in a reason is refused: {r:?}"
+    );
 
     // A canary and its promotion, by bob, with a reason and a ticket.
     s.publish("1.1.0", "canary");
@@ -756,7 +853,16 @@ fn the_ui_needs_a_session_and_csrf_escapes_everything_and_leaks_no_secret() {
         feed_page.body
     );
 
-    // Sign-out ends the session: the old cookie no longer opens a page.
+    // Sign-out ends the session, and the feed it had open.
+    let mut events = http
+        .block_on(
+            http.client
+                .get(format!("{base}/_admin/events"))
+                .header("cookie", &session)
+                .send(),
+        )
+        .expect("events");
+    assert_eq!(events.status().as_u16(), 200);
     let r = http.send(
         http.client
             .post(format!("{base}/_admin/logout"))
@@ -766,6 +872,11 @@ fn the_ui_needs_a_session_and_csrf_escapes_everything_and_leaks_no_secret() {
     assert_eq!(r.status, 303);
     assert!(r.header("set-cookie").contains("Max-Age=0"));
     assert_eq!(page("/_admin").status, 303, "the session is gone");
+    let ended = http.block_on(async {
+        let drain = async { while let Ok(Some(_)) = events.chunk().await {} };
+        tokio::time::timeout(std::time::Duration::from_secs(15), drain).await
+    });
+    assert!(ended.is_ok(), "the live feed of a signed-out session ends");
     assert_eq!(server.stop(), 0);
 }
 
@@ -882,14 +993,45 @@ fn an_http_store_takes_publishes_with_compare_and_swap_and_refuses_escapes() {
             "api/releases.json",
             Some(TOKEN_ANA),
             &[("if-match", &etag)],
-            b"{}".to_vec()
+            before.clone()
         )
         .status,
         412,
         "the ETag read before two publishes is stale"
     );
+    let now = http
+        .send(http.client.get(format!("{base}/store/api/releases.json")))
+        .header("etag");
     assert_eq!(
-        put("api/releases.json", Some(TOKEN_ANA), &[], b"{}".to_vec()).status,
+        put(
+            "api/releases.json",
+            Some(TOKEN_ANA),
+            &[("if-match", &now)],
+            b"{\"a\":5}".to_vec()
+        )
+        .status,
+        400,
+        "what is not an index of the job is refused"
+    );
+    assert_eq!(
+        put(
+            "api/releases.json",
+            Some(TOKEN_ANA),
+            &[("if-match", "*")],
+            before.clone()
+        )
+        .status,
+        412,
+        "If-Match: * is no way around the compare"
+    );
+    let audit = std::fs::read_to_string(home.p.path().join(".cutover/audit.log")).expect("audit");
+    assert!(
+        audit.contains("user=ana")
+            && audit.contains("command=\"PUT /store/api/releases.json\" outcome=conflict rc=1"),
+        "every store write is audited on the server: {audit}"
+    );
+    assert_eq!(
+        put("api/releases.json", Some(TOKEN_ANA), &[], before.clone()).status,
         412
     );
     assert_eq!(
@@ -1093,6 +1235,19 @@ fn the_overview_api_holds_up_under_load_while_a_deploy_runs() {
         rss_kb < 256 * 1024,
         "server memory is bounded: peak {rss_kb} kB"
     );
+
+    // An action runs with the project on disk, not the one loaded at start.
+    p.job("web", "version = \"2\"\n");
+    let r = http.send(
+        http.client
+            .post(format!("{}/api/deploy", server.base))
+            .bearer_auth(TOKEN_ANA)
+            .header("content-type", "application/json")
+            .body(r#"{"jobs": ["web"]}"#),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let plan = p.expect(&["deploy", "--dry-run", "--jobs", "web"], 0);
+    assert!(plan.stdout.contains("plan: 2 unchanged"), "{plan:?}");
 }
 
 #[test]

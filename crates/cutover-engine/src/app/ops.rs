@@ -58,6 +58,19 @@ pub(super) fn failure_rc(ctx: &Context) -> u8 {
     ctx.interrupt.exit_code().unwrap_or(1)
 }
 
+/// Refuses a value with control characters (an escape sequence, a
+/// newline): it is shown in terminals, pages and the feed, and must not
+/// drive a terminal or forge a line there.
+fn plain_text(what: &str, text: &str) -> Result<(), EngineError> {
+    if text.chars().any(char::is_control) {
+        return Err(EngineError::usage(
+            format!("{what} holds a control character (a newline or an escape sequence)"),
+            "write it on one line, in plain text",
+        ));
+    }
+    Ok(())
+}
+
 /// A fleet deploy (or its plan, with `dry_run`).
 pub async fn deploy(
     ctx: &Context,
@@ -151,6 +164,13 @@ pub async fn channel(
     op: ChannelOp,
     opts: &ChannelOptions,
 ) -> Result<(ChannelReport, Answer), EngineError> {
+    for (what, text) in [
+        ("--reason", &opts.reason),
+        ("--ticket", &opts.ticket),
+        ("--actor", &opts.actor),
+    ] {
+        plain_text(what, text)?;
+    }
     let opts = &ChannelOptions {
         command: inv.command.clone(),
         ..opts.clone()
