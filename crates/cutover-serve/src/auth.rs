@@ -300,10 +300,13 @@ mod tests {
     #[test]
     fn a_tokens_file_is_checked_line_by_line() {
         let h = hex(&sha256(b"s3cret"));
-        let ok = parse_tokens_file("t", &format!("# ops\nana:{h}\nbob:sha256:{h}\n")).expect("ok");
+        let other = hex(&sha256(b"other")).to_uppercase();
+        let ok =
+            parse_tokens_file("t", &format!("# ops\nana:{h}\nbob:sha256:{other}\n")).expect("ok");
         assert_eq!(ok.len(), 2);
         let t = Tokens { named: ok };
         assert_eq!(t.name_of("s3cret").as_deref(), Some("ana"));
+        assert_eq!(t.name_of("other").as_deref(), Some("bob"));
         assert_eq!(t.name_of("s3cret "), None);
         let e = parse_tokens_file("t", "ana:s3cret\n").expect_err("a raw token is refused");
         assert!(e.to_string().contains("t:1"), "{e}");
