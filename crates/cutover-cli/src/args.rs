@@ -18,7 +18,9 @@ use cutover_engine::app::env as env_vars;
         Start with `cutover init DIR --example`, then `cutover check` and `cutover deploy --dry-run`. \
         `cutover demo` shows the whole flow on this machine.",
     after_help = "Exit codes: 0 success, 1 the operation failed, 2 bad input, 3 project lock held, \
-        4 verification refused (drift), 5 nothing to release."
+        4 verification refused (drift, a release index or artifact), 5 nothing to release, \
+        130/143 interrupted by SIGINT/SIGTERM (in-flight steps finished, the run recorded). \
+        `cutover serve` answers the same codes as HTTP statuses: 200, 500, 400, 409, 422."
 )]
 pub struct Cli {
     #[command(subcommand)]
