@@ -53,6 +53,8 @@ pub struct AdminEnv {
     pub unauthenticated: bool,
     /// Which of CUTOVER_ADMIN_TOKEN, _TOKEN_FILE, _TOKENS_FILE is set.
     pub token_source: Option<String>,
+    /// Why `cutover serve` would refuse the token(s) set, if it would.
+    pub token_problem: Option<(String, String)>,
 }
 
 /// The checklist items that need no project.
@@ -88,9 +90,10 @@ pub fn environment(ctx_env: &crate::keys::TrustEnv, admin: &AdminEnv) -> Vec<Ite
             "CUTOVER_ALLOW_UNAUTHENTICATED_ADMIN is unset",
         )
     });
-    out.push(match &admin.token_source {
-        Some(s) => Item::pass("admin auth configured", format!("{s} is set")),
-        None => Item::fail(
+    out.push(match (&admin.token_source, &admin.token_problem) {
+        (Some(_), Some((why, fix))) => Item::fail("admin auth configured", why.clone(), fix.clone()),
+        (Some(s), None) => Item::pass("admin auth configured", format!("{s} is set")),
+        (None, _) => Item::fail(
             "admin auth configured",
             "no admin token",
             "set CUTOVER_ADMIN_TOKEN_FILE to a 0600 file holding a long random token (or CUTOVER_ADMIN_TOKENS_FILE)",

@@ -9,6 +9,24 @@ use crate::events::{Event, Reporter};
 /// What replaces a secret value.
 pub const MARK: &str = "<redacted>";
 
+/// The most of a step's output a message keeps: its end, where the error
+/// is. A target that prints megabytes must not fill the store, the feed
+/// and every page that shows the message.
+pub const MESSAGE_MAX: usize = 16 << 10;
+
+/// `text`, or its last [`MESSAGE_MAX`] bytes (on a character boundary),
+/// saying it was cut.
+pub fn cap(text: &str) -> String {
+    if text.len() <= MESSAGE_MAX {
+        return text.to_string();
+    }
+    let mut start = text.len() - MESSAGE_MAX;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("(cut to its last {MESSAGE_MAX} bytes) …{}", &text[start..])
+}
+
 /// Values shorter than this are not redacted: replacing every `1` or `on`
 /// in the output would hide everything and protect nothing.
 const MIN_LEN: usize = 4;

@@ -543,7 +543,7 @@ impl Loader<'_> {
                 // `/store`, and a path would name nothing.
                 Some(("http" | "https", rest)) => {
                     let rest = rest.trim_end_matches('/');
-                    !rest.is_empty() && !rest.contains('@') && !rest.contains('/')
+                    !rest.is_empty() && !rest.contains(['@', '/', '?', '#'])
                 }
                 _ => false,
             };

@@ -390,6 +390,10 @@ fn may_read(s: &Server, headers: &HeaderMap, peer: std::net::IpAddr) -> Result<(
     let Some(want) = s.read_token() else {
         return Ok(());
     };
+    // A limited address is refused whatever it sends (as for admin tokens).
+    if !s.sessions.may_try(peer) {
+        return Err(too_many());
+    }
     let presented = bearer(headers).unwrap_or_default();
     if !presented.is_empty()
         && same(
@@ -401,6 +405,9 @@ fn may_read(s: &Server, headers: &HeaderMap, peer: std::net::IpAddr) -> Result<(
     }
     if s.tokens.is_none() {
         // No admin tokens to fall back on: the read token is the only key.
+        if !presented.is_empty() {
+            s.sessions.failed(peer);
+        }
         return Err(unauthorized("this store's reads need its read token"));
     }
     actor(s, headers, peer).map(|_| ())

@@ -68,6 +68,14 @@ impl Tokens {
     /// The tokens the environment names, or `None` when it names none.
     pub fn from_env(e: &Environment) -> Result<Option<Tokens>, EngineError> {
         let mut named = Vec::new();
+        if e.var(env::CUTOVER_ADMIN_TOKEN).is_some()
+            && e.var(env::CUTOVER_ADMIN_TOKEN_FILE).is_some()
+        {
+            return Err(EngineError::usage(
+                "both CUTOVER_ADMIN_TOKEN and CUTOVER_ADMIN_TOKEN_FILE are set",
+                "set one of them: they name the same token, `admin`",
+            ));
+        }
         if let Some(t) = e.var(env::CUTOVER_ADMIN_TOKEN) {
             let token = strong(t, "CUTOVER_ADMIN_TOKEN")?;
             named.push(("admin".to_string(), sha256(token.as_bytes())));
@@ -78,7 +86,15 @@ impl Tokens {
         }
         if let Some(path) = e.var(env::CUTOVER_ADMIN_TOKENS_FILE) {
             let text = read_private(Path::new(path), env::CUTOVER_ADMIN_TOKENS_FILE)?;
-            named.extend(parse_tokens_file(path, &text)?);
+            for (name, hash) in parse_tokens_file(path, &text)? {
+                if named.iter().any(|(n, h)| *n == name || *h == hash) {
+                    return Err(EngineError::usage(
+                        format!("{path} names `{name}`, which CUTOVER_ADMIN_TOKEN(_FILE) already is (or holds its token)"),
+                        "one token, one name: drop one of the two, or rename the line",
+                    ));
+                }
+                named.push((name, hash));
+            }
         }
         Ok((!named.is_empty()).then_some(Tokens { named }))
     }
@@ -103,6 +119,12 @@ const MIN_TOKEN: usize = 16;
 /// A token as given, trimmed; refused when blank or short.
 fn strong<'a>(token: &'a str, what: &str) -> Result<&'a str, EngineError> {
     let t = token.trim();
+    if t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(EngineError::usage(
+            format!("{what} holds a space or a line break inside: one token, on one line"),
+            "a team names one token per person in CUTOVER_ADMIN_TOKENS_FILE (`name:sha256` lines)",
+        ));
+    }
     let n = t.chars().count();
     if n < MIN_TOKEN {
         let is = if n == 0 {

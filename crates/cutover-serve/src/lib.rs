@@ -16,6 +16,7 @@
 
 mod api;
 mod auth;
+mod guard;
 mod live;
 mod pages;
 mod store;
@@ -111,11 +112,10 @@ impl Server {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Peer(pub std::net::IpAddr);
 
-impl
-    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, guard::Capped>>
     for Peer
 {
-    fn connect_info(s: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Peer {
+    fn connect_info(s: axum::serve::IncomingStream<'_, guard::Capped>) -> Peer {
         Peer(s.remote_addr().ip())
     }
 }
@@ -126,6 +126,12 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tls:
     fn connect_info(s: axum::serve::IncomingStream<'_, tls::TlsListener>) -> Peer {
         Peer(s.remote_addr().ip())
     }
+}
+
+/// Whether the admin token(s) the environment names would let `cutover
+/// serve` start (for `cutover doctor`).
+pub fn check_tokens(env: &Environment) -> Result<(), EngineError> {
+    auth::Tokens::from_env(env).map(drop)
 }
 
 /// The address is one of this machine's own (127.0.0.0/8, ::1).
@@ -225,7 +231,11 @@ pub async fn serve(o: ServeOptions, ready: impl FnOnce(&str)) -> Result<(), Engi
                     .with_graceful_shutdown(stop)
                     .await
             }
-            None => axum::serve(tcp, make).with_graceful_shutdown(stop).await,
+            None => {
+                axum::serve(guard::Capped::new(tcp), make)
+                    .with_graceful_shutdown(stop)
+                    .await
+            }
         }
     };
     let deadline = async {

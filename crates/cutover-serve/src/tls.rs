@@ -15,6 +15,8 @@ use tokio_rustls::rustls;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
+use crate::guard::Guarded;
+
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub fn config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, EngineError> {
@@ -31,6 +33,22 @@ pub fn config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, Engi
             format!("--tls-cert {} holds no certificate", cert.display()),
             "give a PEM file with the certificate chain, leaf first",
         ));
+    }
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(key)
+            .map(|m| m.permissions().mode())
+            .unwrap_or(0);
+        if mode & 0o077 != 0 {
+            return Err(EngineError::usage(
+                format!(
+                    "--tls-key {} can be read by other users (mode {:o})",
+                    key.display(),
+                    mode & 0o777
+                ),
+                format!("chmod 600 {}", key.display()),
+            ));
+        }
     }
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
         EngineError::usage(
@@ -53,7 +71,7 @@ pub fn config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, Engi
 
 /// Accepted, handshaken TLS connections.
 pub struct TlsListener {
-    rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    rx: mpsc::Receiver<(Guarded<TlsStream<TcpStream>>, SocketAddr)>,
     local: std::io::Result<SocketAddr>,
 }
 
@@ -62,8 +80,11 @@ impl TlsListener {
         let local = tcp.local_addr();
         let (tx, rx) = mpsc::channel(64);
         let acceptor = TlsAcceptor::from(cfg);
+        let slots = Arc::new(tokio::sync::Semaphore::new(crate::guard::MAX_CONNECTIONS));
         tokio::spawn(async move {
             loop {
+                // A handshake in progress holds a slot too.
+                let permit = crate::guard::slot(&slots).await;
                 let Ok((stream, peer)) = tcp.accept().await else {
                     // Out of descriptors, say: try again shortly.
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -75,7 +96,7 @@ impl TlsListener {
                     if let Ok(Ok(tls)) =
                         tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
                     {
-                        let _ = tx.send((tls, peer)).await;
+                        let _ = tx.send((Guarded::new(tls, permit), peer)).await;
                     }
                 });
             }
@@ -85,7 +106,7 @@ impl TlsListener {
 }
 
 impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
+    type Io = Guarded<TlsStream<TcpStream>>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {

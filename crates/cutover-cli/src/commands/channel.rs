@@ -201,7 +201,12 @@ async fn status(s: &Session, job: Option<&str>, url: Option<&str>) -> Result<u8,
 /// items (or one failing item when it does not load).
 pub async fn doctor(g: &Global) -> Result<u8, EngineError> {
     let env = super::environment();
-    let mut items = cutover_engine::doctor::environment(&env.trust_env(), &env.admin_env());
+    let mut admin = env.admin_env();
+    // The same check `cutover serve` makes at its start.
+    admin.token_problem = cutover_serve::check_tokens(env)
+        .err()
+        .map(|e| (e.to_string(), e.help().unwrap_or_default()));
+    let mut items = cutover_engine::doctor::environment(&env.trust_env(), &admin);
     match Session::open(g, "doctor").await {
         Ok(s) => {
             items.push(cutover_engine::doctor::Item::pass(

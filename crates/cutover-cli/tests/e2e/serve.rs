@@ -207,7 +207,14 @@ fn serve_refuses_to_start_unsafe() {
     assert!(out.stderr.contains("--tls-key"), "{out:?}");
     // A blank or short token, a token file that is a dir, one token for two
     // names: refused, with what to do.
-    for (token, says) in [("    ", "is blank"), ("abc", "3 character(s)")] {
+    for (token, says) in [
+        ("    ", "is blank"),
+        ("abc", "3 character(s)"),
+        (
+            "0123456789abcdef\nsecond-token-0000",
+            "one token, on one line",
+        ),
+    ] {
         let out = p.cutover_env(
             &["serve", "--listen", "127.0.0.1:0"],
             &[("CUTOVER_ADMIN_TOKEN", token)],
@@ -218,6 +225,14 @@ fn serve_refuses_to_start_unsafe() {
             "{out:?}"
         );
     }
+    // doctor fails what serve would refuse.
+    let out = p.cutover_env(&["doctor"], &[("CUTOVER_ADMIN_TOKEN", "short")]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stdout
+            .contains("✗ admin auth configured: CUTOVER_ADMIN_TOKEN is 5 character(s)"),
+        "{out:?}"
+    );
     let dir = tempfile::tempdir().expect("dir");
     let out = p.cutover_env(
         &["serve", "--listen", "127.0.0.1:0"],
@@ -280,11 +295,19 @@ fn without_tokens_the_server_answers_this_machine_only() {
     );
     drop(server);
     let server = Served::start(&s.p, &[("CUTOVER_ALLOW_UNAUTHENTICATED_ADMIN", "1")]);
-    let r = http.send(
-        http.client
-            .get(format!("{}/store/api/releases.json", server.base)),
-    );
+    let url = format!("{}/store/api/releases.json", server.base);
+    let r = http.send(http.client.get(&url));
     assert_eq!(r.status, 401, "{r:?}");
+    // Wrong read tokens count; once limited, the right one waits too.
+    let wrong: Vec<u16> = (0..5)
+        .map(|i| {
+            http.send(http.client.get(&url).bearer_auth(format!("guess-{i}")))
+                .status
+        })
+        .collect();
+    assert_eq!(wrong, [401, 401, 401, 401, 401]);
+    let r = http.send(http.client.get(&url).bearer_auth("reader-0123456789"));
+    assert_eq!(r.status, 429, "a guess never learns it was right: {r:?}");
 }
 
 #[test]
@@ -1248,6 +1271,47 @@ fn the_overview_api_holds_up_under_load_while_a_deploy_runs() {
     assert_eq!(r.status, 200, "{r:?}");
     let plan = p.expect(&["deploy", "--dry-run", "--jobs", "web"], 0);
     assert!(plan.stdout.contains("plan: 2 unchanged"), "{plan:?}");
+
+    // A target that prints megabytes and fails: its message is kept cut,
+    // in the store, the feed and every answer. A name with a newline
+    // forges no feed line.
+    p.job("loud", "version = \"1\"\n");
+    p.write(
+        "jobs/loud/Makefile",
+        "start:\n\t@head -c 3000000 /dev/zero | tr '\\0' x; echo; echo the-real-error; exit 1\n",
+    );
+    let out = p.cutover_env(
+        &["deploy", "--jobs", "loud"],
+        &[(
+            "CUTOVER_USER",
+            "mallory\n2026 admin started: cutover channel promote",
+        )],
+    );
+    assert_eq!(out.code, 1, "{out:?}");
+    let r = http.send(
+        http.client
+            .get(format!("{}/api/overview", server.base))
+            .bearer_auth(TOKEN_ANA),
+    );
+    assert!(
+        r.body.len() < 200_000,
+        "the overview holds {} bytes",
+        r.body.len()
+    );
+    assert!(
+        r.body.contains("the-real-error"),
+        "the end of the output is kept"
+    );
+    let feed = std::fs::read_to_string(p.path().join(".cutover/events.jsonl")).expect("feed");
+    assert!(
+        feed.len() < 1_000_000,
+        "the feed holds {} bytes",
+        feed.len()
+    );
+    assert!(
+        feed.contains("mallory\u{fffd}2026 admin"),
+        "the name's newline is shown as U+FFFD"
+    );
 }
 
 #[test]

@@ -83,11 +83,17 @@ impl Environment {
 
     /// Who runs this process: `CUTOVER_USER`, else `USER`, else the account.
     pub fn operator(&self) -> Operator {
+        // A name with a control character (a newline, an escape) would
+        // forge a line in the feed or drive a terminal: each one is shown
+        // as U+FFFD.
         let user = self
             .var(env::CUTOVER_USER)
             .or_else(|| self.var(env::USER))
             .map(str::to_string)
-            .unwrap_or_else(account_name);
+            .unwrap_or_else(account_name)
+            .chars()
+            .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+            .collect();
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .or_else(|_| std::fs::read_to_string("/etc/hostname"))
             .map(|h| h.trim().to_string())
@@ -134,6 +140,7 @@ impl Environment {
             .into_iter()
             .find(|n| self.var(n).is_some())
             .map(str::to_string),
+            token_problem: None,
         }
     }
 }

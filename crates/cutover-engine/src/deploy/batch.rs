@@ -282,7 +282,7 @@ pub(super) async fn record_failure(run: &Run, job: &Job, a: &AllocPlan, message:
         release_id: old.and_then(|o| o.release_id.clone()),
         previous_release_id: old.and_then(|o| o.previous_release_id.clone()),
         health: "unhealthy".into(),
-        message: run.redactor.redact(message),
+        message: crate::redact::cap(&run.redactor.redact(message)),
         updated_at: cutover_state::now_rfc3339(),
     };
     if let Err(e) = run.store.put_allocation(&rec).await {

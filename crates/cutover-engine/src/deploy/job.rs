@@ -66,7 +66,10 @@ async fn post_deploy(run: &Run, job: &Job, result: JobResult, workers: Vec<Strin
     // place for a secret it printed.
     let recorded = match &outcome {
         Ok(()) => run.store.meta_put(&key, "").await,
-        Err(e) => run.store.meta_put(&key, &run.redactor.redact(e)).await,
+        Err(e) => {
+            let kept = crate::redact::cap(&run.redactor.redact(e));
+            run.store.meta_put(&key, &kept).await
+        }
     };
     match (outcome, recorded) {
         (Ok(()), _) => finish(run, result, JobStatus::Succeeded, String::new()),
@@ -244,7 +247,7 @@ async fn fail_batch(
 }
 
 pub(super) fn finish(run: &Run, mut r: JobResult, status: JobStatus, message: String) -> JobResult {
-    let message = run.redactor.redact(&message);
+    let message = crate::redact::cap(&run.redactor.redact(&message));
     run.reporter.event(&Event::JobDone {
         job: r.job.clone(),
         status: format!("{status:?}").to_lowercase(),
@@ -264,7 +267,7 @@ pub(super) fn done(
     message: String,
     reverted: bool,
 ) -> AllocResult {
-    let message = run.redactor.redact(&message);
+    let message = crate::redact::cap(&run.redactor.redact(&message));
     run.reporter.event(&Event::AllocDone {
         job: job.name.clone(),
         worker: a.worker.clone(),
@@ -280,7 +283,7 @@ pub(super) fn done(
         output: if ok {
             String::new()
         } else {
-            run.take_output(&job.name, &a.worker)
+            crate::redact::cap(&run.take_output(&job.name, &a.worker))
         },
         worker: a.worker.clone(),
         action: a.action,

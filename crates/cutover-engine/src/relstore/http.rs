@@ -122,8 +122,19 @@ impl HttpStore {
         Ok(self.client.put(url).bearer_auth(token))
     }
 
+    /// A request that got no answer: what it was, and every cause
+    /// (connection refused, timed out, ...).
     fn failed(&self, what: &str, e: reqwest::Error) -> EngineError {
-        EngineError::Failed(format!("{what} at {}: {e}", self.url))
+        let mut text = format!("{what}: {e}");
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            text.push_str(&format!(": {c}"));
+            cause = c.source();
+        }
+        EngineError::Failed(format!(
+            "{text} (is the `cutover serve` at {} running and reachable?)",
+            self.url
+        ))
     }
 
     /// A refusal by the server, said with what to do.
