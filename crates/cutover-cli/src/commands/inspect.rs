@@ -1,7 +1,7 @@
 //! Read commands (`check`, `status`, `drift`, `cat`, `lock status`) and
 //! the small mutating ones (`job run`, `lock release`).
 
-use cutover_engine::app::Answer;
+use cutover_engine::app::{self, Answer};
 use cutover_engine::{drift, jobrun};
 use cutover_state::StateStore;
 
@@ -452,18 +452,12 @@ pub async fn job_run(
     target: &str,
     workers: Option<Vec<String>>,
 ) -> Result<u8, EngineError> {
-    let results = jobrun::run_target(&s.ctx, job, target, workers.as_deref()).await?;
-    let rc = if results.iter().all(|r| r.ok) { 0 } else { 1 };
-    s.audit(
-        &command_line(),
-        if rc == 0 { "success" } else { "failed" },
-        rc,
-        "",
-    );
+    let inv = s.invocation_of(command_line());
+    let (results, answer) =
+        app::admin::job_run(&s.ctx, &inv, job, target, workers.as_deref()).await?;
+    let rc = answer.exit_code;
     if s.json {
-        super::print_answer(
-            &Answer::new(if rc == 0 { "success" } else { "failed" }, rc).with("results", &results),
-        );
+        super::print_answer(&answer);
     } else {
         for r in &results {
             let state = if r.ok { "ok" } else { "FAILED" };
@@ -510,16 +504,11 @@ pub async fn job_purge(s: &Session, job: &str, yes: bool) -> Result<u8, EngineEr
             return Ok(0);
         }
     }
-    let report = jobrun::purge(&s.ctx, job, &command_line()).await?;
-    let rc = if report.allocations.iter().all(|p| p.ok) {
-        0
-    } else {
-        1
-    };
-    let outcome = if rc == 0 { "success" } else { "failed" };
-    s.audit(&command_line(), outcome, rc, "");
+    let inv = s.invocation_of(command_line());
+    let (report, answer) = app::admin::job_purge(&s.ctx, &inv, job).await?;
+    let rc = answer.exit_code;
     if s.json {
-        super::print_answer(&Answer::new(outcome, rc).with("report", &report));
+        super::print_answer(&answer);
         return Ok(rc);
     }
     for p in &report.allocations {
@@ -537,7 +526,6 @@ pub async fn job_purge(s: &Session, job: &str, yes: bool) -> Result<u8, EngineEr
 
 /// `cutover state rebuild`.
 pub async fn publish(s: &Session, a: crate::args::PublishArgs) -> Result<u8, EngineError> {
-    let command = command_line();
     let keys = cutover_engine::keys::signing_keys(&s.ctx, &a.keys)?;
     let opts = cutover_engine::publish::PublishOptions {
         job: a.job.clone(),
@@ -548,30 +536,12 @@ pub async fn publish(s: &Session, a: crate::args::PublishArgs) -> Result<u8, Eng
         reason: a.reason.clone(),
         ticket: a.ticket.clone(),
     };
-    let result = cutover_engine::publish::publish(&s.ctx, &opts).await;
-    let p = match result {
-        Ok(p) => p,
-        Err(e) => {
-            // Stopped by a signal: 130 or 143, recorded as interrupted.
-            if let Some(rc) = s.ctx.interrupt.exit_code() {
-                s.audit(&command, "interrupted", rc, &format!("job {}: {e}", a.job));
-                eprintln!("error: {e}");
-                return Ok(rc);
-            }
-            let rc = e.exit_code();
-            s.audit(&command, "failed", rc, &format!("job {}: {e}", a.job));
-            return Err(e);
-        }
-    };
-    let forced = if a.force { "; forced" } else { "" };
-    s.audit(
-        &command,
-        "published",
-        0,
-        &format!("job {} version {} seq {}{forced}", p.job, p.version, p.seq),
-    );
+    // Stopped by a signal, the error exits 130 or 143 (the run audited
+    // as interrupted).
+    let inv = s.invocation_of(command_line());
+    let (p, answer) = app::admin::publish(&s.ctx, &inv, &opts).await?;
     if s.json {
-        super::print_answer(&Answer::new("published", 0).with("report", &p));
+        super::print_answer(&answer);
         return Ok(0);
     }
     let channels: Vec<String> = p
@@ -765,11 +735,10 @@ pub async fn logs(s: &Session, a: crate::args::LogsArgs) -> Result<u8, EngineErr
 }
 
 pub async fn worker_forget(s: &Session, name: &str) -> Result<u8, EngineError> {
-    let command = command_line();
-    let report = cutover_engine::jobrun::forget_worker(&s.ctx, name, &command).await?;
-    s.audit(&command, "forgotten", 0, &format!("worker {name}"));
+    let inv = s.invocation_of(command_line());
+    let (report, answer) = app::admin::worker_forget(&s.ctx, &inv, name).await?;
     if s.json {
-        super::print_answer(&Answer::new("forgotten", 0).with("report", &report));
+        super::print_answer(&answer);
         return Ok(0);
     }
     println!(
@@ -784,19 +753,11 @@ pub async fn worker_forget(s: &Session, name: &str) -> Result<u8, EngineError> {
 }
 
 pub async fn state_rebuild(s: &Session) -> Result<u8, EngineError> {
-    let command = command_line();
-    let _lock = s.ctx.store.lock(&s.ctx.holder(&command, None)).await?;
-    let report = cutover_engine::rebuild::rebuild_store(&s.ctx).await?;
-    let rc = if report.unreachable.is_empty() { 0 } else { 1 };
-    let outcome = if rc == 0 { "success" } else { "partial" };
-    s.audit(
-        &command,
-        outcome,
-        rc,
-        &format!("rebuilt={}", report.rebuilt.len()),
-    );
+    let inv = s.invocation_of(command_line());
+    let (report, answer) = app::admin::state_rebuild(&s.ctx, &inv).await?;
+    let rc = answer.exit_code;
     if s.json {
-        super::print_answer(&Answer::new(outcome, rc).with("report", &report));
+        super::print_answer(&answer);
         return Ok(rc);
     }
     for r in &report.rebuilt {
@@ -843,18 +804,10 @@ pub async fn lock_status(s: &Session) -> Result<u8, EngineError> {
 }
 
 pub async fn lock_release(s: &Session) -> Result<u8, EngineError> {
-    let cleared = s.store.force_unlock().await?;
-    s.audit(
-        &command_line(),
-        "success",
-        0,
-        &cleared
-            .as_ref()
-            .map(|h| format!("cleared {h}"))
-            .unwrap_or_default(),
-    );
+    let inv = s.invocation_of(command_line());
+    let (cleared, answer) = app::admin::lock_release(&s.ctx, &inv).await?;
     if s.json {
-        super::print_answer(&Answer::ok().with("cleared", &cleared));
+        super::print_answer(&answer);
     } else {
         match cleared {
             Some(h) => println!("cleared the lock record left by {h}"),

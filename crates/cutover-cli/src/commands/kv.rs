@@ -42,20 +42,22 @@ pub async fn run(s: &Session, c: KvCommand) -> Result<u8, EngineError> {
             } else {
                 value
             };
-            kv::put(&s.ctx, &job, &key, Secret::new(value), secret).await?;
             // The audit line names the key, never the value.
-            let cmd = format!(
+            let inv = s.invocation_of(format!(
                 "cutover kv put {job} {key}{}",
                 if secret { " --secret" } else { "" }
-            );
-            s.audit(&cmd, "success", 0, "");
+            ));
+            let answer = cutover_engine::app::admin::kv_put(
+                &s.ctx,
+                &inv,
+                &job,
+                &key,
+                Secret::new(value),
+                secret,
+            )
+            .await?;
             if s.json {
-                super::print_answer(
-                    &Answer::ok()
-                        .with("job", &job)
-                        .with("key", &key)
-                        .with("secret", secret),
-                );
+                super::print_answer(&answer);
             } else {
                 println!(
                     "{job}/{key} set{}",
@@ -86,10 +88,10 @@ pub async fn run(s: &Session, c: KvCommand) -> Result<u8, EngineError> {
             }
         }
         KvCommand::Delete { job, key } => {
-            kv::delete(&s.ctx, &job, &key).await?;
-            s.audit(&command_line(), "success", 0, "");
+            let inv = s.invocation_of(command_line());
+            let answer = cutover_engine::app::admin::kv_delete(&s.ctx, &inv, &job, &key).await?;
             if s.json {
-                super::print_answer(&Answer::ok());
+                super::print_answer(&answer);
             } else {
                 println!("{job}/{key} deleted");
             }

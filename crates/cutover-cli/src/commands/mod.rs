@@ -120,24 +120,12 @@ impl Session {
         })
     }
 
-    /// The exit code of a run that failed: 1, or 130 / 143 when a signal
-    /// stopped it.
-    pub fn failure_rc(&self) -> u8 {
-        self.ctx.interrupt.exit_code().unwrap_or(1)
-    }
-
     /// This operator running `command` (as the app layer spells it).
     pub fn invocation_of(&self, command: String) -> Invocation {
         Invocation {
             actor: self.ctx.operator.user.clone(),
             command,
         }
-    }
-
-    /// Appends this command to `.cutover/audit.log`.
-    pub fn audit(&self, command: &str, outcome: &str, rc: u8, detail: &str) {
-        self.invocation_of(command.to_string())
-            .audit(&self.ctx, outcome, rc, detail);
     }
 }
 

@@ -157,18 +157,11 @@ pub async fn run(s: &Session, c: ReleaseCommand) -> Result<u8, EngineError> {
         }
         ReleaseCommand::State { ticket } => state(s, &ticket).await,
         ReleaseCommand::ReturnToMain => {
-            let command = command_line();
-            let report = release::return_to_main(&s.ctx, &command).await?;
-            let rc = if report.outcome.ok() {
-                0
-            } else {
-                s.failure_rc()
-            };
-            s.audit(&command, report.outcome.as_str(), rc, "");
+            let inv = s.invocation_of(command_line());
+            let (_, answer) = cutover_engine::app::admin::return_to_main(&s.ctx, &inv).await?;
+            let rc = answer.exit_code;
             if s.json {
-                super::print_answer(
-                    &Answer::new(report.outcome.as_str(), rc).with("report", &report),
-                );
+                super::print_answer(&answer);
             } else if rc == 0 {
                 println!(
                     "[release-return-to-main] back on {}: deployed and clean",

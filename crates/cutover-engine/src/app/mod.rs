@@ -10,6 +10,7 @@
 //! themselves, so a UI action and the same CLI command leave the same
 //! records, differing only in the actor.
 
+pub mod admin;
 mod answer;
 pub mod env;
 pub mod feed;
