@@ -620,6 +620,11 @@ fn doctor_lists_what_production_lacks_and_passes_when_it_is_set_up() {
     commit_and_push(p.path(), "project");
     let token = p.path().join(".cutover/admin-token");
     std::fs::write(&token, "x".repeat(40)).expect("token");
+    // doctor checks what serve would: a token file is the operator's alone.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
     let env = [
         ("CUTOVER_ENV", "production"),
         ("CUTOVER_ADMIN_TOKEN_FILE", token.to_str().expect("utf8")),
