@@ -94,6 +94,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
                 if let Some((store, seq)) = interrupt().take_running() {
                     let _ = store.finish_deployment(seq, "interrupted", "{}").await;
                 }
+                interrupt().record_abort(interrupt().exit_code().unwrap_or(130));
                 eprintln!("cutover: aborted; the next run resumes what was not promoted");
                 Ok(interrupt().exit_code().unwrap_or(130))
             }

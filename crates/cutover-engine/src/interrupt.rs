@@ -25,6 +25,27 @@ pub struct Interrupt {
     first: Notify,
     /// The deployment being run, to record if the run is aborted.
     running: Mutex<Option<(Arc<dyn StateStore>, i64)>>,
+    /// What each run in progress records if the process is aborted (its
+    /// audit line, the end of its feed).
+    on_abort: Mutex<Vec<(u64, OnAbort)>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+type OnAbort = Box<dyn FnOnce(u8) + Send>;
+
+/// Keeps a run's abort record registered; dropping it (the run ended)
+/// takes the record back.
+pub struct AbortGuard {
+    interrupt: Arc<Interrupt>,
+    id: u64,
+}
+
+impl Drop for AbortGuard {
+    fn drop(&mut self) {
+        if let Ok(mut all) = self.interrupt.on_abort.lock() {
+            all.retain(|(id, _)| *id != self.id);
+        }
+    }
 }
 
 impl std::fmt::Debug for Interrupt {
@@ -105,5 +126,31 @@ impl Interrupt {
     /// The deployment an aborted run left open, to record as interrupted.
     pub fn take_running(&self) -> Option<(Arc<dyn StateStore>, i64)> {
         self.running.lock().ok()?.take()
+    }
+
+    /// Registers what a run records if the process is aborted, for as long
+    /// as the guard lives.
+    pub fn on_abort(self: &Arc<Self>, record: OnAbort) -> AbortGuard {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut all) = self.on_abort.lock() {
+            all.push((id, record));
+        }
+        AbortGuard {
+            interrupt: self.clone(),
+            id,
+        }
+    }
+
+    /// The process is aborted (a second signal): every run in progress
+    /// records itself, with the exit code `rc`.
+    pub fn record_abort(&self, rc: u8) {
+        let all = self
+            .on_abort
+            .lock()
+            .map(|mut a| std::mem::take(&mut *a))
+            .unwrap_or_default();
+        for (_, record) in all {
+            record(rc);
+        }
     }
 }

@@ -114,6 +114,19 @@ fn sigterm_twice_aborts_at_once_but_records_and_releases() {
     out.stderr = std::fs::read_to_string(&log).expect("stderr");
     assert!(out.stderr.contains("stopping at once"), "{out:?}");
     check_interrupted_run(&p, &out, 143);
+    // The run still leaves its audit line and the end of its live feed.
+    let audit = std::fs::read_to_string(p.path().join(".cutover/audit.log")).expect("audit");
+    assert!(
+        audit.contains("command=\"cutover deploy\" outcome=aborted rc=143"),
+        "{audit}"
+    );
+    let feed = std::fs::read_to_string(p.path().join(".cutover/events.jsonl")).expect("feed");
+    assert!(
+        feed.lines().last().is_some_and(
+            |l| l.contains("\"kind\":\"finished\",\"outcome\":\"aborted\",\"exit_code\":143")
+        ),
+        "{feed}"
+    );
 
     // The worker's step ends on its own; the next run finishes the job.
     std::fs::write(gates.path().join("go"), "").expect("go");

@@ -51,6 +51,8 @@ pub struct FeedWriter {
     inv: Invocation,
     path: PathBuf,
     lock: Mutex<()>,
+    /// The run's abort record, given back when the run finishes.
+    abort: Mutex<Option<crate::interrupt::AbortGuard>>,
 }
 
 impl FeedWriter {
@@ -69,6 +71,7 @@ impl FeedWriter {
             inv: inv.clone(),
             path,
             lock: Mutex::new(()),
+            abort: Mutex::new(None),
         });
         w.write(FeedKind::Started);
         w
@@ -79,6 +82,16 @@ impl FeedWriter {
             outcome: outcome.to_string(),
             exit_code,
         });
+        if let Ok(mut a) = self.abort.lock() {
+            a.take();
+        }
+    }
+
+    /// Holds the run's abort record until [`FeedWriter::finish`].
+    pub fn hold(&self, guard: crate::interrupt::AbortGuard) {
+        if let Ok(mut a) = self.abort.lock() {
+            *a = Some(guard);
+        }
     }
 
     fn write(&self, kind: FeedKind) {

@@ -47,6 +47,22 @@ pub fn deploy_command(r: &DeployRequest) -> String {
 /// The run's context: the front end's reporter, and the feed beside it.
 pub(super) fn fed(ctx: &Context, inv: &Invocation) -> (Context, Arc<FeedWriter>) {
     let feed = FeedWriter::begin(&ctx.workspace, inv);
+    // A second signal stops the process at once: the run still leaves its
+    // audit line and the end of its feed.
+    let on_abort = {
+        let (feed, workspace, command) = (feed.clone(), ctx.workspace.clone(), inv.command.clone());
+        let op = crate::Operator {
+            user: inv.actor.clone(),
+            ..ctx.operator.clone()
+        };
+        Box::new(move |rc: u8| {
+            let detail = "stopped at once by a second signal; the next run resumes it";
+            let _ =
+                crate::audit::append(&workspace, &op, &command, "aborted", i32::from(rc), detail);
+            feed.finish("aborted", rc);
+        })
+    };
+    feed.hold(ctx.interrupt.on_abort(on_abort));
     let mut ctx = ctx.with_reporter(Arc::new(Tee(ctx.reporter.clone(), feed.clone())));
     ctx.operator.user = inv.actor.clone();
     (ctx, feed)
