@@ -424,9 +424,11 @@ fn store_target(uri: &Uri) -> Result<crate::store::Target, Response> {
     })
 }
 
+/// GET, and HEAD (which axum routes here too): the headers alone.
 pub async fn store_get(
     State(s): S,
     ConnectInfo(crate::Peer(peer)): ConnectInfo<crate::Peer>,
+    method: axum::http::Method,
     headers: HeaderMap,
     uri: Uri,
 ) -> Response {
@@ -434,22 +436,7 @@ pub async fn store_get(
         return r;
     }
     match store_target(&uri) {
-        Ok(t) => s.store.get(&t, false).await,
-        Err(r) => r,
-    }
-}
-
-pub async fn store_head(
-    State(s): S,
-    ConnectInfo(crate::Peer(peer)): ConnectInfo<crate::Peer>,
-    headers: HeaderMap,
-    uri: Uri,
-) -> Response {
-    if let Err(r) = may_read(&s, &headers, peer) {
-        return r;
-    }
-    match store_target(&uri) {
-        Ok(t) => s.store.get(&t, true).await,
+        Ok(t) => s.store.get(&t, method == axum::http::Method::HEAD).await,
         Err(r) => r,
     }
 }

@@ -348,12 +348,7 @@ fn router(server: Arc<Server>) -> Router {
         .route("/api/refresh", post(api::refresh))
         .route("/api/deploy", post(api::deploy))
         .route("/api/channel/{job}/{op}", post(api::change))
-        .route(
-            "/store/{*path}",
-            get(api::store_get)
-                .head(api::store_head)
-                .put(api::store_put),
-        )
+        .route("/store/{*path}", get(api::store_get).put(api::store_put))
         .layer(DefaultBodyLimit::max(64 << 10))
         .with_state(server.clone());
     if server.tokens.is_none() {

@@ -36,6 +36,7 @@ pub fn templates() -> minijinja::Environment<'static> {
             include_str!("../templates/deployments.html"),
         ),
         ("audit.html", include_str!("../templates/audit.html")),
+        ("notice.html", include_str!("../templates/notice.html")),
     ] {
         if let Err(e) = env.add_template(name, text) {
             // The templates are compiled in; a broken one is a bug found
@@ -153,6 +154,18 @@ fn render(
         )
             .into_response(),
     }
+}
+
+/// A page that only says something (why a page cannot be shown).
+fn notice_page(s: &Server, sess: &Session, path: &str, heading: &str, notice: String) -> Response {
+    render(
+        s,
+        "notice.html",
+        sess,
+        path,
+        Some(notice),
+        context! { heading => heading },
+    )
 }
 
 fn error_notice(e: &EngineError) -> String {
@@ -285,13 +298,12 @@ pub async fn overview(State(s): S, headers: HeaderMap, Query(q): Query<OverviewQ
             None,
             context! { ov => ov },
         ),
-        Err(e) => render(
+        Err(e) => notice_page(
             &s,
-            "audit.html",
             &sess,
             "/_admin",
-            Some(format!("The overview cannot be read: {}", error_notice(&e))),
-            context! { lines => Vec::<String>::new() },
+            "The overview cannot be read",
+            error_notice(&e),
         ),
     }
 }
@@ -326,14 +338,7 @@ pub async fn job(State(s): S, headers: HeaderMap, Path(job): Path<String>) -> Re
         }
         Err(e) => (
             StatusCode::NOT_FOUND,
-            render(
-                &s,
-                "audit.html",
-                &sess,
-                &path,
-                Some(error_notice(&e)),
-                context! { lines => Vec::<String>::new() },
-            ),
+            notice_page(&s, &sess, &path, "No such job", error_notice(&e)),
         )
             .into_response(),
     }
@@ -468,27 +473,20 @@ pub async fn refresh(State(s): S, headers: HeaderMap, Form(f): Fields) -> Respon
 /// A refused action: the overview (of the project as last loaded) with
 /// what was refused and why, status 400; nothing was started.
 async fn refused(s: &Server, sess: &Session, e: &EngineError) -> Response {
-    let notice = Some(format!(
+    let notice = format!(
         "Refused, nothing was started: {} The server keeps the project as it last loaded it.",
         error_notice(e)
-    ));
+    );
     let page = match app::overview(&s.ctx(), false).await {
         Ok(ov) => render(
             s,
             "overview.html",
             sess,
             "/_admin",
-            notice,
+            Some(notice),
             context! { ov => ov },
         ),
-        Err(_) => render(
-            s,
-            "audit.html",
-            sess,
-            "/_admin",
-            notice,
-            context! { lines => Vec::<String>::new() },
-        ),
+        Err(_) => notice_page(s, sess, "/_admin", "Refused", notice),
     };
     (StatusCode::BAD_REQUEST, page).into_response()
 }

@@ -5,6 +5,10 @@
   var feed = document.getElementById("feed");
   if (!feed || !window.EventSource) { return; }
   var source = new EventSource("/_admin/events");
+  // Says whether the feed follows: lines written while it does not are
+  // shown on the next page load.
+  source.addEventListener("open", function () { feed.dataset.live = "on"; });
+  source.addEventListener("error", function () { feed.dataset.live = "off"; });
   source.addEventListener("feed", function (e) {
     var line;
     try { line = JSON.parse(e.data); } catch (err) { return; }

@@ -76,12 +76,36 @@ async fn browser(d: &Driver) -> Client {
 }
 
 async fn text(c: &Client, css: &str) -> String {
-    c.find(Locator::Css(css))
+    // Waits for it: a click that submits a form returns before the next
+    // page has loaded.
+    c.wait()
+        .at_most(Duration::from_secs(30))
+        .for_element(Locator::Css(css))
         .await
         .unwrap_or_else(|e| panic!("no {css}: {e}"))
         .text()
         .await
         .expect("text")
+}
+
+/// Clicks the element `css` names.
+async fn click(c: &Client, css: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no {css}: {e}"))
+        .click()
+        .await
+        .unwrap_or_else(|e| panic!("clicking {css}: {e}"));
+}
+
+/// Types `text` into the field `css` names.
+async fn type_into(c: &Client, css: &str, text: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no {css}: {e}"))
+        .send_keys(text)
+        .await
+        .unwrap_or_else(|e| panic!("typing into {css}: {e}"));
 }
 
 /// Reloads the page until `css` shows `want` (up to 30 s).
@@ -155,31 +179,11 @@ fn an_operator_runs_the_fleet_from_the_browser() {
             .expect("url")
             .path()
             .ends_with("/_admin/login"));
-        c.find(Locator::Css("#token"))
-            .await
-            .expect("token")
-            .send_keys("wrong")
-            .await
-            .expect("type");
-        c.find(Locator::Css("#sign-in"))
-            .await
-            .expect("button")
-            .click()
-            .await
-            .expect("click");
+        type_into(&c, "#token", "wrong").await;
+        click(&c, "#sign-in").await;
         assert!(text(&c, "#error").await.contains("not a token"));
-        c.find(Locator::Css("#token"))
-            .await
-            .expect("token")
-            .send_keys(TOKEN_ANA)
-            .await
-            .expect("type");
-        c.find(Locator::Css("#sign-in"))
-            .await
-            .expect("button")
-            .click()
-            .await
-            .expect("click");
+        type_into(&c, "#token", TOKEN_ANA).await;
+        click(&c, "#sign-in").await;
         assert_eq!(text(&c, "#actor").await, "ana");
 
         // The overview: jobs × channels × versions, workers and what they run.
@@ -243,27 +247,23 @@ fn an_operator_runs_the_fleet_from_the_browser() {
         assert!(text(&c, "#audit").await.contains("bad numbers"));
 
         // A manifest change shows after Refresh, not before.
-        let gates = tempfile::tempdir().expect("gates");
         p.job("web", "version = \"1\"\n");
-        p.write(
-            "jobs/web/Makefile",
-            &MAKEFILE.replacen(
-                "start:\n",
-                &format!("start:\n{}", gate_line(gates.path())),
-                1,
-            ),
-        );
+        let gates = gated_makefile(p, "web", "start");
         c.goto(&format!("{base}/_admin")).await.expect("goto");
         assert!(!text(&c, "#jobs").await.contains("web"));
-        c.find(Locator::Css("#refresh"))
-            .await
-            .expect("refresh")
-            .click()
-            .await
-            .expect("click");
+        click(&c, "#refresh").await;
         until_shows(&c, "#jobs", "web").await;
 
-        // A deploy started from the CLI, watched live in the page.
+        // A deploy started from the CLI, watched live in the page (once
+        // the page's feed follows).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while c.find(Locator::Css("#feed[data-live=on]")).await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the page's live feed never connected"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let deploy = p.spawn(&["deploy", "--jobs", "web"]);
         wait_for(&gates.path().join("reached"));
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -294,12 +294,7 @@ fn an_operator_runs_the_fleet_from_the_browser() {
         );
 
         // Sign out: the session is gone.
-        c.find(Locator::Css("#sign-out"))
-            .await
-            .expect("sign out")
-            .click()
-            .await
-            .expect("click");
+        click(&c, "#sign-out").await;
         c.goto(&format!("{base}/_admin")).await.expect("goto");
         assert!(c
             .current_url()

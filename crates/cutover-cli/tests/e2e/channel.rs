@@ -367,10 +367,7 @@ fn local_publisher(store: &std::path::Path, trust: &str) -> Project {
             store.display()
         ),
     );
-    p.write(
-        "workers.toml",
-        "[[worker]]\nname = \"a\"\ntransport = \"local\"\nroot = \"local-workers/a\"\n\n[[worker]]\nname = \"b\"\ntransport = \"local\"\nroot = \"local-workers/b\"\n",
-    );
+    p.write("workers.toml", TWO_LOCAL_WORKERS);
     p.job("api", "version = \"1.0.0\"\n");
     p
 }

@@ -65,10 +65,7 @@ pub fn site(store_url: Option<&str>) -> Site {
             keys.join("cutover-signing.pub").display()
         ),
     );
-    p.write(
-        "workers.toml",
-        "[[worker]]\nname = \"a\"\ntransport = \"local\"\nroot = \"local-workers/a\"\n\n[[worker]]\nname = \"b\"\ntransport = \"local\"\nroot = \"local-workers/b\"\n",
-    );
+    p.write("workers.toml", TWO_LOCAL_WORKERS);
     p.job(
         "api",
         "version = \"1.0.0\"\n[canary]\ncount = 1\nsoak = \"0s\"\n",
@@ -608,16 +605,8 @@ fn the_api_answers_the_cli_document_with_the_status_of_its_exit_code() {
     std::fs::write(&index, &good).expect("restore");
 
     // The lock held by a CLI deploy at a gate: 409, with the holder.
-    let gates = tempfile::tempdir().expect("gates");
     p.job("web", "version = \"1\"\n");
-    p.write(
-        "jobs/web/Makefile",
-        &MAKEFILE.replacen(
-            "start:\n",
-            &format!("start:\n{}", gate_line(gates.path())),
-            1,
-        ),
-    );
+    let gates = gated_makefile(p, "web", "start");
     let deploy = p.spawn(&["deploy", "--jobs", "web"]);
     wait_for(&gates.path().join("reached"));
     let r = post(
@@ -1318,16 +1307,8 @@ fn the_overview_api_holds_up_under_load_while_a_deploy_runs() {
 fn a_run_the_server_started_survives_sigterm_and_kill_9_is_resumed() {
     let s = site(None);
     let p = &s.p;
-    let gates = tempfile::tempdir().expect("gates");
     p.job("web", "version = \"1\"\n");
-    p.write(
-        "jobs/web/Makefile",
-        &MAKEFILE.replacen(
-            "start:\n",
-            &format!("start:\n{}", gate_line(gates.path())),
-            1,
-        ),
-    );
+    let gates = gated_makefile(p, "web", "start");
     let post_deploy = |base: String| {
         std::thread::spawn(move || {
             let http = Http::new();
@@ -1366,17 +1347,8 @@ fn a_run_the_server_started_survives_sigterm_and_kill_9_is_resumed() {
     assert_eq!(lock.stdout.trim(), "unlocked", "{lock:?}");
 
     // kill -9 mid-run: the next command takes the lock over and finishes.
-    std::fs::remove_file(gates.path().join("go")).expect("rm go");
-    std::fs::remove_file(gates.path().join("reached")).expect("rm reached");
     p.write("jobs/web/extra.txt", "changed\n");
-    p.write(
-        "jobs/web/Makefile",
-        &MAKEFILE.replacen(
-            "restart:\n",
-            &format!("restart:\n{}", gate_line(gates.path())),
-            1,
-        ),
-    );
+    let gates = gated_makefile(p, "web", "restart");
     let server = s.serve();
     let client = post_deploy(server.base.clone());
     wait_for(&gates.path().join("reached"));

@@ -668,6 +668,24 @@ pub fn gate_line(gates: &Path) -> String {
     )
 }
 
+/// Two local workers, `a` and `b`, under the project's `local-workers/`.
+pub const TWO_LOCAL_WORKERS: &str = "[[worker]]\nname = \"a\"\ntransport = \"local\"\nroot = \"local-workers/a\"\n\n[[worker]]\nname = \"b\"\ntransport = \"local\"\nroot = \"local-workers/b\"\n";
+
+/// The test Makefile with `target` held at a gate (see [`gate_line`]) in
+/// the gates dir returned.
+pub fn gated_makefile(p: &Project, job: &str, target: &str) -> tempfile::TempDir {
+    let gates = tempfile::tempdir().expect("gates");
+    p.write(
+        &format!("jobs/{job}/Makefile"),
+        &MAKEFILE.replacen(
+            &format!("{target}:\n"),
+            &format!("{target}:\n{}", gate_line(gates.path())),
+            1,
+        ),
+    );
+    gates
+}
+
 /// Waits (up to 30 s) until `done` says so.
 #[track_caller]
 pub fn wait_until(done: impl Fn() -> bool) {

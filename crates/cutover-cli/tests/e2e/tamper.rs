@@ -100,10 +100,7 @@ fn target() -> Target {
             keys.join("cutover-signing.pub").display()
         ),
     );
-    p.write(
-        "workers.toml",
-        "[[worker]]\nname = \"a\"\ntransport = \"local\"\nroot = \"local-workers/a\"\n\n[[worker]]\nname = \"b\"\ntransport = \"local\"\nroot = \"local-workers/b\"\n",
-    );
+    p.write("workers.toml", TWO_LOCAL_WORKERS);
     p.job("api", "version = \"1.0.0\"\n[build]\ncommand = \"true\"\n");
     p.expect(
         &["keys", "generate", "--out", keys.to_str().expect("utf8")],

@@ -720,10 +720,7 @@ fn jobs_with_certs_get_them_from_the_project_ca_and_renew_them() {
 fn local_project() -> Project {
     let p = Project::new();
     p.write("cutover.toml", "name = \"t\"\n");
-    p.write(
-        "workers.toml",
-        "[[worker]]\nname = \"a\"\ntransport = \"local\"\nroot = \"local-workers/a\"\n\n[[worker]]\nname = \"b\"\ntransport = \"local\"\nroot = \"local-workers/b\"\n",
-    );
+    p.write("workers.toml", TWO_LOCAL_WORKERS);
     p
 }
 

@@ -148,8 +148,7 @@ impl HttpStore {
         }
     }
 
-    /// GETs `url`: `None` on 404; at most `limit` bytes (more is cut, and
-    /// the caller's size check refuses it).
+    /// GETs `url`: `None` on 404; at most `limit` bytes.
     async fn get_limited(
         &self,
         url: &str,
@@ -188,9 +187,7 @@ impl HttpStore {
             .map(str::to_string);
         let mut bytes = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(|e| self.failed(&what, e))? {
-            let room = (limit as usize).saturating_sub(bytes.len());
-            bytes.extend_from_slice(&chunk[..chunk.len().min(room)]);
-            if bytes.len() as u64 >= limit {
+            if super::fill(&mut bytes, &chunk, limit) {
                 break;
             }
         }

@@ -83,6 +83,14 @@ pub trait ReleaseStore: Send + Sync {
     ) -> impl Future<Output = Result<Option<String>, EngineError>> + Send;
 }
 
+/// Appends a read's `chunk` to `out`, never past `limit` bytes (more is
+/// cut; the caller's size check refuses it); true once `out` is full.
+fn fill(out: &mut Vec<u8>, chunk: &[u8], limit: u64) -> bool {
+    let room = (limit as usize).saturating_sub(out.len());
+    out.extend_from_slice(&chunk[..chunk.len().min(room)]);
+    out.len() as u64 >= limit
+}
+
 /// The artifact's file name in the job's dir of the store.
 pub fn artifact_name(version: &Version) -> String {
     format!("{}.{}.tar.zst", version.version, version.sha256)
@@ -610,9 +618,7 @@ impl S3Store {
         let mut out = Vec::new();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| self.failed(&format!("reading {path}"), e))?;
-            out.extend_from_slice(&chunk);
-            if out.len() as u64 >= limit {
-                out.truncate(limit as usize);
+            if fill(&mut out, &chunk, limit) {
                 break;
             }
         }
