@@ -20,6 +20,9 @@ const POLL: Duration = Duration::from_millis(200);
 pub struct Live {
     tx: broadcast::Sender<Arc<FeedLine>>,
     recent: Mutex<VecDeque<Arc<FeedLine>>>,
+    /// Shared by the poller and by `recent()`, so that a page shows every
+    /// line written before it was asked for, in order.
+    tail: Mutex<FeedTail>,
 }
 
 impl Live {
@@ -30,24 +33,31 @@ impl Live {
         let live = Arc::new(Live {
             tx,
             recent: Mutex::new(VecDeque::new()),
+            // The page opens on the last lines written, then follows.
+            tail: Mutex::new(FeedTail::from_last(&workspace, 64 << 10)),
         });
         let weak = Arc::downgrade(&live);
         tokio::spawn(async move {
-            // The page opens on the last lines written, then follows.
-            let mut tail = FeedTail::from_last(&workspace, 64 << 10);
             let mut tick = tokio::time::interval(POLL);
             loop {
                 tick.tick().await;
                 let Some(live) = weak.upgrade() else {
                     return;
                 };
-                let lines = tokio::task::block_in_place(|| tail.poll());
-                for l in lines {
-                    live.push(Arc::new(l));
-                }
+                tokio::task::block_in_place(|| live.catch_up());
             }
         });
         live
+    }
+
+    /// Reads what the feed gained since the last look and sends it on.
+    fn catch_up(&self) {
+        let Ok(mut tail) = self.tail.lock() else {
+            return;
+        };
+        for l in tail.poll() {
+            self.push(Arc::new(l));
+        }
     }
 
     fn push(&self, line: Arc<FeedLine>) {
@@ -60,7 +70,9 @@ impl Live {
         let _ = self.tx.send(line);
     }
 
+    /// The last lines of the feed, up to the moment of asking.
     pub fn recent(&self) -> Vec<Arc<FeedLine>> {
+        self.catch_up();
         self.recent
             .lock()
             .map(|r| r.iter().cloned().collect())
