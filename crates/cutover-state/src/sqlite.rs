@@ -57,6 +57,10 @@ CREATE TABLE IF NOT EXISTS kv (
 INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '1');
 "#;
 
+/// How often a held lock is tried again, 25 ms apart, before it is
+/// reported held.
+const LOCK_TRIES: u32 = 12;
+
 pub struct SqliteStore {
     pool: SqlitePool,
     path: PathBuf,
@@ -422,7 +426,20 @@ impl StateStore for SqliteStore {
     }
 
     fn lock<'a>(&'a self, holder: &'a LockHolder) -> Fut<'a, ProjectLock> {
-        Box::pin(async move { ProjectLock::acquire(&self.lock_path, holder) })
+        Box::pin(async move {
+            // `lock_status` (a status page, say) holds the flock for a
+            // moment to probe it: a refusal is final only when it lasts.
+            let mut tries = 0;
+            loop {
+                match ProjectLock::acquire(&self.lock_path, holder) {
+                    Err(StateError::Locked(_)) if tries < LOCK_TRIES => {
+                        tries += 1;
+                        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+                    }
+                    taken => return taken,
+                }
+            }
+        })
     }
 
     fn lock_status(&self) -> Fut<'_, Option<LockHolder>> {

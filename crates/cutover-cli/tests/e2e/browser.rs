@@ -108,6 +108,47 @@ async fn type_into(c: &Client, css: &str, text: &str) {
         .unwrap_or_else(|e| panic!("typing into {css}: {e}"));
 }
 
+/// Clicks the button `css` names, which submits a form, and waits for the
+/// page it leads to (a click returns before it loads: a navigation started
+/// at once would cancel the submission).
+async fn submit(c: &Client, css: &str) {
+    let page = c.find(Locator::Css("html")).await.expect("page");
+    click(c, css).await;
+    left(c, page).await;
+}
+
+/// Waits until the page `page` belongs to is gone.
+async fn left(c: &Client, page: fantoccini::elements::Element) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while page.tag_name().await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the form's page never loaded: {:?}",
+            c.current_url().await
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Reloads the job page until no action started from it still runs (the
+/// next one would find the project lock held).
+async fn until_idle(c: &Client) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let running = c.find(Locator::Css("#actions li.running")).await.is_ok();
+        if !running && c.find(Locator::Css("#actions")).await.is_ok() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "an action still runs: {}",
+            text(c, "#actions").await
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        c.refresh().await.expect("reload");
+    }
+}
+
 /// Reloads the page until `css` shows `want` (up to 30 s).
 async fn until_shows(c: &Client, css: &str, want: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -146,12 +187,14 @@ async fn change(c: &Client, op: &str, version: &str, reason: &str) {
         .send_keys(reason)
         .await
         .expect("type");
+    let page = c.find(Locator::Css("html")).await.expect("page");
     form.find(Locator::Css("button"))
         .await
         .expect("button")
         .click()
         .await
         .expect("submit");
+    left(c, page).await;
 }
 
 #[test]
@@ -180,10 +223,10 @@ fn an_operator_runs_the_fleet_from_the_browser() {
             .path()
             .ends_with("/_admin/login"));
         type_into(&c, "#token", "wrong").await;
-        click(&c, "#sign-in").await;
+        submit(&c, "#sign-in").await;
         assert!(text(&c, "#error").await.contains("not a token"));
         type_into(&c, "#token", TOKEN_ANA).await;
-        click(&c, "#sign-in").await;
+        submit(&c, "#sign-in").await;
         assert_eq!(text(&c, "#actor").await, "ana");
 
         // The overview: jobs × channels × versions, workers and what they run.
@@ -209,6 +252,7 @@ fn an_operator_runs_the_fleet_from_the_browser() {
             .expect("goto");
         change(&c, "canary", "1.1.0", "try it on one").await;
         until_shows(&c, "#actions", "success (exit 0)").await;
+        until_idle(&c).await;
         assert!(text(&c, "#channels").await.contains("canary → 1.1.0"));
         assert_eq!(
             std::fs::read_to_string(
@@ -230,6 +274,7 @@ fn an_operator_runs_the_fleet_from_the_browser() {
             "{history}"
         );
         until_shows(&c, "#allocations", "1.1.0").await;
+        until_idle(&c).await;
 
         // Roll back to 1.0.0: every worker runs it again.
         change(&c, "rollback", "1.0.0", "bad numbers").await;
@@ -243,6 +288,7 @@ fn an_operator_runs_the_fleet_from_the_browser() {
                 .is_ok_and(|v| v.trim() == "1.0.0")
             })
         });
+        until_idle(&c).await;
         c.goto(&format!("{base}/_admin/audit")).await.expect("goto");
         assert!(text(&c, "#audit").await.contains("bad numbers"));
 
@@ -251,7 +297,7 @@ fn an_operator_runs_the_fleet_from_the_browser() {
         let gates = gated_makefile(p, "web", "start");
         c.goto(&format!("{base}/_admin")).await.expect("goto");
         assert!(!text(&c, "#jobs").await.contains("web"));
-        click(&c, "#refresh").await;
+        submit(&c, "#refresh").await;
         until_shows(&c, "#jobs", "web").await;
 
         // A deploy started from the CLI, watched live in the page (once
@@ -294,7 +340,7 @@ fn an_operator_runs_the_fleet_from_the_browser() {
         );
 
         // Sign out: the session is gone.
-        click(&c, "#sign-out").await;
+        submit(&c, "#sign-out").await;
         c.goto(&format!("{base}/_admin")).await.expect("goto");
         assert!(c
             .current_url()

@@ -61,11 +61,19 @@ fn check_interrupted_run(p: &Project, out: &crate::support::Output, code: i32) {
 #[test]
 fn ctrl_c_finishes_the_batch_in_flight_and_starts_nothing_new() {
     let (fleet, p, gates) = setup(2);
-    let child = p.spawn(&["deploy"]);
+    let log = gates.path().join("stderr");
+    let child = p.spawn_logged(&["deploy"], &log);
     wait_for(&gates.path().join("w1.start"));
     signal(&child, "INT");
+    // The batch goes on once the signal was taken, not before.
+    wait_until(|| {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("interrupted:")
+    });
     std::fs::write(gates.path().join("go"), "").expect("go");
-    let out = finish(child);
+    let mut out = finish(child);
+    out.stderr = std::fs::read_to_string(&log).expect("stderr");
     assert!(
         out.stderr
             .contains("interrupted: finishing the steps in flight"),
@@ -169,7 +177,8 @@ fn a_killed_run_is_shown_as_interrupted() {
 /// with what it started, and the error names worker, step and timeout.
 #[test]
 fn a_step_that_times_out_is_killed_on_the_worker() {
-    let (fleet, p) = one_worker_timing_out_after("2s");
+    // Long enough for every other step of the deploy on a loaded machine.
+    let (fleet, p) = one_worker_timing_out_after("8s");
     p.job("api", "version = \"1\"\n");
     p.write(
         "jobs/api/Makefile",
@@ -198,13 +207,20 @@ fn a_step_that_times_out_is_killed_on_the_worker() {
 /// still reported as a timeout.
 #[test]
 fn a_step_that_ignores_term_is_killed_and_reported_as_a_timeout() {
-    let (fleet, p) = one_worker_timing_out_after("1s");
+    let (fleet, p) = one_worker_timing_out_after("60s");
     p.job("api", "version = \"1\"\n[health]\nattempts = 1\n");
     p.write(
         "jobs/api/Makefile",
         "start:\n\t@true\nhang:\n\t@sh -c 'trap \"\" TERM; echo $$$$ > \"$(CUTOVER_SHARED)/hang.pid\"; sleep 60'\nstop:\n\t@true\n",
     );
     p.expect(&["deploy"], 0);
+    // The short timeout only for the step that hangs: every step of a
+    // deploy is under it, and a loaded machine can take a second.
+    let toml = std::fs::read_to_string(p.path().join("cutover.toml")).expect("toml");
+    p.write(
+        "cutover.toml",
+        &toml.replace("command_timeout = \"60s\"", "command_timeout = \"1s\""),
+    );
     let out = p.expect(&["job", "run", "api", "--target", "hang"], 1);
     assert!(out.stdout.contains("timed out after 1s"), "{out:?}");
     let pid = fleet.workers[0].read("jobs/api/shared/hang.pid");

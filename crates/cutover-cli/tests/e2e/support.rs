@@ -265,7 +265,7 @@ impl Fleet {
     /// cutover.toml settings that reach this fleet.
     pub fn project_toml(&self) -> String {
         format!(
-            "name = \"test\"\n\n[ssh]\nuser = \"{}\"\nidentity_file = \"{}\"\nknown_hosts = \"strict\"\nknown_hosts_file = \"{}\"\nconfig_file = \"{}\"\nconnect_timeout = \"3s\"\ncommand_timeout = \"60s\"\n",
+            "name = \"test\"\n\n[ssh]\nuser = \"{}\"\nidentity_file = \"{}\"\nknown_hosts = \"strict\"\nknown_hosts_file = \"{}\"\nconfig_file = \"{}\"\nconnect_timeout = \"20s\"\ncommand_timeout = \"60s\"\n",
             self.user,
             self.key.display(),
             self.known_hosts.display(),
@@ -941,6 +941,12 @@ impl Served {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Whether it has exited (an exited child not yet waited for is gone
+    /// all the same).
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_some()
     }
 
     /// Stops it with SIGTERM and returns its exit code.

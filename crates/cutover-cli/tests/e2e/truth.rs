@@ -546,20 +546,38 @@ fn logs_shows_each_allocation_log_prefixed_with_its_worker() {
     // --follow prints lines as they come, and Ctrl-C ends it.
     p.write("jobs/api/Makefile", MAKEFILE);
     p.expect(&["deploy"], 0);
-    let child = p.spawn(&["logs", "api", "--workers", "w1", "-n", "0", "--follow"]);
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // The last line shows once tail follows the file; only then is the
+    // new one written (a sleep would race a slow start).
+    let mut child = p.spawn(&["logs", "api", "--workers", "w1", "-n", "1", "--follow"]);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let reader = {
+        let seen = seen.clone();
+        let stdout = child.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+                let Ok(line) = line else { break };
+                seen.lock().expect("lines").push(line);
+            }
+        })
+    };
+    let shows = |want: &str| seen.lock().expect("lines").iter().any(|l| l == want);
+    wait_until(|| shows("w1 | w1 line 3"));
     let file = fleet.worker("w1").path("jobs/api/shared/logs/api.log");
     let mut f = std::fs::OpenOptions::new()
         .append(true)
         .open(&file)
         .expect("open");
     std::io::Write::write_all(&mut f, b"fresh line\n").expect("append");
-    // tail -F polls once a second.
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    wait_until(|| shows("w1 | fresh line"));
     signal(&child, "INT");
     let out = finish(child);
+    reader.join().expect("reader");
     assert_eq!(out.code, 0, "{out:?}");
-    assert_eq!(out.stdout.trim(), "w1 | fresh line", "{out:?}");
+    assert_eq!(
+        *seen.lock().expect("lines"),
+        ["w1 | w1 line 3", "w1 | fresh line"],
+        "{out:?}"
+    );
 }
 
 /// Each worker carries the fleet view: worker.json (itself) and jobs.json
@@ -643,9 +661,11 @@ fn jobs_with_certs_get_them_from_the_project_ca_and_renew_them() {
     let (fleet, p) = web_fleet(2);
     p.job(
         "api",
-        "version = \"1\"\n[certs]\nnames = [\"api.internal\"]\nvalidity = \"9s\"\n",
+        "version = \"1\"\n[certs]\nnames = [\"api.internal\"]\nvalidity = \"30s\"\n",
     );
     p.expect(&["deploy"], 0);
+    // Issued by now: due for renewal 20 s after this at the latest.
+    let issued = std::time::Instant::now();
     let w1 = fleet.worker("w1");
     let dir = w1.path("jobs/api/current/certs");
     let mode = |f: &str| {
@@ -697,8 +717,9 @@ fn jobs_with_certs_get_them_from_the_project_ca_and_renew_them() {
         "{list:?}"
     );
 
-    // Under a third of 9 s left: renewed, and the job rolls out.
-    std::thread::sleep(std::time::Duration::from_secs(7));
+    // Under a third of 30 s left: renewed, and the job rolls out.
+    let due = issued + std::time::Duration::from_secs(21);
+    std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
     let list = p.expect(&["certs", "list"], 0);
     assert!(
         list.stdout.contains("renewed at the next deploy"),
