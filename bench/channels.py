@@ -186,11 +186,16 @@ def main():
             print(f"  run {r + 1}: publish {wall:.2f}s, floor {res['floor'][-1]:.2f}s", flush=True)
             shutil.rmtree(pub.dir)
 
-        # deploy C: one small file changed, rolling batches of 5.
+        # deploy C (one small file changed, rolling batches of 5) and
+        # canary + promote of the same change, published, in alternating
+        # rounds: whatever slows the machine for a while slows both.
         plain = Project(fleet, src, work, a.cutover, "plain")
         (plain.job / "job.toml").write_text(job_toml("1", False))
         small = plain.job / "src/d0/sub0/file0.txt"
         original = small.read_text()
+        store = work / "store-channels"
+        ch = Project(fleet, src, work, a.cutover, "chan", store)
+        ch_small = ch.job / "src/d0/sub0/file0.txt"
         for r in range(a.runs if "channels" in parts else 0):
             plain.reset()
             small.write_text(original)
@@ -199,30 +204,25 @@ def main():
             wall, _, _ = plain.run("deploy")
             plain.check("src/d0/sub0/file0.txt", small.read_text(), 1, f"deploy C run {r + 1}")
             res["deploy_c"].append(wall)
-        plain.reset()
+            plain.reset()
 
-        # canary + promote of the same one-file change, published.
-        store = work / "store-channels"
-        ch = Project(fleet, src, work, a.cutover, "chan", store)
-        small = ch.job / "src/d0/sub0/file0.txt"
-        for r in range(a.runs if "channels" in parts else 0):
             ch.reset()
             shutil.rmtree(store, ignore_errors=True)
-            small.write_text(original)
+            ch_small.write_text(original)
             (ch.job / "job.toml").write_text(job_toml("1.0.0", True))
             ch.run("publish", "bench", "--key", ch.key)
             ch.run("deploy")
-            small.write_text(original + f"changed in run {r}\n")
+            ch_small.write_text(original + f"changed in run {r}\n")
             (ch.job / "job.toml").write_text(job_toml("1.1.0", True))
             ch.run("publish", "bench", "--channel", "canary", "--key", ch.key)
             canary, _, _ = ch.run("channel", "canary", "bench", "--version", "1.1.0", "--key", ch.key)
             time.sleep(1.1)  # the soak
             promote, _, _ = ch.run("channel", "promote", "bench", "--version", "1.1.0", "--key", ch.key)
-            ch.check("src/d0/sub0/file0.txt", small.read_text(), 1, f"canary+promote run {r + 1}")
+            ch.check("src/d0/sub0/file0.txt", ch_small.read_text(), 1, f"canary+promote run {r + 1}")
             res["canary"].append(canary)
             res["promote"].append(promote)
             print(f"  run {r + 1}: deploy C {res['deploy_c'][r]:.2f}s, canary {canary:.2f}s + "
-                  f"promote {promote:.2f}s", flush=True)
+                  f"promote {promote:.2f}s ({(canary + promote) / res['deploy_c'][r]:.2f})", flush=True)
         if a.fetch:
             # A first deploy of the published 30 MB job to N workers from an
             # S3 store: pushed by the operator, or fetched by each worker.
@@ -258,7 +258,8 @@ def main():
         lines.append(f"| publish, 30 MB / 300 files | {p:.2f} s | floor (tar \\| zstd -19, sha256sum) {f:.2f} s | {p / f:.2f} |")
     if res["canary"]:
         c, pr, d = med(res["canary"]), med(res["promote"]), med(res["deploy_c"])
-        lines.append(f"| canary + promote, one file, N = {a.n} | {c:.2f} + {pr:.2f} = {c + pr:.2f} s | deploy C {d:.2f} s | {(c + pr) / d:.2f} |")
+        per_round = med([(x + y) / z for x, y, z in zip(res["canary"], res["promote"], res["deploy_c"])])
+        lines.append(f"| canary + promote, one file, N = {a.n} | {c:.2f} + {pr:.2f} = {c + pr:.2f} s | deploy C {d:.2f} s | {(c + pr) / d:.2f} (per round: {per_round:.2f}) |")
     if a.fetch:
         pu, fe = med(res["push"]), med(res["fetch"])
         lines.append(f"| first deploy of the published job from S3, N = {a.n}: worker_fetch | {fe:.2f} s | "

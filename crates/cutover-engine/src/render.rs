@@ -73,13 +73,18 @@ fn render_blocking(
         let mut sources: BTreeMap<String, (JobSource, Cow<'_, Job>)> = BTreeMap::new();
         match pubjob {
             Some(p) => {
-                for (version, dir) in &p.dirs {
+                for (version, tree) in &p.dirs {
                     let mut versioned = job.clone();
                     versioned.manifest.version = version.clone();
-                    sources.insert(
-                        version.clone(),
-                        (JobSource::scan_artifact(job, dir)?, Cow::Owned(versioned)),
-                    );
+                    let source = JobSource::scan_artifact(job, &tree.dir)?;
+                    if source.digest().to_hex().as_str() != tree.digest {
+                        return Err(EngineError::Refused(format!(
+                            "{} {version}: the cached tree {} changed since it was unpacked and checked; remove it (or all of .cutover/cache) and run again: the artifact is fetched and checked anew",
+                            job.name,
+                            tree.dir.display()
+                        )));
+                    }
+                    sources.insert(version.clone(), (source, Cow::Owned(versioned)));
                 }
             }
             None => {
@@ -194,10 +199,14 @@ pub(crate) fn recorded_of(
 }
 
 /// Stages each distinct (job, hash) once under `root`, and reads its listing.
+/// Files of `linkable` (the cached artifacts, which nothing writes) are hard
+/// links where they can be; the rest, the working tree's above all, are
+/// copied: an edit during the run must not reach what is shipped.
 pub(crate) fn stage(
     root: &Path,
     trees: &BTreeMap<Key, Tree>,
     wanted: &BTreeSet<Key>,
+    linkable: &Path,
 ) -> Result<BTreeMap<(String, String), Arc<LocalTree>>, EngineError> {
     let mut staged: BTreeMap<(String, String), Arc<LocalTree>> = BTreeMap::new();
     for key in wanted {
@@ -208,7 +217,7 @@ pub(crate) fn stage(
         }
         let dir = root.join(&key.0).join(&tree.hash);
         let local = tree
-            .stage(&dir)
+            .stage(&dir, Some(linkable))
             .and_then(|()| LocalTree::scan(dir))
             .map_err(EngineError::io(format!("staging {} for upload", key.0)))?;
         staged.insert(by_hash, Arc::new(local));

@@ -166,6 +166,27 @@ impl JobSource {
         self.files.len() + self.templates.len()
     }
 
+    /// blake3 over what was read: each file's path, mode and content hash,
+    /// each template's path, mode and text. Two reads with the same digest
+    /// read the same tree.
+    pub fn digest(&self) -> blake3::Hash {
+        let mut h = blake3::Hasher::new();
+        for e in &self.files {
+            h.update(e.path.as_bytes());
+            h.update(&[0]);
+            h.update(&e.mode.to_le_bytes());
+            h.update(e.hash.as_bytes());
+        }
+        h.update(&[0xff]);
+        for t in &self.templates {
+            h.update(t.source_path.as_bytes());
+            h.update(&[0]);
+            h.update(&t.mode.to_le_bytes());
+            h.update(blake3::hash(t.text.as_bytes()).as_bytes());
+        }
+        h.finalize()
+    }
+
     /// Reads every file of the job dir. Anything cutover cannot ship
     /// faithfully is refused with its path, before anything is changed.
     fn walk(&mut self, dir: &Path, certs: bool) -> Result<(), TreeError> {
@@ -616,7 +637,7 @@ impl Tree {
     }
 
     /// Writes the tree into `dir` (which must not exist), for rsync to send.
-    pub fn stage(&self, dir: &Path) -> io::Result<()> {
+    pub fn stage(&self, dir: &Path, linkable: Option<&Path>) -> io::Result<()> {
         std::fs::create_dir_all(dir)?;
         for e in &self.entries {
             let dest = dir.join(&e.path);
@@ -625,7 +646,11 @@ impl Tree {
             }
             match &e.content {
                 Content::Disk(src) => {
-                    std::fs::copy(src, &dest)?;
+                    let linked = linkable.is_some_and(|root| src.starts_with(root))
+                        && std::fs::hard_link(src, &dest).is_ok();
+                    if !linked {
+                        std::fs::copy(src, &dest)?;
+                    }
                 }
                 Content::Rendered(bytes) => std::fs::write(&dest, bytes)?,
                 Content::Symlink(target) => {
@@ -633,11 +658,9 @@ impl Tree {
                     continue;
                 }
             }
-            // The mtime first: a read-only file cannot be opened to set it.
-            std::fs::File::options()
-                .write(true)
-                .open(&dest)?
-                .set_modified(content_mtime(&e.hash))?;
+            // The owner may set the mtime through a read-only handle, so a
+            // read-only file is no obstacle.
+            std::fs::File::open(&dest)?.set_modified(content_mtime(&e.hash))?;
             std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(e.mode))?;
         }
         Ok(())

@@ -269,7 +269,53 @@ fn canary_promote_and_rollback_roll_published_versions_out() {
     let out = p.expect(&["deploy", "--force"], 4);
     assert!(out.stderr.contains("has sha256"), "{out:?}");
     assert_eq!(c.fleet.worker("w2").current("api"), before);
+    let trees = p.path().join(".cutover/cache/trees/api");
+    let cached = || -> Vec<String> {
+        std::fs::read_dir(&trees)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert!(
+        !cached().iter().any(|n| n.starts_with("1.0.0.")),
+        "a refused artifact is not cached: {:?}",
+        cached()
+    );
     std::fs::write(&artifact, &bytes).expect("restore");
+
+    // What is cached unpacked (0700) is read again by each deploy: a
+    // changed file in it is refused, naming it; without the cache the
+    // artifact is fetched and checked anew.
+    p.expect(&["deploy", "--force"], 0);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&trees)
+        .expect("cache")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700);
+    let tree = cached()
+        .into_iter()
+        .find(|n| n.starts_with("1.0.0.") && !n.ends_with(".blake3"))
+        .expect("1.0.0 cached");
+    std::fs::write(trees.join(&tree).join("build.txt"), "tampered\n").expect("tamper");
+    let out = p.expect(&["deploy", "--force"], 4);
+    assert!(
+        out.stderr.contains("changed since it was unpacked"),
+        "{out:?}"
+    );
+    assert_eq!(
+        c.fleet.worker("w2").read("jobs/api/current/build.txt"),
+        "build 1.0.0\n"
+    );
+    std::fs::remove_dir_all(p.path().join(".cutover/cache")).expect("no cache");
+    p.expect(&["deploy", "--force"], 0);
+    assert_eq!(
+        c.fleet.worker("w2").read("jobs/api/current/build.txt"),
+        "build 1.0.0\n"
+    );
 }
 
 #[test]

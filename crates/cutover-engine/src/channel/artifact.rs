@@ -10,7 +10,6 @@ use cutover_index::{Index, Version};
 use cutover_model::config::{Job, Worker};
 
 use crate::relstore::{artifact_name, ReleaseStore, Store};
-use crate::scratch::Scratch;
 use crate::{Context, EngineError};
 
 /// How long a worker's download URL stays valid.
@@ -19,59 +18,134 @@ const FETCH_VALID: std::time::Duration = std::time::Duration::from_secs(3600);
 /// The largest unpacked artifact (a zip bomb stops here).
 const MAX_UNPACKED: u64 = 8 << 30;
 
-fn cache_path(ctx: &Context, job: &str, version: &Version) -> PathBuf {
-    ctx.workspace
-        .join("cache/artifacts")
-        .join(job)
-        .join(artifact_name(version))
+/// A version's artifact, unpacked and checked.
+#[derive(Debug, Clone)]
+pub struct Unpacked {
+    pub dir: PathBuf,
+    /// [`JobSource::digest`] of the tree as it was unpacked: what a deploy
+    /// that reads it again must find.
+    pub digest: String,
 }
 
-/// An artifact's bytes, checked against the index.
-pub struct Checked {
-    pub bytes: Vec<u8>,
-    /// They came from the local cache, which holds only artifacts that
-    /// unpacked cleanly: no need to unpack them to know they do.
-    pub unpacked_before: bool,
+/// The unpacked artifacts: `.cutover/cache/trees/`.
+pub fn cache_root(ctx: &Context) -> PathBuf {
+    ctx.workspace.join("cache/trees")
 }
 
-/// A version's artifact bytes, checked against the index (size, then
-/// sha256): the cached copy (`.cutover/cache/artifacts/`) when it checks
-/// out, else the store's. [`remember`] caches them once they unpacked.
-pub async fn fetch(
+/// Where a version is kept unpacked: `.cutover/cache/trees/<job>/`, named
+/// as its artifact is (version and sha256), beside its digest file.
+fn tree_paths(ctx: &Context, job: &str, version: &Version) -> (PathBuf, PathBuf) {
+    let dir = cache_root(ctx).join(job);
+    let name = format!("{}.{}", version.version, version.sha256);
+    (dir.join(&name), dir.join(format!("{name}.blake3")))
+}
+
+/// A version's artifact, unpacked: the cached tree when there is one, else
+/// the artifact fetched from the store, checked against the verified index
+/// (size, then sha256), unpacked, read once for its digest and cached. A
+/// deploy reads a cached tree again anyway (it hashes what it ships) and
+/// refuses one whose digest changed: the cache saves the fetch, the check
+/// and the unpack, never a check of what is shipped.
+pub async fn unpacked(
     ctx: &Context,
     store: &Store,
-    job: &str,
+    job: &Job,
     version: &Version,
-) -> Result<Checked, EngineError> {
-    if let Ok(bytes) = std::fs::read(cache_path(ctx, job, version)) {
-        if cutover_index::check_artifact(version, &bytes).is_ok() {
-            return Ok(Checked {
-                bytes,
-                unpacked_before: true,
+) -> Result<Unpacked, EngineError> {
+    let (dir, digest_file) = tree_paths(ctx, &job.name, version);
+    if dir.is_dir() {
+        if let Ok(digest) = std::fs::read_to_string(&digest_file) {
+            return Ok(Unpacked {
+                dir,
+                digest: digest.trim().to_string(),
             });
         }
     }
-    let bytes = store.read_artifact(job, version).await?;
+    let bytes = store.read_artifact(&job.name, version).await?;
     cutover_index::check_artifact(version, &bytes).map_err(|e| {
         EngineError::Refused(format!(
-            "{}/{job}/{}: {e}",
+            "{}/{}/{}: {e}",
             store.url(),
+            job.name,
             artifact_name(version)
         ))
     })?;
-    Ok(Checked {
-        bytes,
-        unpacked_before: false,
-    })
+    let parent = dir.parent().unwrap_or(&ctx.workspace);
+    let io = |what: &'static str| EngineError::io(format!("{what} in {}", parent.display()));
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(parent)
+        .map_err(io("creating the artifact cache"))?;
+    sweep_unfinished(parent);
+    let scratch = tempfile::Builder::new()
+        .prefix(UNFINISHED)
+        .tempdir_in(parent)
+        .map_err(io("unpacking"))?;
+    let at = scratch.path().join("tree");
+    let digest = tokio::task::block_in_place(|| {
+        unpack(&bytes, &at)?;
+        let read = cutover_model::tree::JobSource::scan_artifact(job, &at)?;
+        Ok::<_, EngineError>(read.digest().to_hex().to_string())
+    })?;
+    // The digest first: a tree without one is unpacked again.
+    crate::relstore::write_atomic(&digest_file, digest.as_bytes())?;
+    match std::fs::rename(&at, &dir) {
+        Ok(()) => {}
+        // Another run cached the same bytes first.
+        Err(_) if dir.is_dir() => {}
+        Err(e) => return Err(io("caching an unpacked artifact")(e)),
+    }
+    Ok(Unpacked { dir, digest })
 }
 
-/// Caches an artifact that unpacked cleanly.
-pub fn remember(ctx: &Context, job: &str, version: &Version, bytes: &[u8]) {
-    let cache = cache_path(ctx, job, version);
-    if let Some(dir) = cache.parent() {
-        if std::fs::create_dir_all(dir).is_ok() {
-            let _ = crate::relstore::write_atomic(&cache, bytes);
+/// The prefix of a tree being unpacked.
+const UNFINISHED: &str = ".unpack-";
+
+/// Removes what an unpack killed midway left (an hour old: none still runs).
+fn sweep_unfinished(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.filter_map(Result::ok) {
+        let stale = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > std::time::Duration::from_secs(3600));
+        if stale && e.file_name().to_string_lossy().starts_with(UNFINISHED) {
+            let _ = std::fs::remove_dir_all(e.path());
         }
+    }
+}
+
+/// How many cached trees of a job are kept beyond those its channels
+/// point at (the versions a rollback most likely wants).
+const KEEP_TREES: usize = 3;
+
+/// Drops a job's cached trees but those of `keep` (names as cached) and
+/// the newest [`KEEP_TREES`] others: the store holds them all.
+fn prune_trees(ctx: &Context, job: &str, keep: &BTreeSet<String>) {
+    let dir = cache_root(ctx).join(job);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    let mut others: Vec<(std::time::SystemTime, String)> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| {
+            Some((
+                e.metadata().ok()?.modified().ok()?,
+                e.file_name().into_string().ok()?,
+            ))
+        })
+        .filter(|(_, name)| !name.starts_with('.') && !keep.contains(name))
+        .collect();
+    others.sort();
+    let drop = others.len().saturating_sub(KEEP_TREES);
+    for (_, name) in others.into_iter().take(drop) {
+        // The digest first: a tree without one is never used.
+        let _ = std::fs::remove_file(dir.join(format!("{name}.blake3")));
+        let _ = std::fs::remove_dir_all(dir.join(&name));
     }
 }
 
@@ -250,7 +324,7 @@ pub struct PublishedJob {
     pub canary: Option<String>,
     pub canary_workers: BTreeSet<String>,
     /// version -> its artifact, unpacked.
-    pub dirs: BTreeMap<String, PathBuf>,
+    pub dirs: BTreeMap<String, Unpacked>,
     /// version -> how workers fetch it, with `[store] worker_fetch`.
     pub fetch: BTreeMap<String, Fetch>,
 }
@@ -290,11 +364,10 @@ impl Published {
 }
 
 /// The published jobs of a deploy's scope, with their artifacts unpacked
-/// in a private scratch dir (removed on drop).
+/// (in the cache).
 #[derive(Default)]
 pub struct Published {
     pub jobs: BTreeMap<String, PublishedJob>,
-    _scratch: Option<Scratch>,
 }
 
 /// Which jobs in `scope` are published (have an index in the store), with
@@ -348,14 +421,6 @@ pub async fn for_deploy(
             continue;
         };
         let index = loaded.index;
-        let scratch = match &out._scratch {
-            Some(s) => s,
-            None => out._scratch.insert(Scratch::create(
-                &ctx.runtime_dir,
-                "artifacts",
-                &ctx.project.root,
-            )?),
-        };
         let stable = index.signed.channels.get("stable").cloned();
         let canary = index.signed.channels.get("canary").cloned();
         let mut dirs = BTreeMap::new();
@@ -370,24 +435,17 @@ pub async fn for_deploy(
                     job.name
                 ))
             })?;
-            let checked = fetch(ctx, &store, &job.name, version).await?;
-            let bytes = checked.bytes;
-            let dir = scratch.path().join(&job.name).join(v);
-            std::fs::create_dir_all(scratch.path().join(&job.name))
-                .map_err(EngineError::io("creating the artifacts dir"))?;
-            tokio::task::block_in_place(|| unpack(&bytes, &dir))?;
-            if !checked.unpacked_before {
-                remember(ctx, &job.name, version, &bytes);
-            }
+            let tree = unpacked(ctx, &store, job, version).await?;
             if worker_fetch {
                 if let Some(url) = store.fetch_url(&job.name, version, FETCH_VALID).await? {
-                    let paths = walkdir::WalkDir::new(&dir)
+                    let dir = &tree.dir;
+                    let paths = walkdir::WalkDir::new(dir)
                         .min_depth(1)
                         .into_iter()
                         .filter_map(Result::ok)
                         .filter(|e| !e.file_type().is_dir())
                         .filter_map(|e| {
-                            Some(e.path().strip_prefix(&dir).ok()?.to_str()?.to_string())
+                            Some(e.path().strip_prefix(dir).ok()?.to_str()?.to_string())
                         })
                         .collect();
                     fetches.insert(
@@ -400,8 +458,13 @@ pub async fn for_deploy(
                     );
                 }
             }
-            dirs.insert(v.clone(), dir);
+            dirs.insert(v.clone(), tree);
         }
+        let keep = dirs
+            .values()
+            .filter_map(|t| Some(t.dir.file_name()?.to_str()?.to_string()))
+            .collect();
+        prune_trees(ctx, &job.name, &keep);
         let canary_workers = canary_workers(ctx, job)
             .into_iter()
             .map(|w| w.name.clone())

@@ -140,11 +140,13 @@ pub fn production_trust_problems(ctx: &Context) -> Vec<String> {
 }
 
 /// The canary workers of `job` that do not run `version` promoted, or are
-/// not healthy now: (worker, why).
+/// not healthy now: (worker, why). Those in `checked` passed their health
+/// checks a moment ago, in this run's rollout, and are not asked again.
 async fn canary_problems(
     ctx: &Context,
     job: &cutover_model::Job,
     version: &str,
+    checked: &BTreeSet<String>,
 ) -> Result<Vec<(String, String)>, EngineError> {
     let workers: Vec<String> = super::artifact::canary_workers(ctx, job)
         .into_iter()
@@ -173,9 +175,16 @@ async fn canary_problems(
         return Ok(out);
     }
     let scope: BTreeSet<String> = [job.name.clone()].into();
-    let only: BTreeSet<String> = workers.iter().cloned().collect();
+    let only: BTreeSet<String> = workers
+        .iter()
+        .filter(|w| !checked.contains(*w))
+        .cloned()
+        .collect();
+    if only.is_empty() {
+        return Ok(out);
+    }
     let live = crate::status::live_on(ctx, Some(&scope), Some(&only), true).await?;
-    for w in &workers {
+    for w in &only {
         let health = live
             .get(&(job.name.clone(), w.clone()))
             .map_or("not checked", |l| l.health.as_str());
@@ -306,25 +315,19 @@ pub async fn run(
             "check [canary] selectors (or count) in its job.toml against the labels in workers.toml",
         ));
     }
-    // V's artifact is fetched and checked before the index points at it: a
-    // missing or damaged one would otherwise stop every later deploy.
+    // V's artifact is fetched, checked and unpacked before the index
+    // points at it: a missing or damaged one would otherwise stop every
+    // later deploy. The rollout then uses the unpacked tree.
     {
         let v = current
             .version(&version)
             .cloned()
             .ok_or_else(|| EngineError::Internal(format!("{version} vanished from the index")))?;
-        let checked = super::artifact::fetch(ctx, &store, &job.name, &v).await?;
-        if !checked.unpacked_before {
-            let scratch =
-                crate::scratch::Scratch::create(&ctx.runtime_dir, "artifacts", &ctx.project.root)?;
-            let dir = scratch.path().join("check");
-            tokio::task::block_in_place(|| super::artifact::unpack(&checked.bytes, &dir))?;
-            super::artifact::remember(ctx, &job.name, &v, &checked.bytes);
-        }
+        super::artifact::unpacked(ctx, &store, job, &v).await?;
     }
 
     if op == ChannelOp::Promote {
-        let problems = canary_problems(ctx, job, &version).await?;
+        let problems = canary_problems(ctx, job, &version, &BTreeSet::new()).await?;
         if !problems.is_empty() {
             let list: Vec<String> = problems
                 .iter()
@@ -425,7 +428,9 @@ pub async fn run(
     if op == ChannelOp::Canary
         && report.outcome.ok()
         && !ctx.interrupt.is_set()
-        && canary_problems(ctx, job, &version).await?.is_empty()
+        && canary_problems(ctx, job, &version, &health_checked(&report, &job.name))
+            .await?
+            .is_empty()
     {
         let length = soak_length(ctx, &job.name);
         let started = match recorded_soak(ctx, &job.name).await? {
@@ -454,6 +459,26 @@ pub async fn run(
         previous_stable: current.channels.get("stable").cloned(),
         warnings: canary_warnings(ctx, job, op),
     })
+}
+
+/// The workers of `job` whose allocation this rollout started, restarted
+/// or reloaded, and which then passed their health checks.
+fn health_checked(report: &DeployReport, job: &str) -> BTreeSet<String> {
+    report
+        .jobs
+        .iter()
+        .filter(|j| j.job == job)
+        .flat_map(|j| &j.allocations)
+        .filter(|a| {
+            a.ok && matches!(
+                a.action,
+                cutover_model::plan::Action::Start
+                    | cutover_model::plan::Action::Restart
+                    | cutover_model::plan::Action::Reload
+            )
+        })
+        .map(|a| a.worker.clone())
+        .collect()
 }
 
 /// `channel resign`: the same index, seq + 1, a new expiry.

@@ -297,9 +297,21 @@ pub async fn deploy(ctx: &Context, opts: &DeployOptions) -> Result<DeployReport,
         // before anything else changes.
         let unhealthy = reconcile::check_survivors(&run, &report.stops).await;
         if unhealthy.is_empty() {
-            waves::run_waves(&run, &plan, &mut report).await?;
+            let ran: BTreeSet<String> = run.records.keys().map(|(_, w)| w.clone()).collect();
+            // The fleet view is written once the waves are done; a worker
+            // no wave touches is connected to while they run.
+            let touched: BTreeSet<&str> = plan
+                .jobs()
+                .flat_map(|j| &j.allocations)
+                .filter(|a| a.action != Action::Skip)
+                .map(|a| a.worker.as_str())
+                .collect();
+            let (waves, ()) = tokio::join!(
+                waves::run_waves(&run, &plan, &mut report),
+                view::connect_stale(ctx, &run.fleet, &ran, &view_versions, &touched)
+            );
+            waves?;
             if !run.interrupt.is_set() {
-                let ran = run.records.keys().map(|(_, w)| w.clone()).collect();
                 view::refresh_views(ctx, &run.fleet, &ran, &view_versions).await;
             }
         } else {
@@ -353,10 +365,12 @@ pub async fn deploy(ctx: &Context, opts: &DeployOptions) -> Result<DeployReport,
         .finish_deployment(seq, report.outcome.as_str(), &summary)
         .await?;
     ctx.interrupt.clear_running();
+    // The staged trees go while the connections close.
+    let removed = tokio::task::spawn_blocking(move || drop(stage_root));
     if let Ok(run) = Arc::try_unwrap(run) {
         run.fleet.close().await;
     }
-    drop(stage_root);
+    let _ = removed.await;
     drop(lock);
     Ok(report)
 }
@@ -639,7 +653,12 @@ async fn stage_run(
                 .map(move |a| (j.job.clone(), a.worker.clone()))
         })
         .collect();
-    let staged = render::stage(stage_root.path(), &rendered.trees, &wanted)?;
+    let staged = render::stage(
+        stage_root.path(),
+        &rendered.trees,
+        &wanted,
+        &crate::channel::artifact::cache_root(ctx),
+    )?;
     let records: BTreeMap<Key, AllocationRecord> = records
         .into_iter()
         .map(|r| ((r.job.clone(), r.worker.clone()), r))

@@ -45,6 +45,28 @@ async fn stale<'a>(
     out
 }
 
+/// Opens the connections [`refresh_views`] will use to the workers not in
+/// `skip` (those the waves do not connect to), so that the view is
+/// written without a handshake after the rollout. Errors wait for the
+/// write, which reports them.
+pub(super) async fn connect_stale(
+    ctx: &Context,
+    fleet: &Fleet,
+    ran: &BTreeSet<String>,
+    versions: &BTreeMap<String, String>,
+    skip: &BTreeSet<&str>,
+) {
+    let view = cutover_model::view::FleetView::of(&ctx.project).with_versions(versions);
+    let targets = stale(ctx, &view.jobs_json(), &view, ran).await;
+    crate::join::join_all(
+        targets
+            .iter()
+            .filter(|t| !skip.contains(t.worker.name.as_str()))
+            .map(|t| fleet.host(&t.worker.name)),
+    )
+    .await;
+}
+
 /// Writes the fleet view to every worker whose view changed. A worker that
 /// cannot be written is warned about: the next deploy tries again (its
 /// hash is not recorded). Returns how many were written.
