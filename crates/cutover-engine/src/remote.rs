@@ -297,9 +297,9 @@ impl LifecycleEnv<'_> {
 pub(crate) fn write_views(root: &str, worker_len: usize, timeout: Duration) -> Command {
     script(
         r#"r=$1 n=$2
+[ -d "$r" ] || mkdir -p "$r" || exit
 umask 022
 rm -f "$r/.worker.json.tmp" "$r/.jobs.json.tmp"
-[ -d "$r" ] || mkdir -p "$r" || exit
 dd bs=1 count="$n" of="$r/.worker.json.tmp" 2>/dev/null && cat > "$r/.jobs.json.tmp" || exit
 mv -f "$r/.worker.json.tmp" "$r/worker.json" && mv -f "$r/.jobs.json.tmp" "$r/jobs.json""#,
         &[root, &worker_len.to_string()],

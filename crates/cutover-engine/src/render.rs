@@ -76,14 +76,8 @@ fn render_blocking(
                 for (version, tree) in &p.dirs {
                     let mut versioned = job.clone();
                     versioned.manifest.version = version.clone();
-                    let source = JobSource::scan_artifact(job, &tree.dir)?;
-                    if source.digest().to_hex().as_str() != tree.digest {
-                        return Err(EngineError::Refused(format!(
-                            "{} {version}: the cached tree {} changed since it was unpacked and checked; remove it (or all of .cutover/cache) and run again: the artifact is fetched and checked anew",
-                            job.name,
-                            tree.dir.display()
-                        )));
-                    }
+                    // As read when its seal was checked: what ships.
+                    let source = JobSource::clone(&tree.source);
                     sources.insert(version.clone(), (source, Cow::Owned(versioned)));
                 }
             }

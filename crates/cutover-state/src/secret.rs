@@ -94,6 +94,13 @@ impl SecretKey {
         }
     }
 
+    /// A keyed blake3 of `data` in hex: only a holder of the key can make
+    /// one that checks (a seal on a local cache, say).
+    pub fn seal(&self, data: &[u8]) -> String {
+        let key: [u8; 32] = self.0.into();
+        blake3::keyed_hash(&key, data).to_hex().to_string()
+    }
+
     pub fn encrypt(&self, plain: &Secret) -> Vec<u8> {
         let cipher = ChaCha20Poly1305::new(&self.0);
         let nonce = ChaCha20Poly1305::generate_nonce(&mut OsRng);

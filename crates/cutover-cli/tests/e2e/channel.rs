@@ -286,9 +286,9 @@ fn canary_promote_and_rollback_roll_published_versions_out() {
     );
     std::fs::write(&artifact, &bytes).expect("restore");
 
-    // What is cached unpacked (0700) is read again by each deploy: a
-    // changed file in it is refused, naming it; without the cache the
-    // artifact is fetched and checked anew.
+    // What is cached unpacked (0700) is read again by each deploy and
+    // sealed under a key outside the cache: a changed tree, or one sealed
+    // on another machine, is set aside and the artifact fetched again.
     p.expect(&["deploy", "--force"], 0);
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&trees)
@@ -298,24 +298,40 @@ fn canary_promote_and_rollback_roll_published_versions_out() {
     assert_eq!(mode & 0o777, 0o700);
     let tree = cached()
         .into_iter()
-        .find(|n| n.starts_with("1.0.0.") && !n.ends_with(".blake3"))
+        .find(|n| n.starts_with("1.0.0.") && !n.ends_with(".seal"))
         .expect("1.0.0 cached");
+    let shipped = || c.fleet.worker("w2").read("jobs/api/current/build.txt");
     std::fs::write(trees.join(&tree).join("build.txt"), "tampered\n").expect("tamper");
-    let out = p.expect(&["deploy", "--force"], 4);
+    let out = p.expect(&["deploy", "--force"], 0);
     assert!(
-        out.stderr.contains("changed since it was unpacked"),
+        out.stdout.contains("is not as it was unpacked here"),
         "{out:?}"
     );
+    assert_eq!(shipped(), "build 1.0.0\n");
+    std::fs::write(trees.join(&tree).join("build.txt"), "tampered\n").expect("tamper");
+    std::fs::remove_file(p.path().join(".cutover/cache.key")).expect("key");
+    let out = p.expect(&["deploy", "--force"], 0);
+    assert!(
+        out.stdout.contains("is not as it was unpacked here"),
+        "{out:?}"
+    );
+    assert_eq!(shipped(), "build 1.0.0\n");
     assert_eq!(
-        c.fleet.worker("w2").read("jobs/api/current/build.txt"),
+        std::fs::read_to_string(trees.join(&tree).join("build.txt")).expect("healed"),
         "build 1.0.0\n"
     );
-    std::fs::remove_dir_all(p.path().join(".cutover/cache")).expect("no cache");
+
+    // The cache is never read, written or pruned through a symlink.
+    let elsewhere = tempfile::tempdir().expect("elsewhere");
+    std::fs::create_dir(elsewhere.path().join("keep.me")).expect("dir");
+    std::fs::remove_dir_all(&trees).expect("no cache");
+    std::os::unix::fs::symlink(elsewhere.path(), &trees).expect("symlink");
+    let out = p.expect(&["deploy", "--force"], 4);
+    assert!(out.stderr.contains("is not a dir (a symlink?)"), "{out:?}");
+    assert!(elsewhere.path().join("keep.me").is_dir());
+    std::fs::remove_file(&trees).expect("unlink");
     p.expect(&["deploy", "--force"], 0);
-    assert_eq!(
-        c.fleet.worker("w2").read("jobs/api/current/build.txt"),
-        "build 1.0.0\n"
-    );
+    assert_eq!(shipped(), "build 1.0.0\n");
 }
 
 #[test]

@@ -8,6 +8,7 @@ use std::path::{Component, Path, PathBuf};
 
 use cutover_index::{Index, Version};
 use cutover_model::config::{Job, Worker};
+use cutover_model::tree::JobSource;
 
 use crate::relstore::{artifact_name, ReleaseStore, Store};
 use crate::{Context, EngineError};
@@ -18,13 +19,12 @@ const FETCH_VALID: std::time::Duration = std::time::Duration::from_secs(3600);
 /// The largest unpacked artifact (a zip bomb stops here).
 const MAX_UNPACKED: u64 = 8 << 30;
 
-/// A version's artifact, unpacked and checked.
+/// A version's artifact, unpacked and checked, and its files as read.
 #[derive(Debug, Clone)]
 pub struct Unpacked {
     pub dir: PathBuf,
-    /// [`JobSource::digest`] of the tree as it was unpacked: what a deploy
-    /// that reads it again must find.
-    pub digest: String,
+    /// The tree read (and hashed) once checked: what a deploy renders.
+    pub source: std::sync::Arc<JobSource>,
 }
 
 /// The unpacked artifacts: `.cutover/cache/trees/`.
@@ -32,33 +32,103 @@ pub fn cache_root(ctx: &Context) -> PathBuf {
     ctx.workspace.join("cache/trees")
 }
 
-/// Where a version is kept unpacked: `.cutover/cache/trees/<job>/`, named
-/// as its artifact is (version and sha256), beside its digest file.
-fn tree_paths(ctx: &Context, job: &str, version: &Version) -> (PathBuf, PathBuf) {
-    let dir = cache_root(ctx).join(job);
-    let name = format!("{}.{}", version.version, version.sha256);
-    (dir.join(&name), dir.join(format!("{name}.blake3")))
+/// The key that seals this machine's cached trees, kept outside the cache
+/// so that whoever can write the cache (a CI cache restored, a copy from
+/// elsewhere) cannot seal a tree of their own.
+fn cache_key(ctx: &Context) -> Result<cutover_state::SecretKey, EngineError> {
+    Ok(cutover_state::SecretKey::load_or_create(
+        &ctx.workspace.join("cache.key"),
+    )?)
 }
 
-/// A version's artifact, unpacked: the cached tree when there is one, else
-/// the artifact fetched from the store, checked against the verified index
-/// (size, then sha256), unpacked, read once for its digest and cached. A
-/// deploy reads a cached tree again anyway (it hashes what it ships) and
-/// refuses one whose digest changed: the cache saves the fetch, the check
-/// and the unpack, never a check of what is shipped.
+/// The seal of a tree: its digest, bound to the signed sha256 of the
+/// artifact it was unpacked from, under the cache key.
+fn seal(key: &cutover_state::SecretKey, version: &Version, source: &JobSource) -> String {
+    let digest = source.digest();
+    key.seal(&[version.sha256.as_bytes(), b"\0", digest.as_bytes()].concat())
+}
+
+/// A cache dir, made private (0700) if it is not, refused if it is a
+/// symlink: the cache is read, written and pruned only in its own dirs.
+fn private_dir(path: &Path) -> Result<(), EngineError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let io = EngineError::io(format!("making {}", path.display()));
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => {
+            if m.permissions().mode() & 0o077 != 0 {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+                    .map_err(io)?;
+            }
+            Ok(())
+        }
+        Ok(_) => Err(EngineError::Refused(format!(
+            "{} is not a dir (a symlink?): cutover keeps its cache there itself; remove it",
+            path.display()
+        ))),
+        Err(_) => std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(path)
+            .map_err(io),
+    }
+}
+
+/// A version's artifact, unpacked: the cached tree when its seal checks,
+/// else the artifact fetched from the store, checked against the verified
+/// index (size, then sha256), unpacked and sealed. A cached tree is read
+/// and hashed again each time (the deploy ships what was read), and its
+/// seal binds what was read to the signed sha256 under a key only this
+/// machine holds: a tree that changed, or that was sealed elsewhere, is
+/// set aside and fetched again. The cache saves the fetch, the sha256 and
+/// the unpack, never a check of what ships.
 pub async fn unpacked(
     ctx: &Context,
     store: &Store,
     job: &Job,
     version: &Version,
 ) -> Result<Unpacked, EngineError> {
-    let (dir, digest_file) = tree_paths(ctx, &job.name, version);
-    if dir.is_dir() {
-        if let Ok(digest) = std::fs::read_to_string(&digest_file) {
-            return Ok(Unpacked {
-                dir,
-                digest: digest.trim().to_string(),
-            });
+    let root = cache_root(ctx);
+    let cache = root.parent().unwrap_or(&ctx.workspace);
+    let parent = root.join(&job.name);
+    for dir in [cache, &root, &parent] {
+        private_dir(dir)?;
+    }
+    let name = format!("{}.{}", version.version, version.sha256);
+    let dir = parent.join(&name);
+    let seal_file = parent.join(format!("{name}.seal"));
+    let key = cache_key(ctx)?;
+    // One run at a time fills or sets aside a job's trees.
+    let lock_path = parent.join(".lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(EngineError::io(format!("opening {}", lock_path.display())))?;
+    tokio::task::block_in_place(|| lock.lock())
+        .map_err(EngineError::io(format!("locking {}", lock_path.display())))?;
+
+    let cached = std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir());
+    if cached {
+        let read = tokio::task::block_in_place(|| JobSource::scan_artifact(job, &dir));
+        let sealed = std::fs::read_to_string(&seal_file).unwrap_or_default();
+        match read {
+            Ok(source) if sealed.trim() == seal(&key, version, &source) => {
+                return Ok(Unpacked {
+                    dir,
+                    source: std::sync::Arc::new(source),
+                });
+            }
+            _ => {
+                ctx.reporter.event(&crate::events::Event::Message {
+                    text: format!(
+                        "warning: the cached tree of {} {} ({}) is not as it was unpacked here; it is set aside and the artifact fetched again",
+                        job.name,
+                        version.version,
+                        dir.display()
+                    ),
+                });
+                set_aside(&parent, &dir)?;
+            }
         }
     }
     let bytes = store.read_artifact(&job.name, version).await?;
@@ -70,49 +140,55 @@ pub async fn unpacked(
             artifact_name(version)
         ))
     })?;
-    let parent = dir.parent().unwrap_or(&ctx.workspace);
     let io = |what: &'static str| EngineError::io(format!("{what} in {}", parent.display()));
-    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
-        .create(parent)
-        .map_err(io("creating the artifact cache"))?;
-    sweep_unfinished(parent);
+    sweep_unfinished(&parent);
     let scratch = tempfile::Builder::new()
-        .prefix(UNFINISHED)
-        .tempdir_in(parent)
+        .prefix(&format!("{UNFINISHED}{}-", std::process::id()))
+        .tempdir_in(&parent)
         .map_err(io("unpacking"))?;
     let at = scratch.path().join("tree");
-    let digest = tokio::task::block_in_place(|| {
-        unpack(&bytes, &at)?;
-        let read = cutover_model::tree::JobSource::scan_artifact(job, &at)?;
-        Ok::<_, EngineError>(read.digest().to_hex().to_string())
-    })?;
-    // The digest first: a tree without one is unpacked again.
-    crate::relstore::write_atomic(&digest_file, digest.as_bytes())?;
-    match std::fs::rename(&at, &dir) {
-        Ok(()) => {}
-        // Another run cached the same bytes first.
-        Err(_) if dir.is_dir() => {}
-        Err(e) => return Err(io("caching an unpacked artifact")(e)),
+    tokio::task::block_in_place(|| unpack(&bytes, &at))?;
+    if std::fs::symlink_metadata(&dir).is_ok() {
+        set_aside(&parent, &dir)?;
     }
-    Ok(Unpacked { dir, digest })
+    std::fs::rename(&at, &dir).map_err(io("caching an unpacked artifact"))?;
+    let source = tokio::task::block_in_place(|| JobSource::scan_artifact(job, &dir))?;
+    crate::relstore::write_atomic(&seal_file, seal(&key, version, &source).as_bytes())?;
+    Ok(Unpacked {
+        dir,
+        source: std::sync::Arc::new(source),
+    })
 }
 
-/// The prefix of a tree being unpacked.
+/// Moves a tree out of the way (then removes it): it is never used again.
+fn set_aside(parent: &Path, dir: &Path) -> Result<(), EngineError> {
+    let aside = tempfile::Builder::new()
+        .prefix(&format!("{UNFINISHED}{}-", std::process::id()))
+        .tempdir_in(parent)
+        .map_err(EngineError::io(format!("setting {} aside", dir.display())))?;
+    std::fs::rename(dir, aside.path().join("old"))
+        .map_err(EngineError::io(format!("setting {} aside", dir.display())))?;
+    Ok(())
+}
+
+/// The prefix of a tree being unpacked or set aside, with its run's pid.
 const UNFINISHED: &str = ".unpack-";
 
-/// Removes what an unpack killed midway left (an hour old: none still runs).
+/// Removes what a run that no longer exists left unfinished.
 fn sweep_unfinished(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for e in entries.filter_map(Result::ok) {
-        let stale = e
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age > std::time::Duration::from_secs(3600));
-        if stale && e.file_name().to_string_lossy().starts_with(UNFINISHED) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(UNFINISHED)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
@@ -123,29 +199,64 @@ fn sweep_unfinished(dir: &Path) {
 const KEEP_TREES: usize = 3;
 
 /// Drops a job's cached trees but those of `keep` (names as cached) and
-/// the newest [`KEEP_TREES`] others: the store holds them all.
+/// the newest [`KEEP_TREES`] others (the store holds them all), and seals
+/// left without their tree. Only names the cache gives (`<version>.<64 hex>`)
+/// are touched, never through a symlink. Run under the project lock.
+pub fn prune(ctx: &Context, published: &Published) {
+    for (job, p) in &published.jobs {
+        let keep: BTreeSet<String> = p
+            .dirs
+            .values()
+            .filter_map(|t| Some(t.dir.file_name()?.to_str()?.to_string()))
+            .collect();
+        prune_trees(ctx, job, &keep);
+    }
+}
+
 fn prune_trees(ctx: &Context, job: &str, keep: &BTreeSet<String>) {
     let dir = cache_root(ctx).join(job);
+    if !std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+        return;
+    }
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return;
     };
-    let mut others: Vec<(std::time::SystemTime, String)> = entries
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .filter_map(|e| {
-            Some((
-                e.metadata().ok()?.modified().ok()?,
-                e.file_name().into_string().ok()?,
-            ))
+    let cached = |name: &str| {
+        name.rsplit_once('.').is_some_and(|(v, hash)| {
+            !v.is_empty()
+                && !v.starts_with('.')
+                && hash.len() == 64
+                && hash.bytes().all(|b| b.is_ascii_hexdigit())
         })
-        .filter(|(_, name)| !name.starts_with('.') && !keep.contains(name))
-        .collect();
-    others.sort();
-    let drop = others.len().saturating_sub(KEEP_TREES);
-    for (_, name) in others.into_iter().take(drop) {
-        // The digest first: a tree without one is never used.
-        let _ = std::fs::remove_file(dir.join(format!("{name}.blake3")));
+    };
+    let mut trees = Vec::new();
+    let mut seals = Vec::new();
+    for e in entries.filter_map(Result::ok) {
+        let Ok(name) = e.file_name().into_string() else {
+            continue;
+        };
+        let Ok(meta) = e.metadata() else { continue };
+        if let Some(tree) = name.strip_suffix(".seal") {
+            if cached(tree) && meta.is_file() {
+                seals.push(tree.to_string());
+            }
+        } else if cached(&name) && meta.is_dir() && !keep.contains(&name) {
+            if let Ok(t) = meta.modified() {
+                trees.push((t, name));
+            }
+        }
+    }
+    trees.sort();
+    let drop = trees.len().saturating_sub(KEEP_TREES);
+    for (_, name) in trees.into_iter().take(drop) {
+        // The seal first: a tree without one is never used.
+        let _ = std::fs::remove_file(dir.join(format!("{name}.seal")));
         let _ = std::fs::remove_dir_all(dir.join(&name));
+    }
+    for tree in seals {
+        if std::fs::symlink_metadata(dir.join(&tree)).is_err() {
+            let _ = std::fs::remove_file(dir.join(format!("{tree}.seal")));
+        }
     }
 }
 
@@ -460,11 +571,6 @@ pub async fn for_deploy(
             }
             dirs.insert(v.clone(), tree);
         }
-        let keep = dirs
-            .values()
-            .filter_map(|t| Some(t.dir.file_name()?.to_str()?.to_string()))
-            .collect();
-        prune_trees(ctx, &job.name, &keep);
         let canary_workers = canary_workers(ctx, job)
             .into_iter()
             .map(|w| w.name.clone())

@@ -220,6 +220,10 @@ pub async fn deploy(ctx: &Context, opts: &DeployOptions) -> Result<DeployReport,
         published,
     } = plan_run(ctx, opts, &fleet, recorded, records).await?;
     let view_versions = published.view_versions();
+    if !opts.dry_run {
+        // Under the project lock: no other run is reading a tree.
+        crate::channel::artifact::prune(ctx, &published);
+    }
     let mut report = DeployReport {
         outcome: Outcome::Planned,
         seq: None,
