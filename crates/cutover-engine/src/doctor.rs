@@ -121,9 +121,12 @@ pub async fn project(ctx: &Context) -> Vec<Item> {
         Err(e) => Item::fail("trusted keys configured", e.to_string(), "fix [trust] in cutover.toml"),
     });
     out.push(match ctx.store.meta_get("doctor_probe").await {
-        Ok(_) => Item::pass("state backend reachable", "the state store answers"),
+        Ok(_) => Item::pass(
+            "state backend reachable, at this cutover's schema",
+            "the state store answers, its schema migrations applied",
+        ),
         Err(e) => Item::fail(
-            "state backend reachable",
+            "state backend reachable, at this cutover's schema",
             e.to_string(),
             "check [state] in cutover.toml and that .cutover/ is writable",
         ),

@@ -51,7 +51,10 @@ impl EngineError {
     /// The exit code of SPEC section 11 for this error: decided here, once.
     pub fn exit_code(&self) -> u8 {
         match self {
-            EngineError::Config(_) | EngineError::Usage { .. } | EngineError::Template(_) => 2,
+            EngineError::Config(_)
+            | EngineError::Usage { .. }
+            | EngineError::Template(_)
+            | EngineError::State(StateError::TooNew { .. }) => 2,
             EngineError::Locked(_) => 3,
             EngineError::Refused(_) => 4,
             EngineError::State(_)
@@ -73,6 +76,9 @@ impl EngineError {
                 "if {path} is damaged, move it aside (with its -wal and -shm files) and run \
                  `cutover state rebuild`: the workers carry what they run"
             )),
+            EngineError::State(StateError::TooNew { .. }) => Some(
+                "upgrade cutover to the version your team uses (nothing was changed); an older cutover never writes to a newer store".into(),
+            ),
             EngineError::Template(TreeError::Template { .. }) => Some(
                 "fix the template, or set the missing value with `cutover kv put JOB KEY VALUE`".into(),
             ),

@@ -6,6 +6,7 @@
 //! same trait with the same schema.
 
 mod lock;
+mod migrate;
 mod records;
 mod secret;
 mod sqlite;
@@ -44,6 +45,12 @@ pub enum StateError {
     },
     #[error("corrupt state: {0}")]
     Corrupt(String),
+    #[error("{path} was written by a newer cutover: it has schema migration {version}, and this cutover knows up to {known}")]
+    TooNew {
+        path: String,
+        version: i64,
+        known: i64,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, StateError>;

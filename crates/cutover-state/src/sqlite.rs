@@ -11,51 +11,14 @@ use crate::lock::ProjectLock;
 use crate::records::*;
 use crate::{Fut, LockHolder, Result, StateError, StateStore};
 
-const SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS meta (
-    key   TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS allocations (
-    job                 TEXT NOT NULL,
-    worker              TEXT NOT NULL,
-    status              TEXT NOT NULL,
-    hash                TEXT,
-    version             TEXT,
-    release_id          TEXT,
-    previous_release_id TEXT,
-    health              TEXT NOT NULL DEFAULT 'unknown',
-    message             TEXT NOT NULL DEFAULT '',
-    updated_at          TEXT NOT NULL,
-    PRIMARY KEY (job, worker)
-);
-CREATE TABLE IF NOT EXISTS trees (
-    job      TEXT NOT NULL,
-    hash     TEXT NOT NULL,
-    manifest TEXT NOT NULL,
-    PRIMARY KEY (job, hash)
-);
-CREATE TABLE IF NOT EXISTS deployments (
-    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
-    started_at  TEXT NOT NULL,
-    finished_at TEXT,
-    head        TEXT,
-    dirty       INTEGER NOT NULL,
-    command     TEXT NOT NULL,
-    user        TEXT NOT NULL,
-    outcome     TEXT NOT NULL,
-    summary     TEXT NOT NULL DEFAULT '{}'
-);
-CREATE TABLE IF NOT EXISTS kv (
-    job        TEXT NOT NULL,
-    key        TEXT NOT NULL,
-    value      BLOB NOT NULL,
-    secret     INTEGER NOT NULL,
-    updated_at TEXT NOT NULL,
-    PRIMARY KEY (job, key)
-);
-INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '1');
-"#;
+/// The schema, as versioned migrations embedded in the binary: a store
+/// made by an older cutover is brought up to date when it is opened; one
+/// made by a newer cutover is refused.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "initial",
+    include_str!("../migrations/sqlite/0001_initial.sql"),
+)];
 
 /// How often a held lock is tried again, 25 ms apart, before it is
 /// reported held.
@@ -91,7 +54,7 @@ impl SqliteStore {
             .connect_with(opts)
             .await
             .map_err(db)?;
-        sqlx::raw_sql(SCHEMA).execute(&pool).await.map_err(db)?;
+        crate::migrate::run(&pool, MIGRATIONS, &path.display().to_string()).await?;
         // The operator's alone, like secret.key: it holds what runs where,
         // the KV (secrets encrypted) and the history. SQLite gives its -wal
         // and -shm files the same mode.
@@ -517,4 +480,96 @@ where
         .execute(e)
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store as the first release made it: the tables, no migration
+    /// record.
+    async fn made_by_the_first_release(dir: &Path) {
+        let opts = SqliteConnectOptions::from_str("sqlite://")
+            .expect("url")
+            .filename(dir.join("state.db"))
+            .create_if_missing(true);
+        let pool = SqlitePoolOptions::new()
+            .connect_with(opts)
+            .await
+            .expect("open");
+        sqlx::raw_sql(MIGRATIONS[0].2)
+            .execute(&pool)
+            .await
+            .expect("schema");
+        sqlx::raw_sql("INSERT INTO meta (key, value) VALUES ('kept', 'yes')")
+            .execute(&pool)
+            .await
+            .expect("row");
+        pool.close().await;
+    }
+
+    #[tokio::test]
+    async fn an_older_store_is_migrated_and_keeps_its_data() {
+        let dir = tempfile::tempdir().expect("dir");
+        made_by_the_first_release(dir.path()).await;
+        let store = SqliteStore::open(dir.path()).await.expect("migrated");
+        assert_eq!(
+            store.meta_get("kept").await.expect("read").as_deref(),
+            Some("yes")
+        );
+        let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM _sqlx_migrations")
+            .fetch_all(&store.pool)
+            .await
+            .expect("migrations");
+        assert_eq!(applied, [1]);
+        store.close().await;
+        // Opening again applies nothing and changes nothing.
+        let store = SqliteStore::open(dir.path()).await.expect("again");
+        assert_eq!(
+            store.meta_get("kept").await.expect("read").as_deref(),
+            Some("yes")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_store_from_a_newer_cutover_is_refused_untouched() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = SqliteStore::open(dir.path()).await.expect("new");
+        store.meta_put("kept", "yes").await.expect("write");
+        sqlx::raw_sql(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+             VALUES (99, 'from the future', 1, x'00', 0)",
+        )
+        .execute(&store.pool)
+        .await
+        .expect("future");
+        store.close().await;
+        let refused = SqliteStore::open(dir.path()).await.err().expect("refused");
+        assert!(
+            matches!(
+                refused,
+                StateError::TooNew {
+                    version: 99,
+                    known: 1,
+                    ..
+                }
+            ),
+            "{refused}"
+        );
+        assert!(refused.to_string().contains("written by a newer cutover"));
+        let rows: Vec<String> = {
+            let opts = SqliteConnectOptions::from_str("sqlite://")
+                .expect("url")
+                .filename(dir.path().join("state.db"));
+            let pool = SqlitePoolOptions::new()
+                .connect_with(opts)
+                .await
+                .expect("open");
+            sqlx::query_scalar("SELECT value FROM meta WHERE key = 'kept'")
+                .fetch_all(&pool)
+                .await
+                .expect("read")
+        };
+        assert_eq!(rows, ["yes"]);
+    }
 }

@@ -215,6 +215,13 @@ pub async fn doctor(g: &Global) -> Result<u8, EngineError> {
             ));
             items.extend(cutover_engine::doctor::project(&s.ctx).await);
         }
+        Err(e @ EngineError::State(_)) => items.push(cutover_engine::doctor::Item::fail(
+            "state backend reachable, at this cutover's schema",
+            e.to_string(),
+            e.help().unwrap_or_else(|| {
+                "check [state] in cutover.toml and that .cutover/ is writable".into()
+            }),
+        )),
         Err(e) => items.push(cutover_engine::doctor::Item::fail(
             "check passes",
             e.to_string().lines().next().unwrap_or_default().to_string(),

@@ -771,3 +771,57 @@ fn a_reverted_first_start_does_not_come_back_as_promoted() {
     let plan = p.expect(&["deploy", "--dry-run"], 0);
     assert_eq!(plan.stdout.matches(" start ").count(), 3, "{plan:?}");
 }
+
+/// A state store written by a newer cutover (a schema migration this one
+/// does not know) is refused with exit 2 before anything is touched, and
+/// doctor says what to do; the store and the workers are left as they were.
+#[test]
+fn a_state_store_from_a_newer_cutover_is_refused_and_left_alone() {
+    let p = Project::new();
+    p.write("cutover.toml", "name = \"t\"\n");
+    p.write("workers.toml", crate::support::TWO_LOCAL_WORKERS);
+    p.job("api", "version = \"1\"\n");
+    p.expect(&["deploy"], 0);
+    let current = || std::fs::read_link(p.path().join("local-workers/a/jobs/api/current")).ok();
+    let before = current();
+    let db = p.path().join(".cutover/state.db");
+    let sql = |q: &str| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            use sqlx::ConnectOptions;
+            let mut c = format!("sqlite://{}", db.display())
+                .parse::<sqlx::sqlite::SqliteConnectOptions>()
+                .expect("url")
+                .connect()
+                .await
+                .expect("open");
+            sqlx::raw_sql(q).execute(&mut c).await.expect("sql");
+        });
+    };
+    sql(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (99, 'from the future', 1, x'00', 0)",
+    );
+    p.write("jobs/api/new.txt", "changed\n");
+    let out = p.expect(&["deploy"], 2);
+    assert!(
+        out.stderr.contains("was written by a newer cutover")
+            && out.stderr.contains("schema migration 99")
+            && out.stderr.contains("upgrade cutover"),
+        "{out:?}"
+    );
+    assert_eq!(current(), before, "nothing was deployed");
+    let doctor = p.expect(&["doctor"], 1);
+    assert!(
+        doctor
+            .stdout
+            .contains("✗ state backend reachable, at this cutover's schema"),
+        "{doctor:?}"
+    );
+    // The store kept everything: without the future row it deploys on.
+    sql("DELETE FROM _sqlx_migrations WHERE version = 99");
+    p.expect(&["deploy"], 0);
+    assert_ne!(current(), before);
+}
