@@ -239,12 +239,7 @@ async fn on_workers(
     }
     // Rendered files may hold secrets: a private scratch dir, like deploy's.
     let stage_root = crate::scratch::Scratch::create(&ctx.runtime_dir, "drift", &ctx.project.root)?;
-    let staged = render::stage(
-        stage_root.path(),
-        trees,
-        keys,
-        &crate::channel::artifact::cache_root(ctx),
-    )?;
+    let staged = render::stage(ctx, stage_root.path(), trees, keys)?;
     connect_all(fleet, keys.iter().map(|(_, w)| w.as_str())).await;
     let timeout = ctx.project.config.ssh.command_timeout;
     let mut tasks = tokio::task::JoinSet::new();

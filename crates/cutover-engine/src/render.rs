@@ -193,15 +193,16 @@ pub(crate) fn recorded_of(
 }
 
 /// Stages each distinct (job, hash) once under `root`, and reads its listing.
-/// Files of `linkable` (the cached artifacts, which nothing writes) are hard
-/// links where they can be; the rest, the working tree's above all, are
-/// copied: an edit during the run must not reach what is shipped.
+/// Files of the artifact cache (which nothing writes) are hard links where
+/// they can be; the rest, the working tree's above all, are copied: an edit
+/// during the run must not reach what is shipped.
 pub(crate) fn stage(
+    ctx: &Context,
     root: &Path,
     trees: &BTreeMap<Key, Tree>,
     wanted: &BTreeSet<Key>,
-    linkable: &Path,
 ) -> Result<BTreeMap<(String, String), Arc<LocalTree>>, EngineError> {
+    let linkable = crate::channel::artifact::cache_root(ctx);
     let mut staged: BTreeMap<(String, String), Arc<LocalTree>> = BTreeMap::new();
     for key in wanted {
         let Some(tree) = trees.get(key) else { continue };
@@ -211,7 +212,7 @@ pub(crate) fn stage(
         }
         let dir = root.join(&key.0).join(&tree.hash);
         let local = tree
-            .stage(&dir, Some(linkable))
+            .stage(&dir, Some(&linkable))
             .and_then(|()| LocalTree::scan(dir))
             .map_err(EngineError::io(format!("staging {} for upload", key.0)))?;
         staged.insert(by_hash, Arc::new(local));

@@ -777,9 +777,7 @@ fn a_reverted_first_start_does_not_come_back_as_promoted() {
 /// doctor says what to do; the store and the workers are left as they were.
 #[test]
 fn a_state_store_from_a_newer_cutover_is_refused_and_left_alone() {
-    let p = Project::new();
-    p.write("cutover.toml", "name = \"t\"\n");
-    p.write("workers.toml", crate::support::TWO_LOCAL_WORKERS);
+    let p = crate::support::local_project();
     p.job("api", "version = \"1\"\n");
     p.expect(&["deploy"], 0);
     let current = || std::fs::read_link(p.path().join("local-workers/a/jobs/api/current")).ok();

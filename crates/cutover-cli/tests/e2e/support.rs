@@ -669,6 +669,14 @@ pub fn gate_line(gates: &Path) -> String {
 }
 
 /// Two local workers, `a` and `b`, under the project's `local-workers/`.
+/// A project on two local workers under `local-workers/`.
+pub fn local_project() -> Project {
+    let p = Project::new();
+    p.write("cutover.toml", "name = \"t\"\n");
+    p.write("workers.toml", TWO_LOCAL_WORKERS);
+    p
+}
+
 pub const TWO_LOCAL_WORKERS: &str = "[[worker]]\nname = \"a\"\ntransport = \"local\"\nroot = \"local-workers/a\"\n\n[[worker]]\nname = \"b\"\ntransport = \"local\"\nroot = \"local-workers/b\"\n";
 
 /// The test Makefile with `target` held at a gate (see [`gate_line`]) in

@@ -737,14 +737,6 @@ fn jobs_with_certs_get_them_from_the_project_ca_and_renew_them() {
     assert!(w1.events("api").iter().any(|e| e.starts_with("restart")));
 }
 
-/// A project on two local workers under `local-workers/`.
-fn local_project() -> Project {
-    let p = Project::new();
-    p.write("cutover.toml", "name = \"t\"\n");
-    p.write("workers.toml", TWO_LOCAL_WORKERS);
-    p
-}
-
 /// What the hostile review found in `[certs]`: a `certs` path of the
 /// job's own (a symlink could be written through) is refused everywhere
 /// alike; bad names and a zero validity are refused at their line; a lost

@@ -657,12 +657,7 @@ async fn stage_run(
                 .map(move |a| (j.job.clone(), a.worker.clone()))
         })
         .collect();
-    let staged = render::stage(
-        stage_root.path(),
-        &rendered.trees,
-        &wanted,
-        &crate::channel::artifact::cache_root(ctx),
-    )?;
+    let staged = render::stage(ctx, stage_root.path(), &rendered.trees, &wanted)?;
     let records: BTreeMap<Key, AllocationRecord> = records
         .into_iter()
         .map(|r| ((r.job.clone(), r.worker.clone()), r))

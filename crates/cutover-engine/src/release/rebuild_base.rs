@@ -75,12 +75,7 @@ pub(crate) async fn rebuild(
         .map(|(j, w, _)| (j.clone(), w.clone()))
         .collect();
     let stage = Scratch::create(&ctx.runtime_dir, "stage", &ctx.project.root)?;
-    let staged = render::stage(
-        stage.path(),
-        &rendered.trees,
-        &wanted,
-        &crate::channel::artifact::cache_root(ctx),
-    )?;
+    let staged = render::stage(ctx, stage.path(), &rendered.trees, &wanted)?;
     let timeout = ctx.project.config.ssh.command_timeout;
     for (job, worker, b) in missing {
         let w = ctx.project.worker(worker).ok_or_else(|| {
