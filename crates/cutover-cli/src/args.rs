@@ -346,8 +346,14 @@ pub enum PlaybookCommand {
 pub enum LockCommand {
     /// Who holds the project lock, if anyone.
     Status,
-    /// Clear the lock record left by a process that is gone.
-    Release,
+    /// Clear the lock record left by a process that is gone. With
+    /// PostgreSQL, also end a live lock that is your own (same user and
+    /// host): its run stops at its next step and changes nothing more.
+    Release {
+        /// End another operator's live lock (PostgreSQL; audited).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Args)]

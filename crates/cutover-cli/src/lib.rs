@@ -88,7 +88,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
                 () = signals.aborted() => None,
             }
         };
-        match outcome {
+        let result = match outcome {
             Some(r) => r,
             None => {
                 if let Some((store, seq)) = interrupt().take_running() {
@@ -98,7 +98,11 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
                 eprintln!("cutover: aborted; the next run resumes what was not promoted");
                 Ok(interrupt().exit_code().unwrap_or(130))
             }
-        }
+        };
+        // A PostgreSQL lock is let go of by its connection, which is
+        // closed here rather than cut when the process ends.
+        commands::close_stores().await;
+        result
     });
     // Remote steps still running (a second signal) are not waited for.
     runtime.shutdown_timeout(std::time::Duration::from_millis(500));

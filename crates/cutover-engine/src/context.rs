@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use cutover_model::{LoadOptions, Project};
-use cutover_state::{LockHolder, StateStore};
+use cutover_state::{LockHolder, Store};
 
 use crate::events::Reporter;
 
@@ -20,7 +20,7 @@ pub struct Operator {
 
 pub struct Context {
     pub project: Arc<Project>,
-    pub store: Arc<dyn StateStore>,
+    pub store: Arc<Store>,
     /// `.cutover/` of the project.
     pub workspace: PathBuf,
     pub operator: Operator,

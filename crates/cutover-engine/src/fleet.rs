@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use cutover_model::{KnownHostsPolicy, TransportKind, Worker};
-use cutover_transport::{Host, HostSpec, KnownHosts, SshOptions};
+use cutover_transport::{Fence, Host, HostSpec, KnownHosts, SshOptions};
 use tokio::sync::{OnceCell, Semaphore};
 
 use crate::events::{Event, Reporter};
@@ -27,15 +27,22 @@ pub(crate) struct Fleet {
     project_root: PathBuf,
     /// The ssh control sockets' private dir, made on the first connection.
     control_dir: std::sync::OnceLock<Result<Scratch, String>>,
+    /// Whose lock's fencing token each connection carries.
+    store: Arc<cutover_state::Store>,
 }
 
-fn spec(w: &Worker) -> HostSpec {
+fn spec(w: &Worker, fence: Option<(String, u64)>) -> HostSpec {
     HostSpec {
         name: w.name.clone(),
         host: w.host.clone(),
         port: w.port,
         user: w.user.clone(),
         local: w.transport == TransportKind::Local,
+        fence: fence.map(|(store_id, token)| Fence {
+            file: format!("{}/.fence", w.root.trim_end_matches('/')),
+            store_id,
+            token,
+        }),
     }
 }
 
@@ -69,6 +76,7 @@ impl Fleet {
             runtime_dir: ctx.runtime_dir.clone(),
             project_root: ctx.project.root.clone(),
             control_dir: std::sync::OnceLock::new(),
+            store: ctx.store.clone(),
         })
     }
 
@@ -88,7 +96,7 @@ impl Fleet {
         cell.get_or_init(|| async {
             let _permit = self.limit.acquire().await;
             let opts = self.options()?;
-            match Host::connect(&spec(w), &opts).await {
+            match Host::connect(&spec(w, self.store.fence_token()), &opts).await {
                 Ok(h) => Ok(Arc::new(h)),
                 Err(e) => {
                     self.reporter.event(&Event::ConnectFailed {

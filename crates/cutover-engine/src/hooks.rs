@@ -29,6 +29,7 @@ pub(crate) async fn run(hook: &str, env: &HookEnv<'_>, timeout: Duration) -> Res
         .kill_on_timeout();
     let local = Host::Local {
         name: "this machine".into(),
+        fence: None,
     };
     let out = local.run(&cmd).await.map_err(|e| e.to_string())?;
     if out.success() {

@@ -8,7 +8,7 @@
 use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
-use cutover_state::StateStore;
+use cutover_state::Store;
 use tokio::sync::Notify;
 
 pub const SIGINT: i32 = 2;
@@ -24,7 +24,7 @@ pub struct Interrupt {
     /// Notified at the first signal.
     first: Notify,
     /// The deployment being run, to record if the run is aborted.
-    running: Mutex<Option<(Arc<dyn StateStore>, i64)>>,
+    running: Mutex<Option<(Arc<Store>, i64)>>,
     /// What each run in progress records if the process is aborted (its
     /// audit line, the end of its feed).
     on_abort: Mutex<Vec<(u64, OnAbort)>>,
@@ -111,7 +111,7 @@ impl Interrupt {
         self.aborted.notified().await;
     }
 
-    pub(crate) fn set_running(&self, store: Arc<dyn StateStore>, seq: i64) {
+    pub(crate) fn set_running(&self, store: Arc<Store>, seq: i64) {
         if let Ok(mut r) = self.running.lock() {
             *r = Some((store, seq));
         }
@@ -124,7 +124,7 @@ impl Interrupt {
     }
 
     /// The deployment an aborted run left open, to record as interrupted.
-    pub fn take_running(&self) -> Option<(Arc<dyn StateStore>, i64)> {
+    pub fn take_running(&self) -> Option<(Arc<Store>, i64)> {
         self.running.lock().ok()?.take()
     }
 

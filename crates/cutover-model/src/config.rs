@@ -55,7 +55,13 @@ impl EnvAllowList {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StateBackend {
     Sqlite,
-    Postgres { url: String },
+    /// `url` is `None` when only `CUTOVER_STATE_URL` gives it. `lease`:
+    /// how long a lock holder may go without a heartbeat before another
+    /// operator takes the lock over.
+    Postgres {
+        url: Option<String>,
+        lease: std::time::Duration,
+    },
 }
 
 /// `[ssh]`: how every SSH worker is reached.

@@ -210,6 +210,7 @@ struct RawTemplates {
 struct RawState {
     backend: Option<Spanned<String>>,
     url: Option<String>,
+    lease: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -456,30 +457,12 @@ impl Loader<'_> {
             0,
             d,
         );
-        if backend == 1 {
-            // Until PostgreSQL is supported, a project that asks for it must
-            // not quietly keep its state in SQLite: two operators would
-            // each have their own.
-            let span = raw.state.backend.as_ref().map_or(0..0, |b| b.span());
-            d.push(
-                src.diag(
-                    span,
-                    "the postgres state backend is not supported by this version of cutover",
-                )
-                .with_help("remove `backend = \"postgres\"` (state stays in .cutover/state.db), or upgrade cutover"),
-            );
-        }
         let state = if backend == 1 {
-            match raw.state.url.clone() {
-                Some(url) => StateBackend::Postgres { url },
-                None => {
-                    let span = raw.state.backend.as_ref().map_or(0..0, |b| b.span());
-                    d.push(
-                        src.diag(span, "the postgres backend needs a `url`")
-                            .with_help("add url = \"postgres://user@host/db\" under [state]"),
-                    );
-                    StateBackend::Sqlite
-                }
+            StateBackend::Postgres {
+                // Else CUTOVER_STATE_URL, checked when the store is opened:
+                // the password stays out of git.
+                url: raw.state.url.clone(),
+                lease: duration(&src, "lease", &raw.state.lease, Duration::from_secs(30), d),
             }
         } else {
             StateBackend::Sqlite

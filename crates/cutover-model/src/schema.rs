@@ -20,7 +20,10 @@ pub const PROJECT: Shape = Table(&[
     ("name", Value),
     ("main_branch", Value),
     ("remote", Value),
-    ("state", Table(&[("backend", Value), ("url", Value)])),
+    (
+        "state",
+        Table(&[("backend", Value), ("url", Value), ("lease", Value)]),
+    ),
     (
         "ssh",
         Table(&[

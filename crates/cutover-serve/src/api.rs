@@ -476,6 +476,7 @@ pub async fn store_put(
         outcome,
         rc,
         &format!("HTTP {}", resp.status().as_u16()),
-    );
+    )
+    .await;
     resp
 }

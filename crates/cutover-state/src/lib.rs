@@ -1,21 +1,21 @@
 //! The state store: what is promoted where, the deployment history, the KV
 //! store (secrets encrypted at rest), and the project lock.
 //!
-//! [`StateStore`] is the interface; [`SqliteStore`] is the embedded
-//! backend at `.cutover/state.db`. A PostgreSQL backend implements the
-//! same trait with the same schema.
+//! [`Store`] is the interface: [`SqliteStore`], the embedded backend at
+//! `.cutover/state.db`, or [`PgStore`], PostgreSQL shared by a team; one
+//! schema and one set of queries for both.
 
 mod lock;
 mod migrate;
+mod pg;
+mod queries;
 mod records;
 mod secret;
 mod sqlite;
 mod time;
 
-use std::future::Future;
-use std::pin::Pin;
-
 pub use lock::{LockHolder, ProjectLock};
+pub use pg::{redact as redact_url, PgStore};
 pub use records::*;
 pub use secret::{Secret, SecretKey};
 pub use sqlite::SqliteStore;
@@ -43,6 +43,19 @@ pub enum StateError {
         key: String,
         reason: String,
     },
+    #[error("cannot reach the state store at {0}")]
+    Unreachable(String),
+    /// The lock this process took was taken over (or lost with its
+    /// connection): it may change nothing more.
+    #[error("this run no longer holds the project lock (its fencing token {token} is outdated{}); it stops and changes nothing more", holder.as_ref().map(|h| format!("; it is now held by {h}")).unwrap_or_default())]
+    Fenced {
+        token: i64,
+        holder: Option<Box<LockHolder>>,
+    },
+    /// The connection that held this process's lock ended (PostgreSQL
+    /// restarted, the network went): the lock went with it.
+    #[error("this run lost the project lock: its connection to the state store at {0} ended; it stops and changes nothing more")]
+    LockLost(String),
     #[error("corrupt state: {0}")]
     Corrupt(String),
     #[error("{path} was written by a newer cutover: it has schema migration {version}, and this cutover knows up to {known}")]
@@ -54,51 +67,171 @@ pub enum StateError {
 }
 
 pub type Result<T> = std::result::Result<T, StateError>;
-pub type Fut<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
 
-/// The interface every state backend implements.
-pub trait StateStore: Send + Sync {
-    fn allocations(&self) -> Fut<'_, Vec<AllocationRecord>>;
-    fn put_allocation<'a>(&'a self, rec: &'a AllocationRecord) -> Fut<'a, ()>;
+/// The state store: one of two known backends, with the same schema and
+/// the same queries (see `queries.rs`). An enum rather than a trait
+/// object: no boxed futures, and the one place that tells the backends
+/// apart is here.
+pub enum Store {
+    Sqlite(SqliteStore),
+    Postgres(Box<PgStore>),
+}
+
+/// Calls the backend's method of the same name.
+macro_rules! each {
+    ($self:ident.$method:ident($($arg:expr),*)) => {
+        match $self {
+            Store::Sqlite(s) => s.$method($($arg),*).await,
+            Store::Postgres(s) => s.$method($($arg),*).await,
+        }
+    };
+}
+
+impl Store {
+    pub async fn allocations(&self) -> Result<Vec<AllocationRecord>> {
+        each!(self.allocations())
+    }
+    pub async fn put_allocation(&self, rec: &AllocationRecord) -> Result<()> {
+        each!(self.put_allocation(rec))
+    }
     /// The promotions of one batch, in one transaction: all or none.
-    fn record_promotions<'a>(&'a self, p: &'a Promotions) -> Fut<'a, ()>;
-    fn delete_allocation<'a>(&'a self, job: &'a str, worker: &'a str) -> Fut<'a, ()>;
-
+    pub async fn record_promotions(&self, p: &Promotions) -> Result<()> {
+        each!(self.record_promotions(p))
+    }
+    pub async fn delete_allocation(&self, job: &str, worker: &str) -> Result<()> {
+        each!(self.delete_allocation(job, worker))
+    }
     /// The manifest (JSON) of a tree that was promoted somewhere.
-    fn tree<'a>(&'a self, job: &'a str, hash: &'a str) -> Fut<'a, Option<String>>;
-    fn put_tree<'a>(&'a self, job: &'a str, hash: &'a str, manifest: &'a str) -> Fut<'a, ()>;
-
-    fn begin_deployment<'a>(&'a self, d: &'a NewDeployment) -> Fut<'a, i64>;
-    fn finish_deployment<'a>(&'a self, seq: i64, outcome: &'a str, summary: &'a str)
-        -> Fut<'a, ()>;
-    fn deployments(&self, limit: i64) -> Fut<'_, Vec<DeploymentRecord>>;
+    pub async fn tree(&self, job: &str, hash: &str) -> Result<Option<String>> {
+        each!(self.tree(job, hash))
+    }
+    pub async fn put_tree(&self, job: &str, hash: &str, manifest: &str) -> Result<()> {
+        each!(self.put_tree(job, hash, manifest))
+    }
+    pub async fn begin_deployment(&self, d: &NewDeployment) -> Result<i64> {
+        each!(self.begin_deployment(d))
+    }
+    pub async fn finish_deployment(&self, seq: i64, outcome: &str, summary: &str) -> Result<()> {
+        each!(self.finish_deployment(seq, outcome, summary))
+    }
+    pub async fn deployments(&self, limit: i64) -> Result<Vec<DeploymentRecord>> {
+        each!(self.deployments(limit))
+    }
     /// Records a `state rebuild` as deployment `seq` when the store's
     /// counter is below it, so that later deployments number after what
     /// the workers carry.
-    fn record_rebuild<'a>(&'a self, seq: i64, summary: &'a str) -> Fut<'a, ()>;
-
+    pub async fn record_rebuild(&self, seq: i64, summary: &str) -> Result<()> {
+        each!(self.record_rebuild(seq, summary))
+    }
     /// Raw rows: a secret's value is ciphertext; see [`SecretKey`].
-    fn kv_list<'a>(&'a self, job: Option<&'a str>) -> Fut<'a, Vec<KvRecord>>;
-    fn kv_put<'a>(&'a self, rec: &'a KvRecord) -> Fut<'a, ()>;
-    fn kv_delete<'a>(&'a self, job: &'a str, key: Option<&'a str>) -> Fut<'a, u64>;
-
+    pub async fn kv_list(&self, job: Option<&str>) -> Result<Vec<KvRecord>> {
+        each!(self.kv_list(job))
+    }
+    pub async fn kv_put(&self, rec: &KvRecord) -> Result<()> {
+        each!(self.kv_put(rec))
+    }
+    pub async fn kv_delete(&self, job: &str, key: Option<&str>) -> Result<u64> {
+        each!(self.kv_delete(job, key))
+    }
     /// The last known address of every worker that ran an allocation, as
     /// JSON, so that a worker removed from workers.toml can still be stopped.
-    fn known_workers(&self) -> Fut<'_, Vec<(String, String)>>;
-    fn put_known_worker<'a>(&'a self, name: &'a str, spec: &'a str) -> Fut<'a, ()>;
-    fn forget_worker<'a>(&'a self, name: &'a str) -> Fut<'a, ()>;
-
+    pub async fn known_workers(&self) -> Result<Vec<(String, String)>> {
+        each!(self.known_workers())
+    }
+    pub async fn put_known_worker(&self, name: &str, spec: &str) -> Result<()> {
+        each!(self.put_known_worker(name, spec))
+    }
+    pub async fn forget_worker(&self, name: &str) -> Result<()> {
+        each!(self.forget_worker(name))
+    }
     /// A small named document (JSON), e.g. what a ticket release replaced.
-    fn meta_get<'a>(&'a self, key: &'a str) -> Fut<'a, Option<String>>;
-    fn meta_put<'a>(&'a self, key: &'a str, value: &'a str) -> Fut<'a, ()>;
+    pub async fn meta_get(&self, key: &str) -> Result<Option<String>> {
+        each!(self.meta_get(key))
+    }
+    pub async fn meta_put(&self, key: &str, value: &str) -> Result<()> {
+        each!(self.meta_put(key, value))
+    }
     /// Raises a numeric meta value to `value`, never lowers it, in one
     /// statement (two processes cannot lower each other's); returns the
     /// value now stored.
-    fn meta_raise<'a>(&'a self, key: &'a str, value: u64) -> Fut<'a, u64>;
+    pub async fn meta_raise(&self, key: &str, value: u64) -> Result<u64> {
+        each!(self.meta_raise(key, value))
+    }
+    /// Appends one line to the audit log.
+    pub async fn audit_append(&self, line: &str) -> Result<()> {
+        each!(self.audit_append(line))
+    }
+    /// The last `limit` lines of the audit log, oldest first.
+    pub async fn audit_tail(&self, limit: i64) -> Result<Vec<String>> {
+        each!(self.audit_tail(limit))
+    }
+    /// One of a ticket release's files (`env`, `log`) as stored.
+    pub async fn release_file(&self, ticket: &str, kind: &str) -> Result<Option<String>> {
+        each!(self.release_file(ticket, kind))
+    }
+    /// Replaces a ticket release's file, or with `append`, adds to it.
+    pub async fn put_release_file(
+        &self,
+        ticket: &str,
+        kind: &str,
+        content: &str,
+        append: bool,
+    ) -> Result<()> {
+        each!(self.put_release_file(ticket, kind, content, append))
+    }
+    /// Every stored release file: (ticket, kind, content).
+    pub async fn release_files(&self) -> Result<Vec<(String, String, String)>> {
+        each!(self.release_files())
+    }
 
-    /// Takes the project lock or reports who holds it.
-    fn lock<'a>(&'a self, holder: &'a LockHolder) -> Fut<'a, ProjectLock>;
-    fn lock_status(&self) -> Fut<'_, Option<LockHolder>>;
-    /// Frees a lock held by someone else (an operator's explicit decision).
-    fn force_unlock(&self) -> Fut<'_, Option<LockHolder>>;
+    /// Takes the project lock or reports who holds it (PostgreSQL: takes
+    /// over a holder whose lease ran out).
+    pub async fn lock(&self, holder: &LockHolder) -> Result<ProjectLock> {
+        each!(self.lock(holder))
+    }
+    pub async fn lock_status(&self) -> Result<Option<LockHolder>> {
+        each!(self.lock_status())
+    }
+    /// `lock release`: clears a free lock's record; ends a held one when
+    /// the backend can and it is the caller's own, or with `force`.
+    /// Returns whose record it was, and whether a live holder was ended.
+    pub async fn release_lock(
+        &self,
+        caller: &LockHolder,
+        force: bool,
+    ) -> Result<(Option<LockHolder>, bool)> {
+        each!(self.release_lock(caller, force))
+    }
+    /// Fails when the lock this process took has been taken over (or,
+    /// PostgreSQL, lost with its connection): checked before each step
+    /// that changes a worker.
+    pub async fn check_fence(&self) -> Result<()> {
+        match self {
+            Store::Sqlite(_) => Ok(()),
+            Store::Postgres(s) => s.check_fence().await,
+        }
+    }
+    /// The store's id and the fencing token of the lock this process
+    /// holds, for the workers to keep (PostgreSQL, while locked).
+    pub fn fence_token(&self) -> Option<(String, u64)> {
+        match self {
+            Store::Sqlite(_) => None,
+            Store::Postgres(s) => s.fence_token(),
+        }
+    }
+    /// Whether operators share this store (PostgreSQL).
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Store::Postgres(_))
+    }
+    /// Where the store is, for messages (never with a password).
+    pub fn location(&self) -> String {
+        match self {
+            Store::Sqlite(s) => s.location(),
+            Store::Postgres(s) => s.location(),
+        }
+    }
+    /// Lets go of locks and connections.
+    pub async fn close(&self) {
+        each!(self.close())
+    }
 }

@@ -42,8 +42,13 @@ impl fmt::Display for LockHolder {
 #[derive(Debug)]
 pub struct ProjectLock {
     file: Option<File>,
+    /// PostgreSQL's: tells the lease's heartbeat task to let go.
+    lease: Option<tokio::sync::oneshot::Sender<()>>,
     /// The holder of a stale lock this one replaced, to be audited.
     pub took_over: Option<LockHolder>,
+    /// The fencing token of this acquisition (PostgreSQL; 0 for a file
+    /// lock, which no one takes over from a live holder).
+    pub token: u64,
 }
 
 impl ProjectLock {
@@ -82,8 +87,23 @@ impl ProjectLock {
         file.sync_data().map_err(io)?;
         Ok(ProjectLock {
             file: Some(file),
+            lease: None,
             took_over,
+            token: 0,
         })
+    }
+
+    pub(crate) fn leased(
+        release: tokio::sync::oneshot::Sender<()>,
+        took_over: Option<LockHolder>,
+        token: u64,
+    ) -> ProjectLock {
+        ProjectLock {
+            file: None,
+            lease: Some(release),
+            took_over,
+            token,
+        }
     }
 
     pub(crate) fn status(path: &Path) -> Option<LockHolder> {
@@ -113,6 +133,9 @@ impl Drop for ProjectLock {
         if let Some(file) = self.file.take() {
             let _ = file.set_len(0);
             let _ = file.unlock();
+        }
+        if let Some(release) = self.lease.take() {
+            let _ = release.send(());
         }
     }
 }

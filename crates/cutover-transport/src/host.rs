@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::command::{command_line, Command, Output};
+use crate::command::{command_line, shell_quote, Command, Output};
 use crate::delta::{self, Expected, LocalTree};
 use crate::error::TransportError;
 use crate::rsync::{self, Drift};
@@ -41,10 +41,48 @@ pub struct HostSpec {
     pub port: Option<u16>,
     pub user: Option<String>,
     pub local: bool,
+    /// Makes the worker refuse this run once it has seen a newer holder
+    /// of the project lock.
+    pub fence: Option<Fence>,
+}
+
+/// A project lock's fencing token, as a worker keeps it: `file` holds the
+/// store's id and the highest token the worker has seen. Every command of
+/// a fenced run first reads it: a higher token of the same store refuses
+/// the command (exit 75, before it starts); a higher token of this run
+/// is written there.
+#[derive(Debug, Clone)]
+pub struct Fence {
+    pub file: String,
+    pub store_id: String,
+    pub token: u64,
+}
+
+/// The exit code of a command a worker refused for its outdated token.
+pub const FENCED: i32 = 75;
+
+impl Fence {
+    /// The shell text that runs before each command.
+    fn prelude(&self) -> String {
+        let f = shell_quote(&self.file);
+        let id = shell_quote(&self.store_id);
+        let t = self.token;
+        format!(
+            "{{ read -r cutover_fid cutover_ftok < {f}; }} 2>/dev/null; \
+if [ \"$cutover_fid\" = {id} ] && [ \"$cutover_ftok\" -gt {t} ] 2>/dev/null; then \
+echo \"cutover: refused: this worker has seen fencing token $cutover_ftok of the project lock, newer than this run's {t}: another operator took the lock over\" >&2; exit {FENCED}; fi; \
+if [ \"$cutover_fid\" != {id} ] || [ \"$cutover_ftok\" -lt {t} ] 2>/dev/null; then \
+printf '%s %s\\n' {id} {t} > {f}.$$ 2>/dev/null && mv -f {f}.$$ {f} 2>/dev/null; fi; "
+        )
+    }
 }
 
 pub enum Host {
-    Local { name: String },
+    Local {
+        name: String,
+        /// The fence prelude of every command, if the run is fenced.
+        fence: Option<String>,
+    },
     Ssh(Box<SshHost>),
 }
 
@@ -52,6 +90,7 @@ pub struct SshHost {
     name: String,
     host: String,
     session: openssh::Session,
+    fence: Option<String>,
 }
 
 impl Host {
@@ -61,6 +100,7 @@ impl Host {
         if spec.local {
             return Ok(Host::Local {
                 name: spec.name.clone(),
+                fence: spec.fence.as_ref().map(Fence::prelude),
             });
         }
         let mut b = openssh::SessionBuilder::default();
@@ -100,6 +140,7 @@ impl Host {
             name: spec.name.clone(),
             host: spec.host.clone(),
             session,
+            fence: spec.fence.as_ref().map(Fence::prelude),
         })))
     }
 
@@ -110,8 +151,20 @@ impl Host {
 
     pub fn name(&self) -> &str {
         match self {
-            Host::Local { name } => name,
+            Host::Local { name, .. } => name,
             Host::Ssh(s) => &s.name,
+        }
+    }
+
+    /// `line`, after the fence's check when the run is fenced.
+    fn fenced(&self, line: String) -> String {
+        let fence = match self {
+            Host::Local { fence, .. } => fence,
+            Host::Ssh(s) => &s.fence,
+        };
+        match fence {
+            Some(prelude) => format!("{prelude}{line}"),
+            None => line,
         }
     }
 
@@ -122,7 +175,7 @@ impl Host {
     /// keeps running. This side then waits a little longer, for a host
     /// without `timeout` or a connection that hangs.
     pub async fn run(&self, cmd: &Command) -> Result<Output, TransportError> {
-        let line = command_line(cmd);
+        let line = self.fenced(command_line(cmd));
         let wait = if cmd.kill_on_timeout {
             cmd.timeout + GRACE
         } else {
@@ -235,7 +288,7 @@ impl Host {
         cmd: &Command,
         input: &[u8],
     ) -> Result<Output, TransportError> {
-        let line = command_line(cmd);
+        let line = self.fenced(command_line(cmd));
         self.run_line(&line, Some(input), cmd.timeout, || label(cmd))
             .await
     }
@@ -250,7 +303,7 @@ impl Host {
         on_line: impl Fn(&str) + Send + Sync,
     ) -> Result<Option<i32>, TransportError> {
         use tokio::io::{AsyncBufReadExt, BufReader};
-        let line = command_line(cmd);
+        let line = self.fenced(command_line(cmd));
         let spawn_err = |detail: String| TransportError::Spawn {
             host: self.name().to_string(),
             command: label(cmd),
@@ -350,6 +403,7 @@ impl Host {
         if let Some(setup) = setup {
             line = format!("{} && {line}", crate::command::shell_line(setup, false));
         }
+        let line = self.fenced(line);
         let out = self
             .run_line(&line, Some(&input), timeout, || "delta upload".into())
             .await?;
@@ -375,8 +429,11 @@ impl Host {
         match (self, setup) {
             (Host::Ssh(_), Some(setup)) => {
                 args.push(format!(
-                    "--rsync-path={} && rsync",
-                    crate::command::shell_line(setup, false)
+                    "--rsync-path={}",
+                    self.fenced(format!(
+                        "{} && rsync",
+                        crate::command::shell_line(setup, false)
+                    ))
                 ));
             }
             (Host::Local { .. }, Some(setup)) => {

@@ -3,7 +3,6 @@
 
 use cutover_engine::app::{self, Answer};
 use cutover_engine::{drift, jobrun};
-use cutover_state::StateStore;
 
 use super::{command_line, job_set, load_project, project_root, Session};
 use crate::args::{CatArgs, CatWhat, Global};
@@ -803,15 +802,18 @@ pub async fn lock_status(s: &Session) -> Result<u8, EngineError> {
     Ok(0)
 }
 
-pub async fn lock_release(s: &Session) -> Result<u8, EngineError> {
+pub async fn lock_release(s: &Session, force: bool) -> Result<u8, EngineError> {
     let inv = s.invocation_of(command_line());
-    let (cleared, answer) = app::admin::lock_release(&s.ctx, &inv).await?;
+    let (released, answer) = app::admin::lock_release(&s.ctx, &inv, force).await?;
     if s.json {
         super::print_answer(&answer);
     } else {
-        match cleared {
-            Some(h) => println!("cleared the lock record left by {h}"),
-            None => println!("the lock was free"),
+        match (released.holder, released.ended) {
+            (Some(h), true) => {
+                println!("released the lock held by {h}; its run can change nothing more")
+            }
+            (Some(h), false) => println!("cleared the lock record left by {h}"),
+            (None, _) => println!("the lock was free"),
         }
     }
     Ok(0)

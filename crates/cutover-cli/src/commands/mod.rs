@@ -17,7 +17,7 @@ use std::sync::Arc;
 use cutover_engine::app::{self, Answer, Environment, Invocation};
 use cutover_engine::{Context, EngineError, Reporter};
 use cutover_model::Project;
-use cutover_state::SqliteStore;
+use cutover_state::Store;
 
 use crate::args::{
     CertsCommand, Cli, Command, Global, JobCommand, KeysCommand, LockCommand, Progress,
@@ -76,8 +76,8 @@ pub async fn run(cli: Cli) -> Result<u8, EngineError> {
         Command::Worker(WorkerCommand::Forget { name }) => {
             inspect::worker_forget(&Session::open(g, "worker").await?, &name).await
         }
-        Command::Lock(LockCommand::Release) => {
-            inspect::lock_release(&Session::open(g, "lock").await?).await
+        Command::Lock(LockCommand::Release { force }) => {
+            inspect::lock_release(&Session::open(g, "lock").await?, force).await
         }
     }
 }
@@ -86,7 +86,7 @@ pub async fn run(cli: Cli) -> Result<u8, EngineError> {
 pub struct Session {
     pub ctx: Context,
     pub json: bool,
-    pub store: Arc<SqliteStore>,
+    pub store: Arc<Store>,
 }
 
 impl Session {
@@ -113,10 +113,14 @@ impl Session {
             }
         };
         let opened = app::open(root, environment(), reporter, crate::interrupt()).await?;
+        OPENED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(opened.store.clone());
         Ok(Session {
             ctx: opened.ctx,
             json: g.json,
-            store: opened.sqlite,
+            store: opened.store,
         })
     }
 
@@ -126,6 +130,17 @@ impl Session {
             actor: self.ctx.operator.user.clone(),
             command,
         }
+    }
+}
+
+/// Every store this process opened, closed before it exits.
+static OPENED: std::sync::Mutex<Vec<Arc<Store>>> = std::sync::Mutex::new(Vec::new());
+
+/// Lets go of the locks and connections of every store opened here.
+pub async fn close_stores() {
+    let stores = std::mem::take(&mut *OPENED.lock().unwrap_or_else(|e| e.into_inner()));
+    for store in stores {
+        store.close().await;
     }
 }
 

@@ -226,7 +226,7 @@ async fn release_run(s: &Session, opts: &ReleaseOptions) -> Result<u8, EngineErr
 
 async fn state(s: &Session, ticket: &str) -> Result<u8, EngineError> {
     release::check_ticket(ticket)?;
-    let file = StateFile::load(&s.ctx.workspace, ticket)?;
+    let file = StateFile::load(&s.ctx, ticket).await?;
     let lines = ReleaseLog::lines(&s.ctx.workspace, ticket);
     if file.is_none() && lines.is_empty() {
         return Err(EngineError::usage(

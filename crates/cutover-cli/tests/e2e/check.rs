@@ -254,19 +254,39 @@ fn playbooks_are_validated_created_listed_and_checked() {
     p.expect(&["playbook", "check", "nope"], 2);
 }
 
-/// The postgres backend is refused, at its line, until it is supported:
-/// a project that asks for shared state must not quietly get a local one.
+/// A postgres backend's settings are checked at their line, and a project
+/// that asks for shared state never quietly gets a local one: without a
+/// URL, or with one that is not PostgreSQL's, it is refused before
+/// anything is written.
 #[test]
-fn the_postgres_backend_is_refused_with_its_line() {
+fn a_postgres_backend_without_a_usable_url_is_refused_and_writes_nothing() {
     let p = project();
     p.write(
         "cutover.toml",
-        "name = \"t\"\n[state]\nbackend = \"postgres\"\nurl = \"postgres://ops@db/cutover\"\n",
+        "name = \"t\"\n[state]\nbackend = \"postgres\"\nlease = \"soon\"\n",
     );
-    assert_error(
-        &p,
-        "cutover.toml:3:11: error: the postgres state backend is not supported by this version of cutover",
+    assert_error(&p, "cutover.toml:4:9: error: lease: ");
+    p.write(
+        "cutover.toml",
+        "name = \"t\"\n[state]\nbackend = \"postgres\"\n",
     );
-    let out = p.expect(&["deploy", "--dry-run"], 2);
+    let out = p.cutover_env(&["deploy", "--dry-run"], &[("CUTOVER_STATE_URL", "")]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.contains(
+            "[state] backend = \"postgres\" has no url, and CUTOVER_STATE_URL is not set"
+        ),
+        "{out:?}"
+    );
+    let out = p.cutover_env(
+        &["deploy", "--dry-run"],
+        &[("CUTOVER_STATE_URL", "mysql://ops:hunter2@db/cutover")],
+    );
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.contains("does not start with postgres://"),
+        "{out:?}"
+    );
+    assert!(!out.stderr.contains("hunter2"), "{out:?}");
     assert!(!p.path().join(".cutover/state.db").exists(), "{out:?}");
 }

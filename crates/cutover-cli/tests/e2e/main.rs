@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `cutover` binary against real sshd workers on
 //! loopback addresses, real rsync, and real project directories.
 
+mod pgserver;
 mod support;
 
 mod browser;
@@ -20,4 +21,5 @@ mod serve;
 mod signals;
 mod snapshots;
 mod tamper;
+mod team;
 mod truth;

@@ -933,7 +933,7 @@ fn playbooks_match_the_whole_output_of_the_failing_step() {
     );
     let all = format!("{}{}", state.stdout, m.stdout);
     assert!(!all.contains("hunter2-secret"), "{all}");
-    let db = std::fs::read(s.p.path().join(".cutover/state.db")).expect("db");
+    let db = s.p.store_bytes();
     assert!(
         !String::from_utf8_lossy(&db).contains("hunter2-secret"),
         "the kept output is redacted"

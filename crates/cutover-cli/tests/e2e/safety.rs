@@ -4,7 +4,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 
-use crate::support::{Fleet, Project};
+use crate::support::{on_postgres, Fleet, Project};
 
 const POISON: &str = "p0is0n-s3cret-9d2e";
 
@@ -222,7 +222,7 @@ fn a_secret_echoed_by_a_failing_target_is_redacted_everywhere() {
             "output {i} leaks the secret:\n{text}"
         );
     }
-    let db = std::fs::read(p.path().join(".cutover/state.db")).expect("db");
+    let db = p.store_bytes();
     assert!(
         !db.windows(POISON.len()).any(|w| w == POISON.as_bytes()),
         "state.db holds the secret in plain text"
@@ -460,21 +460,27 @@ fn a_lost_state_store_is_rebuilt_from_the_workers_not_redeployed() {
         assert!(current.starts_with("r000002-"), "{current}");
     }
 
-    // `state rebuild` by hand, and a damaged store.
-    std::fs::write(
-        p.path().join(".cutover/state.db"),
-        "this is not a database\n",
-    )
-    .expect("w");
-    for f in ["state.db-wal", "state.db-shm"] {
-        let _ = std::fs::remove_file(p.path().join(".cutover").join(f));
+    // `state rebuild` by hand, and a damaged store (a file of SQLite's;
+    // a PostgreSQL database is lost instead).
+    if on_postgres() {
+        p.lose_store();
+    } else {
+        std::fs::write(
+            p.path().join(".cutover/state.db"),
+            "this is not a database\n",
+        )
+        .expect("w");
+        for f in ["state.db-wal", "state.db-shm"] {
+            let _ = std::fs::remove_file(p.path().join(".cutover").join(f));
+        }
+        let out = p.expect(&["status"], 1);
+        assert!(
+            out.stderr.contains(".cutover/state.db")
+                && out.stderr.contains("cutover state rebuild"),
+            "{out:?}"
+        );
+        std::fs::remove_file(p.path().join(".cutover/state.db")).expect("rm");
     }
-    let out = p.expect(&["status"], 1);
-    assert!(
-        out.stderr.contains(".cutover/state.db") && out.stderr.contains("cutover state rebuild"),
-        "{out:?}"
-    );
-    std::fs::remove_file(p.path().join(".cutover/state.db")).expect("rm");
     let out = p.expect(&["state", "rebuild"], 0);
     assert!(out.stdout.contains("[state] api@w1: r000002-"), "{out:?}");
     let out = p.expect(&["deploy"], 0);
@@ -663,10 +669,8 @@ fn secrets_with_quotes_are_redacted_from_hooks_and_job_run() {
         "jobs/api/Makefile",
         &format!("{}show:\n\t@cat db.conf\n", crate::support::MAKEFILE),
     );
-    let put = std::process::Command::new(crate::support::BIN)
-        .args(["kv", "put", "api", "pw", "-", "--secret"])
-        .current_dir(p.path())
-        .env("TMPDIR", p.tmp.path())
+    let put = p
+        .command(&["kv", "put", "api", "pw", "-", "--secret"])
         .stdin(std::process::Stdio::piped())
         .spawn()
         .and_then(|mut c| {
@@ -784,6 +788,11 @@ fn a_state_store_from_a_newer_cutover_is_refused_and_left_alone() {
     let before = current();
     let db = p.path().join(".cutover/state.db");
     let sql = |q: &str| {
+        if let Some(pg) = &p.pg {
+            pg.psql("cutover", &q.replace("1, x'00'", "true, '\\x00'"))
+                .expect("sql");
+            return;
+        }
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .expect("runtime");

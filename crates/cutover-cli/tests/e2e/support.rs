@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub use crate::pgserver::{on_postgres, with_backend, PgServer};
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_cutover");
 
 pub fn run_ok(cmd: &mut Command) -> String {
@@ -337,6 +339,11 @@ health:
 pub fn write_file(dir: &Path, rel: &str, text: &str) {
     let p = dir.join(rel);
     std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+    let text = if rel == "cutover.toml" {
+        with_backend(text)
+    } else {
+        text.to_string()
+    };
     std::fs::write(p, text).expect("write");
 }
 
@@ -423,6 +430,10 @@ pub struct Project {
     pub umask: std::cell::Cell<Option<&'static str>>,
     /// Environment variables every run of cutover in this project gets.
     pub env: std::cell::RefCell<Vec<(String, String)>>,
+    /// The project's PostgreSQL store, when the suite runs on it.
+    pub pg: Option<PgServer>,
+    /// Its URL, in every run's CUTOVER_STATE_URL.
+    pub state_url: Option<String>,
 }
 
 impl Drop for Project {
@@ -432,6 +443,13 @@ impl Drop for Project {
         if !std::thread::panicking() && self.check_tmp.get() {
             let left = self.leftovers();
             assert!(left.is_empty(), "cutover left {left:?} in its TMPDIR");
+        }
+        // On PostgreSQL, nothing falls back to a local store.
+        let on_pg = std::fs::read_to_string(self.path().join("cutover.toml"))
+            .is_ok_and(|t| t.contains("backend = \"postgres\""));
+        if !std::thread::panicking() && on_pg {
+            let db = self.path().join(".cutover/state.db");
+            assert!(!db.exists(), "{} was made on PostgreSQL", db.display());
         }
     }
 }
@@ -467,12 +485,30 @@ impl std::fmt::Debug for Output {
 
 impl Project {
     pub fn new() -> Project {
+        let pg = on_postgres().then(PgServer::start);
+        let state_url = pg.as_ref().map(|pg| pg.database("cutover"));
         Project {
             dir: tempfile::tempdir().expect("tempdir"),
             tmp: tempfile::tempdir().expect("tempdir"),
             check_tmp: std::cell::Cell::new(true),
             umask: std::cell::Cell::new(None),
             env: Default::default(),
+            pg,
+            state_url,
+        }
+    }
+
+    /// A project whose state is in the PostgreSQL database at `url`
+    /// (shared with other projects: two operators' clones).
+    pub fn with_store(url: &str) -> Project {
+        Project {
+            dir: tempfile::tempdir().expect("tempdir"),
+            tmp: tempfile::tempdir().expect("tempdir"),
+            check_tmp: std::cell::Cell::new(true),
+            umask: std::cell::Cell::new(None),
+            env: Default::default(),
+            pg: None,
+            state_url: Some(url.to_string()),
         }
     }
 
@@ -481,9 +517,7 @@ impl Project {
     }
 
     pub fn write(&self, rel: &str, text: &str) -> &Self {
-        let p = self.dir.path().join(rel);
-        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
-        std::fs::write(p, text).expect("write");
+        write_file(self.dir.path(), rel, text);
         self
     }
 
@@ -534,6 +568,7 @@ impl Project {
             .env("TMPDIR", self.tmp.path())
             .env_remove("XDG_RUNTIME_DIR")
             .env_remove("CUTOVER_PROJECT")
+            .envs(self.state_url.iter().map(|u| ("CUTOVER_STATE_URL", u)))
             .envs(
                 self.env
                     .borrow()
@@ -557,8 +592,28 @@ impl Project {
         }
     }
 
-    /// Deletes `.cutover/state.db` with its WAL files: a lost store.
+    /// Everything the state store holds, as bytes to search: state.db and
+    /// its WAL, or a dump of the PostgreSQL database.
+    pub fn store_bytes(&self) -> Vec<u8> {
+        if let Some(pg) = &self.pg {
+            return pg.dump("cutover");
+        }
+        ["state.db", "state.db-wal"]
+            .iter()
+            .filter_map(|f| std::fs::read(self.path().join(".cutover").join(f)).ok())
+            .flatten()
+            .collect()
+    }
+
+    /// Deletes `.cutover/state.db` with its WAL files (or drops the
+    /// PostgreSQL database and makes an empty one): a lost store.
     pub fn lose_store(&self) {
+        if let Some(pg) = &self.pg {
+            pg.psql("postgres", "DROP DATABASE cutover WITH (FORCE)")
+                .expect("drop");
+            pg.database("cutover");
+            return;
+        }
         for f in ["state.db", "state.db-wal", "state.db-shm"] {
             let _ = std::fs::remove_file(self.path().join(".cutover").join(f));
         }

@@ -859,10 +859,8 @@ fn hostile_inputs_from_the_review_are_refused_or_harmless() {
     p.expect(&["logs", "api", "--workers", ""], 2);
 
     // stdout closed by its reader: the command still ends normally.
-    let mut child = std::process::Command::new(BIN)
-        .args(["status"])
-        .current_dir(p.path())
-        .env("TMPDIR", p.tmp.path())
+    let mut child = p
+        .command(&["status"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -31,7 +31,8 @@ pub async fn publish(
                 Some(rc) => ("interrupted", rc),
                 None => ("failed", e.exit_code()),
             };
-            inv.audit(ctx, outcome, rc, &format!("job {}: {e}", opts.job));
+            inv.audit(ctx, outcome, rc, &format!("job {}: {e}", opts.job))
+                .await;
             return Err(e);
         }
     };
@@ -41,7 +42,8 @@ pub async fn publish(
         "published",
         0,
         &format!("job {} version {} seq {}{forced}", p.job, p.version, p.seq),
-    );
+    )
+    .await;
     let answer = Answer::new("published", 0).with("report", &p);
     Ok((p, answer))
 }
@@ -57,7 +59,7 @@ pub async fn job_run(
     let results = jobrun::run_target(ctx, job, target, workers).await?;
     let rc = if results.iter().all(|r| r.ok) { 0 } else { 1 };
     let outcome = ok_or(rc, "success", "failed");
-    inv.audit(ctx, outcome, rc, "");
+    inv.audit(ctx, outcome, rc, "").await;
     let answer = Answer::new(outcome, rc).with("results", &results);
     Ok((results, answer))
 }
@@ -75,7 +77,7 @@ pub async fn job_purge(
         failure_rc(ctx)
     };
     let outcome = ok_or(rc, "success", "failed");
-    inv.audit(ctx, outcome, rc, "");
+    inv.audit(ctx, outcome, rc, "").await;
     let answer = Answer::new(outcome, rc).with("report", &report);
     Ok((report, answer))
 }
@@ -87,7 +89,8 @@ pub async fn worker_forget(
     name: &str,
 ) -> Result<(Forgotten, Answer), EngineError> {
     let report = jobrun::forget_worker(ctx, name, &inv.command).await?;
-    inv.audit(ctx, "forgotten", 0, &format!("worker {name}"));
+    inv.audit(ctx, "forgotten", 0, &format!("worker {name}"))
+        .await;
     let answer = Answer::new("forgotten", 0).with("report", &report);
     Ok((report, answer))
 }
@@ -106,24 +109,38 @@ pub async fn state_rebuild(
         outcome,
         rc,
         &format!("rebuilt={}", report.rebuilt.len()),
-    );
+    )
+    .await;
     let answer = Answer::new(outcome, rc).with("report", &report);
     Ok((report, answer))
 }
 
-/// `cutover lock release`: clears a lock record, audited with whose it was.
+/// What `lock release` did.
+pub struct Released {
+    /// Whose lock record it was.
+    pub holder: Option<cutover_state::LockHolder>,
+    /// Whether that holder was live and was ended (PostgreSQL).
+    pub ended: bool,
+}
+
+/// `cutover lock release [--force]`: clears a lock record, or ends a live
+/// lock that is the caller's own (or anyone's, with `force`); audited with
+/// whose it was.
 pub async fn lock_release(
     ctx: &Context,
     inv: &Invocation,
-) -> Result<(Option<cutover_state::LockHolder>, Answer), EngineError> {
-    let cleared = ctx.store.force_unlock().await?;
-    let detail = cleared
-        .as_ref()
-        .map(|h| format!("cleared {h}"))
-        .unwrap_or_default();
-    inv.audit(ctx, "success", 0, &detail);
-    let answer = Answer::ok().with("cleared", &cleared);
-    Ok((cleared, answer))
+    force: bool,
+) -> Result<(Released, Answer), EngineError> {
+    let caller = ctx.holder(&inv.command, None);
+    let (holder, ended) = ctx.store.release_lock(&caller, force).await?;
+    let detail = match (&holder, ended) {
+        (Some(h), true) => format!("ended {h}"),
+        (Some(h), false) => format!("cleared {h}"),
+        (None, _) => String::new(),
+    };
+    inv.audit(ctx, "success", 0, &detail).await;
+    let answer = Answer::ok().with("cleared", &holder).with("ended", ended);
+    Ok((Released { holder, ended }, answer))
 }
 
 /// `cutover kv put`: the audit line (the invocation's command) names the
@@ -137,7 +154,7 @@ pub async fn kv_put(
     secret: bool,
 ) -> Result<Answer, EngineError> {
     crate::kv::put(ctx, job, key, value, secret).await?;
-    inv.audit(ctx, "success", 0, "");
+    inv.audit(ctx, "success", 0, "").await;
     Ok(Answer::ok()
         .with("job", job)
         .with("key", key)
@@ -152,7 +169,7 @@ pub async fn kv_delete(
     key: &str,
 ) -> Result<Answer, EngineError> {
     crate::kv::delete(ctx, job, key).await?;
-    inv.audit(ctx, "success", 0, "");
+    inv.audit(ctx, "success", 0, "").await;
     Ok(Answer::ok())
 }
 
@@ -174,7 +191,7 @@ pub async fn return_to_main(
     } else {
         failure_rc(ctx)
     };
-    inv.audit(ctx, report.outcome.as_str(), rc, "");
+    inv.audit(ctx, report.outcome.as_str(), rc, "").await;
     feed.finish(report.outcome.as_str(), rc);
     let answer = Answer::new(report.outcome.as_str(), rc).with("report", &report);
     Ok((report, answer))

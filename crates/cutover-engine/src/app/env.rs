@@ -4,6 +4,9 @@
 
 /// The project directory (same as `--project`).
 pub const CUTOVER_PROJECT: &str = "CUTOVER_PROJECT";
+/// The PostgreSQL store's URL, over `[state] url` (so that its password
+/// stays out of git).
+pub const CUTOVER_STATE_URL: &str = "CUTOVER_STATE_URL";
 /// The operator's name for locks, records and the audit log (else `USER`).
 pub const CUTOVER_USER: &str = "CUTOVER_USER";
 /// Who the operator is when CUTOVER_USER is unset.

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use cutover_model::{LoadOptions, Project, StateBackend};
-use cutover_state::SqliteStore;
+use cutover_state::{PgStore, SqliteStore, Store};
 
 pub use answer::Answer;
 pub use ops::{channel, channel_command, channel_status, deploy, deploy_command, DeployRequest};
@@ -173,30 +173,20 @@ pub struct Invocation {
 }
 
 impl Invocation {
-    /// Appends this command's line to `.cutover/audit.log`. A log that
-    /// cannot be written is reported on stderr; the command's result stands.
-    pub fn audit(&self, ctx: &Context, outcome: &str, rc: u8, detail: &str) {
+    /// Records this command's audit line (see [`crate::audit::record`]).
+    pub async fn audit(&self, ctx: &Context, outcome: &str, rc: u8, detail: &str) {
         let op = Operator {
             user: self.actor.clone(),
             ..ctx.operator.clone()
         };
-        if let Err(e) = crate::audit::append(
-            &ctx.workspace,
-            &op,
-            &self.command,
-            outcome,
-            i32::from(rc),
-            detail,
-        ) {
-            eprintln!("warning: cannot write .cutover/audit.log: {e}");
-        }
+        crate::audit::record(ctx, &op, &self.command, outcome, i32::from(rc), detail).await;
     }
 }
 
 /// A project, loaded and checked, with its state store open.
 pub struct Opened {
     pub ctx: Context,
-    pub sqlite: Arc<SqliteStore>,
+    pub store: Arc<Store>,
 }
 
 /// Loads the project at `root` and opens its state store.
@@ -207,29 +197,57 @@ pub async fn open(
     interrupt: Arc<Interrupt>,
 ) -> Result<Opened, EngineError> {
     let project = load(root, environment)?;
-    if let StateBackend::Postgres { .. } = project.config.state {
-        return Err(EngineError::usage(
-            "cutover.toml: [state] backend = \"postgres\" is not available in this build yet",
-            "use backend = \"sqlite\" (the default) for now",
-        ));
-    }
     let workspace = root.join(".cutover");
-    let sqlite = Arc::new(SqliteStore::open(&workspace).await?);
-    Ok(Opened {
-        ctx: Context {
-            project: Arc::new(project),
-            store: sqlite.clone(),
-            workspace,
-            operator: environment.operator(),
-            env: environment.vars().clone(),
-            reporter,
-            runtime_dir: environment.runtime_dir(),
-            interrupt,
-            load: environment.load_options(),
-            trust_env: environment.trust_env(),
-        },
-        sqlite,
-    })
+    let store = Arc::new(open_store(&project.config.state, &workspace, environment).await?);
+    let ctx = Context {
+        project: Arc::new(project),
+        store: store.clone(),
+        workspace,
+        operator: environment.operator(),
+        env: environment.vars().clone(),
+        reporter,
+        runtime_dir: environment.runtime_dir(),
+        interrupt,
+        load: environment.load_options(),
+        trust_env: environment.trust_env(),
+    };
+    // A shared store's release files, copied here for what reads them.
+    crate::release::pull_files(&ctx).await?;
+    Ok(Opened { ctx, store })
+}
+
+/// Opens the store `[state]` names: `.cutover/state.db`, or PostgreSQL at
+/// `CUTOVER_STATE_URL`, else `[state] url`.
+pub async fn open_store(
+    backend: &StateBackend,
+    workspace: &Path,
+    environment: &Environment,
+) -> Result<Store, EngineError> {
+    // The operator's own files (the audit copy, the secret key, the
+    // feed) live here whichever backend holds the state.
+    std::fs::create_dir_all(workspace)
+        .map_err(EngineError::io(format!("making {}", workspace.display())))?;
+    match backend {
+        StateBackend::Sqlite => Ok(Store::Sqlite(SqliteStore::open(workspace).await?)),
+        StateBackend::Postgres { url, lease } => {
+            let Some(url) = environment.var(env::CUTOVER_STATE_URL).or(url.as_deref()) else {
+                return Err(EngineError::usage(
+                    "cutover.toml: [state] backend = \"postgres\" has no url, and CUTOVER_STATE_URL is not set",
+                    "set CUTOVER_STATE_URL=postgres://USER:PASSWORD@HOST/DB (keeps the password out of git), or url = \"postgres://USER@HOST/DB\" under [state]",
+                ));
+            };
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(EngineError::usage(
+                    format!(
+                        "the PostgreSQL store's URL `{}` does not start with postgres://",
+                        cutover_state::redact_url(url)
+                    ),
+                    "write it as postgres://USER:PASSWORD@HOST:PORT/DB",
+                ));
+            }
+            Ok(Store::Postgres(Box::new(PgStore::open(url, *lease).await?)))
+        }
+    }
 }
 
 pub fn load(root: &Path, environment: &Environment) -> Result<Project, EngineError> {

@@ -125,7 +125,8 @@ pub async fn deploy(
                 &refused.outcome,
                 refused.exit_code,
                 why.lines().next().unwrap_or_default(),
-            );
+            )
+            .await;
             feed.finish(&refused.outcome, refused.exit_code);
             return Err(e);
         }
@@ -139,7 +140,7 @@ pub async fn deploy(
         .seq
         .map(|n| format!("deployment {n}"))
         .unwrap_or_default();
-    inv.audit(ctx, report.outcome.as_str(), rc, &detail);
+    inv.audit(ctx, report.outcome.as_str(), rc, &detail).await;
     feed.finish(report.outcome.as_str(), rc);
     let answer = Answer::new(report.outcome.as_str(), rc)
         .with("dry_run", false)
@@ -211,7 +212,8 @@ pub async fn channel(
         Ok(r) => r,
         Err(e) => {
             let rc = e.exit_code();
-            inv.audit(ctx, "refused", rc, &detail(&format!(": {e}")));
+            inv.audit(ctx, "refused", rc, &detail(&format!(": {e}")))
+                .await;
             feed.finish("refused", rc);
             return Err(e);
         }
@@ -228,7 +230,7 @@ pub async fn channel(
     if let Some(d) = report.deploy.as_ref().and_then(|d| d.seq) {
         extra.push_str(&format!("; deployment {d}"));
     }
-    inv.audit(ctx, outcome, rc, &detail(&extra));
+    inv.audit(ctx, outcome, rc, &detail(&extra)).await;
     feed.finish(outcome, rc);
     let answer = Answer::new(outcome, rc).with("report", &report);
     Ok((report, answer))

@@ -54,7 +54,7 @@ pub async fn release_run(
         if let Some(h) = &report.took_over_lock {
             detail.push_str(&format!("; took over the stale lock of {h}"));
         }
-        inv.audit(ctx, outcome, rc, &detail);
+        inv.audit(ctx, outcome, rc, &detail).await;
     }
     if let Some(f) = &feed {
         f.finish(outcome, rc);
@@ -91,7 +91,8 @@ pub async fn release_revert(
     };
     let rc = if report.ok { 0 } else { failure_rc(ctx) };
     let outcome = if report.ok { "reverted" } else { "failed" };
-    inv.audit(ctx, outcome, rc, &format!("ticket {}", opts.ticket));
+    inv.audit(ctx, outcome, rc, &format!("ticket {}", opts.ticket))
+        .await;
     feed.finish(outcome, rc);
     let answer = Answer::new(outcome, rc).with("report", &report);
     Ok((report, answer))

@@ -384,8 +384,8 @@ pub async fn run(
     .await?;
     // On record before the rollout: a forced promote is audited whatever
     // happens next.
-    let _ = crate::audit::append(
-        &ctx.workspace,
+    crate::audit::record(
+        ctx,
         &ctx.operator,
         &opts.command,
         "index-updated",
@@ -400,7 +400,8 @@ pub async fn run(
                 .map(|f| format!("; forced: {f}"))
                 .unwrap_or_default()
         ),
-    );
+    )
+    .await;
     // A soak belongs to one canary run: a new canary version (or a
     // promote or rollback) starts from none.
     let same_canary = op == ChannelOp::Canary && current.channels.get("canary") == Some(&version);

@@ -119,6 +119,8 @@ async fn run_batch(
         workers: members.iter().map(|a| a.worker.clone()).collect(),
     });
     let ups = uploads.take(&members).await;
+    // A run whose lock was taken over (PostgreSQL) switches nothing more.
+    run.store.check_fence().await.map_err(|e| e.to_string())?;
     let outcomes = crate::join::join_all(
         members
             .iter()

@@ -13,7 +13,7 @@ use cutover_model::plan::{
     self, Action, AllocPlan, JobPlan, Plan, PlanInput, PlanOptions, StopPlan,
 };
 use cutover_model::{Job, OnFailure, Project, Worker};
-use cutover_state::{AllocStatus, AllocationRecord, NewDeployment, StateStore};
+use cutover_state::{AllocStatus, AllocationRecord, NewDeployment, Store};
 use cutover_transport::LocalTree;
 use serde::Serialize;
 use tokio::sync::{oneshot, Semaphore};

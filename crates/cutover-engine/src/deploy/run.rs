@@ -26,7 +26,7 @@ pub(super) struct FetchPlan {
 /// What the tasks of one run share.
 pub(super) struct Run {
     pub(super) project: Arc<Project>,
-    pub(super) store: Arc<dyn StateStore>,
+    pub(super) store: Arc<Store>,
     pub(super) reporter: Arc<dyn Reporter>,
     /// Secret values, redacted from every message shown or recorded.
     pub(super) redactor: crate::redact::Redactor,

@@ -1,13 +1,19 @@
 //! The files operators read: the state file `.cutover/releases/<T>.env`
 //! (written with write-temp, fsync, rename) and the audit log
 //! `.cutover/releases/<T>.log` (appended and synced per line).
+//!
+//! With a shared store (PostgreSQL) the store holds both, and the files
+//! are this clone's copies: every write goes to the store first (a write
+//! a stale lock holder tries is refused there), then to the file; a read
+//! takes the store's and brings the copy up to date; opening a project
+//! brings every copy up to date ([`pull`]).
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::Phase;
-use crate::EngineError;
+use crate::{Context, EngineError};
 
 /// The state of one ticket release, as SPEC section 5 lays it out.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -108,8 +114,13 @@ impl StateFile {
         }
     }
 
-    pub fn load(workspace: &Path, ticket: &str) -> Result<Option<StateFile>, EngineError> {
-        let path = StateFile::path(workspace, ticket);
+    pub async fn load(ctx: &Context, ticket: &str) -> Result<Option<StateFile>, EngineError> {
+        let path = StateFile::path(&ctx.workspace, ticket);
+        if ctx.store.is_shared() {
+            if let Some(text) = ctx.store.release_file(ticket, "env").await? {
+                refresh(&path, &text)?;
+            }
+        }
         match std::fs::read_to_string(&path) {
             Ok(text) => StateFile::parse(&text).map(Some).map_err(|e| {
                 EngineError::usage(
@@ -122,11 +133,47 @@ impl StateFile {
         }
     }
 
-    /// Write-temp, fsync, rename: a reader sees the old file or the new one.
-    pub fn save(&self, workspace: &Path) -> Result<(), EngineError> {
-        let path = StateFile::path(workspace, &self.ticket);
-        write_atomic(&path, self.render().as_bytes())
+    /// Write-temp, fsync, rename: a reader sees the old file or the new
+    /// one. A shared store gets it first.
+    pub async fn save(&self, ctx: &Context) -> Result<(), EngineError> {
+        let text = self.render();
+        if ctx.store.is_shared() {
+            ctx.store
+                .put_release_file(&self.ticket, "env", &text, false)
+                .await?;
+        }
+        write_atomic(
+            &StateFile::path(&ctx.workspace, &self.ticket),
+            text.as_bytes(),
+        )
     }
+}
+
+/// Makes the file at `path` hold `text`, unless it already does.
+fn refresh(path: &Path, text: &str) -> Result<(), EngineError> {
+    if std::fs::read_to_string(path).ok().as_deref() == Some(text) {
+        return Ok(());
+    }
+    write_atomic(path, text.as_bytes())
+}
+
+/// Brings this clone's copies of every release file up to date with a
+/// shared store: what the listings (open releases, the UI) read.
+pub async fn pull(ctx: &Context) -> Result<(), EngineError> {
+    if !ctx.store.is_shared() {
+        return Ok(());
+    }
+    for (ticket, kind, text) in ctx.store.release_files().await? {
+        // A row names a file here: only a valid ticket does.
+        if super::check_ticket(&ticket).is_err() || !matches!(kind.as_str(), "env" | "log") {
+            continue;
+        }
+        refresh(
+            &releases_dir(&ctx.workspace).join(format!("{ticket}.{kind}")),
+            &text,
+        )?;
+    }
+    Ok(())
 }
 
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EngineError> {
@@ -148,6 +195,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EngineError> {
 pub struct ReleaseLog {
     path: PathBuf,
     ticket: String,
+    /// A shared store, which gets each line first.
+    store: Option<std::sync::Arc<cutover_state::Store>>,
 }
 
 impl ReleaseLog {
@@ -155,15 +204,16 @@ impl ReleaseLog {
         releases_dir(workspace).join(format!("{ticket}.log"))
     }
 
-    pub fn new(workspace: &Path, ticket: &str) -> ReleaseLog {
+    pub fn new(ctx: &Context, ticket: &str) -> ReleaseLog {
         ReleaseLog {
-            path: ReleaseLog::path(workspace, ticket),
+            path: ReleaseLog::path(&ctx.workspace, ticket),
             ticket: ticket.to_string(),
+            store: ctx.store.is_shared().then(|| ctx.store.clone()),
         }
     }
 
     /// Appends `<time> ticket=T phase=P event=E[ extra]` and syncs it.
-    pub fn event(&self, phase: &str, event: &str, extra: &str) -> Result<(), EngineError> {
+    pub async fn event(&self, phase: &str, event: &str, extra: &str) -> Result<(), EngineError> {
         let mut line = format!(
             "{} ticket={} phase={phase} event={event}",
             cutover_state::now_rfc3339(),
@@ -174,6 +224,11 @@ impl ReleaseLog {
             line.push_str(extra);
         }
         line.push('\n');
+        if let Some(store) = &self.store {
+            store
+                .put_release_file(&self.ticket, "log", &line, true)
+                .await?;
+        }
         let io = EngineError::io(format!("appending to {}", self.path.display()));
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir)
@@ -189,10 +244,11 @@ impl ReleaseLog {
             .map_err(io)
     }
 
-    pub fn phase(&self, phase: Phase, event: &str, extra: &str) -> Result<(), EngineError> {
-        self.event(phase.as_str(), event, extra)
+    pub async fn phase(&self, phase: Phase, event: &str, extra: &str) -> Result<(), EngineError> {
+        self.event(phase.as_str(), event, extra).await
     }
 
+    /// The log's lines (this clone's copy; see [`pull`]).
     pub fn lines(workspace: &Path, ticket: &str) -> Vec<String> {
         std::fs::read_to_string(ReleaseLog::path(workspace, ticket))
             .unwrap_or_default()

@@ -17,7 +17,7 @@ mod rebuild_base;
 mod revert;
 mod run;
 
-pub use files::{ReleaseLog, StateFile};
+pub use files::{pull as pull_files, ReleaseLog, StateFile};
 pub use git::{Git, GitError};
 pub use revert::{return_to_main, revert, RevertOptions, RevertReport};
 pub use run::{run, ReleaseOptions, ReleaseOutcome, ReleaseReport};
@@ -160,7 +160,7 @@ pub(crate) async fn open_bases(ctx: &Context) -> Result<Vec<BaseAllocation>, Eng
         let Some(ticket) = name.strip_suffix(".env") else {
             continue;
         };
-        let Ok(Some(state)) = StateFile::load(&ctx.workspace, ticket) else {
+        let Ok(Some(state)) = StateFile::load(ctx, ticket).await else {
             continue;
         };
         if state.reverted.is_empty() && state.first_incomplete().is_some() {

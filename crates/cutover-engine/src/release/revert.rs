@@ -64,7 +64,7 @@ impl Changed<'_> {
 /// worker is touched.
 pub async fn revert(ctx: &Context, opts: &RevertOptions) -> Result<RevertReport, EngineError> {
     super::check_ticket(&opts.ticket)?;
-    let mut state = StateFile::load(&ctx.workspace, &opts.ticket)?.ok_or_else(|| {
+    let mut state = StateFile::load(ctx, &opts.ticket).await?.ok_or_else(|| {
         EngineError::usage(
             format!("no state file for ticket {} (.cutover/releases/{}.env): revert has nothing to restore", opts.ticket, opts.ticket),
             "without it, put things back by hand: `cutover deploy` from the commit you want, and restore data from your own backups",
@@ -132,8 +132,8 @@ pub async fn revert(ctx: &Context, opts: &RevertOptions) -> Result<RevertReport,
     let fleet = Fleet::connect(ctx, workers.into_values().collect()).await?;
     let result = async {
         ensure_base_releases(ctx, &fleet, &state, &changed).await?;
-        let log = ReleaseLog::new(&ctx.workspace, &opts.ticket);
-        log.event("revert", "start", "")?;
+        let log = ReleaseLog::new(ctx, &opts.ticket);
+        log.event("revert", "start", "").await?;
         if opts.skip_data {
             log.event(
                 "revert",
@@ -142,7 +142,8 @@ pub async fn revert(ctx: &Context, opts: &RevertOptions) -> Result<RevertReport,
                     "step=data user={} host={}",
                     ctx.operator.user, ctx.operator.host
                 ),
-            )?;
+            )
+            .await?;
         }
         // Batch by batch within each job, the members of a batch at once.
         for job in ctx.project.jobs.values() {
@@ -198,7 +199,8 @@ pub async fn revert(ctx: &Context, opts: &RevertOptions) -> Result<RevertReport,
                 "step=git user={} host={}",
                 ctx.operator.user, ctx.operator.host
             ),
-        )?;
+        )
+        .await?;
     } else if report.errors.is_empty() {
         let git = Git::new(&ctx.project.root);
         match revert_git(&git, &state, &ctx.project.config.remote, !opts.no_push) {
@@ -219,10 +221,10 @@ pub async fn revert(ctx: &Context, opts: &RevertOptions) -> Result<RevertReport,
     }
     if report.ok {
         state.reverted = cutover_state::now_rfc3339();
-        state.save(&ctx.workspace)?;
-        log.event("revert", "done", "rc=0")?;
+        state.save(ctx).await?;
+        log.event("revert", "done", "rc=0").await?;
     } else {
-        log.event("revert", "failed", "rc=1")?;
+        log.event("revert", "failed", "rc=1").await?;
     }
     Ok(report)
 }

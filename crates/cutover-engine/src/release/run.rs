@@ -99,7 +99,7 @@ pub async fn run(ctx: &Context, opts: &ReleaseOptions) -> Result<ReleaseReport, 
             "a ticket release runs in a clone of the project that tracks its remote",
         ));
     }
-    let existing = StateFile::load(&ctx.workspace, &opts.ticket)?;
+    let existing = StateFile::load(ctx, &opts.ticket).await?;
     // `--from=prepare` with a state file resumes prepare on its recorded
     // range; without one it is a fresh start.
     let resume = opts
@@ -131,7 +131,7 @@ pub async fn run(ctx: &Context, opts: &ReleaseOptions) -> Result<ReleaseReport, 
     check_resume(opts, existing.as_ref())?;
     // No other run is live: a deployment still "running" died with its process.
     crate::deploy::finish_dead_runs(ctx).await?;
-    let log = ReleaseLog::new(&ctx.workspace, &opts.ticket);
+    let log = ReleaseLog::new(ctx, &opts.ticket);
     let mut report = ReleaseReport {
         ticket: opts.ticket.clone(),
         outcome: ReleaseOutcome::Complete,
@@ -152,9 +152,11 @@ pub async fn run(ctx: &Context, opts: &ReleaseOptions) -> Result<ReleaseReport, 
         if phase < start {
             continue;
         }
+        // A run whose lock was taken over (PostgreSQL) starts no phase.
+        ctx.store.check_fence().await?;
         if opts.skip.contains(&phase) {
             let who = format!("user={} host={}", ctx.operator.user, ctx.operator.host);
-            log.phase(phase, "skipped-by-operator", &who)?;
+            log.phase(phase, "skipped-by-operator", &who).await?;
             say(
                 ctx,
                 format!("{}: skipped by operator ({who})", phase.as_str()),
@@ -174,7 +176,7 @@ pub async fn run(ctx: &Context, opts: &ReleaseOptions) -> Result<ReleaseReport, 
                     .collect::<Vec<_>>()
                     .join(" ");
                 if !state.base_sha.is_empty() {
-                    state.save(&ctx.workspace)?;
+                    state.save(ctx).await?;
                 }
             }
             continue;
@@ -182,9 +184,9 @@ pub async fn run(ctx: &Context, opts: &ReleaseOptions) -> Result<ReleaseReport, 
         if phase == Phase::Ticket && ticket_script(&ctx_now, &opts.ticket)?.is_none() {
             state.mark_done(phase);
             if !state.base_sha.is_empty() {
-                state.save(&ctx.workspace)?;
+                state.save(ctx).await?;
             }
-            log.phase(phase, "skipped-no-script", "")?;
+            log.phase(phase, "skipped-no-script", "").await?;
             say(
                 ctx,
                 format!("ticket: no releases/{}-*.sh: skipped", opts.ticket),
@@ -206,7 +208,7 @@ pub async fn run(ctx: &Context, opts: &ReleaseOptions) -> Result<ReleaseReport, 
             };
             return failed(ctx, &log, opts, phase, e, state, report).await;
         }
-        log.phase(phase, "start", "")?;
+        log.phase(phase, "start", "").await?;
         say(ctx, format!("{}: start", phase.as_str()));
         let result = match phase {
             Phase::Prepare => prepare(&ctx_now, opts, &git, resume.map(|_| &state)).await,
@@ -237,17 +239,17 @@ pub async fn run(ctx: &Context, opts: &ReleaseOptions) -> Result<ReleaseReport, 
                     ctx_now = ctx.reload()?;
                 }
                 state.mark_done(phase);
-                state.save(&ctx.workspace)?;
-                log.phase(phase, "done", "rc=0")?;
+                state.save(ctx).await?;
+                log.phase(phase, "done", "rc=0").await?;
                 say(ctx, format!("{}: done", phase.as_str()));
             }
             Err(Refusal::NothingToRelease(message)) => {
-                log.phase(phase, "failed", "rc=5")?;
+                log.phase(phase, "failed", "rc=5").await?;
                 report.outcome = ReleaseOutcome::NothingToRelease { message };
                 return Ok(report);
             }
             Err(Refusal::Usage(e)) => {
-                log.phase(phase, "failed", "rc=2")?;
+                log.phase(phase, "failed", "rc=2").await?;
                 return Err(e);
             }
             Err(Refusal::Failed(e)) => {
@@ -269,7 +271,7 @@ pub async fn run(ctx: &Context, opts: &ReleaseOptions) -> Result<ReleaseReport, 
             }
         }
     }
-    log.event("orchestrator", "done", "rc=0")?;
+    log.event("orchestrator", "done", "rc=0").await?;
     report.state = Some(state);
     Ok(report)
 }
@@ -286,7 +288,7 @@ async fn failed(
     state: StateFile,
     mut report: ReleaseReport,
 ) -> Result<ReleaseReport, EngineError> {
-    log.phase(phase, "failed", &format!("rc={}", e.rc))?;
+    log.phase(phase, "failed", &format!("rc={}", e.rc)).await?;
     // What playbooks match and `release state` shows: the message, then
     // the tail of the failing step's whole output, secrets redacted.
     let output = match &e.detail {
@@ -507,7 +509,7 @@ async fn prepare(
         ..StateFile::default()
     };
     // Written before anything else happens: from here, revert knows BASE_SHA.
-    state.save(&ctx.workspace)?;
+    state.save(&ctx).await?;
     // Several scripts for the ticket: found now, before any backup or
     // service, not after migrate.
     ticket_script(&ctx, &opts.ticket).map_err(Refusal::Usage)?;
@@ -676,7 +678,7 @@ async fn backups(
                 format!("prepare: backup {}@{} = {id}", b.job, b.worker),
             );
             state.backups.insert(format!("{}@{}", b.job, b.worker), id);
-            state.save(&ctx.workspace)?;
+            state.save(&ctx).await?;
         }
         fleet.close().await;
     }
@@ -903,6 +905,7 @@ async fn ticket(ctx: &Context, state: &StateFile) -> Result<String, PhaseError> 
         .timeout(ctx.project.config.ssh.command_timeout);
     let local = cutover_transport::Host::Local {
         name: "this machine".into(),
+        fence: None,
     };
     let out = local.run(&cmd).await.map_err(|e| PhaseError {
         detail: None,

@@ -1,0 +1,282 @@
+//! Two operators, two clones of one project, one PostgreSQL store: the
+//! lock is theirs to share, and neither a crash nor a paused holder
+//! wedges it or lets a stale holder change anything.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::support::{finish, signal, wait_for, PgServer, Project, MAKEFILE};
+
+/// A clone of the team's project for operator `user`: PostgreSQL at
+/// `url`, a 2 s lease, two local workers under `fleet`, and job `api`
+/// whose `pre_deploy` hook waits at `gates` when the test says so.
+fn operator(url: &str, fleet: &Path, gates: &Path, user: &str) -> Project {
+    let p = Project::with_store(url);
+    p.write(
+        "cutover.toml",
+        "name = \"team\"\n[state]\nbackend = \"postgres\"\nlease = \"2s\"\n",
+    );
+    p.write(
+        "workers.toml",
+        &format!(
+            "[[worker]]\nname = \"a\"\ntransport = \"local\"\nroot = \"{0}/a\"\n\n\
+             [[worker]]\nname = \"b\"\ntransport = \"local\"\nroot = \"{0}/b\"\n",
+            fleet.display()
+        ),
+    );
+    // The hook waits only while the test holds `gates/hold`.
+    std::fs::write(
+        gates.join("gate.sh"),
+        format!(
+            "[ -e {g}/hold ] || exit 0\ntouch {g}/reached\nwhile [ ! -e {g}/go ]; do sleep 0.05; done\n",
+            g = gates.display()
+        ),
+    )
+    .expect("gate");
+    p.write(
+        "jobs/api/job.toml",
+        &format!(
+            "version = \"1\"\n[hooks]\npre_deploy = \"sh {}/gate.sh\"\n\
+             [health]\ncommand = \"make -s health\"\nattempts = 2\ninterval = \"100ms\"\n",
+            gates.display()
+        ),
+    );
+    p.write("jobs/api/Makefile", MAKEFILE);
+    p.env
+        .borrow_mut()
+        .push(("CUTOVER_USER".into(), user.into()));
+    p
+}
+
+struct Team {
+    pg: PgServer,
+    fleet: tempfile::TempDir,
+    gates: tempfile::TempDir,
+    ana: Project,
+    ben: Project,
+}
+
+fn team() -> Team {
+    let pg = PgServer::start();
+    let url = pg.database("team");
+    let fleet = tempfile::tempdir().expect("fleet");
+    let gates = tempfile::tempdir().expect("gates");
+    let ana = operator(&url, fleet.path(), gates.path(), "ana");
+    let ben = operator(&url, fleet.path(), gates.path(), "ben");
+    Team {
+        pg,
+        fleet,
+        gates,
+        ana,
+        ben,
+    }
+}
+
+impl Team {
+    fn current(&self, worker: &str) -> Option<String> {
+        std::fs::read_link(self.fleet.path().join(worker).join("jobs/api/current"))
+            .ok()
+            .map(|l| l.to_string_lossy().into_owned())
+    }
+
+    /// Holds the next `pre_deploy` at the gate.
+    fn hold(&self) {
+        std::fs::write(self.gates.path().join("hold"), "").expect("hold");
+    }
+
+    fn release_gate(&self) {
+        std::fs::write(self.gates.path().join("go"), "").expect("go");
+    }
+
+    fn store(&self, sql: &str) -> String {
+        self.pg.psql("team", sql).expect("sql")
+    }
+}
+
+#[test]
+fn the_lock_is_exclusive_across_clones_and_a_killed_holder_frees_it() {
+    let t = team();
+    t.ana.expect(&["deploy"], 0);
+    let first = t.current("a").expect("deployed");
+
+    // Ana's next deploy holds the lock at her hook; Ben is refused with
+    // exit 3 and told who holds it.
+    t.hold();
+    t.ana.write("jobs/api/app.conf", "by = ana\n");
+    t.ben.write("jobs/api/app.conf", "by = ben\n");
+    let held = t.ana.spawn(&["deploy"]);
+    wait_for(&t.gates.path().join("reached"));
+    let refused = t.ben.expect(&["deploy"], 3);
+    assert!(
+        refused.stderr.contains("the project lock is held by ana@")
+            && refused.stderr.contains("cutover deploy"),
+        "{refused:?}"
+    );
+    let status = t.ben.expect(&["lock", "status"], 0);
+    assert!(status.stdout.starts_with("locked by ana@"), "{status:?}");
+    // Ben's own `lock release` does not end Ana's lock.
+    let release = t.ben.expect(&["lock", "release"], 3);
+    assert!(release.stderr.contains("held by ana@"), "{release:?}");
+    assert_eq!(t.current("a").as_deref(), Some(first.as_str()));
+
+    // kill -9: her connection goes with her process, and so does the lock.
+    signal(&held, "KILL");
+    let _ = finish(held);
+    let _ = std::fs::remove_file(t.gates.path().join("hold"));
+    let start = Instant::now();
+    let taken = loop {
+        let out = t.ben.cutover(&["deploy"]);
+        if out.code != 3 || start.elapsed() > Duration::from_secs(10) {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(taken.code, 0, "{taken:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "the lock outlived its holder"
+    );
+    assert_ne!(t.current("a").as_deref(), Some(first.as_str()));
+    let worker_conf =
+        std::fs::read_to_string(t.fleet.path().join("a/jobs/api/current/app.conf")).expect("conf");
+    assert_eq!(worker_conf, "by = ben\n");
+    assert_eq!(
+        t.ben.expect(&["lock", "status"], 0).stdout.trim(),
+        "unlocked"
+    );
+}
+
+#[test]
+fn a_paused_holder_is_taken_over_and_once_resumed_changes_nothing() {
+    let t = team();
+    t.ana.expect(&["deploy"], 0);
+
+    t.hold();
+    t.ana.write("jobs/api/app.conf", "by = ana\n");
+    let ana = t.ana.spawn(&["deploy"]);
+    wait_for(&t.gates.path().join("reached"));
+    signal(&ana, "STOP");
+    let token_before: i64 = t.store("SELECT token FROM lease").parse().expect("token");
+
+    // Past the 2 s lease without a heartbeat, Ben takes the lock over.
+    std::thread::sleep(Duration::from_millis(3500));
+    let _ = std::fs::remove_file(t.gates.path().join("hold"));
+    t.ben.write("jobs/api/app.conf", "by = ben\n");
+    let ben = t.ben.expect(&["deploy"], 0);
+    assert!(
+        ben.stderr.contains("took over") || ben.stdout.contains("took over"),
+        "{ben:?}"
+    );
+    assert!(ben.all().contains("ana@"), "{ben:?}");
+    let token_after: i64 = t.store("SELECT token FROM lease").parse().expect("token");
+    assert!(
+        token_after > token_before,
+        "{token_before} -> {token_after}"
+    );
+    let ben_release = t.current("a").expect("current");
+    let worker_files = crate::support::snapshot(t.fleet.path());
+    let store_rows = t.store(
+        "SELECT string_agg(job || worker || status || COALESCE(release_id, ''), ',' ORDER BY job, worker) FROM allocations",
+    );
+    let deployments = t.store("SELECT count(*) FROM deployments");
+
+    // Ana resumes and goes on past her hook: the store refuses her
+    // writes and each worker her commands.
+    signal(&ana, "CONT");
+    t.release_gate();
+    let out = finish(ana);
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(
+        out.all().contains("no longer holds the project lock")
+            || out.all().contains("newer than this run's"),
+        "{out:?}"
+    );
+    assert_eq!(t.current("a").as_deref(), Some(ben_release.as_str()));
+    assert_eq!(
+        crate::support::snapshot(t.fleet.path()),
+        worker_files,
+        "the stale holder changed a worker"
+    );
+    assert_eq!(
+        t.store(
+            "SELECT string_agg(job || worker || status || COALESCE(release_id, ''), ',' ORDER BY job, worker) FROM allocations"
+        ),
+        store_rows,
+        "the stale holder wrote to the store"
+    );
+    assert_eq!(t.store("SELECT count(*) FROM deployments"), deployments);
+    let conf =
+        std::fs::read_to_string(t.fleet.path().join("a/jobs/api/current/app.conf")).expect("conf");
+    assert_eq!(conf, "by = ben\n");
+
+    // Each worker keeps the highest token it has seen, with the store's id,
+    // and refuses a run with a lower one before the command starts.
+    let store_id = t.store("SELECT value FROM meta WHERE key = 'store_id'");
+    let kept = std::fs::read_to_string(t.fleet.path().join("a/.fence")).expect("fence");
+    assert_eq!(kept, format!("{store_id} {token_after}\n"));
+    std::fs::write(
+        t.fleet.path().join("b/.fence"),
+        format!("{store_id} 9999\n"),
+    )
+    .expect("w");
+    let b_before = t.current("b");
+    t.ben.write("jobs/api/app.conf", "by = ben, again\n");
+    let refused = t.ben.expect(&["deploy"], 1);
+    assert!(
+        refused.stdout.contains("has seen fencing token 9999")
+            && refused
+                .stdout
+                .contains("another operator took the lock over"),
+        "{refused:?}"
+    );
+    assert_eq!(t.current("b"), b_before);
+}
+
+/// PostgreSQL restarts while a batch runs: the run loses its lock with its
+/// connection and stops with a clear error; the batch's promotion (one
+/// transaction) is all or nothing; the next deploy finishes the job.
+#[test]
+fn a_store_restarted_mid_batch_fails_the_run_and_the_next_run_finishes_it() {
+    let mut t = team();
+    t.ana.write(
+        "jobs/api/job.toml",
+        &std::fs::read_to_string(t.ana.path().join("jobs/api/job.toml"))
+            .expect("job")
+            .replacen(
+                "version = \"1\"\n",
+                "version = \"1\"\nmax_concurrent_upgrades = 2\n",
+                1,
+            ),
+    );
+    t.ana.expect(&["deploy"], 0);
+    let before = (t.current("a"), t.current("b"));
+    let rows = |t: &Team| {
+        t.store("SELECT string_agg(worker || ' ' || status || ' ' || release_id, ',' ORDER BY worker) FROM allocations")
+    };
+    let promoted_before = rows(&t);
+
+    // Both workers' restarts wait at a gate while the server restarts.
+    let gates = crate::support::gated_makefile(&t.ana, "api", "restart");
+    let run = t.ana.spawn(&["deploy"]);
+    wait_for(&gates.path().join("reached"));
+    t.pg.restart();
+    std::fs::write(gates.path().join("go"), "").expect("go");
+    let out = finish(run);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.all().contains("lost the project lock")
+            && out.all().contains("connection to the state store")
+            && !out.all().contains(crate::pgserver::PG_PASSWORD),
+        "{out:?}"
+    );
+    assert_eq!(rows(&t), promoted_before, "a half-written promotion");
+    assert_ne!((t.current("a"), t.current("b")), before);
+
+    let again = t.ana.expect(&["deploy"], 0);
+    assert!(again.stdout.contains("succeeded"), "{again:?}");
+    let now = rows(&t);
+    assert_ne!(now, promoted_before);
+    assert_eq!(now.matches(" promoted ").count(), 2, "{now}");
+    let live = t.current("a").expect("a");
+    assert!(now.contains(live.trim_start_matches("releases/")), "{now}");
+}
