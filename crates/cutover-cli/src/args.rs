@@ -517,6 +517,16 @@ pub enum StateCommand {
     /// a lost or damaged .cutover/state.db, nothing is redeployed. Records
     /// the store still has are kept.
     Rebuild,
+    /// Copy this project's store into an empty one, under the project
+    /// lock, then read the copy back and compare every row. Nothing is
+    /// switched: change [state] (and CUTOVER_STATE_URL) once it says
+    /// verified. The embedded store's release files and audit log go too.
+    Migrate {
+        /// The store to copy into: postgres://USER:PASSWORD@HOST:PORT/DB
+        /// (an empty database), or sqlite:PATH (a state.db file).
+        #[arg(long, value_name = "URL")]
+        to: String,
+    },
 }
 
 #[cfg(test)]

@@ -123,7 +123,10 @@ pub async fn project(ctx: &Context) -> Vec<Item> {
     out.push(match ctx.store.meta_get("doctor_probe").await {
         Ok(_) => Item::pass(
             "state backend reachable, at this cutover's schema",
-            "the state store answers, its schema migrations applied",
+            format!(
+                "the state store at {} answers, its schema migrations applied",
+                ctx.store.location()
+            ),
         ),
         Err(e) => Item::fail(
             "state backend reachable, at this cutover's schema",

@@ -72,6 +72,16 @@ impl EngineError {
             EngineError::Locked(_) => Some(
                 "wait for it to finish; if that process is gone, the next run takes the lock over (see `cutover lock status`)".into(),
             ),
+            EngineError::State(StateError::Db { path, .. } | StateError::Unreachable(path))
+                if path.starts_with("postgres") =>
+            {
+                Some(
+                    "check that the PostgreSQL server is up and that this machine reaches it, and the URL in CUTOVER_STATE_URL or [state] url; nothing was changed by this command".into(),
+                )
+            }
+            EngineError::State(StateError::Fenced { .. } | StateError::LockLost(_)) => Some(
+                "see who holds the lock now with `cutover lock status`; once it is free, run the command again: what this run did not finish, the next one does".into(),
+            ),
             EngineError::State(StateError::Db { path, .. }) => Some(format!(
                 "if {path} is damaged, move it aside (with its -wal and -shm files) and run \
                  `cutover state rebuild`: the workers carry what they run"

@@ -144,7 +144,7 @@ pub async fn audit(
     headers: HeaderMap,
 ) -> Response {
     authed!(s, headers, peer);
-    answer(&Answer::ok().with("lines", app::audit_lines(&s.ctx(), 1000)))
+    answer(&Answer::ok().with("lines", app::audit_lines(&s.ctx(), 1000).await))
 }
 
 pub async fn releases(

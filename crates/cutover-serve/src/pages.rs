@@ -534,7 +534,7 @@ pub async fn audit(State(s): S, headers: HeaderMap) -> Response {
     let Some((_, sess)) = session(&s, &headers) else {
         return to_login();
     };
-    let lines = app::audit_lines(&s.ctx(), 1000);
+    let lines = app::audit_lines(&s.ctx(), 1000).await;
     render(
         &s,
         "audit.html",

@@ -184,6 +184,19 @@ impl Store {
         each!(self.release_files())
     }
 
+    /// Everything the store holds, for `state migrate`.
+    pub async fn export(&self) -> Result<Snapshot> {
+        each!(self.export())
+    }
+    /// Whether the store holds nothing but what its migrations wrote.
+    pub async fn is_empty(&self) -> Result<bool> {
+        each!(self.is_empty())
+    }
+    /// Writes a snapshot into this (empty) store, in one transaction.
+    pub async fn import(&self, snapshot: &Snapshot) -> Result<()> {
+        each!(self.import(snapshot))
+    }
+
     /// Takes the project lock or reports who holds it (PostgreSQL: takes
     /// over a holder whose lease ran out).
     pub async fn lock(&self, holder: &LockHolder) -> Result<ProjectLock> {

@@ -368,6 +368,129 @@ macro_rules! store_queries {
                     .map_err(self.err())
             }
 
+            /// Everything the store holds, for `state migrate`.
+            pub async fn export(&self) -> $crate::Result<$crate::Snapshot> {
+                let meta: Vec<(String, String)> = sqlx::query_as("SELECT key, value FROM meta ORDER BY key")
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(self.err())?;
+                let trees: Vec<(String, String, String)> =
+                    sqlx::query_as("SELECT job, hash, manifest FROM trees ORDER BY job, hash")
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(self.err())?;
+                let audit: Vec<String> = sqlx::query_scalar("SELECT line FROM audit ORDER BY seq")
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(self.err())?;
+                let token: i64 = sqlx::query_scalar("SELECT token FROM lease WHERE id = 1")
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(self.err())?;
+                let mut deployments = self.deployments(i64::MAX).await?;
+                deployments.reverse();
+                Ok($crate::Snapshot {
+                    meta,
+                    allocations: self.allocations().await?,
+                    trees,
+                    deployments,
+                    kv: self.kv_list(None).await?,
+                    audit,
+                    release_files: self.release_files().await?,
+                    lease_token: token,
+                })
+            }
+
+            /// Whether the store holds nothing but what its migrations
+            /// wrote.
+            pub async fn is_empty(&self) -> $crate::Result<bool> {
+                let rows: i64 = sqlx::query_scalar(
+                    "SELECT (SELECT COUNT(*) FROM allocations) + (SELECT COUNT(*) FROM trees)
+                      + (SELECT COUNT(*) FROM deployments) + (SELECT COUNT(*) FROM kv)
+                      + (SELECT COUNT(*) FROM audit) + (SELECT COUNT(*) FROM release_files)
+                      + (SELECT COUNT(*) FROM meta WHERE key NOT IN ('schema_version', 'store_id'))",
+                )
+                .fetch_one(&self.pool)
+                .await
+                .map_err(self.err())?;
+                Ok(rows == 0)
+            }
+
+            /// Writes `s` into this (empty) store, in one transaction.
+            pub async fn import(&self, s: &$crate::Snapshot) -> $crate::Result<()> {
+                let mut tx = self.begin_write().await?;
+                for (k, v) in &s.meta {
+                    put_meta(&mut *tx, k, v).await.map_err(self.err())?;
+                }
+                for r in &s.allocations {
+                    upsert_allocation(&mut *tx, r).await.map_err(self.err())?;
+                }
+                for (job, hash, manifest) in &s.trees {
+                    insert_tree(&mut *tx, job, hash, manifest)
+                        .await
+                        .map_err(self.err())?;
+                }
+                for d in &s.deployments {
+                    sqlx::query(
+                        r#"INSERT INTO deployments
+                             (seq, started_at, finished_at, head, dirty, command, "user", outcome, summary)
+                           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"#,
+                    )
+                    .bind(d.seq)
+                    .bind(&d.started_at)
+                    .bind(&d.finished_at)
+                    .bind(&d.head)
+                    .bind(d.dirty)
+                    .bind(&d.command)
+                    .bind(&d.user)
+                    .bind(&d.outcome)
+                    .bind(&d.summary)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(self.err())?;
+                }
+                for r in &s.kv {
+                    sqlx::query(
+                        "INSERT INTO kv (job, key, value, secret, updated_at) VALUES ($1, $2, $3, $4, $5)",
+                    )
+                    .bind(&r.job)
+                    .bind(&r.key)
+                    .bind(&r.value)
+                    .bind(r.secret)
+                    .bind(&r.updated_at)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(self.err())?;
+                }
+                for line in &s.audit {
+                    sqlx::query("INSERT INTO audit (line) VALUES ($1)")
+                        .bind(line)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(self.err())?;
+                }
+                for (ticket, kind, content) in &s.release_files {
+                    sqlx::query(
+                        "INSERT INTO release_files (ticket, kind, content, updated_at)
+                         VALUES ($1, $2, $3, $4)",
+                    )
+                    .bind(ticket)
+                    .bind(kind)
+                    .bind(content)
+                    .bind($crate::now_rfc3339())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(self.err())?;
+                }
+                // Workers keep tokens per store id: the copy goes on counting.
+                sqlx::query("UPDATE lease SET token = $1 WHERE id = 1")
+                    .bind(s.lease_token)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(self.err())?;
+                tx.commit().await.map_err(self.err())
+            }
+
             /// Runs one statement in a write transaction; the rows it
             /// changed.
             async fn write<'q>(

@@ -77,7 +77,7 @@ pub struct DeploymentRecord {
 }
 
 /// A KV entry as stored: a secret's `value` is nonce + ciphertext.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct KvRecord {
     pub job: String,
     pub key: String,
@@ -94,4 +94,67 @@ pub struct Promotions {
     pub allocations: Vec<AllocationRecord>,
     /// (name, spec JSON) of each worker's last known address.
     pub workers: Vec<(String, String)>,
+}
+
+/// Everything a store holds, as `cutover state migrate` copies it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Snapshot {
+    pub meta: Vec<(String, String)>,
+    pub allocations: Vec<AllocationRecord>,
+    pub trees: Vec<(String, String, String)>,
+    /// Oldest first.
+    pub deployments: Vec<DeploymentRecord>,
+    pub kv: Vec<KvRecord>,
+    /// Oldest first.
+    pub audit: Vec<String>,
+    /// (ticket, `env` | `log`, content).
+    pub release_files: Vec<(String, String, String)>,
+    pub lease_token: i64,
+}
+
+impl Snapshot {
+    /// Rows per table, in a fixed order.
+    pub fn counts(&self) -> Vec<(&'static str, usize)> {
+        vec![
+            ("meta", self.meta.len()),
+            ("allocations", self.allocations.len()),
+            ("trees", self.trees.len()),
+            ("deployments", self.deployments.len()),
+            ("kv", self.kv.len()),
+            ("audit", self.audit.len()),
+            ("release_files", self.release_files.len()),
+        ]
+    }
+
+    /// A digest of every row: two stores with the same one hold the same.
+    /// Rows of a table are hashed in a fixed order whatever order a
+    /// backend's collation listed them in; the audit log and the
+    /// deployments in theirs.
+    pub fn digest(&self) -> String {
+        fn table<T: Serialize>(h: &mut blake3::Hasher, name: &str, rows: &[T], sort: bool) {
+            let mut rows: Vec<String> = rows
+                .iter()
+                .map(|r| serde_json::to_string(r).unwrap_or_default())
+                .collect();
+            if sort {
+                rows.sort();
+            }
+            h.update(name.as_bytes());
+            for r in rows {
+                h.update(b"\n");
+                h.update(r.as_bytes());
+            }
+            h.update(b"\0");
+        }
+        let mut h = blake3::Hasher::new();
+        table(&mut h, "meta", &self.meta, true);
+        table(&mut h, "allocations", &self.allocations, true);
+        table(&mut h, "trees", &self.trees, true);
+        table(&mut h, "deployments", &self.deployments, false);
+        table(&mut h, "kv", &self.kv, true);
+        table(&mut h, "audit", &self.audit, false);
+        table(&mut h, "release_files", &self.release_files, true);
+        table(&mut h, "lease", &[self.lease_token], false);
+        h.finalize().to_hex().to_string()
+    }
 }

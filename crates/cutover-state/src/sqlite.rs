@@ -39,11 +39,18 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) the store in `workspace` (`.cutover/`).
     pub async fn open(workspace: &Path) -> Result<SqliteStore> {
+        SqliteStore::open_file(&workspace.join("state.db")).await
+    }
+
+    /// Opens (creating if needed) the store in the file `path`; its lock
+    /// file is beside it.
+    pub async fn open_file(path: &Path) -> Result<SqliteStore> {
+        let workspace = path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(workspace).map_err(|source| StateError::Io {
             path: workspace.display().to_string(),
             source,
         })?;
-        let path = workspace.join("state.db");
+        let path = path.to_path_buf();
         let db = |source| StateError::Db {
             path: path.display().to_string(),
             source,
@@ -64,10 +71,11 @@ impl SqliteStore {
         // The operator's alone, like secret.key: it holds what runs where,
         // the KV (secrets encrypted) and the history. SQLite gives its -wal
         // and -shm files the same mode.
-        for f in ["state.db", "state.db-wal", "state.db-shm"] {
+        for suffix in ["", "-wal", "-shm"] {
             use std::os::unix::fs::PermissionsExt;
-            let _ =
-                std::fs::set_permissions(workspace.join(f), std::fs::Permissions::from_mode(0o600));
+            let mut f = path.clone().into_os_string();
+            f.push(suffix);
+            let _ = std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600));
         }
         Ok(SqliteStore {
             pool,

@@ -751,6 +751,33 @@ pub async fn worker_forget(s: &Session, name: &str) -> Result<u8, EngineError> {
     Ok(0)
 }
 
+pub async fn state_migrate(s: &Session, to: &str) -> Result<u8, EngineError> {
+    let inv = s.invocation_of(command_line());
+    let (report, answer) = app::admin::state_migrate(&s.ctx, &inv, to).await?;
+    if s.json {
+        super::print_answer(&answer);
+        return Ok(0);
+    }
+    println!("[state] copied {} to {}", report.from, report.to);
+    for (table, n) in &report.counts {
+        println!("[state]   {table}: {n} row(s)");
+    }
+    println!(
+        "[state] verified: the copy reads back row for row (blake3 {}); nothing was switched",
+        &report.digest[..16]
+    );
+    if report.to.starts_with("postgres") {
+        println!(
+            "[state] to switch: set `backend = \"postgres\"` under [state] in cutover.toml, and CUTOVER_STATE_URL (or [state] url) to the URL you gave"
+        );
+    } else {
+        println!(
+            "[state] to switch: remove `backend = \"postgres\"` from [state] in cutover.toml (the embedded store is .cutover/state.db)"
+        );
+    }
+    Ok(0)
+}
+
 pub async fn state_rebuild(s: &Session) -> Result<u8, EngineError> {
     let inv = s.invocation_of(command_line());
     let (report, answer) = app::admin::state_rebuild(&s.ctx, &inv).await?;

@@ -61,6 +61,9 @@ pub async fn run(cli: Cli) -> Result<u8, EngineError> {
         Command::State(StateCommand::Rebuild) => {
             inspect::state_rebuild(&Session::open(g, "state").await?).await
         }
+        Command::State(StateCommand::Migrate { to }) => {
+            inspect::state_migrate(&Session::open(g, "state").await?, &to).await
+        }
         Command::Publish(a) => inspect::publish(&Session::open(g, "publish").await?, a).await,
         Command::Channel(c) => channel::run(&Session::open(g, "channel").await?, c).await,
         Command::Doctor => channel::doctor(g).await,

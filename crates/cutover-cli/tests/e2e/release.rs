@@ -759,6 +759,17 @@ fn a_hostile_backup_id_never_reaches_a_shell() {
         })
         .collect();
     std::fs::write(&env, text.join("\n")).expect("w");
+    // A shared store holds the state file; the file is its copy.
+    if let Some(pg) = &s.p.pg {
+        pg.psql(
+            "cutover",
+            &format!(
+                "UPDATE release_files SET content = $edited${}$edited$ WHERE ticket = '70' AND kind = 'env'",
+                text.join("\n")
+            ),
+        )
+        .expect("edit the store's state file");
+    }
     let out = s.p.expect(&["release", "revert", "70", "--skip-git"], 1);
     assert!(out.stdout.contains("is not a valid id"), "{out:?}");
     assert!(!pwned.exists(), "the backup id ran as a command");

@@ -447,7 +447,7 @@ impl Drop for Project {
         // On PostgreSQL, nothing falls back to a local store.
         let on_pg = std::fs::read_to_string(self.path().join("cutover.toml"))
             .is_ok_and(|t| t.contains("backend = \"postgres\""));
-        if !std::thread::panicking() && on_pg {
+        if !std::thread::panicking() && on_pg && self.pg.is_some() {
             let db = self.path().join(".cutover/state.db");
             assert!(!db.exists(), "{} was made on PostgreSQL", db.display());
         }

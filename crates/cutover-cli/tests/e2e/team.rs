@@ -5,7 +5,10 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::support::{finish, signal, wait_for, PgServer, Project, MAKEFILE};
+use crate::support::{
+    commit_and_push, finish, git, git_origin, merge_branch, signal, wait_for, write_file,
+    write_job, PgServer, Project, MAKEFILE,
+};
 
 /// A clone of the team's project for operator `user`: PostgreSQL at
 /// `url`, a 2 s lease, two local workers under `fleet`, and job `api`
@@ -279,4 +282,210 @@ fn a_store_restarted_mid_batch_fails_the_run_and_the_next_run_finishes_it() {
     assert_eq!(now.matches(" promoted ").count(), 2, "{now}");
     let live = t.current("a").expect("a");
     assert!(now.contains(live.trim_start_matches("releases/")), "{now}");
+}
+
+/// A clone of `origin` for operator `user`, its state in the store at `url`.
+fn clone_for(origin: &Path, url: &str, user: &str) -> Project {
+    let p = Project::with_store(url);
+    git(
+        p.path(),
+        &["clone", "-q", origin.to_str().expect("utf8"), "."],
+    );
+    git(p.path(), &["config", "user.name", user]);
+    git(
+        p.path(),
+        &["config", "user.email", &format!("{user}@example.com")],
+    );
+    p.env
+        .borrow_mut()
+        .push(("CUTOVER_USER".into(), user.into()));
+    p
+}
+
+/// Ana's ticket release breaks the data; Ben, on his own clone, sees it,
+/// is refused while his clone is behind the team's last release, and
+/// reverts Ana's release: the data comes back.
+#[test]
+fn an_operator_reverts_a_colleagues_release_and_a_clone_behind_is_refused() {
+    let pg = PgServer::start();
+    let url = pg.database("team");
+    let fleet = tempfile::tempdir().expect("fleet");
+    let (_base, origin, dev) = git_origin();
+    write_file(
+        &dev,
+        "cutover.toml",
+        "name = \"team\"\n[state]\nbackend = \"postgres\"\n",
+    );
+    write_file(
+        &dev,
+        "workers.toml",
+        &format!(
+            "[[worker]]\nname = \"a\"\ntransport = \"local\"\nroot = \"{}/a\"\n",
+            fleet.path().display()
+        ),
+    );
+    write_file(&dev, ".gitignore", ".cutover/\n");
+    write_job(
+        &dev,
+        "api",
+        "version = \"1\"\n[backup]\ncommand = \"make -s backup\"\nrestore = \"make -s restore BACKUP={{ backup.id }}\"\n",
+    );
+    write_job(&dev, "web", "version = \"1\"\n");
+    commit_and_push(&dev, "initial");
+    let ana = clone_for(&origin, &url, "ana");
+    let ben = clone_for(&origin, &url, "ben");
+    ana.expect(&["deploy"], 0);
+    let data = fleet.path().join("a/jobs/api/shared/data.txt");
+    std::fs::write(&data, "precious\n").expect("data");
+
+    // Ana's release 1001 corrupts the data; it fails in verify.
+    merge_branch(
+        &dev,
+        "feat/1001",
+        &[
+            ("jobs/api/app.conf", "api = broken\n"),
+            (
+                "releases/1001-migrate.sh",
+                &format!("#!/bin/sh\necho corrupt > {}\n", data.display()),
+            ),
+        ],
+    );
+    let out = ana.expect(&["release", "run", "1001"], 1);
+    assert!(out.stdout.contains("failed in phase verify"), "{out:?}");
+    assert_eq!(std::fs::read_to_string(&data).expect("data"), "corrupt\n");
+
+    // Ben sees her release from his clone.
+    let state = ben.expect(&["release", "state", "1001"], 0);
+    assert!(
+        state.stdout.starts_with("release 1001: failed in verify"),
+        "{state:?}"
+    );
+
+    // His clone is behind the team's last release: a release from it is
+    // refused, and the clone is left as it was.
+    merge_branch(&dev, "feat/1002", &[("jobs/web/app.conf", "web = 2\n")]);
+    let behind = git(ben.path(), &["rev-parse", "HEAD"]);
+    let refused = ben.expect(&["release", "run", "1002"], 2);
+    assert!(
+        refused
+            .stderr
+            .contains("but the team's last release 1001 by ana left the main line at")
+            && refused.stderr.contains("git merge --ff-only"),
+        "{refused:?}"
+    );
+    assert_eq!(git(ben.path(), &["rev-parse", "HEAD"]), behind);
+    assert!(!ben.path().join(".cutover/releases/1002.env").exists());
+
+    // Brought up to origin, he reverts Ana's release: the data comes back.
+    git(ben.path(), &["fetch", "-q", "origin"]);
+    git(ben.path(), &["merge", "-q", "--ff-only", "origin/main"]);
+    let reverted = ben.expect(&["release", "revert", "1001"], 0);
+    assert!(
+        reverted.stdout.contains("pushed to origin/main"),
+        "{reverted:?}"
+    );
+    assert_eq!(std::fs::read_to_string(&data).expect("data"), "precious\n");
+    let after = ana.expect(&["release", "state", "1001"], 0);
+    assert!(after.stdout.contains("reverted"), "{after:?}");
+    // Ana's clone is now the one behind (Ben's revert commit).
+    let refused = ana.expect(&["release", "run", "1002"], 2);
+    assert!(
+        refused.stderr.contains("last revert of 1001 by ben"),
+        "{refused:?}"
+    );
+    // The audit log in the store holds both operators' commands.
+    let audit = pg
+        .psql(
+            "team",
+            "SELECT string_agg(line, E'\\n' ORDER BY seq) FROM audit",
+        )
+        .expect("audit");
+    assert!(
+        audit.contains("user=ana")
+            && audit.contains("user=ben")
+            && audit.contains("release revert 1001"),
+        "{audit}"
+    );
+}
+
+/// `state migrate` copies the embedded store into PostgreSQL and back,
+/// reads every copy back before saying so, switches nothing by itself, and
+/// refuses a store that already holds state; a project switched to the
+/// copy carries on where it was (nothing redeployed, secrets readable).
+#[test]
+fn state_migrate_copies_a_store_to_postgres_and_back_and_switches_nothing() {
+    // Its own store, whatever the suite runs on.
+    let p = Project::with_store("");
+    p.write(
+        "cutover.toml",
+        "name = \"t\"\n[state]\nbackend = \"sqlite\"\n",
+    );
+    p.write("workers.toml", crate::support::TWO_LOCAL_WORKERS);
+    p.job("api", "version = \"1\"\n");
+    p.expect(&["deploy"], 0);
+    p.expect(
+        &["kv", "put", "api", "token", "s3cr3t-v4lue", "--secret"],
+        0,
+    );
+    p.write(".cutover/releases/42.env", "TICKET=42\n");
+    let deployments = p.expect(&["cat", "deployments", "--json"], 0).stdout;
+
+    let pg = PgServer::start();
+    let url = pg.database("moved");
+    for bad in ["mysql://ops:pw@db/x", "sqlite:", "nonsense"] {
+        let out = p.expect(&["state", "migrate", "--to", bad], 2);
+        assert!(!out.stderr.contains(":pw@"), "{out:?}");
+    }
+    let out = p.expect(&["state", "migrate", "--to", &url], 0);
+    assert!(
+        out.stdout
+            .contains("verified: the copy reads back row for row")
+            && out.stdout.contains("nothing was switched")
+            && out.stdout.contains("allocations: 2 row(s)")
+            && !out.all().contains(crate::pgserver::PG_PASSWORD),
+        "{out:?}"
+    );
+    assert_eq!(
+        pg.psql(
+            "moved",
+            "SELECT content FROM release_files WHERE ticket = '42'"
+        )
+        .expect("files"),
+        "TICKET=42"
+    );
+    // Nothing switched: the project still runs on its state.db.
+    assert!(std::fs::read_to_string(p.path().join("cutover.toml"))
+        .expect("toml")
+        .contains("backend = \"sqlite\""));
+    let again = p.expect(&["state", "migrate", "--to", &url], 2);
+    assert!(again.stderr.contains("already holds state"), "{again:?}");
+
+    // Switched by the operator: the copy carries on.
+    p.write(
+        "cutover.toml",
+        "name = \"t\"\n[state]\nbackend = \"postgres\"\n",
+    );
+    p.env.borrow_mut().clear();
+    p.env
+        .borrow_mut()
+        .push(("CUTOVER_STATE_URL".into(), url.clone()));
+    let out = p.expect(&["deploy"], 0);
+    assert!(out.stdout.contains("nothing to do"), "{out:?}");
+    assert_eq!(
+        p.expect(&["kv", "get", "api", "token", "--reveal"], 0)
+            .stdout
+            .trim(),
+        "s3cr3t-v4lue"
+    );
+    let moved = p.expect(&["cat", "deployments", "--json"], 0).stdout;
+    assert_eq!(
+        moved.matches("\"seq\"").count(),
+        deployments.matches("\"seq\"").count(),
+        "{moved}"
+    );
+
+    // And back into a new embedded store.
+    let out = p.expect(&["state", "migrate", "--to", "sqlite:back/state.db"], 0);
+    assert!(out.stdout.contains("verified"), "{out:?}");
+    assert!(p.path().join("back/state.db").exists());
 }

@@ -196,3 +196,138 @@ pub async fn return_to_main(
     let answer = Answer::new(report.outcome.as_str(), rc).with("report", &report);
     Ok((report, answer))
 }
+
+/// What `state migrate` copied, and where.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Migrated {
+    pub from: String,
+    pub to: String,
+    /// Rows per table, as copied and as read back from the copy.
+    pub counts: Vec<(String, usize)>,
+    pub digest: String,
+}
+
+/// `cutover state migrate --to URL`: copies this project's store into an
+/// empty one (PostgreSQL, or `sqlite:PATH`) under the project lock, then
+/// reads the copy back and compares every row. It switches nothing: the
+/// project keeps its store until the operator changes `[state]`.
+pub async fn state_migrate(
+    ctx: &Context,
+    inv: &Invocation,
+    to: &str,
+) -> Result<(Migrated, Answer), EngineError> {
+    let target = open_target(ctx, to).await?;
+    let from = ctx.store.location();
+    if target.location() == from {
+        return Err(EngineError::usage(
+            format!("--to names the store this project already uses ({from})"),
+            "name another store: an empty PostgreSQL database, or sqlite:PATH",
+        ));
+    }
+    let _lock = ctx.store.lock(&ctx.holder(&inv.command, None)).await?;
+    if !target.is_empty().await? {
+        return Err(EngineError::usage(
+            format!("the store at {} already holds state", target.location()),
+            "cutover copies only into an empty store: give it a new database (or file), or drop what is there if it is not needed",
+        ));
+    }
+    let mut snapshot = ctx.store.export().await?;
+    if !ctx.store.is_shared() {
+        with_local_files(ctx, &mut snapshot)?;
+    }
+    target.import(&snapshot).await?;
+    let copy = target.export().await?;
+    target.close().await;
+    let digest = snapshot.digest();
+    let counts: Vec<(String, usize)> = snapshot
+        .counts()
+        .into_iter()
+        .map(|(t, n)| (t.to_string(), n))
+        .collect();
+    if copy.digest() != digest {
+        let differ: Vec<String> = snapshot
+            .counts()
+            .into_iter()
+            .zip(copy.counts())
+            .map(|((t, a), (_, b))| format!("{t} {a}/{b}"))
+            .collect();
+        return Err(EngineError::Failed(format!(
+            "the copy at {} does not read back the same as {from} (rows copied/read per table: {}); nothing was switched: drop the copy and run the migration again",
+            target.location(),
+            differ.join(", ")
+        )));
+    }
+    let report = Migrated {
+        from,
+        to: target.location(),
+        counts,
+        digest,
+    };
+    inv.audit(ctx, "success", 0, &format!("copied to {}", report.to))
+        .await;
+    let answer = Answer::ok().with("report", &report);
+    Ok((report, answer))
+}
+
+/// The store `--to` names: `postgres://...`, or `sqlite:PATH` (a state.db
+/// file, made if missing).
+async fn open_target(ctx: &Context, to: &str) -> Result<cutover_state::Store, EngineError> {
+    use cutover_state::{PgStore, SqliteStore, Store};
+    if to.starts_with("postgres://") || to.starts_with("postgresql://") {
+        let lease = match &ctx.project.config.state {
+            cutover_model::StateBackend::Postgres { lease, .. } => *lease,
+            cutover_model::StateBackend::Sqlite => std::time::Duration::from_secs(30),
+        };
+        return Ok(Store::Postgres(Box::new(PgStore::open(to, lease).await?)));
+    }
+    if let Some(path) = to.strip_prefix("sqlite://").or(to.strip_prefix("sqlite:")) {
+        if path.is_empty() {
+            return Err(EngineError::usage(
+                "--to sqlite: names no file",
+                "write it as sqlite:PATH, e.g. sqlite:.cutover/state.db",
+            ));
+        }
+        let path = ctx.project.root.join(path);
+        return Ok(Store::Sqlite(SqliteStore::open_file(&path).await?));
+    }
+    Err(EngineError::usage(
+        format!(
+            "--to `{}` is not a store URL",
+            cutover_state::redact_url(to)
+        ),
+        "write postgres://USER:PASSWORD@HOST:PORT/DB, or sqlite:PATH",
+    ))
+}
+
+/// The embedded store keeps release files and the audit log as files:
+/// a copy takes them too.
+fn with_local_files(
+    ctx: &Context,
+    snapshot: &mut cutover_state::Snapshot,
+) -> Result<(), EngineError> {
+    let dir = ctx.workspace.join("releases");
+    let mut files: Vec<(String, String, String)> = Vec::new();
+    for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some((ticket, kind)) = name.rsplit_once('.') else {
+            continue;
+        };
+        if !matches!(kind, "env" | "log") || crate::release::check_ticket(ticket).is_err() {
+            continue;
+        }
+        let text = std::fs::read_to_string(entry.path()).map_err(EngineError::io(format!(
+            "reading {}",
+            entry.path().display()
+        )))?;
+        files.push((ticket.to_string(), kind.to_string(), text));
+    }
+    files.sort();
+    snapshot.release_files = files;
+    if snapshot.audit.is_empty() {
+        let log = ctx.workspace.join("audit.log");
+        if let Ok(text) = std::fs::read_to_string(&log) {
+            snapshot.audit = text.lines().map(str::to_string).collect();
+        }
+    }
+    Ok(())
+}

@@ -225,10 +225,26 @@ pub fn releases(ctx: &Context, ticket: Option<&str>) -> Vec<ReleaseView> {
         .collect()
 }
 
+/// The last `limit` lines of the audit log, newest first: a shared
+/// store's (every operator's), else `.cutover/audit.log`'s.
+pub async fn audit_lines(ctx: &Context, limit: usize) -> Vec<String> {
+    if ctx.store.is_shared() {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        return match ctx.store.audit_tail(limit).await {
+            Ok(mut lines) => {
+                lines.reverse();
+                lines
+            }
+            Err(e) => vec![format!("(cannot read the store's audit log: {e})")],
+        };
+    }
+    file_audit_lines(ctx, limit)
+}
+
 /// The last `limit` lines of `.cutover/audit.log`, newest first, read
 /// from the end of the log (at most its last 4 MiB): a long history costs
 /// a page nothing.
-pub fn audit_lines(ctx: &Context, limit: usize) -> Vec<String> {
+fn file_audit_lines(ctx: &Context, limit: usize) -> Vec<String> {
     use std::io::{Read, Seek, SeekFrom};
     const TAIL: u64 = 4 << 20;
     let Ok(mut f) = std::fs::File::open(ctx.workspace.join("audit.log")) else {
@@ -274,6 +290,7 @@ pub async fn job_view(ctx: &Context, job: &str) -> Result<(JobView, Vec<String>)
             .any(|w| w == job)
     };
     let history = audit_lines(ctx, 5000)
+        .await
         .into_iter()
         .filter(|l| word(l))
         .take(100)

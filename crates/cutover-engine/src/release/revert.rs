@@ -207,6 +207,16 @@ pub async fn revert(ctx: &Context, opts: &RevertOptions) -> Result<RevertReport,
             Ok(msg) => {
                 say(ctx, format!("git: {msg}"));
                 report.git = Some(msg);
+                if !opts.no_push {
+                    if let Ok(head) = git.head() {
+                        super::run::record_released(
+                            ctx,
+                            &head,
+                            &format!("revert of {}", opts.ticket),
+                        )
+                        .await?;
+                    }
+                }
                 if !removed.is_empty() {
                     redeploy_removed(ctx, &opts.command, &removed, &mut report).await?;
                 }

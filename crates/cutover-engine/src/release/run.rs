@@ -450,6 +450,7 @@ async fn prepare(
     git.run(&["fetch", "--quiet", remote]).map_err(git_failed)?;
     refuse_local_commits(git, remote, &branch)?;
     let base = git.head().map_err(git_failed)?;
+    refuse_a_clone_the_team_moved_past(ctx, &base, remote).await?;
     if git.branch().as_deref() != Some(branch.as_str()) {
         let tracking = format!("{remote}/{branch}");
         let r = git.run(&["checkout", "--quiet", &branch]);
@@ -510,6 +511,7 @@ async fn prepare(
     };
     // Written before anything else happens: from here, revert knows BASE_SHA.
     state.save(&ctx).await?;
+    record_released(&ctx, &state.merge_sha, &format!("release {}", state.ticket)).await?;
     // Several scripts for the ticket: found now, before any backup or
     // service, not after migrate.
     ticket_script(&ctx, &opts.ticket).map_err(Refusal::Usage)?;
@@ -528,6 +530,64 @@ async fn prepare(
 
 /// Refuses a clone whose branch has commits its remote lacks (a revert
 /// that was not pushed): `pull --ff-only` would fail, or release them.
+/// The meta key of the commit the last release (or revert) left the main
+/// line at, in a shared store: `SHA WHAT`.
+const LAST_RELEASED: &str = "release:last_commit";
+
+/// Records, in a shared store, the commit a release or revert left the
+/// main line at: the next release of any operator starts from it.
+pub(crate) async fn record_released(
+    ctx: &Context,
+    sha: &str,
+    what: &str,
+) -> Result<(), EngineError> {
+    if ctx.store.is_shared() {
+        ctx.store
+            .meta_put(
+                LAST_RELEASED,
+                &format!("{sha} {what} by {}", ctx.operator.user),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// With a shared store, BASE_SHA is the commit the team's last release
+/// left the main line at: a clone elsewhere (behind, and a colleague's
+/// ticket would fall into this release's range, and its revert) is
+/// refused before anything changes.
+async fn refuse_a_clone_the_team_moved_past(
+    ctx: &Context,
+    head: &str,
+    remote: &str,
+) -> Result<(), Refusal> {
+    if !ctx.store.is_shared() {
+        return Ok(());
+    }
+    let Some(last) = ctx
+        .store
+        .meta_get(LAST_RELEASED)
+        .await
+        .map_err(EngineError::from)?
+    else {
+        return Ok(());
+    };
+    let (sha, what) = last.split_once(' ').unwrap_or((last.as_str(), ""));
+    if sha == head {
+        return Ok(());
+    }
+    Err(Refusal::Usage(EngineError::usage(
+        format!(
+            "this clone is at {}, but the team's last {what} left the main line at {}: a release from here would take the wrong BASE_SHA",
+            &head[..head.len().min(12)],
+            &sha[..sha.len().min(12)],
+        ),
+        format!(
+            "bring this clone to it with `git fetch {remote} && git merge --ff-only {sha}`, then run the release again"
+        ),
+    )))
+}
+
 fn refuse_local_commits(git: &Git, remote: &str, branch: &str) -> Result<(), Refusal> {
     let range = format!("{remote}/{branch}..HEAD");
     let Ok(count) = git.run(&["rev-list", "--count", &range]) else {
