@@ -54,7 +54,7 @@ impl EngineError {
             EngineError::Config(_)
             | EngineError::Usage { .. }
             | EngineError::Template(_)
-            | EngineError::State(StateError::TooNew { .. }) => 2,
+            | EngineError::State(StateError::TooNew { .. } | StateError::Config(_)) => 2,
             EngineError::Locked(_) => 3,
             EngineError::Refused(_) => 4,
             EngineError::State(_)

@@ -346,6 +346,9 @@ fn normal_path(p: &Path) -> String {
         .into_owned()
 }
 
+/// The shortest `[state] lease`.
+const MIN_LEASE: Duration = Duration::from_secs(2);
+
 /// Why a worker or job name cannot be used, if it cannot: names become
 /// state records, lines of the release state file and paths on workers.
 fn name_problem(name: &str) -> Option<&'static str> {
@@ -462,7 +465,17 @@ impl Loader<'_> {
                 // Else CUTOVER_STATE_URL, checked when the store is opened:
                 // the password stays out of git.
                 url: raw.state.url.clone(),
-                lease: duration(&src, "lease", &raw.state.lease, Duration::from_secs(30), d),
+                lease: {
+                    let lease =
+                        duration(&src, "lease", &raw.state.lease, Duration::from_secs(30), d);
+                    if let (Some(v), true) = (&raw.state.lease, lease < MIN_LEASE) {
+                        d.push(
+                            src.diag(v.span(), "lease: shorter than 2s")
+                                .with_help("a live holder writes its heartbeat every quarter of the lease; a shorter one would be taken over while it works"),
+                        );
+                    }
+                    lease
+                },
             }
         } else {
             StateBackend::Sqlite

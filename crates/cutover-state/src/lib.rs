@@ -56,6 +56,9 @@ pub enum StateError {
     /// restarted, the network went): the lock went with it.
     #[error("this run lost the project lock: its connection to the state store at {0} ended; it stops and changes nothing more")]
     LockLost(String),
+    /// Bad input about the store itself: exit 2, nothing written.
+    #[error("{0}")]
+    Config(String),
     #[error("corrupt state: {0}")]
     Corrupt(String),
     #[error("{path} was written by a newer cutover: it has schema migration {version}, and this cutover knows up to {known}")]
@@ -67,6 +70,27 @@ pub enum StateError {
 }
 
 pub type Result<T> = std::result::Result<T, StateError>;
+
+/// Job and worker names read from a store become paths on workers: a row
+/// whose name no project could define (`..`, `/`) is refused, as
+/// cutover.toml refuses it.
+pub(crate) fn check_names(names: &[&str]) -> Result<()> {
+    for name in names {
+        let ok = !name.is_empty()
+            && name.len() <= 64
+            && !name.starts_with(['.', '-'])
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        if !ok {
+            return Err(StateError::Corrupt(format!(
+                "the store names a job or worker `{}`, which no project can define; it was written by hand or by something else than cutover, and nothing was done with it",
+                name.escape_debug()
+            )));
+        }
+    }
+    Ok(())
+}
 
 /// The state store: one of two known backends, with the same schema and
 /// the same queries (see `queries.rs`). An enum rather than a trait

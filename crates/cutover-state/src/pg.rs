@@ -59,6 +59,12 @@ pub struct PgStore {
     fence: Arc<Mutex<Option<Fence>>>,
     /// The heartbeat tasks of locks taken here, awaited by `close`.
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// This process's `application_name`: every session it opens carries
+    /// it, so that a takeover can end them all.
+    session: String,
+    /// Set once this process's lock was taken over or lost: from then on
+    /// it writes nothing, locked or not.
+    poisoned: AtomicBool,
 }
 
 #[derive(Clone)]
@@ -82,6 +88,8 @@ struct LeaseRow {
     token: i64,
     holder: Option<LockHolder>,
     backend_pid: Option<i64>,
+    /// The holder's `application_name`.
+    session: Option<String>,
     /// Milliseconds since the last heartbeat.
     age_ms: Option<i64>,
     /// The backend that holds the advisory lock, if any.
@@ -96,21 +104,41 @@ impl PgStore {
             path: location.clone(),
             source,
         };
-        let opts = PgConnectOptions::from_str(url)
-            .map_err(db)?
-            .application_name("cutover");
+        let opts = PgConnectOptions::from_str(url).map_err(|e| {
+            StateError::Config(format!(
+                "the PostgreSQL store's URL {location} cannot be read: {e} (a password with `/`, `?`, `@` or `:` must be percent-encoded)"
+            ))
+        })?;
+        let session = format!(
+            "cutover:{}:{:x}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        );
+        let opts = opts.application_name(&session);
+        // One connection first: its error (refused, unknown host, bad
+        // password) is the one to show, not a pool's timeout.
+        let first = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&opts))
+            .await
+            .map_err(|_| StateError::Unreachable(location.clone()))?
+            .map_err(db)?;
+        let _ = first.close().await;
         let pool = PgPoolOptions::new()
             .max_connections(4)
             .acquire_timeout(CONNECT_TIMEOUT)
             .connect_with(opts.clone())
             .await
             .map_err(db)?;
+        refuse_foreign_tables(&pool, &location).await?;
         crate::migrate::run(&pool, MIGRATIONS, &location).await?;
         let store_id: String = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'store_id'")
             .fetch_one(&pool)
             .await
             .map_err(db)?;
         Ok(PgStore {
+            session,
+            poisoned: AtomicBool::new(false),
             store_id,
             pool,
             opts,
@@ -157,6 +185,9 @@ impl PgStore {
     /// lease row that a takeover's update waits for: a write either ends
     /// before a takeover or fails after it.
     async fn begin_write(&self) -> Result<sqlx::Transaction<'_, sqlx::Postgres>> {
+        if self.poisoned.load(Ordering::SeqCst) {
+            return Err(StateError::LockLost(self.location.clone()));
+        }
         let mut tx = self.pool.begin().await.map_err(self.err())?;
         if let Some(fence) = self.fence() {
             let now: (i64, bool) = sqlx::query_as(&format!("{HELD} FOR SHARE OF lease"))
@@ -189,10 +220,12 @@ impl PgStore {
     /// has now.
     async fn still_held(&self, fence: &Fence, (now, held): (i64, bool)) -> Result<()> {
         if now != fence.token {
+            self.poisoned.store(true, Ordering::SeqCst);
             return Err(self.fenced(fence.token).await);
         }
         if !held || fence.lost.load(Ordering::SeqCst) {
             fence.lost.store(true, Ordering::SeqCst);
+            self.poisoned.store(true, Ordering::SeqCst);
             return Err(StateError::LockLost(self.location.clone()));
         }
         Ok(())
@@ -210,7 +243,7 @@ impl PgStore {
 
     async fn lease_row(&self) -> Result<LeaseRow> {
         let row = sqlx::query(&format!(
-            "SELECT token, holder, backend_pid, {NOW_MS} - heartbeat AS age_ms,
+            "SELECT token, holder, backend_pid, session, {NOW_MS} - heartbeat AS age_ms,
                (SELECT CAST(pid AS BIGINT) FROM pg_locks
                  WHERE locktype = 'advisory' AND granted AND objsubid = 1
                    AND CAST(classid AS BIGINT) = 0 AND CAST(objid AS BIGINT) = $1
@@ -227,6 +260,7 @@ impl PgStore {
             token: row.get("token"),
             holder: holder.and_then(|h| serde_json::from_str(&h).ok()),
             backend_pid: row.get("backend_pid"),
+            session: row.get("session"),
             age_ms: row.get("age_ms"),
             locked_by: row.get("locked_by"),
         })
@@ -271,21 +305,25 @@ impl PgStore {
             if !stale {
                 return Err(StateError::Locked(Box::new(holder_now)));
             }
-            sqlx::query("SELECT pg_terminate_backend(CAST($1 AS INTEGER))")
-                .bind(row.backend_pid)
-                .execute(&self.pool)
-                .await
-                .map_err(self.err())?;
+            self.end_sessions(row.backend_pid, row.session.as_deref())
+                .await?;
             ended = Some(holder_now);
         }
         let leftover = self.lease_row().await?.holder;
         let json = serde_json::to_string(holder).unwrap_or_default();
+        // A session of a stopped holder may still hold the lease row in an
+        // open transaction: wait for it a while, never forever.
+        sqlx::query("SET lock_timeout = '10s'")
+            .execute(&mut conn)
+            .await
+            .map_err(self.err())?;
         let (token, backend): (i64, i64) = sqlx::query_as(&format!(
             "UPDATE lease SET token = token + 1, holder = $1,
-               backend_pid = pg_backend_pid(), heartbeat = {NOW_MS}
+               backend_pid = pg_backend_pid(), session = $2, heartbeat = {NOW_MS}
              WHERE id = 1 RETURNING token, backend_pid"
         ))
         .bind(json)
+        .bind(&self.session)
         .fetch_one(&mut conn)
         .await
         .map_err(self.err())?;
@@ -313,6 +351,23 @@ impl PgStore {
             ended.or(leftover),
             u64::try_from(token).unwrap_or(0),
         ))
+    }
+
+    /// Ends a holder's sessions: the one that holds the advisory lock and
+    /// every other of its process (one may hold the lease row in an open
+    /// transaction).
+    async fn end_sessions(&self, backend: Option<i64>, session: Option<&str>) -> Result<()> {
+        sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+              WHERE pid <> pg_backend_pid()
+                AND (CAST(pid AS BIGINT) = $1 OR application_name = $2)",
+        )
+        .bind(backend)
+        .bind(session)
+        .execute(&self.pool)
+        .await
+        .map_err(self.err())?;
+        Ok(())
     }
 
     fn lease_ms(&self) -> i64 {
@@ -347,16 +402,14 @@ impl PgStore {
             if !own && !force {
                 return Err(StateError::Locked(Box::new(holder)));
             }
-            sqlx::query("SELECT pg_terminate_backend(CAST($1 AS INTEGER))")
-                .bind(pid)
-                .execute(&self.pool)
-                .await
-                .map_err(self.err())?;
+            self.end_sessions(Some(pid), row.session.as_deref()).await?;
         }
+        // Only the lease as read: a lock taken meanwhile is not touched.
         sqlx::query(
             "UPDATE lease SET token = token + 1, holder = NULL, backend_pid = NULL,
-               heartbeat = NULL WHERE id = 1",
+               session = NULL, heartbeat = NULL WHERE id = 1 AND token = $1",
         )
+        .bind(row.token)
         .execute(&self.pool)
         .await
         .map_err(self.err())?;
@@ -396,7 +449,7 @@ async fn heartbeat(
         }
     }
     let _ = sqlx::query(
-        "UPDATE lease SET holder = NULL, backend_pid = NULL, heartbeat = NULL
+        "UPDATE lease SET holder = NULL, backend_pid = NULL, session = NULL, heartbeat = NULL
          WHERE id = 1 AND token = $1",
     )
     .bind(token)
@@ -407,6 +460,44 @@ async fn heartbeat(
         .execute(&mut conn)
         .await;
     let _ = conn.close().await;
+}
+
+/// cutover's tables, and those of the migrator: a database that holds
+/// any other is not a cutover store, and nothing is written to it.
+pub(crate) const OWN_TABLES: &[&str] = &[
+    "_sqlx_migrations",
+    "meta",
+    "allocations",
+    "trees",
+    "deployments",
+    "kv",
+    "lease",
+    "audit",
+    "release_files",
+];
+
+async fn refuse_foreign_tables(pool: &PgPool, location: &str) -> Result<()> {
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables
+          WHERE table_schema = current_schema() ORDER BY table_name",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(|source| StateError::Db {
+        path: location.to_string(),
+        source,
+    })?;
+    let foreign: Vec<&String> = tables
+        .iter()
+        .filter(|t| !OWN_TABLES.contains(&t.as_str()))
+        .collect();
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    Err(StateError::Config(format!(
+        "the database at {location} holds tables that are not cutover's ({}): it is not a cutover store, and nothing was written to it; give cutover a database of its own",
+        foreign.iter().take(5).map(|t| t.as_str()).collect::<Vec<_>>().join(", ")
+    )))
 }
 
 fn unknown_holder() -> LockHolder {
@@ -425,13 +516,16 @@ pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return "<a postgres URL>".into();
     };
-    let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
-    let authority = match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{user}@{host}")
-        }
-        None => authority.to_string(),
+    // The user info ends at the last `@` (a password may hold `/`, `?`
+    // or `:` unencoded); the host part at the first `/` or `?` after it.
+    let (user, rest) = match rest.rsplit_once('@') {
+        Some((userinfo, after)) => (Some(userinfo.split(':').next().unwrap_or("")), after),
+        None => (None, rest),
+    };
+    let (host, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    let authority = match user {
+        Some(user) => format!("{user}@{host}"),
+        None => host.to_string(),
     };
     let tail = match tail.split_once('?') {
         Some((path, query)) => {
@@ -467,5 +561,9 @@ mod tests {
         assert_eq!(redact("postgres://db/cutover"), "postgres://db/cutover");
         assert_eq!(redact("nonsense"), "<a postgres URL>");
         assert!(!redact("postgres://a:p@ss:w@h/db").contains("ss:w"));
+        assert_eq!(
+            redact("postgres://ops:S3cr/tP?w@h:5432/db"),
+            "postgres://ops@h:5432/db"
+        );
     }
 }

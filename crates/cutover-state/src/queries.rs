@@ -20,6 +20,7 @@ macro_rules! store_queries {
                 rows.iter()
                     .map(|row| {
                         let status: String = row.get("status");
+                        $crate::check_names(&[row.get("job"), row.get("worker")])?;
                         Ok($crate::AllocationRecord {
                             job: row.get("job"),
                             worker: row.get("worker"),
@@ -246,10 +247,14 @@ macro_rules! store_queries {
                         .fetch_all(&self.pool)
                         .await
                         .map_err(self.err())?;
-                Ok(rows
+                let workers: Vec<(String, String)> = rows
                     .into_iter()
                     .map(|(k, v)| (k.trim_start_matches("worker:").to_string(), v))
-                    .collect())
+                    .collect();
+                for (name, _) in &workers {
+                    $crate::check_names(&[name.as_str()])?;
+                }
+                Ok(workers)
             }
 
             pub async fn put_known_worker(&self, name: &str, spec: &str) -> $crate::Result<()> {

@@ -192,8 +192,19 @@ pub fn job_set(jobs: Option<Vec<String>>) -> Option<BTreeSet<String>> {
 }
 
 /// The command line as typed, for records and the audit log.
+/// A URL's password (`state migrate --to postgres://USER:PASSWORD@...`)
+/// never reaches the lock record, the audit log or the feed.
 pub fn command_line() -> String {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .map(|a| {
+            if a.contains("://") && a.contains('@') {
+                cutover_state::redact_url(&a)
+            } else {
+                a
+            }
+        })
+        .collect();
     format!("cutover {}", args.join(" "))
 }
 

@@ -489,3 +489,85 @@ fn state_migrate_copies_a_store_to_postgres_and_back_and_switches_nothing() {
     assert!(out.stdout.contains("verified"), "{out:?}");
     assert!(p.path().join("back/state.db").exists());
 }
+
+/// What a hostile or unlucky operator does to a shared store: another
+/// project's URL, a store row no project could write, a password with a
+/// `/`, a database that holds another application's tables, a lease too
+/// short to keep. Each is refused, and nothing is lost or printed.
+#[test]
+fn a_shared_store_refuses_what_is_not_its_own() {
+    let t = team();
+    t.ana.expect(&["deploy"], 0);
+    let running = t.current("a").expect("deployed");
+
+    // Another project pointed at this store stops nothing of ours.
+    let other = Project::with_store(&t.pg.url("team"));
+    other.write(
+        "cutover.toml",
+        "name = \"other-project\"\n[state]\nbackend = \"postgres\"\n",
+    );
+    other.write(
+        "workers.toml",
+        &std::fs::read_to_string(t.ana.path().join("workers.toml")).expect("w"),
+    );
+    other.job("web", "version = \"1\"\n");
+    let refused = other.expect(&["deploy"], 2);
+    assert!(
+        refused
+            .stderr
+            .contains("belongs to project `team`, not `other-project`"),
+        "{refused:?}"
+    );
+    assert_eq!(t.current("a").as_deref(), Some(running.as_str()));
+
+    // A row naming a path: refused, nothing outside the worker touched.
+    let victim = t.fleet.path().join("victim/releases");
+    std::fs::create_dir_all(&victim).expect("victim");
+    t.store(
+        "INSERT INTO allocations (job, worker, status, updated_at) VALUES ('../../victim', 'a', 'promoted', 'now')",
+    );
+    let out = t.ana.expect(&["deploy"], 1);
+    assert!(
+        out.stderr.contains("which no project can define"),
+        "{out:?}"
+    );
+    assert!(
+        victim.exists(),
+        "a store row deleted a dir outside the worker"
+    );
+    t.store("DELETE FROM allocations WHERE job = '../../victim'");
+
+    // A password with an unencoded `/`: exit 2, never printed.
+    let out = t.ana.cutover_env(
+        &["lock", "status"],
+        &[("CUTOVER_STATE_URL", "postgres://ops:S3cr/tPw@127.0.0.1:1/x")],
+    );
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(!out.all().contains("S3cr"), "{out:?}");
+
+    // A database of another application: nothing written to it.
+    let foreign = t.pg.database("shop");
+    t.pg.psql("shop", "CREATE TABLE customers (id int)")
+        .expect("table");
+    let out = t
+        .ana
+        .cutover_env(&["lock", "status"], &[("CUTOVER_STATE_URL", &foreign)]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("not a cutover store"), "{out:?}");
+    assert_eq!(
+        t.pg.psql(
+            "shop",
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'"
+        )
+        .expect("tables"),
+        "1"
+    );
+
+    // A lease a live holder could not keep.
+    t.ana.write(
+        "cutover.toml",
+        "name = \"team\"\n[state]\nbackend = \"postgres\"\nlease = \"1ms\"\n",
+    );
+    let out = t.ana.expect(&["check"], 2);
+    assert!(out.stderr.contains("lease: shorter than 2s"), "{out:?}");
+}

@@ -288,6 +288,12 @@ async fn open_target(ctx: &Context, to: &str) -> Result<cutover_state::Store, En
             ));
         }
         let path = ctx.project.root.join(path);
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() > 0 || !m.is_file()) {
+            return Err(EngineError::usage(
+                format!("{} already exists", path.display()),
+                "cutover copies only into a new file: name one that does not exist",
+            ));
+        }
         return Ok(Store::Sqlite(SqliteStore::open_file(&path).await?));
     }
     Err(EngineError::usage(

@@ -211,9 +211,31 @@ pub async fn open(
         load: environment.load_options(),
         trust_env: environment.trust_env(),
     };
+    if ctx.store.is_shared() {
+        bind_to_project(&ctx).await?;
+    }
     // A shared store's release files, copied here for what reads them.
     crate::release::pull_files(&ctx).await?;
     Ok(Opened { ctx, store })
+}
+
+/// A shared store belongs to one project, named on its first use: a
+/// store of another project (a leftover CUTOVER_STATE_URL) would have the
+/// deploy stop every job this project lacks.
+async fn bind_to_project(ctx: &Context) -> Result<(), EngineError> {
+    const KEY: &str = "project";
+    let name = &ctx.project.config.name;
+    match ctx.store.meta_get(KEY).await? {
+        Some(owner) if owner == *name => Ok(()),
+        Some(owner) => Err(EngineError::usage(
+            format!(
+                "the state store at {} belongs to project `{owner}`, not `{name}`: nothing was done",
+                ctx.store.location()
+            ),
+            "point CUTOVER_STATE_URL (or [state] url) at this project's own database; if the project was renamed, set `name` in cutover.toml back",
+        )),
+        None => Ok(ctx.store.meta_put(KEY, name).await?),
+    }
 }
 
 /// Opens the store `[state]` names: `.cutover/state.db`, or PostgreSQL at

@@ -7,6 +7,9 @@ CREATE TABLE lease (
     token       BIGINT NOT NULL DEFAULT 0,
     holder      TEXT,
     backend_pid BIGINT,
+    -- The holder's sessions (their application_name): a takeover ends
+    -- them all, not only the one that holds the advisory lock.
+    session     TEXT,
     heartbeat   BIGINT
 );
 INSERT INTO lease (id, token) VALUES (1, 0);
