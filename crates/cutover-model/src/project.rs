@@ -209,7 +209,7 @@ struct RawTemplates {
 #[derive(Deserialize, Default)]
 struct RawState {
     backend: Option<Spanned<String>>,
-    url: Option<String>,
+    url: Option<Spanned<String>>,
     lease: Option<Spanned<String>>,
 }
 
@@ -464,7 +464,21 @@ impl Loader<'_> {
             StateBackend::Postgres {
                 // Else CUTOVER_STATE_URL, checked when the store is opened:
                 // the password stays out of git.
-                url: raw.state.url.clone(),
+                url: raw.state.url.as_ref().map(|u| {
+                    // cutover.toml is committed: a password there is in git.
+                    let userinfo = u
+                        .get_ref()
+                        .split_once("://")
+                        .and_then(|(_, rest)| rest.rsplit_once('@'))
+                        .map(|(info, _)| info);
+                    if userinfo.is_some_and(|i| i.contains(':')) {
+                        d.push(
+                            src.diag(u.span(), "url: holds a password, and cutover.toml is committed")
+                                .with_help("remove the password from url and give the whole URL in CUTOVER_STATE_URL, which overrides it"),
+                        );
+                    }
+                    u.get_ref().clone()
+                }),
                 lease: {
                     let lease =
                         duration(&src, "lease", &raw.state.lease, Duration::from_secs(30), d);

@@ -24,6 +24,20 @@ pub struct LockHolder {
     pub since: String,
 }
 
+impl LockHolder {
+    /// A holder whose record cannot be read.
+    pub(crate) fn unknown() -> LockHolder {
+        LockHolder {
+            user: "?".into(),
+            host: "?".into(),
+            pid: 0,
+            command: "?".into(),
+            ticket: None,
+            since: "?".into(),
+        }
+    }
+}
+
 impl fmt::Display for LockHolder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -67,14 +81,7 @@ impl ProjectLock {
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
-                let holder = read_holder(&mut file).unwrap_or_else(|| LockHolder {
-                    user: "?".into(),
-                    host: "?".into(),
-                    pid: 0,
-                    command: "?".into(),
-                    ticket: None,
-                    since: "?".into(),
-                });
+                let holder = read_holder(&mut file).unwrap_or_else(LockHolder::unknown);
                 return Err(StateError::Locked(Box::new(holder)));
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),

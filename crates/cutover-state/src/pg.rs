@@ -286,7 +286,7 @@ impl PgStore {
                 break;
             }
             let row = self.lease_row().await?;
-            let holder_now = row.holder.clone().unwrap_or_else(unknown_holder);
+            let holder_now = row.holder.clone().unwrap_or_else(LockHolder::unknown);
             if ended.is_some() {
                 // Ended; its backend lets go of the lock in a moment.
                 if tokio::time::Instant::now() > deadline {
@@ -383,7 +383,7 @@ impl PgStore {
         let row = self.lease_row().await?;
         Ok(row
             .locked_by
-            .map(|_| row.holder.unwrap_or_else(unknown_holder)))
+            .map(|_| row.holder.unwrap_or_else(LockHolder::unknown)))
     }
 
     /// `lock release`: clears the record of a free lock; a held lock is
@@ -397,7 +397,7 @@ impl PgStore {
         let row = self.lease_row().await?;
         let live = row.locked_by.is_some();
         if let Some(pid) = row.locked_by {
-            let holder = row.holder.clone().unwrap_or_else(unknown_holder);
+            let holder = row.holder.clone().unwrap_or_else(LockHolder::unknown);
             let own = holder.user == caller.user && holder.host == caller.host;
             if !own && !force {
                 return Err(StateError::Locked(Box::new(holder)));
@@ -498,17 +498,6 @@ async fn refuse_foreign_tables(pool: &PgPool, location: &str) -> Result<()> {
         "the database at {location} holds tables that are not cutover's ({}): it is not a cutover store, and nothing was written to it; give cutover a database of its own",
         foreign.iter().take(5).map(|t| t.as_str()).collect::<Vec<_>>().join(", ")
     )))
-}
-
-fn unknown_holder() -> LockHolder {
-    LockHolder {
-        user: "?".into(),
-        host: "?".into(),
-        pid: 0,
-        command: "?".into(),
-        ticket: None,
-        since: "?".into(),
-    }
 }
 
 /// `url` without its password (and without a `password=` parameter).

@@ -487,6 +487,10 @@ impl Project {
     pub fn new() -> Project {
         let pg = on_postgres().then(PgServer::start);
         let state_url = pg.as_ref().map(|pg| pg.database("cutover"));
+        Project::with(pg, state_url)
+    }
+
+    fn with(pg: Option<PgServer>, state_url: Option<String>) -> Project {
         Project {
             dir: tempfile::tempdir().expect("tempdir"),
             tmp: tempfile::tempdir().expect("tempdir"),
@@ -501,15 +505,7 @@ impl Project {
     /// A project whose state is in the PostgreSQL database at `url`
     /// (shared with other projects: two operators' clones).
     pub fn with_store(url: &str) -> Project {
-        Project {
-            dir: tempfile::tempdir().expect("tempdir"),
-            tmp: tempfile::tempdir().expect("tempdir"),
-            check_tmp: std::cell::Cell::new(true),
-            umask: std::cell::Cell::new(None),
-            env: Default::default(),
-            pg: None,
-            state_url: Some(url.to_string()),
-        }
+        Project::with(None, Some(url.to_string()))
     }
 
     pub fn path(&self) -> &Path {

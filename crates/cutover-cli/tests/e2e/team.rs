@@ -172,6 +172,11 @@ fn a_paused_holder_is_taken_over_and_once_resumed_changes_nothing() {
     );
     assert!(ben.all().contains("ana@"), "{ben:?}");
     let token_after: i64 = t.store("SELECT token FROM lease").parse().expect("token");
+    let audit = t.store("SELECT line FROM audit ORDER BY seq DESC LIMIT 1");
+    assert!(
+        audit.contains("user=ben") && audit.contains("took over the lock of ana@"),
+        "{audit}"
+    );
     assert!(
         token_after > token_before,
         "{token_before} -> {token_after}"
@@ -570,4 +575,14 @@ fn a_shared_store_refuses_what_is_not_its_own() {
     );
     let out = t.ana.expect(&["check"], 2);
     assert!(out.stderr.contains("lease: shorter than 2s"), "{out:?}");
+    // A password in the committed cutover.toml.
+    t.ana.write(
+        "cutover.toml",
+        "name = \"team\"\n[state]\nbackend = \"postgres\"\nurl = \"postgres://ops:hunter2@db/team\"\n",
+    );
+    let out = t.ana.expect(&["check"], 2);
+    assert!(
+        out.stderr.contains("url: holds a password, and cutover.toml is committed"),
+        "{out:?}"
+    );
 }

@@ -136,10 +136,13 @@ pub async fn deploy(
     } else {
         failure_rc(ctx)
     };
-    let detail = report
+    let mut detail = report
         .seq
         .map(|n| format!("deployment {n}"))
         .unwrap_or_default();
+    if let Some(h) = &report.took_over_lock {
+        detail.push_str(&format!("; took over the lock of {h}"));
+    }
     inv.audit(ctx, report.outcome.as_str(), rc, &detail).await;
     feed.finish(report.outcome.as_str(), rc);
     let answer = Answer::new(report.outcome.as_str(), rc)
