@@ -38,7 +38,8 @@ fn every_class_and_both_sides_of_renames_and_deletions() {
     p.write("src/api/main.rs", "fn main() {}\n");
     p.write("docs/guide.md", "# guide\n");
     p.write("releases/12-fix.sh", "echo\n");
-    p.write("cutover.toml", "name = \"t2\"\n");
+    // A settings change (not the name: a shared store belongs to one).
+    p.write("cutover.toml", "name = \"t\"\nmain_branch = \"main\"\n");
     p.write("random.txt", "?\n");
     git(p.path(), &["mv", "jobs/web/a.txt", "jobs/web/b.txt"]);
     git(p.path(), &["rm", "-q", "-r", "jobs/old"]);

@@ -582,7 +582,8 @@ fn a_shared_store_refuses_what_is_not_its_own() {
     );
     let out = t.ana.expect(&["check"], 2);
     assert!(
-        out.stderr.contains("url: holds a password, and cutover.toml is committed"),
+        out.stderr
+            .contains("url: holds a password, and cutover.toml is committed"),
         "{out:?}"
     );
 }
