@@ -153,7 +153,7 @@ pub async fn releases(
     headers: HeaderMap,
 ) -> Response {
     authed!(s, headers, peer);
-    answer(&Answer::ok().with("releases", app::releases(&s.ctx(), None)))
+    answer(&Answer::ok().with("releases", app::releases(&s.ctx(), None).await))
 }
 
 pub async fn release(
@@ -163,7 +163,7 @@ pub async fn release(
     Path(ticket): Path<String>,
 ) -> Response {
     authed!(s, headers, peer);
-    match app::releases(&s.ctx(), Some(&ticket)).pop() {
+    match app::releases(&s.ctx(), Some(&ticket)).await.pop() {
         Some(r) => answer(&Answer::ok().with("release", r)),
         None => error(&EngineError::usage(
             format!("no ticket release `{ticket}` has a state file"),

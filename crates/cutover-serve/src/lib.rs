@@ -185,8 +185,7 @@ pub async fn serve(o: ServeOptions, ready: impl FnOnce(&str)) -> Result<(), Engi
             ));
         }
     }
-    let opened = app::open(&o.root, &o.env, Arc::new(Quiet), o.interrupt.clone()).await?;
-    let ctx = opened.ctx;
+    let ctx = app::open(&o.root, &o.env, Arc::new(Quiet), o.interrupt.clone()).await?;
     let store_dir = store_dir(&ctx);
     std::fs::create_dir_all(&store_dir).map_err(EngineError::io(format!(
         "creating the served store {}",

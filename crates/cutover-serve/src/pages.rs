@@ -495,7 +495,7 @@ pub async fn releases(State(s): S, headers: HeaderMap) -> Response {
     let Some((_, sess)) = session(&s, &headers) else {
         return to_login();
     };
-    let r = app::releases(&s.ctx(), None);
+    let r = app::releases(&s.ctx(), None).await;
     render(
         &s,
         "releases.html",

@@ -62,9 +62,10 @@ pub struct PgStore {
     /// This process's `application_name`: every session it opens carries
     /// it, so that a takeover can end them all.
     session: String,
-    /// Set once this process's lock was taken over or lost: from then on
-    /// it writes nothing, locked or not.
-    poisoned: AtomicBool,
+    /// Set once this process's lock was taken over or lost (by a write's
+    /// check or by the heartbeat): from then on it writes nothing, locked
+    /// or not.
+    poisoned: Arc<AtomicBool>,
 }
 
 #[derive(Clone)]
@@ -72,16 +73,23 @@ struct Fence {
     token: i64,
     /// The backend of the connection that holds the advisory lock.
     backend: i64,
-    lost: Arc<AtomicBool>,
 }
 
-/// The lease's token, and whether backend `$1` still holds the advisory
+/// The `pg_locks` rows of the project lock (`$1`: its key) in this
+/// database.
+const ADVISORY: &str = "locktype = 'advisory' AND granted AND objsubid = 1
+       AND CAST(classid AS BIGINT) = 0 AND CAST(objid AS BIGINT) = $1
+       AND database = (SELECT oid FROM pg_database WHERE datname = current_database())";
+
+/// The lease's token, and whether backend `$2` still holds the advisory
 /// lock (a restarted server or a cut connection ends it at once, before
 /// any heartbeat could tell).
-const HELD: &str = "SELECT token, EXISTS (SELECT 1 FROM pg_locks
-     WHERE locktype = 'advisory' AND granted AND objsubid = 1
-       AND CAST(classid AS BIGINT) = 0 AND CAST(objid AS BIGINT) = $2
-       AND CAST(pid AS BIGINT) = $1) FROM lease WHERE id = 1";
+fn held_query() -> String {
+    format!(
+        "SELECT token, EXISTS (SELECT 1 FROM pg_locks WHERE {ADVISORY} AND CAST(pid AS BIGINT) = $2)
+           FROM lease WHERE id = 1"
+    )
+}
 
 /// The lease row as read.
 struct LeaseRow {
@@ -138,7 +146,7 @@ impl PgStore {
             .map_err(db)?;
         Ok(PgStore {
             session,
-            poisoned: AtomicBool::new(false),
+            poisoned: Arc::default(),
             store_id,
             pool,
             opts,
@@ -185,14 +193,15 @@ impl PgStore {
     /// lease row that a takeover's update waits for: a write either ends
     /// before a takeover or fails after it.
     async fn begin_write(&self) -> Result<sqlx::Transaction<'_, sqlx::Postgres>> {
-        if self.poisoned.load(Ordering::SeqCst) {
+        let fence = self.fence();
+        if fence.is_none() && self.poisoned.load(Ordering::SeqCst) {
             return Err(StateError::LockLost(self.location.clone()));
         }
         let mut tx = self.pool.begin().await.map_err(self.err())?;
-        if let Some(fence) = self.fence() {
-            let now: (i64, bool) = sqlx::query_as(&format!("{HELD} FOR SHARE OF lease"))
-                .bind(fence.backend)
+        if let Some(fence) = fence {
+            let now: (i64, bool) = sqlx::query_as(&format!("{} FOR SHARE OF lease", held_query()))
                 .bind(LOCK_KEY)
+                .bind(fence.backend)
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(self.err())?;
@@ -207,9 +216,9 @@ impl PgStore {
         let Some(fence) = self.fence() else {
             return Ok(());
         };
-        let now: (i64, bool) = sqlx::query_as(HELD)
-            .bind(fence.backend)
+        let now: (i64, bool) = sqlx::query_as(&held_query())
             .bind(LOCK_KEY)
+            .bind(fence.backend)
             .fetch_one(&self.pool)
             .await
             .map_err(self.err())?;
@@ -223,8 +232,7 @@ impl PgStore {
             self.poisoned.store(true, Ordering::SeqCst);
             return Err(self.fenced(fence.token).await);
         }
-        if !held || fence.lost.load(Ordering::SeqCst) {
-            fence.lost.store(true, Ordering::SeqCst);
+        if !held || self.poisoned.load(Ordering::SeqCst) {
             self.poisoned.store(true, Ordering::SeqCst);
             return Err(StateError::LockLost(self.location.clone()));
         }
@@ -244,11 +252,7 @@ impl PgStore {
     async fn lease_row(&self) -> Result<LeaseRow> {
         let row = sqlx::query(&format!(
             "SELECT token, holder, backend_pid, session, {NOW_MS} - heartbeat AS age_ms,
-               (SELECT CAST(pid AS BIGINT) FROM pg_locks
-                 WHERE locktype = 'advisory' AND granted AND objsubid = 1
-                   AND CAST(classid AS BIGINT) = 0 AND CAST(objid AS BIGINT) = $1
-                   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-                 LIMIT 1) AS locked_by
+               (SELECT CAST(pid AS BIGINT) FROM pg_locks WHERE {ADVISORY} LIMIT 1) AS locked_by
              FROM lease WHERE id = 1"
         ))
         .bind(LOCK_KEY)
@@ -309,7 +313,6 @@ impl PgStore {
                 .await?;
             ended = Some(holder_now);
         }
-        let leftover = self.lease_row().await?.holder;
         let json = serde_json::to_string(holder).unwrap_or_default();
         // A session of a stopped holder may still hold the lease row in an
         // open transaction: wait for it a while, never forever.
@@ -317,28 +320,28 @@ impl PgStore {
             .execute(&mut conn)
             .await
             .map_err(self.err())?;
-        let (token, backend): (i64, i64) = sqlx::query_as(&format!(
+        // With the record it replaces: a holder that died left it.
+        let (token, backend, leftover): (i64, i64, Option<String>) = sqlx::query_as(&format!(
             "UPDATE lease SET token = token + 1, holder = $1,
                backend_pid = pg_backend_pid(), session = $2, heartbeat = {NOW_MS}
-             WHERE id = 1 RETURNING token, backend_pid"
+             FROM (SELECT holder AS old FROM lease WHERE id = 1) AS before
+             WHERE lease.id = 1 RETURNING lease.token, lease.backend_pid, before.old"
         ))
         .bind(json)
         .bind(&self.session)
         .fetch_one(&mut conn)
         .await
         .map_err(self.err())?;
-        let lost = Arc::new(AtomicBool::new(false));
-        *self.fence.lock().unwrap_or_else(|e| e.into_inner()) = Some(Fence {
-            token,
-            backend,
-            lost: lost.clone(),
-        });
+        *self.fence.lock().unwrap_or_else(|e| e.into_inner()) = Some(Fence { token, backend });
+        // A lock lost before (a long-lived `cutover serve`) no longer
+        // speaks for this process: this one does.
+        self.poisoned.store(false, Ordering::SeqCst);
         let (release, released) = oneshot::channel();
         let task = tokio::spawn(heartbeat(
             conn,
             token,
             self.heartbeat_every(),
-            lost,
+            self.poisoned.clone(),
             released,
             self.fence.clone(),
         ));
@@ -348,7 +351,7 @@ impl PgStore {
             .push(task);
         Ok(ProjectLock::leased(
             release,
-            ended.or(leftover),
+            ended.or(leftover.and_then(|h| serde_json::from_str(&h).ok())),
             u64::try_from(token).unwrap_or(0),
         ))
     }
@@ -464,7 +467,7 @@ async fn heartbeat(
 
 /// cutover's tables, and those of the migrator: a database that holds
 /// any other is not a cutover store, and nothing is written to it.
-pub(crate) const OWN_TABLES: &[&str] = &[
+const OWN_TABLES: &[&str] = &[
     "_sqlx_migrations",
     "meta",
     "allocations",

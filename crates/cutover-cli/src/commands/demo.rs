@@ -115,7 +115,7 @@ pub async fn run(g: &Global) -> Result<u8, EngineError> {
     release_demo(&dir, tmp.path(), &g).await?;
     channels_demo(&dir, tmp.path(), &g).await?;
 
-    s.store.close().await;
+    s.ctx.store.close().await;
     step("cleanup");
     println!("removed {}", tmp.path().display());
     drop(tmp);

@@ -87,7 +87,7 @@ fn known_jobs(
 pub async fn status(s: &Session, a: crate::args::StatusArgs) -> Result<u8, EngineError> {
     let jobs = job_set(a.jobs);
     let p = &s.ctx.project;
-    let records = s.store.allocations().await?;
+    let records = s.ctx.store.allocations().await?;
     known_jobs(s, &jobs, &records)?;
     let live = cutover_engine::status::live(&s.ctx, jobs.as_ref(), !a.no_health).await?;
     let in_scope = |j: &str| jobs.as_ref().is_none_or(|s| s.contains(j));
@@ -276,7 +276,7 @@ fn touched_jobs(summary: &str) -> Vec<String> {
 pub async fn cat(s: &Session, a: CatArgs) -> Result<u8, EngineError> {
     let p = &s.ctx.project;
     let jobs = job_set(a.jobs);
-    known_jobs(s, &jobs, &s.store.allocations().await?)?;
+    known_jobs(s, &jobs, &s.ctx.store.allocations().await?)?;
     let in_scope = |j: &str| jobs.as_ref().is_none_or(|s| s.contains(j));
     let (header, rows, doc): (Vec<&str>, Vec<Vec<String>>, serde_json::Value) =
         match a.what {
@@ -350,6 +350,7 @@ pub async fn cat(s: &Session, a: CatArgs) -> Result<u8, EngineError> {
             }
             CatWhat::Allocations => {
                 let recs: Vec<_> = s
+                    .ctx
                     .store
                     .allocations()
                     .await?
@@ -813,7 +814,7 @@ pub async fn state_rebuild(s: &Session) -> Result<u8, EngineError> {
 }
 
 pub async fn lock_status(s: &Session) -> Result<u8, EngineError> {
-    let holder = s.store.lock_status().await?;
+    let holder = s.ctx.store.lock_status().await?;
     if s.json {
         super::print_answer(
             &Answer::ok()

@@ -89,7 +89,6 @@ pub async fn run(cli: Cli) -> Result<u8, EngineError> {
 pub struct Session {
     pub ctx: Context,
     pub json: bool,
-    pub store: Arc<Store>,
 }
 
 impl Session {
@@ -115,16 +114,12 @@ impl Session {
                 (Progress::Auto, false) => Arc::new(LinePrinter::new(prefix, false)),
             }
         };
-        let opened = app::open(root, environment(), reporter, crate::interrupt()).await?;
+        let ctx = app::open(root, environment(), reporter, crate::interrupt()).await?;
         OPENED
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(opened.store.clone());
-        Ok(Session {
-            ctx: opened.ctx,
-            json: g.json,
-            store: opened.store,
-        })
+            .push(ctx.store.clone());
+        Ok(Session { ctx, json: g.json })
     }
 
     /// This operator running `command` (as the app layer spells it).

@@ -183,25 +183,19 @@ impl Invocation {
     }
 }
 
-/// A project, loaded and checked, with its state store open.
-pub struct Opened {
-    pub ctx: Context,
-    pub store: Arc<Store>,
-}
-
 /// Loads the project at `root` and opens its state store.
 pub async fn open(
     root: &Path,
     environment: &Environment,
     reporter: Arc<dyn Reporter>,
     interrupt: Arc<Interrupt>,
-) -> Result<Opened, EngineError> {
+) -> Result<Context, EngineError> {
     let project = load(root, environment)?;
     let workspace = root.join(".cutover");
-    let store = Arc::new(open_store(&project.config.state, &workspace, environment).await?);
+    let store = open_store(&project.config.state, &workspace, environment).await?;
     let ctx = Context {
         project: Arc::new(project),
-        store: store.clone(),
+        store: Arc::new(store),
         workspace,
         operator: environment.operator(),
         env: environment.vars().clone(),
@@ -216,7 +210,7 @@ pub async fn open(
     }
     // A shared store's release files, copied here for what reads them.
     crate::release::pull_files(&ctx).await?;
-    Ok(Opened { ctx, store })
+    Ok(ctx)
 }
 
 /// A shared store belongs to one project, named on its first use: a

@@ -188,8 +188,13 @@ pub struct ReleaseView {
 }
 
 /// Every ticket release with a state file, newest change first; with
-/// `ticket`, that one only (none when it has no state file).
-pub fn releases(ctx: &Context, ticket: Option<&str>) -> Vec<ReleaseView> {
+/// `ticket`, that one only (none when it has no state file). A shared
+/// store's files are brought up to date first (`cutover serve` stays up
+/// while other operators release).
+pub async fn releases(ctx: &Context, ticket: Option<&str>) -> Vec<ReleaseView> {
+    if let Err(e) = crate::release::pull_files(ctx).await {
+        eprintln!("warning: cannot read the store's release files: {e}");
+    }
     let dir = ctx.workspace.join("releases");
     let mut found: Vec<(std::time::SystemTime, String)> = std::fs::read_dir(&dir)
         .into_iter()
