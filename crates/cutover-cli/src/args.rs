@@ -82,6 +82,17 @@ pub enum Command {
     /// The per-job key/value store that templates read as `kv.KEY`.
     #[command(subcommand)]
     Kv(KvCommand),
+    /// Who can read the project's secrets: each operator's public key wraps
+    /// the key the secrets are encrypted with (envelope encryption, age).
+    #[command(
+        subcommand,
+        after_help = "A team starts with one operator, then adds the others:
+  cutover secrets identity                      # prints your public key (age1...)
+  cutover secrets add-operator ana age1...      # the first operator is you
+  cutover secrets add-operator bo age1...       # bo's key, from `cutover secrets identity` on bo's machine
+Until the first operator is added, secrets are under .cutover/secret.key."
+    )]
+    Secrets(SecretsCommand),
     /// The project lock that keeps deploys from running at the same time.
     #[command(subcommand)]
     Lock(LockCommand),
@@ -328,6 +339,32 @@ pub enum KvCommand {
     },
     /// Delete a key.
     Delete { job: String, key: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretsCommand {
+    /// Print your public key (age1...), making your identity first if you
+    /// have none: .cutover/identity.key (0600), or CUTOVER_IDENTITY_FILE.
+    /// Give the public key to an operator; keep the file private and backed up.
+    Identity,
+    /// The operators who can read the secrets.
+    Operators,
+    /// Let NAME read the secrets: wrap the data key for PUBKEY (their
+    /// `cutover secrets identity`, or an `age-keygen` public key). The
+    /// first operator must be you: the secrets then move from
+    /// .cutover/secret.key to a data key.
+    AddOperator {
+        name: String,
+        #[arg(value_name = "PUBKEY")]
+        pubkey: String,
+    },
+    /// Stop NAME from reading the secrets: every secret is re-encrypted
+    /// under a new data key, wrapped for the other operators only. (What
+    /// NAME read before stays known to them: change those values too.)
+    RemoveOperator { name: String },
+    /// Re-encrypt every secret under a new data key, wrapped for the same
+    /// operators.
+    RotateKey,
 }
 
 #[derive(Debug, Subcommand)]

@@ -55,7 +55,7 @@ impl EngineError {
             | EngineError::Usage { .. }
             | EngineError::Template(_)
             | EngineError::State(StateError::TooNew { .. } | StateError::Config(_)) => 2,
-            EngineError::Locked(_) => 3,
+            EngineError::Locked(_) | EngineError::State(StateError::KeyChanged) => 3,
             EngineError::Refused(_) => 4,
             EngineError::State(_)
             | EngineError::Io { .. }
@@ -79,6 +79,9 @@ impl EngineError {
                     "check that the PostgreSQL server is up and that this machine reaches it, and the URL in CUTOVER_STATE_URL or [state] url; nothing was changed by this command".into(),
                 )
             }
+            EngineError::State(StateError::KeyChanged) => Some(
+                "run the command again: it reads the new key".into(),
+            ),
             EngineError::State(StateError::Fenced { .. } | StateError::LockLost(_)) => Some(
                 "see who holds the lock now with `cutover lock status`; once it is free, run the command again: what this run did not finish, the next one does".into(),
             ),

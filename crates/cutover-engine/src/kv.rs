@@ -1,10 +1,12 @@
 //! The KV store: per-job keys that templates read as `kv.KEY`. Secrets are
-//! encrypted with the project key before they reach the store and are only
-//! decrypted in memory, to render or when the operator asks with `--reveal`.
+//! encrypted before they reach the store (with the project key, or once
+//! the store has operators, its data key: see [`crate::secrets`]) and are
+//! only decrypted in memory, to render or when the operator asks with
+//! `--reveal`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use cutover_state::{KvRecord, Secret, SecretKey};
+use cutover_state::{KvRecord, Secret, SecretKey, LOCAL_KEY};
 use serde::Serialize;
 
 use crate::{Context, EngineError};
@@ -13,11 +15,43 @@ pub const ROLLOUT_ORDER: &str = "rollout_order";
 
 const KEY_FILE: &str = "secret.key";
 
-/// The project key, for secrets already in the store (`existing`, one is
-/// enough to check the key against). A new key is made only when the
-/// store holds no secret: a lost key is restored, never replaced, or the
-/// old secrets could not be read and new ones would be under another key.
-fn key(ctx: &Context, existing: Option<&KvRecord>) -> Result<SecretKey, EngineError> {
+/// The key the store's secrets are under, as this operator holds it.
+pub(crate) struct DataKey {
+    pub key: SecretKey,
+    /// Its id in the store ([`LOCAL_KEY`]: the project key file).
+    pub id: String,
+    /// Where it came from, for messages.
+    pub source: String,
+    /// What to do when it does not open a secret.
+    pub remedy: String,
+}
+
+/// The data key, checked against a secret already in the store
+/// (`existing`, one is enough). Until the store has operators it is the
+/// project key file; then it is the store's data key, unwrapped with this
+/// operator's identity (see [`crate::secrets`]).
+pub(crate) async fn data_key(
+    ctx: &Context,
+    existing: Option<&KvRecord>,
+) -> Result<DataKey, EngineError> {
+    // The id is read before the wrapped keys: a re-encryption changes both
+    // at once, so a key read after an id is never older than it.
+    let id = ctx.store.secrets_key_id().await?;
+    let key = if id == LOCAL_KEY {
+        local_key(ctx, existing)?
+    } else {
+        crate::secrets::unwrap(ctx, id).await?
+    };
+    if let Some(r) = existing {
+        decrypt(&key, r)?;
+    }
+    Ok(key)
+}
+
+/// The project key file. A new key is made only when the store holds no
+/// secret: a lost key is restored, never replaced, or the old secrets
+/// could not be read and new ones would be under another key.
+fn local_key(ctx: &Context, existing: Option<&KvRecord>) -> Result<DataKey, EngineError> {
     let path = ctx.workspace.join(KEY_FILE);
     let key = match (SecretKey::load(&path)?, existing) {
         (Some(key), _) => key,
@@ -38,10 +72,15 @@ fn key(ctx: &Context, existing: Option<&KvRecord>) -> Result<SecretKey, EngineEr
             ))
         }
     };
-    if let Some(r) = existing {
-        decrypt(&key, r, &path)?;
-    }
-    Ok(key)
+    Ok(DataKey {
+        key,
+        id: LOCAL_KEY.to_string(),
+        source: path.display().to_string(),
+        remedy: format!(
+            "restore the key that encrypted it to {} from your backup",
+            path.display()
+        ),
+    })
 }
 
 fn check_job(ctx: &Context, job: &str) -> Result<(), EngineError> {
@@ -55,27 +94,23 @@ fn check_job(ctx: &Context, job: &str) -> Result<(), EngineError> {
     ))
 }
 
-fn decrypt(key: &SecretKey, r: &KvRecord, path: &std::path::Path) -> Result<String, EngineError> {
-    key.decrypt(&r.value)
+pub(crate) fn decrypt(key: &DataKey, r: &KvRecord) -> Result<String, EngineError> {
+    key.key
+        .decrypt(&r.value)
         .map(|s| s.expose().to_string())
         .map_err(|reason| {
             EngineError::usage(
                 format!(
                     "cannot decrypt secret `{}/{}` with {}: {reason}",
-                    r.job,
-                    r.key,
-                    path.display()
+                    r.job, r.key, key.source
                 ),
-                format!(
-                    "restore the key that encrypted it to {} from your backup",
-                    path.display()
-                ),
+                key.remedy.clone(),
             )
         })
 }
 
-/// The first secret in `recs`, to check a key against.
-async fn first_secret(ctx: &Context) -> Result<Option<KvRecord>, EngineError> {
+/// The first secret in the store, to check a key against.
+pub(crate) async fn first_secret(ctx: &Context) -> Result<Option<KvRecord>, EngineError> {
     Ok(ctx
         .store
         .kv_list(None)
@@ -113,19 +148,21 @@ pub async fn put(
             "keys are letters, digits, `_`, `-` and `.`; templates read them as kv.KEY",
         ));
     }
-    let bytes = if secret {
-        key(ctx, first_secret(ctx).await?.as_ref())?.encrypt(&value)
-    } else {
-        value.expose().as_bytes().to_vec()
-    };
-    let rec = KvRecord {
+    let mut rec = KvRecord {
         job: job.to_string(),
         key: k.to_string(),
-        value: bytes,
+        value: Vec::new(),
         secret,
         updated_at: cutover_state::now_rfc3339(),
     };
-    ctx.store.kv_put(&rec).await?;
+    if secret {
+        let key = data_key(ctx, first_secret(ctx).await?.as_ref()).await?;
+        rec.value = key.key.encrypt(&value);
+        ctx.store.kv_put_secret(&rec, &key.id).await?;
+    } else {
+        rec.value = value.expose().as_bytes().to_vec();
+        ctx.store.kv_put(&rec).await?;
+    }
     Ok(())
 }
 
@@ -139,15 +176,14 @@ pub async fn list(
     }
     let recs = ctx.store.kv_list(job).await?;
     let secret_key = match recs.iter().find(|r| r.secret) {
-        Some(first) if reveal => Some(key(ctx, Some(first))?),
+        Some(first) if reveal => Some(data_key(ctx, Some(first)).await?),
         _ => None,
     };
-    let path = ctx.workspace.join(KEY_FILE);
     recs.into_iter()
         .map(|r| {
             let value = match (&secret_key, r.secret) {
                 (_, false) => Some(String::from_utf8_lossy(&r.value).into_owned()),
-                (Some(k), true) => Some(decrypt(k, &r, &path)?),
+                (Some(k), true) => Some(decrypt(k, &r)?),
                 (None, true) => None,
             };
             Ok(KvView {
@@ -218,14 +254,13 @@ impl TemplateKv {
 pub(crate) async fn for_templates(ctx: &Context) -> Result<TemplateKv, EngineError> {
     let recs = ctx.store.kv_list(None).await?;
     let secret_key = match recs.iter().find(|r| r.secret) {
-        Some(first) => Some(key(ctx, Some(first))?),
+        Some(first) => Some(data_key(ctx, Some(first)).await?),
         None => None,
     };
-    let path = ctx.workspace.join(KEY_FILE);
     let mut out = TemplateKv::default();
     for r in recs {
         let value = match (&secret_key, r.secret) {
-            (Some(k), true) => decrypt(k, &r, &path)?,
+            (Some(k), true) => decrypt(k, &r)?,
             _ => String::from_utf8_lossy(&r.value).into_owned(),
         };
         if r.secret {

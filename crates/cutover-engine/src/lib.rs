@@ -34,6 +34,7 @@ pub mod relstore;
 mod remote;
 mod render;
 mod scratch;
+pub mod secrets;
 pub mod status;
 
 pub use context::{Context, Operator};

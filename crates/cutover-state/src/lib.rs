@@ -17,7 +17,7 @@ mod time;
 pub use lock::{LockHolder, ProjectLock};
 pub use pg::{redact as redact_url, PgStore};
 pub use records::*;
-pub use secret::{Secret, SecretKey};
+pub use secret::{parse_recipient, Identity, Secret, SecretKey};
 pub use sqlite::SqliteStore;
 pub use time::{now_compact_millis, now_rfc3339, rfc3339};
 
@@ -43,6 +43,10 @@ pub enum StateError {
         key: String,
         reason: String,
     },
+    /// The secrets' data key changed (another operator re-encrypted the
+    /// secrets) while this command ran: it wrote nothing.
+    #[error("the secrets were re-encrypted under a new data key while this command ran (by `secrets add-operator`, `remove-operator` or `rotate-key`); nothing was written")]
+    KeyChanged,
     #[error("cannot reach the state store at {0}")]
     Unreachable(String),
     /// The lock this process took was taken over (or lost with its
@@ -91,6 +95,11 @@ pub(crate) fn check_names(names: &[&str]) -> Result<()> {
     }
     Ok(())
 }
+
+/// The meta key naming the data key the secrets are under.
+pub(crate) const KEY_ID: &str = "secrets:key_id";
+/// The key id of secrets under the project key file (no operators yet).
+pub const LOCAL_KEY: &str = "local";
 
 /// The state store: one of two known backends, with the same schema and
 /// the same queries (see `queries.rs`). An enum rather than a trait
@@ -156,6 +165,46 @@ impl Store {
     }
     pub async fn kv_delete(&self, job: &str, key: Option<&str>) -> Result<u64> {
         each!(self.kv_delete(job, key))
+    }
+    /// Writes a secret (already encrypted) if the secrets are still under
+    /// data key `key_id`; else [`StateError::KeyChanged`].
+    pub async fn kv_put_secret(&self, rec: &KvRecord, key_id: &str) -> Result<()> {
+        each!(self.kv_put_secret(rec, key_id))
+    }
+    /// The data key the secrets are under: an id the store keeps, or
+    /// [`LOCAL_KEY`] (the project key file).
+    pub async fn secrets_key_id(&self) -> Result<String> {
+        Ok(self
+            .meta_get(KEY_ID)
+            .await?
+            .unwrap_or_else(|| LOCAL_KEY.to_string()))
+    }
+    /// The operators who can read the secrets, by name.
+    pub async fn operators(&self) -> Result<Vec<OperatorRecord>> {
+        each!(self.operators())
+    }
+    /// Adds an operator (the data key wrapped for them) if the secrets are
+    /// still under data key `key_id`; else [`StateError::KeyChanged`].
+    pub async fn add_operator(&self, op: &OperatorRecord, key_id: &str) -> Result<()> {
+        each!(self.add_operator(op, key_id))
+    }
+    /// Puts every secret under a new data key, in one transaction: the
+    /// secrets must still be under `from` (else [`StateError::KeyChanged`]);
+    /// each is re-encrypted by `reencrypt` as read inside the transaction
+    /// (a secret written meanwhile is not left behind), the operators are
+    /// replaced by `operators` (the new key wrapped for each), and the key
+    /// id becomes `to`. Returns how many secrets were re-encrypted.
+    pub async fn rekey<F>(
+        &self,
+        from: &str,
+        to: &str,
+        operators: &[OperatorRecord],
+        reencrypt: F,
+    ) -> Result<usize>
+    where
+        F: Fn(&KvRecord) -> std::result::Result<Vec<u8>, String> + Send + Sync,
+    {
+        each!(self.rekey(from, to, operators, &reencrypt))
     }
     /// The last known address of every worker that ran an allocation, as
     /// JSON, so that a worker removed from workers.toml can still be stopped.

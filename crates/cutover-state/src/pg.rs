@@ -34,6 +34,11 @@ pub(crate) const MIGRATIONS: crate::migrate::Embedded = &[
         "shared",
         include_str!("../migrations/postgres/0002_shared.sql"),
     ),
+    (
+        3,
+        "operators",
+        include_str!("../migrations/postgres/0003_operators.sql"),
+    ),
 ];
 
 /// The advisory lock's key ("cuto"): one project per database.
@@ -477,6 +482,7 @@ const OWN_TABLES: &[&str] = &[
     "lease",
     "audit",
     "release_files",
+    "operators",
 ];
 
 async fn refuse_foreign_tables(pool: &PgPool, location: &str) -> Result<()> {

@@ -238,6 +238,112 @@ macro_rules! store_queries {
                 .await
             }
 
+            pub async fn kv_put_secret(&self, r: &$crate::KvRecord, key_id: &str) -> $crate::Result<()> {
+                let mut tx = self.begin_write().await?;
+                if !claim_key(&mut *tx, key_id, key_id).await.map_err(self.err())? {
+                    return Err($crate::StateError::KeyChanged);
+                }
+                sqlx::query(
+                    "INSERT INTO kv (job, key, value, secret, updated_at)
+                     VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (job, key) DO UPDATE SET value = excluded.value,
+                        secret = excluded.secret, updated_at = excluded.updated_at",
+                )
+                .bind(&r.job)
+                .bind(&r.key)
+                .bind(&r.value)
+                .bind(true)
+                .bind(&r.updated_at)
+                .execute(&mut *tx)
+                .await
+                .map_err(self.err())?;
+                tx.commit().await.map_err(self.err())
+            }
+
+            pub async fn operators(&self) -> $crate::Result<Vec<$crate::OperatorRecord>> {
+                use sqlx::Row;
+                let rows = sqlx::query("SELECT * FROM operators ORDER BY name")
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(self.err())?;
+                Ok(rows
+                    .iter()
+                    .map(|r| $crate::OperatorRecord {
+                        name: r.get("name"),
+                        recipient: r.get("recipient"),
+                        wrapped: r.get("wrapped"),
+                        added_by: r.get("added_by"),
+                        added_at: r.get("added_at"),
+                    })
+                    .collect())
+            }
+
+            pub async fn add_operator(
+                &self,
+                op: &$crate::OperatorRecord,
+                key_id: &str,
+            ) -> $crate::Result<()> {
+                let mut tx = self.begin_write().await?;
+                if !claim_key(&mut *tx, key_id, key_id).await.map_err(self.err())? {
+                    return Err($crate::StateError::KeyChanged);
+                }
+                insert_operator(&mut *tx, op).await.map_err(self.err())?;
+                tx.commit().await.map_err(self.err())
+            }
+
+            pub async fn rekey(
+                &self,
+                from: &str,
+                to: &str,
+                operators: &[$crate::OperatorRecord],
+                reencrypt: &(dyn Fn(&$crate::KvRecord) -> std::result::Result<Vec<u8>, String>
+                      + Send
+                      + Sync),
+            ) -> $crate::Result<usize> {
+                use sqlx::Row;
+                let mut tx = self.begin_write().await?;
+                // The claim comes first: from here on no secret can be
+                // written under the old key, and the secrets read below
+                // include every one written before.
+                if !claim_key(&mut *tx, from, to).await.map_err(self.err())? {
+                    return Err($crate::StateError::KeyChanged);
+                }
+                let rows = sqlx::query("SELECT * FROM kv WHERE secret ORDER BY job, key")
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(self.err())?;
+                for row in &rows {
+                    let r = $crate::KvRecord {
+                        job: row.get("job"),
+                        key: row.get("key"),
+                        value: row.get("value"),
+                        secret: true,
+                        updated_at: row.get("updated_at"),
+                    };
+                    let value = reencrypt(&r).map_err(|reason| $crate::StateError::Secret {
+                        job: r.job.clone(),
+                        key: r.key.clone(),
+                        reason,
+                    })?;
+                    sqlx::query("UPDATE kv SET value = $1 WHERE job = $2 AND key = $3")
+                        .bind(value)
+                        .bind(&r.job)
+                        .bind(&r.key)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(self.err())?;
+                }
+                sqlx::query("DELETE FROM operators")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(self.err())?;
+                for op in operators {
+                    insert_operator(&mut *tx, op).await.map_err(self.err())?;
+                }
+                tx.commit().await.map_err(self.err())?;
+                Ok(rows.len())
+            }
+
             /// The last known address of every worker that ran an
             /// allocation, as JSON, so that a worker removed from
             /// workers.toml can still be stopped.
@@ -402,6 +508,7 @@ macro_rules! store_queries {
                     kv: self.kv_list(None).await?,
                     audit,
                     release_files: self.release_files().await?,
+                    operators: self.operators().await?,
                     lease_token: token,
                 })
             }
@@ -413,7 +520,9 @@ macro_rules! store_queries {
                     "SELECT (SELECT COUNT(*) FROM allocations) + (SELECT COUNT(*) FROM trees)
                       + (SELECT COUNT(*) FROM deployments) + (SELECT COUNT(*) FROM kv)
                       + (SELECT COUNT(*) FROM audit) + (SELECT COUNT(*) FROM release_files)
-                      + (SELECT COUNT(*) FROM meta WHERE key NOT IN ('schema_version', 'store_id'))",
+                      + (SELECT COUNT(*) FROM operators)
+                      + (SELECT COUNT(*) FROM meta
+                         WHERE key NOT IN ('schema_version', 'store_id', 'secrets:key_id'))",
                 )
                 .fetch_one(&self.pool)
                 .await
@@ -486,6 +595,9 @@ macro_rules! store_queries {
                     .execute(&mut *tx)
                     .await
                     .map_err(self.err())?;
+                }
+                for op in &s.operators {
+                    insert_operator(&mut *tx, op).await.map_err(self.err())?;
                 }
                 // Workers keep tokens per store id: the copy goes on counting.
                 sqlx::query("UPDATE lease SET token = $1 WHERE id = 1")
@@ -560,6 +672,45 @@ macro_rules! store_queries {
             .execute(e)
             .await?;
             Ok(())
+        }
+
+        async fn insert_operator<'e, E>(
+            e: E,
+            op: &$crate::OperatorRecord,
+        ) -> std::result::Result<(), sqlx::Error>
+        where
+            E: sqlx::Executor<'e, Database = $db>,
+        {
+            sqlx::query(
+                "INSERT INTO operators (name, recipient, wrapped, added_by, added_at)
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(&op.name)
+            .bind(&op.recipient)
+            .bind(&op.wrapped)
+            .bind(&op.added_by)
+            .bind(&op.added_at)
+            .execute(e)
+            .await?;
+            Ok(())
+        }
+
+        /// Moves the secrets' key id from `from` to `to` (the same, to
+        /// check it): false when it is no longer `from`. Run first in a
+        /// write transaction, it also keeps any other from changing it
+        /// until that one ends (the row is locked, or the database is).
+        async fn claim_key<'e, E>(e: E, from: &str, to: &str) -> std::result::Result<bool, sqlx::Error>
+        where
+            E: sqlx::Executor<'e, Database = $db>,
+        {
+            // The row is written by the migration that made the table.
+            let done = sqlx::query("UPDATE meta SET value = $1 WHERE key = $2 AND value = $3")
+                .bind(to)
+                .bind($crate::KEY_ID)
+                .bind(from)
+                .execute(e)
+                .await?;
+            Ok(done.rows_affected() == 1)
         }
 
         async fn put_meta<'e, E>(e: E, key: &str, value: &str) -> std::result::Result<(), sqlx::Error>

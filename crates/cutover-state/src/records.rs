@@ -86,6 +86,19 @@ pub struct KvRecord {
     pub updated_at: String,
 }
 
+/// An operator who can read the store's secrets: the data key the
+/// secrets are under, wrapped (age) for the operator's public key.
+#[derive(Debug, Clone, Serialize)]
+pub struct OperatorRecord {
+    pub name: String,
+    /// The operator's age public key (`age1…`).
+    pub recipient: String,
+    /// The data key, encrypted to `recipient`.
+    pub wrapped: Vec<u8>,
+    pub added_by: String,
+    pub added_at: String,
+}
+
 /// What a batch's promotion writes to the store.
 #[derive(Debug, Clone, Default)]
 pub struct Promotions {
@@ -109,6 +122,7 @@ pub struct Snapshot {
     pub audit: Vec<String>,
     /// (ticket, `env` | `log`, content).
     pub release_files: Vec<(String, String, String)>,
+    pub operators: Vec<OperatorRecord>,
     pub lease_token: i64,
 }
 
@@ -123,6 +137,7 @@ impl Snapshot {
             ("kv", self.kv.len()),
             ("audit", self.audit.len()),
             ("release_files", self.release_files.len()),
+            ("operators", self.operators.len()),
         ]
     }
 
@@ -154,6 +169,7 @@ impl Snapshot {
         table(&mut h, "kv", &self.kv, true);
         table(&mut h, "audit", &self.audit, false);
         table(&mut h, "release_files", &self.release_files, true);
+        table(&mut h, "operators", &self.operators, true);
         table(&mut h, "lease", &[self.lease_token], false);
         h.finalize().to_hex().to_string()
     }

@@ -1,5 +1,7 @@
-//! Secrets: a value type that never prints itself, and the project key
-//! that encrypts KV secrets at rest (ChaCha20-Poly1305, random nonce).
+//! Secrets: a value type that never prints itself, the keys that encrypt
+//! KV secrets at rest (ChaCha20-Poly1305, random nonce), and the
+//! operators' identities that a store's data key is wrapped for (age,
+//! X25519: the format `age-keygen` writes and `age -d` reads).
 
 use std::fmt;
 use std::io::Write;
@@ -72,6 +74,25 @@ impl SecretKey {
         }
     }
 
+    /// A new random key, in memory (a store's data key).
+    pub fn generate() -> SecretKey {
+        SecretKey(ChaCha20Poly1305::generate_key(&mut OsRng))
+    }
+
+    /// This key encrypted to an operator's public key.
+    pub fn wrap(&self, recipient: &age::x25519::Recipient) -> Result<Vec<u8>, String> {
+        age::encrypt(recipient, self.0.as_slice()).map_err(|e| e.to_string())
+    }
+
+    /// The key `wrap` encrypted to `identity`'s public key.
+    pub fn unwrap(identity: &Identity, wrapped: &[u8]) -> Result<SecretKey, String> {
+        let bytes = age::decrypt(&identity.0, wrapped).map_err(|e| e.to_string())?;
+        if bytes.len() != 32 {
+            return Err(format!("the wrapped key has {} bytes, not 32", bytes.len()));
+        }
+        Ok(SecretKey(*Key::from_slice(&bytes)))
+    }
+
     /// Creates a new key file (owner-only); refuses to replace one.
     pub fn create(path: &Path) -> Result<SecretKey, StateError> {
         let io = |source| StateError::Io {
@@ -128,6 +149,99 @@ impl SecretKey {
     }
 }
 
+/// An operator's private key (age X25519), kept in a file only its owner
+/// reads: it unwraps the store's data key.
+pub struct Identity(age::x25519::Identity);
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Identity({})", self.recipient())
+    }
+}
+
+impl Identity {
+    /// The public key others wrap for (`age1…`).
+    pub fn recipient(&self) -> String {
+        self.0.to_public().to_string()
+    }
+
+    /// Loads an identity file (`age-keygen`'s format: `#` comments and one
+    /// `AGE-SECRET-KEY-1…` line); `None` when there is none. A file that
+    /// other users can read is refused: it would share the key.
+    pub fn load(path: &Path) -> Result<Option<Identity>, StateError> {
+        use std::os::unix::fs::PermissionsExt;
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(StateError::Io {
+                    path: path.display().to_string(),
+                    source,
+                })
+            }
+        };
+        let mode = std::fs::metadata(path)
+            .map(|m| m.permissions().mode() & 0o777)
+            .unwrap_or(0);
+        if mode & 0o077 != 0 {
+            return Err(StateError::Config(format!(
+                "{} can be read by other users (mode {mode:03o}): it is your private key; run `chmod 600 {}`",
+                path.display(),
+                path.display()
+            )));
+        }
+        let mut keys = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'));
+        let parsed = match (keys.next(), keys.next()) {
+            (Some(line), None) => line.parse::<age::x25519::Identity>().ok(),
+            _ => None,
+        };
+        parsed.map(|id| Some(Identity(id))).ok_or_else(|| {
+            StateError::Config(format!(
+                "{} is not an age identity: it should hold one `AGE-SECRET-KEY-1…` line (as `age-keygen` or `cutover secrets identity` write it)",
+                path.display()
+            ))
+        })
+    }
+
+    /// Creates a new identity file (owner-only); refuses to replace one.
+    pub fn create(path: &Path) -> Result<Identity, StateError> {
+        use age::secrecy::ExposeSecret;
+        let io = |source| StateError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let id = age::x25519::Identity::generate();
+        let text = format!(
+            "# created: {}\n# public key: {}\n{}\n",
+            crate::now_rfc3339(),
+            id.to_public(),
+            id.to_string().expose_secret()
+        );
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(io)?;
+        f.write_all(text.as_bytes()).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        Ok(Identity(id))
+    }
+}
+
+/// An operator's public key, as `cutover secrets add-operator` takes it.
+pub fn parse_recipient(text: &str) -> Result<age::x25519::Recipient, String> {
+    text.trim().parse::<age::x25519::Recipient>().map_err(|e| {
+        format!(
+            "`{}` is not an age public key ({e}): it starts with `age1`",
+            text.escape_debug()
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,5 +257,32 @@ mod tests {
         assert_eq!(format!("{s:?} {s}"), "Secret(<redacted>) <secret>");
         let again = SecretKey::load_or_create(&dir.path().join("k")).expect("reload");
         assert_eq!(again.decrypt(&ct).expect("same key"), s);
+    }
+
+    #[test]
+    fn a_data_key_unwraps_only_for_its_recipient() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ana = Identity::create(&dir.path().join("ana")).expect("ana");
+        let bo = Identity::create(&dir.path().join("bo")).expect("bo");
+        let data = SecretKey::generate();
+        let wrapped = data
+            .wrap(&parse_recipient(&ana.recipient()).expect("recipient"))
+            .expect("wrap");
+        let unwrapped = SecretKey::unwrap(&ana, &wrapped).expect("ana unwraps");
+        let ct = data.encrypt(&Secret::new("pw"));
+        assert_eq!(unwrapped.decrypt(&ct).expect("same key").expose(), "pw");
+        assert!(SecretKey::unwrap(&bo, &wrapped).is_err());
+        // The file is age-keygen's format, owner-only, and loads back.
+        let path = dir.path().join("ana");
+        let again = Identity::load(&path).expect("load").expect("there");
+        assert_eq!(again.recipient(), ana.recipient());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let refused = Identity::load(&path).expect_err("readable by others");
+        assert!(refused.to_string().contains("chmod 600"), "{refused}");
+        assert!(parse_recipient("age1nope").is_err());
+        assert!(parse_recipient(&ana.recipient()).is_ok());
     }
 }

@@ -24,6 +24,11 @@ pub(crate) const MIGRATIONS: crate::migrate::Embedded = &[
         "shared",
         include_str!("../migrations/sqlite/0002_shared.sql"),
     ),
+    (
+        3,
+        "operators",
+        include_str!("../migrations/sqlite/0003_operators.sql"),
+    ),
 ];
 
 /// How often a held lock is tried again, 25 ms apart, before it is
@@ -212,7 +217,7 @@ mod tests {
                 refused,
                 StateError::TooNew {
                     version: 99,
-                    known: 2,
+                    known: 3,
                     ..
                 }
             ),

@@ -1,4 +1,4 @@
-//! `cutover kv get|put|list|delete`.
+//! `cutover kv get|put|list|delete` and `cutover secrets ...`.
 
 use cutover_engine::app::Answer;
 use std::io::Read;
@@ -7,7 +7,7 @@ use cutover_engine::kv;
 use cutover_state::Secret;
 
 use super::{command_line, Session};
-use crate::args::KvCommand;
+use crate::args::{KvCommand, SecretsCommand};
 use crate::output::table;
 use cutover_engine::EngineError;
 
@@ -94,6 +94,97 @@ pub async fn run(s: &Session, c: KvCommand) -> Result<u8, EngineError> {
                 super::print_answer(&answer);
             } else {
                 println!("{job}/{key} deleted");
+            }
+        }
+    }
+    Ok(0)
+}
+
+pub async fn secrets(s: &Session, c: SecretsCommand) -> Result<u8, EngineError> {
+    use cutover_engine::app::admin;
+    use cutover_engine::secrets;
+    let inv = s.invocation_of(command_line());
+    match c {
+        SecretsCommand::Identity => {
+            let (id, path, created) = secrets::identity(&s.ctx)?;
+            if s.json {
+                super::print_answer(
+                    &Answer::ok()
+                        .with("public_key", id.recipient())
+                        .with("path", path.display().to_string())
+                        .with("created", created),
+                );
+            } else {
+                if created {
+                    eprintln!(
+                        "created {} (0600): your private key; back it up, it is the only way you read the secrets once you are an operator",
+                        path.display()
+                    );
+                }
+                println!("{}", id.recipient());
+            }
+        }
+        SecretsCommand::Operators => {
+            let ops = secrets::operators(&s.ctx).await?;
+            if s.json {
+                super::print_answer(&Answer::ok().with("operators", &ops));
+            } else if ops.is_empty() {
+                println!(
+                    "no operators: the secrets are under {} (add yourself with `cutover secrets add-operator`)",
+                    s.ctx.workspace.join("secret.key").display()
+                );
+            } else {
+                let rows: Vec<Vec<String>> = ops
+                    .iter()
+                    .map(|o| {
+                        vec![
+                            format!("{}{}", o.name, if o.you { " (you)" } else { "" }),
+                            o.public_key.clone(),
+                            o.added_by.clone(),
+                            o.added_at.clone(),
+                        ]
+                    })
+                    .collect();
+                table(&["NAME", "PUBLIC KEY", "ADDED BY", "ADDED AT"], &rows);
+            }
+        }
+        SecretsCommand::AddOperator { name, pubkey } => {
+            let answer = admin::secrets_add_operator(&s.ctx, &inv, &name, &pubkey).await?;
+            if s.json {
+                super::print_answer(&answer);
+            } else if answer.body.get("first").and_then(|v| v.as_bool()) == Some(true) {
+                println!(
+                    "{name} added: the secrets ({} re-encrypted) are now under a data key wrapped for each operator",
+                    answer.body.get("reencrypted").and_then(|v| v.as_u64()).unwrap_or(0)
+                );
+            } else {
+                println!("{name} added: they can read the secrets with their identity");
+            }
+        }
+        SecretsCommand::RemoveOperator { name } => {
+            let answer = admin::secrets_remove_operator(&s.ctx, &inv, &name).await?;
+            if s.json {
+                super::print_answer(&answer);
+            } else {
+                println!(
+                    "{name} removed: {} secrets re-encrypted under a new data key; change the values {name} knew",
+                    answer.body.get("reencrypted").and_then(|v| v.as_u64()).unwrap_or(0)
+                );
+            }
+        }
+        SecretsCommand::RotateKey => {
+            let answer = admin::secrets_rotate_key(&s.ctx, &inv).await?;
+            if s.json {
+                super::print_answer(&answer);
+            } else {
+                println!(
+                    "{} secrets re-encrypted under a new data key",
+                    answer
+                        .body
+                        .get("reencrypted")
+                        .and_then(|v| v.as_u64())
+                        .unwrap_or(0)
+                );
             }
         }
     }

@@ -47,6 +47,7 @@ pub async fn run(cli: Cli) -> Result<u8, EngineError> {
         Command::Drift(f) => inspect::drift(&Session::open(g, "drift").await?, f.jobs).await,
         Command::Cat(a) => inspect::cat(&Session::open(g, "cat").await?, a).await,
         Command::Kv(c) => kv::run(&Session::open(g, "kv").await?, c).await,
+        Command::Secrets(c) => kv::secrets(&Session::open(g, "secrets").await?, c).await,
         Command::Job(JobCommand::Run {
             job,
             target,

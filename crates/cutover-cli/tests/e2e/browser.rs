@@ -68,11 +68,25 @@ async fn browser(d: &Driver) -> Client {
             ],
         }),
     );
-    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-        .capabilities(caps)
-        .connect(&format!("http://127.0.0.1:{}", d.port))
-        .await
-        .expect("a Chromium session")
+    // chromedriver accepts connections before it serves sessions, and a
+    // busy machine has seen it reset the first one: try a few times.
+    let url = format!("http://127.0.0.1:{}", d.port);
+    let mut attempt = 1;
+    loop {
+        match ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps.clone())
+            .connect(&url)
+            .await
+        {
+            Ok(client) => return client,
+            Err(e) if attempt < 4 => {
+                eprintln!("starting a Chromium session (attempt {attempt}): {e}");
+                attempt += 1;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Err(e) => panic!("a Chromium session: {e}"),
+        }
+    }
 }
 
 async fn text(c: &Client, css: &str) -> String {

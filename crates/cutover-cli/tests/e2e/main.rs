@@ -12,6 +12,7 @@ mod deploy;
 mod firstrun;
 mod keys;
 mod lifecycle;
+mod operators;
 mod plan;
 mod release;
 mod s3;

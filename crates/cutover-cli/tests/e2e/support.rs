@@ -601,6 +601,35 @@ impl Project {
             .collect()
     }
 
+    /// The one bytes value that `sql` (a query of one row and column, in
+    /// the SQL both backends share) reads from the store, as stored.
+    pub fn store_blob(&self, sql: &str) -> Vec<u8> {
+        if let Some(pg) = &self.pg {
+            let hex = pg
+                .psql("cutover", &format!("SELECT encode(({sql}), 'hex')"))
+                .expect("query");
+            return (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+                .collect();
+        }
+        let path = self.path().join(".cutover/state.db");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            use sqlx::Connection;
+            let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+                .await
+                .expect("open state.db");
+            let value: Vec<u8> = sqlx::query_scalar(sql)
+                .fetch_one(&mut conn)
+                .await
+                .expect("query");
+            value
+        })
+    }
+
     /// Deletes `.cutover/state.db` with its WAL files (or drops the
     /// PostgreSQL database and makes an empty one): a lost store.
     pub fn lose_store(&self) {

@@ -161,6 +161,60 @@ pub async fn kv_put(
         .with("secret", secret))
 }
 
+/// `cutover secrets add-operator NAME PUBKEY` (audited).
+pub async fn secrets_add_operator(
+    ctx: &Context,
+    inv: &Invocation,
+    name: &str,
+    pubkey: &str,
+) -> Result<Answer, EngineError> {
+    let added = audited(
+        ctx,
+        inv,
+        crate::secrets::add_operator(ctx, name, pubkey).await,
+    )
+    .await?;
+    Ok(Answer::ok()
+        .with("operator", name)
+        .with("first", added.first)
+        .with("reencrypted", added.reencrypted))
+}
+
+/// `cutover secrets remove-operator NAME` (audited): every secret under a
+/// new data key.
+pub async fn secrets_remove_operator(
+    ctx: &Context,
+    inv: &Invocation,
+    name: &str,
+) -> Result<Answer, EngineError> {
+    let n = audited(ctx, inv, crate::secrets::remove_operator(ctx, name).await).await?;
+    Ok(Answer::ok().with("operator", name).with("reencrypted", n))
+}
+
+/// `cutover secrets rotate-key` (audited).
+pub async fn secrets_rotate_key(ctx: &Context, inv: &Invocation) -> Result<Answer, EngineError> {
+    let n = audited(ctx, inv, crate::secrets::rotate_key(ctx).await).await?;
+    Ok(Answer::ok().with("reencrypted", n))
+}
+
+/// Writes the audit line of a command that ran (a refusal of bad input,
+/// exit 2, changed nothing and is not recorded).
+async fn audited<T>(
+    ctx: &Context,
+    inv: &Invocation,
+    result: Result<T, EngineError>,
+) -> Result<T, EngineError> {
+    match &result {
+        Ok(_) => inv.audit(ctx, "success", 0, "").await,
+        Err(e) if e.exit_code() != 2 => {
+            inv.audit(ctx, "failed", e.exit_code(), &e.to_string())
+                .await
+        }
+        Err(_) => {}
+    }
+    result
+}
+
 /// `cutover kv delete`.
 pub async fn kv_delete(
     ctx: &Context,

@@ -21,6 +21,9 @@ pub const XDG_RUNTIME_DIR: &str = "XDG_RUNTIME_DIR";
 pub const CUTOVER_TRUST_PUBLIC_KEYS_PATH: &str = "CUTOVER_TRUST_PUBLIC_KEYS_PATH";
 /// Trusted public keys as a JSON array of hex strings.
 pub const CUTOVER_TRUST_PUBLIC_KEYS_JSON: &str = "CUTOVER_TRUST_PUBLIC_KEYS_JSON";
+/// The operator's age identity, which unwraps the store's data key once
+/// the project's secrets have operators (else `.cutover/identity.key`).
+pub const CUTOVER_IDENTITY_FILE: &str = "CUTOVER_IDENTITY_FILE";
 /// The private key `cutover publish` signs with when no `--key` is given.
 pub const CUTOVER_SIGNING_KEY_FILE: &str = "CUTOVER_SIGNING_KEY_FILE";
 /// `1`: a development project signs release indexes with a key kept in
