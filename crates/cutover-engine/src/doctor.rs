@@ -134,10 +134,31 @@ pub async fn project(ctx: &Context) -> Vec<Item> {
             "check [state] in cutover.toml and that .cutover/ is writable",
         ),
     });
+    out.push(secrets(ctx).await);
     out.extend(workers(ctx).await);
     out.push(git_remote(ctx).await);
     out.extend(indexes(ctx).await);
     out
+}
+
+/// Whether this operator can open the stored secrets (a deploy renders
+/// them): with the project key file, or as one of the operators.
+async fn secrets(ctx: &Context) -> Item {
+    const ITEM: &str = "secrets readable by you";
+    let first = match crate::kv::first_secret(ctx).await {
+        Ok(None) => return Item::pass(ITEM, "no secret is stored"),
+        Ok(Some(first)) => first,
+        Err(e) => return Item::fail(ITEM, e.to_string(), "see the state backend item"),
+    };
+    match crate::kv::data_key(ctx, Some(&first)).await {
+        Ok(key) => Item::pass(ITEM, format!("they open with {}", key.source)),
+        Err(e) => Item::fail(
+            ITEM,
+            e.to_string(),
+            e.help()
+                .unwrap_or_else(|| "see `cutover secrets operators`".into()),
+        ),
+    }
 }
 
 /// Every enabled worker: reachable, with make (and rsync over ssh).

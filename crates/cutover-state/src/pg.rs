@@ -233,6 +233,16 @@ impl PgStore {
     /// Whether the lock is still this process's, given the token the store
     /// has now.
     async fn still_held(&self, fence: &Fence, (now, held): (i64, bool)) -> Result<()> {
+        if now == fence.token && held && !self.poisoned.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        // Released by this process since the fence was read (its heartbeat
+        // task clears the fence before it lets go of the lock): the write
+        // goes on as any write without the lock does; nothing was lost.
+        let released = self.fence().is_none_or(|f| f.token != fence.token);
+        if released && !self.poisoned.load(Ordering::SeqCst) {
+            return Ok(());
+        }
         if now != fence.token {
             self.poisoned.store(true, Ordering::SeqCst);
             return Err(self.fenced(fence.token).await);

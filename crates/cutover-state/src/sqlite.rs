@@ -188,7 +188,7 @@ mod tests {
             .fetch_all(&store.pool)
             .await
             .expect("migrations");
-        assert_eq!(applied, [1, 2]);
+        assert_eq!(applied, [1, 2, 3]);
         store.close().await;
         // Opening again applies nothing and changes nothing.
         let store = SqliteStore::open(dir.path()).await.expect("again");
@@ -196,6 +196,106 @@ mod tests {
             store.meta_get("kept").await.expect("read").as_deref(),
             Some("yes")
         );
+    }
+
+    fn secret(key: &str, value: &[u8]) -> crate::KvRecord {
+        crate::KvRecord {
+            job: "api".into(),
+            key: key.into(),
+            value: value.to_vec(),
+            secret: true,
+            updated_at: String::new(),
+        }
+    }
+
+    fn operator(name: &str) -> crate::OperatorRecord {
+        crate::OperatorRecord {
+            name: name.into(),
+            recipient: format!("age1{name}"),
+            wrapped: b"wrapped".to_vec(),
+            added_by: "t".into(),
+            added_at: String::new(),
+        }
+    }
+
+    async fn value(store: &SqliteStore, key: &str) -> Option<Vec<u8>> {
+        let kv = store.kv_list(Some("api")).await.expect("kv");
+        kv.into_iter().find(|r| r.key == key).map(|r| r.value)
+    }
+
+    /// Every write of a secret, and every re-encryption, names the key the
+    /// secrets are under: one that names an outdated key writes nothing,
+    /// and a re-encryption that fails half-way leaves everything as it was.
+    #[tokio::test]
+    async fn writes_under_an_outdated_data_key_are_refused_whole() {
+        use crate::{StateError, LOCAL_KEY};
+        let dir = tempfile::tempdir().expect("dir");
+        let store = SqliteStore::open(dir.path()).await.expect("new");
+        store
+            .kv_put_secret(&secret("a", b"1"), LOCAL_KEY)
+            .await
+            .expect("under the project key");
+        let n = store
+            .rekey(LOCAL_KEY, "k1", &[operator("ana")], &|r| {
+                Ok([b"k1:".as_slice(), &r.value].concat())
+            })
+            .await
+            .expect("rekey");
+        assert_eq!(n, 1);
+        assert_eq!(
+            value(&store, "a").await.as_deref(),
+            Some(b"k1:1".as_slice())
+        );
+
+        // A writer that read the key before the re-encryption.
+        let late = store.kv_put_secret(&secret("b", b"2"), LOCAL_KEY).await;
+        assert!(matches!(late, Err(StateError::KeyChanged)), "{late:?}");
+        assert_eq!(value(&store, "b").await, None);
+        let late = store.add_operator(&operator("bo"), LOCAL_KEY).await;
+        assert!(matches!(late, Err(StateError::KeyChanged)), "{late:?}");
+        let late = store
+            .rekey(LOCAL_KEY, "k2", &[], &|r| Ok(r.value.clone()))
+            .await;
+        assert!(matches!(late, Err(StateError::KeyChanged)), "{late:?}");
+
+        // A re-encryption that fails on one secret changes nothing.
+        store
+            .kv_put_secret(&secret("b", b"2"), "k1")
+            .await
+            .expect("under k1");
+        let failed = store
+            .rekey("k1", "k3", &[operator("bo")], &|r| {
+                if r.key == "b" {
+                    Err("cannot".into())
+                } else {
+                    Ok(b"k3".to_vec())
+                }
+            })
+            .await;
+        assert!(
+            matches!(failed, Err(StateError::Secret { .. })),
+            "{failed:?}"
+        );
+        assert_eq!(
+            store
+                .meta_get(crate::KEY_ID)
+                .await
+                .expect("id")
+                .unwrap_or_default(),
+            "k1"
+        );
+        assert_eq!(
+            value(&store, "a").await.as_deref(),
+            Some(b"k1:1".as_slice())
+        );
+        let names: Vec<String> = store
+            .operators()
+            .await
+            .expect("operators")
+            .into_iter()
+            .map(|o| o.name)
+            .collect();
+        assert_eq!(names, ["ana"]);
     }
 
     #[tokio::test]

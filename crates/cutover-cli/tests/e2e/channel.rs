@@ -653,6 +653,7 @@ fn doctor_lists_what_production_lacks_and_passes_when_it_is_set_up() {
         "✗ trusted keys configured",
         "✓ check passes",
         "✓ state backend reachable",
+        "✓ secrets readable by you",
         "✓ worker w1 reachable with sshd, rsync and make",
         "✗ git remote `origin` reachable",
     ] {

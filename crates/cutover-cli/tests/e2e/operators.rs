@@ -235,6 +235,8 @@ fn bad_input_and_a_lost_identity_change_nothing() {
     assert!(out.stderr.contains("you have no identity"), "{out:?}");
     let out = p.expect(&["deploy"], 2);
     assert!(out.stderr.contains("you have no identity"), "{out:?}");
+    let out = p.expect(&["doctor"], 1);
+    assert!(out.stdout.contains("✗ secrets readable by you"), "{out:?}");
     assert_eq!(p.store_blob(VALUE), stored);
     // A new identity is not an operator: still nothing is read.
     p.expect(&["secrets", "identity"], 0);
@@ -246,4 +248,9 @@ fn bad_input_and_a_lost_identity_change_nothing() {
     );
     std::fs::rename(other.path().join("ana.key"), &id).expect("restore it");
     assert_eq!(reveal(&p), POISON);
+    let out = p.expect(&["doctor"], 1);
+    assert!(
+        out.stdout.contains("✓ secrets readable by you") && out.stdout.contains("operator `ana`"),
+        "{out:?}"
+    );
 }

@@ -386,7 +386,7 @@ fn an_operator_reverts_a_colleagues_release_and_a_clone_behind_is_refused() {
     git(ben.path(), &["merge", "-q", "--ff-only", "origin/main"]);
     let reverted = ben.expect(&["release", "revert", "1001"], 0);
     assert!(
-        reverted.stdout.contains("pushed to origin/main"),
+        reverted.stdout.contains("pushed to origin/main") && !reverted.stderr.contains("warning"),
         "{reverted:?}"
     );
     assert_eq!(std::fs::read_to_string(&data).expect("data"), "precious\n");
@@ -432,6 +432,13 @@ fn state_migrate_copies_a_store_to_postgres_and_back_and_switches_nothing() {
         &["kv", "put", "api", "token", "s3cr3t-v4lue", "--secret"],
         0,
     );
+    // The secrets under a data key wrapped for an operator.
+    let me = p
+        .expect(&["secrets", "identity"], 0)
+        .stdout
+        .trim()
+        .to_string();
+    p.expect(&["secrets", "add-operator", "ana", &me], 0);
     p.write(".cutover/releases/42.env", "TICKET=42\n");
     let deployments = p.expect(&["cat", "deployments", "--json"], 0).stdout;
 
@@ -447,6 +454,7 @@ fn state_migrate_copies_a_store_to_postgres_and_back_and_switches_nothing() {
             .contains("verified: the copy reads back row for row")
             && out.stdout.contains("nothing was switched")
             && out.stdout.contains("allocations: 2 row(s)")
+            && out.stdout.contains("operators: 1 row(s)")
             && !out.all().contains(crate::pgserver::PG_PASSWORD),
         "{out:?}"
     );
@@ -493,6 +501,48 @@ fn state_migrate_copies_a_store_to_postgres_and_back_and_switches_nothing() {
     let out = p.expect(&["state", "migrate", "--to", "sqlite:back/state.db"], 0);
     assert!(out.stdout.contains("verified"), "{out:?}");
     assert!(p.path().join("back/state.db").exists());
+}
+
+/// Two clones, two identities, one store: ana shares the secrets with
+/// ben by his public key, and neither holds the other's key.
+#[test]
+fn operators_on_two_clones_share_the_secrets_through_the_store() {
+    let t = team();
+    t.ana
+        .expect(&["kv", "put", "api", "token", "f1rst-t0ken", "--secret"], 0);
+    // Under ana's project key file, which ben's clone does not have.
+    let out = t.ben.expect(&["kv", "get", "api", "token", "--reveal"], 2);
+    assert!(out.stderr.contains("secret.key is missing"), "{out:?}");
+
+    let ana_pub = t.ana.expect(&["secrets", "identity"], 0).stdout;
+    t.ana
+        .expect(&["secrets", "add-operator", "ana", ana_pub.trim()], 0);
+    let ben_pub = t.ben.expect(&["secrets", "identity"], 0).stdout;
+    // Only an operator can let another in.
+    let out = t
+        .ben
+        .expect(&["secrets", "add-operator", "ben", ben_pub.trim()], 2);
+    assert!(
+        out.stderr
+            .contains("not one of this project's operators (ana)"),
+        "{out:?}"
+    );
+    t.ana
+        .expect(&["secrets", "add-operator", "ben", ben_pub.trim()], 0);
+
+    let read = |p: &Project| {
+        p.expect(&["kv", "get", "api", "token", "--reveal"], 0)
+            .stdout
+            .trim()
+            .to_string()
+    };
+    assert_eq!(read(&t.ben), "f1rst-t0ken");
+    t.ben
+        .expect(&["kv", "put", "api", "token", "b3n-t0ken", "--secret"], 0);
+    assert_eq!(read(&t.ana), "b3n-t0ken");
+    let ops = t.ben.expect(&["secrets", "operators"], 0).stdout;
+    assert!(ops.contains("ben (you)") && ops.contains("ana "), "{ops}");
+    assert_eq!(t.store("SELECT count(*) FROM operators"), "2");
 }
 
 /// What a hostile or unlucky operator does to a shared store: another
