@@ -87,9 +87,9 @@ pub enum Command {
     #[command(
         subcommand,
         after_help = "A team starts with one operator, then adds the others:
-  cutover secrets identity                      # prints your public key (age1...)
-  cutover secrets add-operator ana age1...      # the first operator is you
-  cutover secrets add-operator bo age1...       # bo's key, from `cutover secrets identity` on bo's machine
+  cutover secrets identity                  # your public key (age1...)
+  cutover secrets add-operator ana age1...  # the first operator is you
+  cutover secrets add-operator bo age1...   # bo's `cutover secrets identity`
 Until the first operator is added, secrets are under .cutover/secret.key."
     )]
     Secrets(SecretsCommand),
@@ -354,14 +354,20 @@ pub enum SecretsCommand {
     /// first operator must be you: the secrets then move from
     /// .cutover/secret.key to a data key.
     AddOperator {
+        /// Who they are, for lists and removal: letters, digits, _ - . @
         name: String,
+        /// Their age public key (age1...), never the private one.
         #[arg(value_name = "PUBKEY")]
         pubkey: String,
     },
     /// Stop NAME from reading the secrets: every secret is re-encrypted
     /// under a new data key, wrapped for the other operators only. (What
-    /// NAME read before stays known to them: change those values too.)
-    RemoveOperator { name: String },
+    /// NAME read before stays known to them: change those values too.) An
+    /// operator is removed by another, never by themselves.
+    RemoveOperator {
+        /// The operator, as `cutover secrets operators` lists them.
+        name: String,
+    },
     /// Re-encrypt every secret under a new data key, wrapped for the same
     /// operators.
     RotateKey,

@@ -145,13 +145,11 @@ pub async fn project(ctx: &Context) -> Vec<Item> {
 /// them): with the project key file, or as one of the operators.
 async fn secrets(ctx: &Context) -> Item {
     const ITEM: &str = "secrets readable by you";
-    let first = match crate::kv::first_secret(ctx).await {
-        Ok(None) => return Item::pass(ITEM, "no secret is stored"),
-        Ok(Some(first)) => first,
-        Err(e) => return Item::fail(ITEM, e.to_string(), "see the state backend item"),
-    };
-    match crate::kv::data_key(ctx, Some(&first)).await {
-        Ok(key) => Item::pass(ITEM, format!("they open with {}", key.source)),
+    match crate::kv::read(ctx, None, crate::kv::Open::IfSecrets).await {
+        Ok(ring) => match ring.key {
+            Some(key) => Item::pass(ITEM, format!("they open with {}", key.source)),
+            None => Item::pass(ITEM, "no secret is stored"),
+        },
         Err(e) => Item::fail(
             ITEM,
             e.to_string(),

@@ -79,6 +79,9 @@ impl EngineError {
                     "check that the PostgreSQL server is up and that this machine reaches it, and the URL in CUTOVER_STATE_URL or [state] url; nothing was changed by this command".into(),
                 )
             }
+            EngineError::State(StateError::Secret { job, key, .. }) => Some(format!(
+                "if that value is damaged, delete it (`cutover kv delete {job} {key}`), run the command again, and set the value again with `cutover kv put {job} {key} - --secret`"
+            )),
             EngineError::State(StateError::KeyChanged) => Some(
                 "run the command again: it reads the new key".into(),
             ),

@@ -18,34 +18,75 @@ const KEY_FILE: &str = "secret.key";
 /// The key the store's secrets are under, as this operator holds it.
 pub(crate) struct DataKey {
     pub key: SecretKey,
-    /// Its id in the store ([`LOCAL_KEY`]: the project key file).
-    pub id: String,
     /// Where it came from, for messages.
     pub source: String,
     /// What to do when it does not open a secret.
     pub remedy: String,
 }
 
-/// The data key, checked against a secret already in the store
-/// (`existing`, one is enough). Until the store has operators it is the
-/// project key file; then it is the store's data key, unwrapped with this
-/// operator's identity (see [`crate::secrets`]).
-pub(crate) async fn data_key(
+/// When [`read`] opens the data key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Open {
+    Never,
+    /// When a secret is among the records read.
+    IfSecrets,
+    /// To write a secret.
+    Always,
+}
+
+/// The KV as of one moment: its records, the id of the key the secrets
+/// are under, and (as asked) that key, checked against a stored secret.
+pub(crate) struct Keyring {
+    pub records: Vec<KvRecord>,
+    /// [`LOCAL_KEY`] (the project key file), or the store's data key's.
+    pub id: String,
+    pub key: Option<DataKey>,
+}
+
+/// Reads the KV records (of `job`, or every job's) and the key their
+/// secrets are under. Until the store has operators the key is the project
+/// key file; then it is the store's data key, unwrapped with this
+/// operator's identity (see [`crate::secrets`]). A re-encryption changes
+/// the key id together with everything else: when the id reads the same
+/// before and after, what was read between is of one moment; else it is
+/// read again.
+pub(crate) async fn read(
     ctx: &Context,
-    existing: Option<&KvRecord>,
-) -> Result<DataKey, EngineError> {
-    // The id is read before the wrapped keys: a re-encryption changes both
-    // at once, so a key read after an id is never older than it.
-    let id = ctx.store.secrets_key_id().await?;
-    let key = if id == LOCAL_KEY {
-        local_key(ctx, existing)?
-    } else {
-        crate::secrets::unwrap(ctx, id).await?
-    };
-    if let Some(r) = existing {
-        decrypt(&key, r)?;
+    job: Option<&str>,
+    open: Open,
+) -> Result<Keyring, EngineError> {
+    for _ in 0..3 {
+        let id = ctx.store.secrets_key_id().await?;
+        let records = ctx.store.kv_list(job).await?;
+        let first = records.iter().find(|r| r.secret);
+        let want = match open {
+            Open::Never => false,
+            Open::IfSecrets => first.is_some(),
+            Open::Always => true,
+        };
+        let key = if want {
+            let key = if id == LOCAL_KEY {
+                local_key(ctx, first)
+            } else {
+                crate::secrets::unwrap(ctx).await
+            };
+            match key {
+                Ok(key) => Some(key),
+                Err(_) if ctx.store.secrets_key_id().await? != id => continue,
+                Err(e) => return Err(e),
+            }
+        } else {
+            None
+        };
+        if ctx.store.secrets_key_id().await? != id {
+            continue;
+        }
+        if let (Some(key), Some(first)) = (&key, first) {
+            decrypt(key, first)?;
+        }
+        return Ok(Keyring { records, id, key });
     }
-    Ok(key)
+    Err(cutover_state::StateError::KeyChanged.into())
 }
 
 /// The project key file. A new key is made only when the store holds no
@@ -74,7 +115,6 @@ fn local_key(ctx: &Context, existing: Option<&KvRecord>) -> Result<DataKey, Engi
     };
     Ok(DataKey {
         key,
-        id: LOCAL_KEY.to_string(),
         source: path.display().to_string(),
         remedy: format!(
             "restore the key that encrypted it to {} from your backup",
@@ -107,16 +147,6 @@ pub(crate) fn decrypt(key: &DataKey, r: &KvRecord) -> Result<String, EngineError
                 key.remedy.clone(),
             )
         })
-}
-
-/// The first secret in the store, to check a key against.
-pub(crate) async fn first_secret(ctx: &Context) -> Result<Option<KvRecord>, EngineError> {
-    Ok(ctx
-        .store
-        .kv_list(None)
-        .await?
-        .into_iter()
-        .find(|r| r.secret))
 }
 
 /// A value as shown to the operator: secrets stay hidden unless revealed.
@@ -156,9 +186,12 @@ pub async fn put(
         updated_at: cutover_state::now_rfc3339(),
     };
     if secret {
-        let key = data_key(ctx, first_secret(ctx).await?.as_ref()).await?;
+        let ring = read(ctx, None, Open::Always).await?;
+        let Some(key) = ring.key else {
+            return Err(EngineError::Internal("the data key was not opened".into()));
+        };
         rec.value = key.key.encrypt(&value);
-        ctx.store.kv_put_secret(&rec, &key.id).await?;
+        ctx.store.kv_put_secret(&rec, &ring.id).await?;
     } else {
         rec.value = value.expose().as_bytes().to_vec();
         ctx.store.kv_put(&rec).await?;
@@ -174,12 +207,11 @@ pub async fn list(
     if let Some(j) = job {
         check_job(ctx, j)?;
     }
-    let recs = ctx.store.kv_list(job).await?;
-    let secret_key = match recs.iter().find(|r| r.secret) {
-        Some(first) if reveal => Some(data_key(ctx, Some(first)).await?),
-        _ => None,
-    };
-    recs.into_iter()
+    let open = if reveal { Open::IfSecrets } else { Open::Never };
+    let ring = read(ctx, job, open).await?;
+    let secret_key = ring.key;
+    ring.records
+        .into_iter()
         .map(|r| {
             let value = match (&secret_key, r.secret) {
                 (_, false) => Some(String::from_utf8_lossy(&r.value).into_owned()),
@@ -198,16 +230,20 @@ pub async fn list(
 }
 
 pub async fn get(ctx: &Context, job: &str, k: &str, reveal: bool) -> Result<KvView, EngineError> {
-    list(ctx, Some(job), reveal)
-        .await?
-        .into_iter()
-        .find(|v| v.key == k)
-        .ok_or_else(|| {
+    let find = |views: Vec<KvView>| {
+        views.into_iter().find(|v| v.key == k).ok_or_else(|| {
             EngineError::usage(
                 format!("job `{job}` has no key `{k}`"),
                 format!("list its keys with `cutover kv list {job}`"),
             )
         })
+    };
+    let view = find(list(ctx, Some(job), false).await?)?;
+    // The key is opened only for a secret that is to be shown.
+    if view.secret && reveal {
+        return find(list(ctx, Some(job), true).await?);
+    }
+    Ok(view)
 }
 
 pub async fn delete(ctx: &Context, job: &str, k: &str) -> Result<(), EngineError> {
@@ -252,13 +288,10 @@ impl TemplateKv {
 }
 
 pub(crate) async fn for_templates(ctx: &Context) -> Result<TemplateKv, EngineError> {
-    let recs = ctx.store.kv_list(None).await?;
-    let secret_key = match recs.iter().find(|r| r.secret) {
-        Some(first) => Some(data_key(ctx, Some(first)).await?),
-        None => None,
-    };
+    let ring = read(ctx, None, Open::IfSecrets).await?;
+    let secret_key = ring.key;
     let mut out = TemplateKv::default();
-    for r in recs {
+    for r in ring.records {
         let value = match (&secret_key, r.secret) {
             (Some(k), true) => decrypt(k, &r)?,
             _ => String::from_utf8_lossy(&r.value).into_owned(),

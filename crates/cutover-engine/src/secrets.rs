@@ -14,11 +14,11 @@
 
 use std::path::PathBuf;
 
-use cutover_state::{parse_recipient, Identity, OperatorRecord, SecretKey, LOCAL_KEY};
+use cutover_state::{parse_recipient, Identity, OperatorRecord, SecretKey};
 use serde::Serialize;
 
 use crate::app::env;
-use crate::kv::DataKey;
+use crate::kv::{DataKey, Keyring, Open};
 use crate::{Context, EngineError};
 
 const IDENTITY_FILE: &str = "identity.key";
@@ -86,8 +86,8 @@ fn names(ops: &[OperatorRecord]) -> String {
         .join(", ")
 }
 
-/// The store's data key (`id`), unwrapped with this operator's identity.
-pub(crate) async fn unwrap(ctx: &Context, id: String) -> Result<DataKey, EngineError> {
+/// The store's data key, unwrapped with this operator's identity.
+pub(crate) async fn unwrap(ctx: &Context) -> Result<DataKey, EngineError> {
     let ops = ctx.store.operators().await?;
     let Some((identity, path)) = load_identity(ctx)? else {
         return Err(EngineError::usage(
@@ -126,17 +126,16 @@ pub(crate) async fn unwrap(ctx: &Context, id: String) -> Result<DataKey, EngineE
     })?;
     Ok(DataKey {
         key,
-        id,
         source: format!("the data key wrapped for operator `{}`", op.name),
-        remedy: "the store's value was not written by cutover with its data key: set it again with `cutover kv put --secret`".into(),
+        remedy: "the store's value was not written by cutover with its data key: delete it (`cutover kv delete`) and set it again with `cutover kv put --secret`".into(),
     })
 }
 
 /// What adding an operator did.
 #[derive(Debug, Clone, Serialize)]
 pub struct Added {
-    /// The store's first operator: its secrets moved from the project key
-    /// file to a data key.
+    /// The secrets moved to a new data key (the first operator, or a
+    /// start over while no secret is stored).
     pub first: bool,
     /// Secrets re-encrypted (only when `first`).
     pub reencrypted: usize,
@@ -155,6 +154,11 @@ fn check_name(name: &str) -> Result<(), EngineError> {
         format!("`{}` is not a valid operator name", name.escape_debug()),
         "use letters, digits, `_`, `-`, `.` and `@` (at most 64), such as `ana` or `ana@laptop`",
     ))
+}
+
+/// The caller's public key, if they have an identity.
+fn my_key(ctx: &Context) -> Result<Option<String>, EngineError> {
+    Ok(load_identity(ctx)?.map(|(id, _)| id.recipient()))
 }
 
 /// `cutover secrets add-operator NAME PUBKEY`.
@@ -190,14 +194,26 @@ pub async fn add_operator(ctx: &Context, name: &str, pubkey: &str) -> Result<Add
         added_by: ctx.operator.user.clone(),
         added_at: cutover_state::now_rfc3339(),
     };
-    if ops.is_empty() {
-        // The first operator must be the caller, or the secrets would move
-        // to a key the caller cannot open.
-        let mine = load_identity(ctx)?.map(|(id, _)| id.recipient());
+    let mine = my_key(ctx)?;
+    let am_operator = ops.iter().any(|o| Some(&o.recipient) == mine.as_ref());
+    let stored = crate::kv::read(ctx, None, Open::Never)
+        .await?
+        .records
+        .iter()
+        .any(|r| r.secret);
+    // The secrets move to a new data key: for the first operator, and, when
+    // no secret is stored, for a caller whom no operator's key reaches (the
+    // operators lost their identities): they start over with themselves.
+    if ops.is_empty() || (!am_operator && !stored) {
         if mine.as_deref() != Some(recipient_text.as_str()) {
+            let why = if ops.is_empty() {
+                "the first operator must be you: the secrets move to a key wrapped for the operators"
+            } else {
+                "you are not an operator, and no secret is stored: you can only add yourself"
+            };
             return Err(EngineError::usage(
                 format!(
-                    "the first operator must be you: the secrets move to a key wrapped for the operators, and {pubkey} is not your identity ({})",
+                    "{why}, and {recipient_text} is not your identity ({})",
                     match &mine {
                         Some(m) => format!("yours is {m}"),
                         None => format!("you have none at {}", identity_path(ctx).display()),
@@ -206,17 +222,26 @@ pub async fn add_operator(ctx: &Context, name: &str, pubkey: &str) -> Result<Add
                 "run `cutover secrets identity`, then `cutover secrets add-operator YOUR-NAME <the public key it prints>`, then add the others",
             ));
         }
-        let current = current_key(ctx).await?;
-        let reencrypted = rekey(ctx, current.as_ref(), vec![record(Vec::new())]).await?;
+        let ring = crate::kv::read(ctx, None, Open::IfSecrets).await?;
+        let mut all = ctx.store.operators().await?;
+        all.push(record(Vec::new()));
+        let reencrypted = rekey(ctx, &ring, all).await?;
         return Ok(Added {
             first: true,
             reencrypted,
         });
     }
-    let current = crate::kv::data_key(ctx, None).await?;
+    // The current key, checked against a stored secret: only an operator
+    // lets another in, and only with the key that opens the secrets.
+    let ring = crate::kv::read(ctx, None, Open::Always).await?;
+    let Some(current) = &ring.key else {
+        return Err(EngineError::Internal("the data key was not opened".into()));
+    };
     let wrapped = wrap(&current.key, &recipient_text)?;
+    // A new key id: a re-encryption that read the operators before this
+    // one was added is refused, rather than dropping it.
     ctx.store
-        .add_operator(&record(wrapped), &current.id)
+        .add_operator(&record(wrapped), &ring.id, &new_key_id())
         .await?;
     Ok(Added {
         first: false,
@@ -226,10 +251,12 @@ pub async fn add_operator(ctx: &Context, name: &str, pubkey: &str) -> Result<Add
 
 /// `cutover secrets remove-operator NAME`: every secret goes under a new
 /// data key, wrapped for the others only. Returns how many secrets were
-/// re-encrypted.
+/// re-encrypted. The caller must stay an operator: someone who opened the
+/// key just now keeps it, so a removal never leaves the secrets to no one.
 pub async fn remove_operator(ctx: &Context, name: &str) -> Result<usize, EngineError> {
+    let ring = crate::kv::read(ctx, None, Open::IfSecrets).await?;
     let ops = ctx.store.operators().await?;
-    if !ops.iter().any(|o| o.name == name) {
+    let Some(removed) = ops.iter().find(|o| o.name == name) else {
         return Err(EngineError::usage(
             format!("there is no operator named `{}`", name.escape_debug()),
             if ops.is_empty() {
@@ -238,21 +265,38 @@ pub async fn remove_operator(ctx: &Context, name: &str) -> Result<usize, EngineE
                 format!("its operators: {}", names(&ops))
             },
         ));
-    }
-    if ops.len() == 1 {
+    };
+    let mine = my_key(ctx)?;
+    if mine.as_deref() == Some(removed.recipient.as_str()) {
         return Err(EngineError::usage(
-            format!("`{name}` is the last operator: without one, no one could read the secrets"),
-            "add the operator who takes over first (`cutover secrets add-operator NAME PUBKEY`), then remove this one",
+            format!("`{name}` is you: an operator is removed by another, so that someone who can open the secrets stays"),
+            if ops.len() == 1 {
+                "add the operator who takes over first (`cutover secrets add-operator NAME PUBKEY`); they remove you".to_string()
+            } else {
+                format!(
+                    "ask one of {} to run `cutover secrets remove-operator {name}`",
+                    names(&others(&ops, name))
+                )
+            },
         ));
     }
-    let current = current_key(ctx).await?;
-    let rest = ops.into_iter().filter(|o| o.name != name).collect();
-    rekey(ctx, current.as_ref(), rest).await
+    if !ops.iter().any(|o| Some(&o.recipient) == mine.as_ref()) {
+        return Err(EngineError::usage(
+            format!(
+                "only an operator removes one, and your identity at {} is not one of this project's operators ({})",
+                identity_path(ctx).display(),
+                names(&ops)
+            ),
+            "run it as one of them (CUTOVER_IDENTITY_FILE names whose identity)",
+        ));
+    }
+    rekey(ctx, &ring, others(&ops, name)).await
 }
 
 /// `cutover secrets rotate-key`: every secret under a new data key, wrapped
 /// for the same operators. Returns how many secrets were re-encrypted.
 pub async fn rotate_key(ctx: &Context) -> Result<usize, EngineError> {
+    let ring = crate::kv::read(ctx, None, Open::IfSecrets).await?;
     let ops = ctx.store.operators().await?;
     if ops.is_empty() {
         return Err(EngineError::usage(
@@ -260,18 +304,12 @@ pub async fn rotate_key(ctx: &Context) -> Result<usize, EngineError> {
             "add yourself as the first operator (`cutover secrets identity`, then `cutover secrets add-operator YOUR-NAME <its public key>`): that puts them under a new data key",
         ));
     }
-    let current = current_key(ctx).await?;
-    rekey(ctx, current.as_ref(), ops).await
+    rekey(ctx, &ring, ops).await
 }
 
-/// The key the secrets are under now; `None` when there is no secret and
-/// no operator (no project key file is made just to move nothing).
-async fn current_key(ctx: &Context) -> Result<Option<DataKey>, EngineError> {
-    let first = crate::kv::first_secret(ctx).await?;
-    if first.is_none() && ctx.store.secrets_key_id().await? == LOCAL_KEY {
-        return Ok(None);
-    }
-    crate::kv::data_key(ctx, first.as_ref()).await.map(Some)
+/// Every operator but `name`.
+fn others(ops: &[OperatorRecord], name: &str) -> Vec<OperatorRecord> {
+    ops.iter().filter(|o| o.name != name).cloned().collect()
 }
 
 fn wrap(key: &SecretKey, recipient: &str) -> Result<Vec<u8>, EngineError> {
@@ -282,10 +320,13 @@ fn wrap(key: &SecretKey, recipient: &str) -> Result<Vec<u8>, EngineError> {
 }
 
 /// Puts every secret under a new data key wrapped for `operators`, in one
-/// transaction; see [`cutover_state::Store::rekey`].
+/// transaction, if the secrets are still under the key `ring` read (else
+/// [`StateError::KeyChanged`]); see [`cutover_state::Store::rekey`].
+///
+/// [`StateError::KeyChanged`]: cutover_state::StateError::KeyChanged
 async fn rekey(
     ctx: &Context,
-    current: Option<&DataKey>,
+    ring: &Keyring,
     operators: Vec<OperatorRecord>,
 ) -> Result<usize, EngineError> {
     let next = SecretKey::generate();
@@ -298,15 +339,13 @@ async fn rekey(
             })
         })
         .collect::<Result<Vec<_>, EngineError>>()?;
-    let from = current.map_or(LOCAL_KEY, |k| k.id.as_str());
-    let to = new_key_id();
+    let current = ring.key.as_ref();
     let n = ctx
         .store
-        .rekey(from, &to, &operators, |r| {
-            // A secret written after `current` was read (none existed
-            // then) is refused: the command is run again.
-            let key =
-                current.ok_or("it was written while the key changed; run the command again")?;
+        .rekey(&ring.id, &new_key_id(), &operators, |r| {
+            // A secret written after the ring was read (none was stored
+            // then): the command is run again.
+            let key = current.ok_or("it was written meanwhile; run the command again")?;
             let plain = key.key.decrypt(&r.value)?;
             Ok(next.encrypt(&plain))
         })
@@ -314,7 +353,7 @@ async fn rekey(
     Ok(n)
 }
 
-/// A new data key's id: random, so that two re-encryptions never agree.
+/// A new key id: random, so that two changes never agree.
 fn new_key_id() -> String {
     SecretKey::generate().seal(b"key id")[..16].to_string()
 }

@@ -183,10 +183,11 @@ impl Store {
     pub async fn operators(&self) -> Result<Vec<OperatorRecord>> {
         each!(self.operators())
     }
-    /// Adds an operator (the data key wrapped for them) if the secrets are
-    /// still under data key `key_id`; else [`StateError::KeyChanged`].
-    pub async fn add_operator(&self, op: &OperatorRecord, key_id: &str) -> Result<()> {
-        each!(self.add_operator(op, key_id))
+    /// Adds an operator (the data key wrapped for them) if the key id is
+    /// still `from` (else [`StateError::KeyChanged`]), and makes it `to`:
+    /// a re-encryption that read the operators before is refused.
+    pub async fn add_operator(&self, op: &OperatorRecord, from: &str, to: &str) -> Result<()> {
+        each!(self.add_operator(op, from, to))
     }
     /// Puts every secret under a new data key, in one transaction: the
     /// secrets must still be under `from` (else [`StateError::KeyChanged`]);

@@ -210,21 +210,9 @@ macro_rules! store_queries {
             }
 
             pub async fn kv_put(&self, r: &$crate::KvRecord) -> $crate::Result<()> {
-                self.write(
-                    sqlx::query(
-                        "INSERT INTO kv (job, key, value, secret, updated_at)
-                         VALUES ($1, $2, $3, $4, $5)
-                         ON CONFLICT (job, key) DO UPDATE SET value = excluded.value,
-                            secret = excluded.secret, updated_at = excluded.updated_at",
-                    )
-                    .bind(&r.job)
-                    .bind(&r.key)
-                    .bind(&r.value)
-                    .bind(r.secret)
-                    .bind(&r.updated_at),
-                )
-                .await
-                .map(drop)
+                let mut tx = self.begin_write().await?;
+                upsert_kv(&mut *tx, r).await.map_err(self.err())?;
+                tx.commit().await.map_err(self.err())
             }
 
             pub async fn kv_delete(&self, job: &str, key: Option<&str>) -> $crate::Result<u64> {
@@ -243,20 +231,7 @@ macro_rules! store_queries {
                 if !claim_key(&mut *tx, key_id, key_id).await.map_err(self.err())? {
                     return Err($crate::StateError::KeyChanged);
                 }
-                sqlx::query(
-                    "INSERT INTO kv (job, key, value, secret, updated_at)
-                     VALUES ($1, $2, $3, $4, $5)
-                     ON CONFLICT (job, key) DO UPDATE SET value = excluded.value,
-                        secret = excluded.secret, updated_at = excluded.updated_at",
-                )
-                .bind(&r.job)
-                .bind(&r.key)
-                .bind(&r.value)
-                .bind(true)
-                .bind(&r.updated_at)
-                .execute(&mut *tx)
-                .await
-                .map_err(self.err())?;
+                upsert_kv(&mut *tx, r).await.map_err(self.err())?;
                 tx.commit().await.map_err(self.err())
             }
 
@@ -281,10 +256,11 @@ macro_rules! store_queries {
             pub async fn add_operator(
                 &self,
                 op: &$crate::OperatorRecord,
-                key_id: &str,
+                from: &str,
+                to: &str,
             ) -> $crate::Result<()> {
                 let mut tx = self.begin_write().await?;
-                if !claim_key(&mut *tx, key_id, key_id).await.map_err(self.err())? {
+                if !claim_key(&mut *tx, from, to).await.map_err(self.err())? {
                     return Err($crate::StateError::KeyChanged);
                 }
                 insert_operator(&mut *tx, op).await.map_err(self.err())?;
@@ -669,6 +645,26 @@ macro_rules! store_queries {
             .bind(job)
             .bind(hash)
             .bind(manifest)
+            .execute(e)
+            .await?;
+            Ok(())
+        }
+
+        async fn upsert_kv<'e, E>(e: E, r: &$crate::KvRecord) -> std::result::Result<(), sqlx::Error>
+        where
+            E: sqlx::Executor<'e, Database = $db>,
+        {
+            sqlx::query(
+                "INSERT INTO kv (job, key, value, secret, updated_at)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (job, key) DO UPDATE SET value = excluded.value,
+                    secret = excluded.secret, updated_at = excluded.updated_at",
+            )
+            .bind(&r.job)
+            .bind(&r.key)
+            .bind(&r.value)
+            .bind(r.secret)
+            .bind(&r.updated_at)
             .execute(e)
             .await?;
             Ok(())

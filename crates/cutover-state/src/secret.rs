@@ -95,24 +95,9 @@ impl SecretKey {
 
     /// Creates a new key file (owner-only); refuses to replace one.
     pub fn create(path: &Path) -> Result<SecretKey, StateError> {
-        let io = |source| StateError::Io {
-            path: path.display().to_string(),
-            source,
-        };
-        {
-            {
-                let key = ChaCha20Poly1305::generate_key(&mut OsRng);
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(path)
-                    .map_err(io)?;
-                f.write_all(&key).map_err(io)?;
-                f.sync_all().map_err(io)?;
-                Ok(SecretKey(key))
-            }
-        }
+        let key = ChaCha20Poly1305::generate_key(&mut OsRng);
+        create_private(path, &key)?;
+        Ok(SecretKey(key))
     }
 
     /// A keyed blake3 of `data` in hex: only a holder of the key can make
@@ -173,11 +158,11 @@ impl Identity {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
-                return Err(StateError::Io {
-                    path: path.display().to_string(),
-                    source,
-                })
+            Err(e) => {
+                return Err(StateError::Config(format!(
+                    "cannot read your identity {}: {e}; CUTOVER_IDENTITY_FILE (else .cutover/identity.key) names the file `cutover secrets identity` wrote",
+                    path.display()
+                )))
             }
         };
         let mode = std::fs::metadata(path)
@@ -209,10 +194,6 @@ impl Identity {
     /// Creates a new identity file (owner-only); refuses to replace one.
     pub fn create(path: &Path) -> Result<Identity, StateError> {
         use age::secrecy::ExposeSecret;
-        let io = |source| StateError::Io {
-            path: path.display().to_string(),
-            source,
-        };
         let id = age::x25519::Identity::generate();
         let text = format!(
             "# created: {}\n# public key: {}\n{}\n",
@@ -220,26 +201,65 @@ impl Identity {
             id.to_public(),
             id.to_string().expose_secret()
         );
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(io)?;
-        f.write_all(text.as_bytes()).map_err(io)?;
-        f.sync_all().map_err(io)?;
+        create_private(path, text.as_bytes()).map_err(|e| {
+            StateError::Config(format!(
+                "cannot make your identity: {e}; set CUTOVER_IDENTITY_FILE to a new file in a directory that exists"
+            ))
+        })?;
         Ok(Identity(id))
     }
 }
 
+/// Writes a new file only its owner can read; refuses to replace one.
+fn create_private(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    let io = |source| StateError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    f.write_all(bytes).map_err(io)?;
+    f.sync_all().map_err(io)
+}
+
 /// An operator's public key, as `cutover secrets add-operator` takes it.
 pub fn parse_recipient(text: &str) -> Result<age::x25519::Recipient, String> {
-    text.trim().parse::<age::x25519::Recipient>().map_err(|e| {
+    let text = text.trim();
+    // Never echoed: it would end up in a terminal's or a CI job's log.
+    if text.to_ascii_uppercase().starts_with("AGE-SECRET-KEY-") {
+        return Err("that is a private key (AGE-SECRET-KEY-...), not a public one: keep it to yourself, and give the public key `cutover secrets identity` prints (age1...)".into());
+    }
+    let recipient = text.parse::<age::x25519::Recipient>().map_err(|e| {
         format!(
             "`{}` is not an age public key ({e}): it starts with `age1`",
             text.escape_debug()
         )
-    })
+    })?;
+    if !contributory(&recipient) {
+        return Err(format!(
+            "`{text}` is a point of low order, which no age identity has: every key wrapped for it would be known to anyone"
+        ));
+    }
+    Ok(recipient)
+}
+
+/// Whether a Diffie-Hellman with this public key depends on the secret
+/// scalar: a scalar (a multiple of the cofactor, as X25519 clamps it)
+/// times a point of low order is zero, whatever the scalar. age itself
+/// would panic on such a key.
+fn contributory(recipient: &age::x25519::Recipient) -> bool {
+    use bech32::FromBase32;
+    let Ok((_, data, _)) = bech32::decode(&recipient.to_string()) else {
+        return false;
+    };
+    let Ok(point) = Vec::<u8>::from_base32(&data).map(<[u8; 32]>::try_from) else {
+        return false;
+    };
+    point.is_ok_and(|u| x25519_dalek::x25519([0x5a; 32], u) != [0; 32])
 }
 
 #[cfg(test)]
@@ -283,6 +303,22 @@ mod tests {
         let refused = Identity::load(&path).expect_err("readable by others");
         assert!(refused.to_string().contains("chmod 600"), "{refused}");
         assert!(parse_recipient("age1nope").is_err());
+        // Points of low order (zero, and one of order 8) are refused, not
+        // left to age, which panics on them.
+        let zero = "age1qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqq5cu47z";
+        let order8 = "age1ur4h5lpmgxu2u9jku0a0r87ydtdqnr0tnsetrlvxvgz3vh6fhqqqzyt4v9";
+        for low in [zero, order8] {
+            let refused = parse_recipient(low).expect_err(low);
+            assert!(refused.contains("low order"), "{refused}");
+        }
+        // A private key given as a public one is not echoed.
+        let private = std::fs::read_to_string(dir.path().join("ana")).expect("read");
+        let line = private.lines().last().expect("key line");
+        let refused = parse_recipient(line).expect_err("private");
+        assert!(
+            !refused.contains(&line[20..]) && refused.contains("private key"),
+            "{refused}"
+        );
         assert!(parse_recipient(&ana.recipient()).is_ok());
     }
 }

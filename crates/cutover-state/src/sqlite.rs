@@ -251,12 +251,27 @@ mod tests {
         let late = store.kv_put_secret(&secret("b", b"2"), LOCAL_KEY).await;
         assert!(matches!(late, Err(StateError::KeyChanged)), "{late:?}");
         assert_eq!(value(&store, "b").await, None);
-        let late = store.add_operator(&operator("bo"), LOCAL_KEY).await;
+        let late = store.add_operator(&operator("bo"), LOCAL_KEY, "k9").await;
         assert!(matches!(late, Err(StateError::KeyChanged)), "{late:?}");
         let late = store
             .rekey(LOCAL_KEY, "k2", &[], &|r| Ok(r.value.clone()))
             .await;
         assert!(matches!(late, Err(StateError::KeyChanged)), "{late:?}");
+
+        // An operator added after a re-encryption read the operators: it
+        // is refused, not left to drop the new one.
+        store
+            .add_operator(&operator("cy"), "k1", "k1b")
+            .await
+            .expect("add");
+        let late = store
+            .rekey("k1", "k2", &[operator("ana")], &|r| Ok(r.value.clone()))
+            .await;
+        assert!(matches!(late, Err(StateError::KeyChanged)), "{late:?}");
+        store
+            .rekey("k1b", "k1", &[operator("ana")], &|r| Ok(r.value.clone()))
+            .await
+            .expect("back to k1");
 
         // A re-encryption that fails on one secret changes nothing.
         store

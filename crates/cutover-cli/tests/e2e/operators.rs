@@ -210,16 +210,43 @@ fn bad_input_and_a_lost_identity_change_nothing() {
             vec!["secrets", "remove-operator", "nobody"],
             "no operator named `nobody`",
         ),
+        (vec!["secrets", "remove-operator", "ana"], "`ana` is you"),
         (
-            vec!["secrets", "remove-operator", "ana"],
-            "the last operator",
+            vec![
+                "secrets",
+                "add-operator",
+                "low",
+                "age1qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqq5cu47z",
+            ],
+            "low order",
         ),
     ] {
         let out = p.expect(&args, 2);
         assert!(out.stderr.contains(says), "{args:?}: {out:?}");
     }
+    // A private key given for a public one is refused, and not echoed.
+    let private = std::fs::read_to_string(&bo_key).expect("bo's key");
+    let private = private.lines().last().expect("key line");
+    let out = p.expect(&["--json", "secrets", "add-operator", "bo", private], 2);
+    assert!(
+        !out.all().contains(private) && out.stdout.contains("private key"),
+        "{out:?}"
+    );
     assert_eq!(operator_names(&p), ["ana"]);
     assert_eq!(p.store_blob(VALUE), stored);
+    // Ana cannot remove herself; bo, removed, cannot remove her either.
+    p.expect(&["secrets", "add-operator", "bo", &bo_pub], 0);
+    let out = p.expect(&["secrets", "remove-operator", "ana"], 2);
+    assert!(out.stderr.contains("ask one of bo"), "{out:?}");
+    p.expect(&["secrets", "remove-operator", "bo"], 0);
+    let out = as_op(&p, &bo_key, &["secrets", "remove-operator", "ana"], 2);
+    assert!(
+        out.stderr.contains("is not one of this project's operators (ana)"),
+        "{out:?}"
+    );
+    assert_eq!(operator_names(&p), ["ana"]);
+    assert_eq!(reveal(&p), POISON);
+    let stored = p.store_blob(VALUE);
 
     // An identity other users can read is refused, not used.
     let id = p.path().join(".cutover/identity.key");
@@ -253,4 +280,44 @@ fn bad_input_and_a_lost_identity_change_nothing() {
         out.stdout.contains("✓ secrets readable by you") && out.stdout.contains("operator `ana`"),
         "{out:?}"
     );
+}
+
+/// Every operator lost their identity: the secrets are gone with it (as
+/// with a lost key file), and once they are deleted the project starts
+/// over, rather than never storing a secret again.
+#[test]
+fn a_team_that_lost_every_identity_starts_over_once_the_secrets_are_deleted() {
+    let p = project();
+    let ana_pub = p
+        .expect(&["secrets", "identity"], 0)
+        .stdout
+        .trim()
+        .to_string();
+    p.expect(&["secrets", "add-operator", "ana", &ana_pub], 0);
+    std::fs::remove_file(p.path().join(".cutover/identity.key")).expect("lose it");
+    let new_pub = p
+        .expect(&["secrets", "identity"], 0)
+        .stdout
+        .trim()
+        .to_string();
+    // While a secret is stored, only an operator's key opens the door.
+    let out = p.expect(&["secrets", "add-operator", "ana2", &new_pub], 2);
+    assert!(
+        out.stderr
+            .contains("not one of this project's operators (ana)"),
+        "{out:?}"
+    );
+    p.expect(&["kv", "delete", "api", "db_password"], 0);
+    // None stored: the caller starts over with themselves, only.
+    let other = tempfile::tempdir().expect("other");
+    let stranger = other.path().join("x.key");
+    let x_pub = as_op(&p, &stranger, &["secrets", "identity"], 0).stdout;
+    let out = p.expect(&["secrets", "add-operator", "x", x_pub.trim()], 2);
+    assert!(out.stderr.contains("you can only add yourself"), "{out:?}");
+    p.expect(&["secrets", "add-operator", "ana2", &new_pub], 0);
+    assert_eq!(operator_names(&p), ["ana", "ana2"]);
+    p.expect(&["kv", "put", "api", "db_password", POISON, "--secret"], 0);
+    assert_eq!(reveal(&p), POISON);
+    p.expect(&["secrets", "remove-operator", "ana"], 0);
+    assert_eq!(reveal(&p), POISON);
 }
