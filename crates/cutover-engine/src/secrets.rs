@@ -14,7 +14,7 @@
 
 use std::path::PathBuf;
 
-use cutover_state::{parse_recipient, Identity, OperatorRecord, SecretKey};
+use cutover_state::{parse_recipient, shown, Identity, OperatorRecord, SecretKey, StateError};
 use serde::Serialize;
 
 use crate::app::env;
@@ -139,6 +139,8 @@ pub struct Added {
     pub first: bool,
     /// Secrets re-encrypted (only when `first`).
     pub reencrypted: usize,
+    /// The operators a start over replaced.
+    pub replaced: Vec<String>,
 }
 
 fn check_name(name: &str) -> Result<(), EngineError> {
@@ -151,7 +153,7 @@ fn check_name(name: &str) -> Result<(), EngineError> {
         return Ok(());
     }
     Err(EngineError::usage(
-        format!("`{}` is not a valid operator name", name.escape_debug()),
+        format!("{} is not a valid operator name", shown(name)),
         "use letters, digits, `_`, `-`, `.` and `@` (at most 64), such as `ana` or `ana@laptop`",
     ))
 }
@@ -202,8 +204,9 @@ pub async fn add_operator(ctx: &Context, name: &str, pubkey: &str) -> Result<Add
         .iter()
         .any(|r| r.secret);
     // The secrets move to a new data key: for the first operator, and, when
-    // no secret is stored, for a caller whom no operator's key reaches (the
-    // operators lost their identities): they start over with themselves.
+    // no secret is stored, for a caller who is not an operator (the
+    // operators lost their identities): they start over as the only one,
+    // so that no one joins unnoticed to read what is stored next.
     if ops.is_empty() || (!am_operator && !stored) {
         if mine.as_deref() != Some(recipient_text.as_str()) {
             let why = if ops.is_empty() {
@@ -223,12 +226,11 @@ pub async fn add_operator(ctx: &Context, name: &str, pubkey: &str) -> Result<Add
             ));
         }
         let ring = crate::kv::read(ctx, None, Open::IfSecrets).await?;
-        let mut all = ctx.store.operators().await?;
-        all.push(record(Vec::new()));
-        let reencrypted = rekey(ctx, &ring, all).await?;
+        let reencrypted = rekey(ctx, &ring, vec![record(Vec::new())]).await?;
         return Ok(Added {
             first: true,
             reencrypted,
+            replaced: ops.into_iter().map(|o| o.name).collect(),
         });
     }
     // The current key, checked against a stored secret: only an operator
@@ -246,6 +248,7 @@ pub async fn add_operator(ctx: &Context, name: &str, pubkey: &str) -> Result<Add
     Ok(Added {
         first: false,
         reencrypted: 0,
+        replaced: Vec::new(),
     })
 }
 
@@ -258,7 +261,7 @@ pub async fn remove_operator(ctx: &Context, name: &str) -> Result<usize, EngineE
     let ops = ctx.store.operators().await?;
     let Some(removed) = ops.iter().find(|o| o.name == name) else {
         return Err(EngineError::usage(
-            format!("there is no operator named `{}`", name.escape_debug()),
+            format!("there is no operator named {}", shown(name)),
             if ops.is_empty() {
                 "this project's secrets have no operators yet".to_string()
             } else {
@@ -304,6 +307,17 @@ pub async fn rotate_key(ctx: &Context) -> Result<usize, EngineError> {
             "add yourself as the first operator (`cutover secrets identity`, then `cutover secrets add-operator YOUR-NAME <its public key>`): that puts them under a new data key",
         ));
     }
+    let mine = my_key(ctx)?;
+    if !ops.iter().any(|o| Some(&o.recipient) == mine.as_ref()) {
+        return Err(EngineError::usage(
+            format!(
+                "only an operator rotates the key, and your identity at {} is not one of this project's operators ({})",
+                identity_path(ctx).display(),
+                names(&ops)
+            ),
+            "run it as one of them (CUTOVER_IDENTITY_FILE names whose identity)",
+        ));
+    }
     rekey(ctx, &ring, ops).await
 }
 
@@ -345,8 +359,15 @@ async fn rekey(
         .rekey(&ring.id, &new_key_id(), &operators, |r| {
             // A secret written after the ring was read (none was stored
             // then): the command is run again.
-            let key = current.ok_or("it was written meanwhile; run the command again")?;
-            let plain = key.key.decrypt(&r.value)?;
+            let key = current.ok_or(StateError::KeyChanged)?;
+            let plain = key
+                .key
+                .decrypt(&r.value)
+                .map_err(|reason| StateError::Secret {
+                    job: r.job.clone(),
+                    key: r.key.clone(),
+                    reason,
+                })?;
             Ok(next.encrypt(&plain))
         })
         .await?;

@@ -17,7 +17,7 @@ mod time;
 pub use lock::{LockHolder, ProjectLock};
 pub use pg::{redact as redact_url, PgStore};
 pub use records::*;
-pub use secret::{parse_recipient, Identity, Secret, SecretKey};
+pub use secret::{parse_recipient, shown, Identity, Secret, SecretKey};
 pub use sqlite::SqliteStore;
 pub use time::{now_compact_millis, now_rfc3339, rfc3339};
 
@@ -203,7 +203,7 @@ impl Store {
         reencrypt: F,
     ) -> Result<usize>
     where
-        F: Fn(&KvRecord) -> std::result::Result<Vec<u8>, String> + Send + Sync,
+        F: Fn(&KvRecord) -> Result<Vec<u8>> + Send + Sync,
     {
         each!(self.rekey(from, to, operators, &reencrypt))
     }

@@ -272,7 +272,7 @@ macro_rules! store_queries {
                 from: &str,
                 to: &str,
                 operators: &[$crate::OperatorRecord],
-                reencrypt: &(dyn Fn(&$crate::KvRecord) -> std::result::Result<Vec<u8>, String>
+                reencrypt: &(dyn Fn(&$crate::KvRecord) -> $crate::Result<Vec<u8>>
                       + Send
                       + Sync),
             ) -> $crate::Result<usize> {
@@ -296,11 +296,7 @@ macro_rules! store_queries {
                         secret: true,
                         updated_at: row.get("updated_at"),
                     };
-                    let value = reencrypt(&r).map_err(|reason| $crate::StateError::Secret {
-                        job: r.job.clone(),
-                        key: r.key.clone(),
-                        reason,
-                    })?;
+                    let value = reencrypt(&r)?;
                     sqlx::query("UPDATE kv SET value = $1 WHERE job = $2 AND key = $3")
                         .bind(value)
                         .bind(&r.job)

@@ -226,17 +226,26 @@ fn create_private(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
     f.sync_all().map_err(io)
 }
 
+/// `text` as an error message may show it: escaped, and never when it
+/// holds a private key (it would end up in a terminal's or a CI job's log).
+pub fn shown(text: &str) -> String {
+    if text.to_ascii_uppercase().contains("AGE-SECRET-KEY-") {
+        "(a private key, not shown)".into()
+    } else {
+        format!("`{}`", text.escape_debug())
+    }
+}
+
 /// An operator's public key, as `cutover secrets add-operator` takes it.
 pub fn parse_recipient(text: &str) -> Result<age::x25519::Recipient, String> {
     let text = text.trim();
-    // Never echoed: it would end up in a terminal's or a CI job's log.
-    if text.to_ascii_uppercase().starts_with("AGE-SECRET-KEY-") {
+    if text.to_ascii_uppercase().contains("AGE-SECRET-KEY-") {
         return Err("that is a private key (AGE-SECRET-KEY-...), not a public one: keep it to yourself, and give the public key `cutover secrets identity` prints (age1...)".into());
     }
     let recipient = text.parse::<age::x25519::Recipient>().map_err(|e| {
         format!(
-            "`{}` is not an age public key ({e}): it starts with `age1`",
-            text.escape_debug()
+            "{} is not an age public key ({e}): it starts with `age1`",
+            shown(text)
         )
     })?;
     if !contributory(&recipient) {

@@ -281,7 +281,11 @@ mod tests {
         let failed = store
             .rekey("k1", "k3", &[operator("bo")], &|r| {
                 if r.key == "b" {
-                    Err("cannot".into())
+                    Err(StateError::Secret {
+                        job: r.job.clone(),
+                        key: r.key.clone(),
+                        reason: "cannot".into(),
+                    })
                 } else {
                     Ok(b"k3".to_vec())
                 }

@@ -150,8 +150,19 @@ pub async fn secrets(s: &Session, c: SecretsCommand) -> Result<u8, EngineError> 
         }
         SecretsCommand::AddOperator { name, pubkey } => {
             let answer = admin::secrets_add_operator(&s.ctx, &inv, &name, &pubkey).await?;
+            let replaced: Vec<&str> = answer
+                .body
+                .get("replaced")
+                .and_then(|v| v.as_array())
+                .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+                .unwrap_or_default();
             if s.json {
                 super::print_answer(&answer);
+            } else if !replaced.is_empty() {
+                println!(
+                    "{name} added as the only operator: no secret was stored and you were not one of the operators ({}), so they were replaced; add the others again with their public keys",
+                    replaced.join(", ")
+                );
             } else if answer.body.get("first").and_then(|v| v.as_bool()) == Some(true) {
                 println!(
                     "{name} added: the secrets ({} re-encrypted) are now under a data key wrapped for each operator",

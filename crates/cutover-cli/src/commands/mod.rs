@@ -146,7 +146,14 @@ pub async fn close_stores() {
 /// The environment of this process, read once.
 pub fn environment() -> &'static Environment {
     static ENV: std::sync::OnceLock<Environment> = std::sync::OnceLock::new();
-    ENV.get_or_init(|| Environment::new(std::env::vars()))
+    // A variable that is not UTF-8 is not one cutover reads: skipped, not
+    // a panic of every command.
+    ENV.get_or_init(|| {
+        Environment::new(
+            std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
+        )
+    })
 }
 
 pub fn project_root(g: &Global) -> Result<PathBuf, EngineError> {

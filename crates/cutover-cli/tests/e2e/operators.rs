@@ -241,7 +241,8 @@ fn bad_input_and_a_lost_identity_change_nothing() {
     p.expect(&["secrets", "remove-operator", "bo"], 0);
     let out = as_op(&p, &bo_key, &["secrets", "remove-operator", "ana"], 2);
     assert!(
-        out.stderr.contains("is not one of this project's operators (ana)"),
+        out.stderr
+            .contains("is not one of this project's operators (ana)"),
         "{out:?}"
     );
     assert_eq!(operator_names(&p), ["ana"]);
@@ -308,16 +309,39 @@ fn a_team_that_lost_every_identity_starts_over_once_the_secrets_are_deleted() {
         "{out:?}"
     );
     p.expect(&["kv", "delete", "api", "db_password"], 0);
-    // None stored: the caller starts over with themselves, only.
+    // None stored: the caller starts over as the only operator (no one
+    // joins unnoticed to read what is stored next).
     let other = tempfile::tempdir().expect("other");
     let stranger = other.path().join("x.key");
     let x_pub = as_op(&p, &stranger, &["secrets", "identity"], 0).stdout;
     let out = p.expect(&["secrets", "add-operator", "x", x_pub.trim()], 2);
     assert!(out.stderr.contains("you can only add yourself"), "{out:?}");
-    p.expect(&["secrets", "add-operator", "ana2", &new_pub], 0);
-    assert_eq!(operator_names(&p), ["ana", "ana2"]);
+    let out = p.expect(&["secrets", "add-operator", "ana2", &new_pub], 0);
+    assert!(
+        out.stdout.contains("only operator") && out.stdout.contains("(ana)"),
+        "{out:?}"
+    );
+    assert_eq!(operator_names(&p), ["ana2"]);
     p.expect(&["kv", "put", "api", "db_password", POISON, "--secret"], 0);
     assert_eq!(reveal(&p), POISON);
-    p.expect(&["secrets", "remove-operator", "ana"], 0);
-    assert_eq!(reveal(&p), POISON);
+    // The stranger, still no operator, can neither rotate nor join now.
+    as_op(&p, &stranger, &["secrets", "rotate-key"], 2);
+    as_op(
+        &p,
+        &stranger,
+        &["secrets", "add-operator", "x", x_pub.trim()],
+        2,
+    );
+    // Arguments swapped: the private key given as the name is not echoed.
+    let private = std::fs::read_to_string(&stranger).expect("x's key");
+    let out = as_op(
+        &p,
+        &stranger,
+        &["secrets", "add-operator", &private, x_pub.trim()],
+        2,
+    );
+    assert!(
+        !out.all().contains(private.lines().last().expect("line")),
+        "{out:?}"
+    );
 }

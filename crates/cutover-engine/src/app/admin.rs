@@ -177,7 +177,8 @@ pub async fn secrets_add_operator(
     Ok(Answer::ok()
         .with("operator", name)
         .with("first", added.first)
-        .with("reencrypted", added.reencrypted))
+        .with("reencrypted", added.reencrypted)
+        .with("replaced", &added.replaced))
 }
 
 /// `cutover secrets remove-operator NAME` (audited): every secret under a
