@@ -283,16 +283,7 @@ pub async fn remove_operator(ctx: &Context, name: &str) -> Result<usize, EngineE
             },
         ));
     }
-    if !ops.iter().any(|o| Some(&o.recipient) == mine.as_ref()) {
-        return Err(EngineError::usage(
-            format!(
-                "only an operator removes one, and your identity at {} is not one of this project's operators ({})",
-                identity_path(ctx).display(),
-                names(&ops)
-            ),
-            "run it as one of them (CUTOVER_IDENTITY_FILE names whose identity)",
-        ));
-    }
+    must_be_operator(ctx, &ops, mine.as_deref(), "removes one")?;
     rekey(ctx, &ring, others(&ops, name)).await
 }
 
@@ -307,18 +298,29 @@ pub async fn rotate_key(ctx: &Context) -> Result<usize, EngineError> {
             "add yourself as the first operator (`cutover secrets identity`, then `cutover secrets add-operator YOUR-NAME <its public key>`): that puts them under a new data key",
         ));
     }
-    let mine = my_key(ctx)?;
-    if !ops.iter().any(|o| Some(&o.recipient) == mine.as_ref()) {
-        return Err(EngineError::usage(
-            format!(
-                "only an operator rotates the key, and your identity at {} is not one of this project's operators ({})",
-                identity_path(ctx).display(),
-                names(&ops)
-            ),
-            "run it as one of them (CUTOVER_IDENTITY_FILE names whose identity)",
-        ));
-    }
+    must_be_operator(ctx, &ops, my_key(ctx)?.as_deref(), "rotates the key")?;
     rekey(ctx, &ring, ops).await
+}
+
+/// Refuses a caller whose key (`mine`) is not one of `ops`: only an
+/// operator `does` what is asked.
+fn must_be_operator(
+    ctx: &Context,
+    ops: &[OperatorRecord],
+    mine: Option<&str>,
+    does: &str,
+) -> Result<(), EngineError> {
+    if ops.iter().any(|o| Some(o.recipient.as_str()) == mine) {
+        return Ok(());
+    }
+    Err(EngineError::usage(
+        format!(
+            "only an operator {does}, and your identity at {} is not one of this project's operators ({})",
+            identity_path(ctx).display(),
+            names(ops)
+        ),
+        "run it as one of them (CUTOVER_IDENTITY_FILE names whose identity)",
+    ))
 }
 
 /// Every operator but `name`.

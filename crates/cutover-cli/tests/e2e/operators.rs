@@ -30,6 +30,14 @@ fn as_op(p: &Project, key: &Path, args: &[&str], code: i32) -> Output {
     out
 }
 
+/// The caller's public key, their identity made if need be.
+fn my_key(p: &Project) -> String {
+    p.expect(&["secrets", "identity"], 0)
+        .stdout
+        .trim()
+        .to_string()
+}
+
 fn operator_names(p: &Project) -> Vec<String> {
     let out = p.expect(&["secrets", "operators", "--json"], 0);
     let doc: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
@@ -68,11 +76,7 @@ fn operators_share_the_secrets_and_a_removed_one_opens_nothing_stored_after() {
     );
     assert!(operator_names(&p).is_empty());
 
-    let ana_pub = p
-        .expect(&["secrets", "identity"], 0)
-        .stdout
-        .trim()
-        .to_string();
+    let ana_pub = my_key(&p);
     let mode = std::fs::metadata(p.path().join(".cutover/identity.key"))
         .expect("identity")
         .permissions()
@@ -173,11 +177,7 @@ fn operators_share_the_secrets_and_a_removed_one_opens_nothing_stored_after() {
 #[test]
 fn bad_input_and_a_lost_identity_change_nothing() {
     let p = project();
-    let ana_pub = p
-        .expect(&["secrets", "identity"], 0)
-        .stdout
-        .trim()
-        .to_string();
+    let ana_pub = my_key(&p);
     // Nothing to rotate before there are operators.
     p.expect(&["secrets", "rotate-key"], 2);
     p.expect(&["secrets", "add-operator", "ana", &ana_pub], 0);
@@ -289,18 +289,10 @@ fn bad_input_and_a_lost_identity_change_nothing() {
 #[test]
 fn a_team_that_lost_every_identity_starts_over_once_the_secrets_are_deleted() {
     let p = project();
-    let ana_pub = p
-        .expect(&["secrets", "identity"], 0)
-        .stdout
-        .trim()
-        .to_string();
+    let ana_pub = my_key(&p);
     p.expect(&["secrets", "add-operator", "ana", &ana_pub], 0);
     std::fs::remove_file(p.path().join(".cutover/identity.key")).expect("lose it");
-    let new_pub = p
-        .expect(&["secrets", "identity"], 0)
-        .stdout
-        .trim()
-        .to_string();
+    let new_pub = my_key(&p);
     // While a secret is stored, only an operator's key opens the door.
     let out = p.expect(&["secrets", "add-operator", "ana2", &new_pub], 2);
     assert!(
