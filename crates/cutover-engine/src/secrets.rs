@@ -63,7 +63,7 @@ pub struct OperatorView {
 
 /// `cutover secrets operators`.
 pub async fn operators(ctx: &Context) -> Result<Vec<OperatorView>, EngineError> {
-    let mine = load_identity(ctx)?.map(|(id, _)| id.recipient());
+    let mine = my_key(ctx)?;
     Ok(ctx
         .store
         .operators()
@@ -173,6 +173,9 @@ pub async fn add_operator(ctx: &Context, name: &str, pubkey: &str) -> Result<Add
         )
     })?;
     let recipient_text = recipient.to_string();
+    // The key id first, then the operators: operators newer than the id
+    // fail the write's check of it, as a change made since would.
+    let ring = crate::kv::read(ctx, None, Open::IfSecrets).await?;
     let ops = ctx.store.operators().await?;
     if let Some(o) = ops.iter().find(|o| o.name == name) {
         return Err(EngineError::usage(
@@ -198,11 +201,7 @@ pub async fn add_operator(ctx: &Context, name: &str, pubkey: &str) -> Result<Add
     };
     let mine = my_key(ctx)?;
     let am_operator = ops.iter().any(|o| Some(&o.recipient) == mine.as_ref());
-    let stored = crate::kv::read(ctx, None, Open::Never)
-        .await?
-        .records
-        .iter()
-        .any(|r| r.secret);
+    let stored = ring.records.iter().any(|r| r.secret);
     // The secrets move to a new data key: for the first operator, and, when
     // no secret is stored, for a caller who is not an operator (the
     // operators lost their identities): they start over as the only one,
@@ -225,7 +224,6 @@ pub async fn add_operator(ctx: &Context, name: &str, pubkey: &str) -> Result<Add
                 "run `cutover secrets identity`, then `cutover secrets add-operator YOUR-NAME <the public key it prints>`, then add the others",
             ));
         }
-        let ring = crate::kv::read(ctx, None, Open::IfSecrets).await?;
         let reencrypted = rekey(ctx, &ring, vec![record(Vec::new())]).await?;
         return Ok(Added {
             first: true,
@@ -233,11 +231,11 @@ pub async fn add_operator(ctx: &Context, name: &str, pubkey: &str) -> Result<Add
             replaced: ops.into_iter().map(|o| o.name).collect(),
         });
     }
-    // The current key, checked against a stored secret: only an operator
-    // lets another in, and only with the key that opens the secrets.
-    let ring = crate::kv::read(ctx, None, Open::Always).await?;
-    let Some(current) = &ring.key else {
-        return Err(EngineError::Internal("the data key was not opened".into()));
+    // The current key (checked against a stored secret, when one is):
+    // only an operator lets another in, with the key that opens them.
+    let current = match ring.key {
+        Some(key) => key,
+        None => unwrap(ctx).await?,
     };
     let wrapped = wrap(&current.key, &recipient_text)?;
     // A new key id: a re-encryption that read the operators before this

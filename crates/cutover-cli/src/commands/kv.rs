@@ -149,53 +149,39 @@ pub async fn secrets(s: &Session, c: SecretsCommand) -> Result<u8, EngineError> 
             }
         }
         SecretsCommand::AddOperator { name, pubkey } => {
-            let answer = admin::secrets_add_operator(&s.ctx, &inv, &name, &pubkey).await?;
-            let replaced: Vec<&str> = answer
-                .body
-                .get("replaced")
-                .and_then(|v| v.as_array())
-                .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
-                .unwrap_or_default();
+            let (added, answer) = admin::secrets_add_operator(&s.ctx, &inv, &name, &pubkey).await?;
             if s.json {
                 super::print_answer(&answer);
-            } else if !replaced.is_empty() {
+            } else if !added.replaced.is_empty() {
                 println!(
                     "{name} added as the only operator: no secret was stored and you were not one of the operators ({}), so they were replaced; add the others again with their public keys",
-                    replaced.join(", ")
+                    added.replaced.join(", ")
                 );
-            } else if answer.body.get("first").and_then(|v| v.as_bool()) == Some(true) {
+            } else if added.first {
                 println!(
                     "{name} added: the secrets ({} re-encrypted) are now under a data key wrapped for each operator",
-                    answer.body.get("reencrypted").and_then(|v| v.as_u64()).unwrap_or(0)
+                    added.reencrypted
                 );
             } else {
                 println!("{name} added: they can read the secrets with their identity");
             }
         }
         SecretsCommand::RemoveOperator { name } => {
-            let answer = admin::secrets_remove_operator(&s.ctx, &inv, &name).await?;
+            let (n, answer) = admin::secrets_remove_operator(&s.ctx, &inv, &name).await?;
             if s.json {
                 super::print_answer(&answer);
             } else {
                 println!(
-                    "{name} removed: {} secrets re-encrypted under a new data key; change the values {name} knew",
-                    answer.body.get("reencrypted").and_then(|v| v.as_u64()).unwrap_or(0)
+                    "{name} removed: {n} secrets re-encrypted under a new data key; change the values {name} knew"
                 );
             }
         }
         SecretsCommand::RotateKey => {
-            let answer = admin::secrets_rotate_key(&s.ctx, &inv).await?;
+            let (n, answer) = admin::secrets_rotate_key(&s.ctx, &inv).await?;
             if s.json {
                 super::print_answer(&answer);
             } else {
-                println!(
-                    "{} secrets re-encrypted under a new data key",
-                    answer
-                        .body
-                        .get("reencrypted")
-                        .and_then(|v| v.as_u64())
-                        .unwrap_or(0)
-                );
+                println!("{n} secrets re-encrypted under a new data key");
             }
         }
     }

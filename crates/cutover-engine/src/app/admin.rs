@@ -167,35 +167,43 @@ pub async fn secrets_add_operator(
     inv: &Invocation,
     name: &str,
     pubkey: &str,
-) -> Result<Answer, EngineError> {
+) -> Result<(crate::secrets::Added, Answer), EngineError> {
     let added = audited(
         ctx,
         inv,
         crate::secrets::add_operator(ctx, name, pubkey).await,
     )
     .await?;
-    Ok(Answer::ok()
+    let answer = Answer::ok()
         .with("operator", name)
         .with("first", added.first)
         .with("reencrypted", added.reencrypted)
-        .with("replaced", &added.replaced))
+        .with("replaced", &added.replaced);
+    Ok((added, answer))
 }
 
 /// `cutover secrets remove-operator NAME` (audited): every secret under a
-/// new data key.
+/// new data key. Returns how many were re-encrypted.
 pub async fn secrets_remove_operator(
     ctx: &Context,
     inv: &Invocation,
     name: &str,
-) -> Result<Answer, EngineError> {
+) -> Result<(usize, Answer), EngineError> {
     let n = audited(ctx, inv, crate::secrets::remove_operator(ctx, name).await).await?;
-    Ok(Answer::ok().with("operator", name).with("reencrypted", n))
+    Ok((
+        n,
+        Answer::ok().with("operator", name).with("reencrypted", n),
+    ))
 }
 
-/// `cutover secrets rotate-key` (audited).
-pub async fn secrets_rotate_key(ctx: &Context, inv: &Invocation) -> Result<Answer, EngineError> {
+/// `cutover secrets rotate-key` (audited). Returns how many secrets were
+/// re-encrypted.
+pub async fn secrets_rotate_key(
+    ctx: &Context,
+    inv: &Invocation,
+) -> Result<(usize, Answer), EngineError> {
     let n = audited(ctx, inv, crate::secrets::rotate_key(ctx).await).await?;
-    Ok(Answer::ok().with("reencrypted", n))
+    Ok((n, Answer::ok().with("reencrypted", n)))
 }
 
 /// Writes the audit line of a command that ran (a refusal of bad input,
