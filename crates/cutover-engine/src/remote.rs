@@ -160,6 +160,7 @@ pub(crate) fn switch_and_run(
     health: Option<&FoldedHealth<'_>>,
     prune: &Prune,
     promoted: Option<&str>,
+    views: Option<&Views<'_>>,
     timeout: Duration,
 ) -> Command {
     let job_dir = env.worker.job_dir(&env.job.name);
@@ -200,24 +201,32 @@ rc=$?
             "\nprintf '%s\\n' \"$8\" > \"$1/.{PROMOTED_FILE}.tmp\" && mv -f \"$1/.{PROMOTED_FILE}.tmp\" \"$1/{PROMOTED_FILE}\" \
              || echo \"{CARRY_FAILED}\" >&2"
         ));
+        // The worker's fleet view too, as `write_views` writes it.
+        if views.is_some() {
+            text.push_str(&format!(
+                "\n( {} ) || echo \"{VIEWS_FAILED}\" >&2",
+                views_text("$9", "${10}", "${11}")
+            ));
+        }
     }
     let [keep, protect] = prune.args();
-    env.apply(script(
-        &text,
-        &[
-            &job_dir,
-            env.release,
-            target,
-            &command,
-            &secs,
-            &keep,
-            &protect,
-            promoted.unwrap_or_default(),
-        ],
-    ))
-    .timeout(timeout + health.map_or(Duration::ZERO, |h| h.timeout))
-    .label(format!("switch, make {target}"))
-    .kill_on_timeout()
+    let mut args = vec![
+        job_dir.as_str(),
+        env.release,
+        target,
+        &command,
+        &secs,
+        &keep,
+        &protect,
+        promoted.unwrap_or_default(),
+    ];
+    if let Some(v) = views.filter(|_| promoted.is_some()) {
+        args.extend([v.root, v.worker_json, v.jobs_json]);
+    }
+    env.apply(script(&text, &args))
+        .timeout(timeout + health.map_or(Duration::ZERO, |h| h.timeout))
+        .label(format!("switch, make {target}"))
+        .kill_on_timeout()
 }
 
 /// The message for a lifecycle target that failed.
@@ -290,22 +299,68 @@ impl LifecycleEnv<'_> {
     }
 }
 
-/// Writes `<root>/worker.json` and `<root>/jobs.json`, each atomically
-/// (a temporary file renamed over the old one), mode 0644. Both come on
-/// stdin, worker.json first: `worker_len` bytes of it (jobs.json can be
-/// larger than a command argument may be).
-pub(crate) fn write_views(root: &str, worker_len: usize, timeout: Duration) -> Command {
-    script(
-        r#"r=$1 n=$2
-[ -d "$r" ] || mkdir -p "$r" || exit
-umask 022
-rm -f "$r/.worker.json.tmp" "$r/.jobs.json.tmp"
-dd bs=1 count="$n" of="$r/.worker.json.tmp" 2>/dev/null && cat > "$r/.jobs.json.tmp" || exit
-mv -f "$r/.worker.json.tmp" "$r/worker.json" && mv -f "$r/.jobs.json.tmp" "$r/jobs.json""#,
-        &[root, &worker_len.to_string()],
+/// Views up to this size (both files) travel as arguments, which the
+/// script writes with shell builtins; larger ones come on stdin. A
+/// command line must stay under Linux's 128 KiB per argument.
+pub(crate) const VIEWS_INLINE_MAX: usize = 64 * 1024;
+
+/// A worker's fleet view, for a command that writes it from its arguments.
+pub(crate) struct Views<'a> {
+    pub root: &'a str,
+    pub worker_json: &'a str,
+    pub jobs_json: &'a str,
+}
+
+/// Shell text that writes a view given as positional parameters (`root`,
+/// `worker`, `jobs` name them: `$1`, `${10}`): each file into
+/// `<root>/.view/`, mode 0644, then both renamed into place by one `mv`, so
+/// that a reader sees each file whole, old or new. With nothing else to do
+/// it costs the shell's builtins and one `mv`. Ends the shell it runs in.
+fn views_text(root: &str, worker: &str, jobs: &str) -> String {
+    format!(
+        r#"umask 022; t="{root}/.view"
+{{ [ -d "$t" ] || mkdir -p "$t"; }} && printf '%s' "{worker}" > "$t/worker.json" && printf '%s' "{jobs}" > "$t/jobs.json" && exec mv -f "$t/worker.json" "$t/jobs.json" "{root}/""#
     )
-    .timeout(timeout)
-    .label("write worker.json and jobs.json")
+}
+
+/// What the activation command says on stderr when it could not write the
+/// fleet view (the allocation is promoted all the same; the view is
+/// written at the end of the deploy).
+pub(crate) const VIEWS_FAILED: &str = "cutover: cannot write worker.json and jobs.json";
+
+/// Writes `<root>/worker.json` and `<root>/jobs.json` (see `views_text`).
+/// Returns the command and, for views too large to be arguments, what it
+/// reads on stdin (worker.json, whose length is its second argument, then
+/// jobs.json).
+pub(crate) fn write_views(
+    root: &str,
+    worker_json: &str,
+    jobs_json: &str,
+    timeout: Duration,
+) -> (Command, Option<String>) {
+    let (cmd, input) = if worker_json.len() + jobs_json.len() <= VIEWS_INLINE_MAX {
+        (
+            script(
+                &views_text("$1", "$2", "$3"),
+                &[root, worker_json, jobs_json],
+            ),
+            None,
+        )
+    } else {
+        let cmd = script(
+            r#"r=$1 t=$1/.view
+{ [ -d "$t" ] || mkdir -p "$t"; } || exit
+umask 022
+dd bs=1 count="$2" of="$t/worker.json" 2>/dev/null && cat > "$t/jobs.json" || exit
+exec mv -f "$t/worker.json" "$t/jobs.json" "$r/""#,
+            &[root, &worker_json.len().to_string()],
+        );
+        (cmd, Some(format!("{worker_json}{jobs_json}")))
+    };
+    let cmd = cmd
+        .timeout(timeout)
+        .label("write worker.json and jobs.json");
+    (cmd, input)
 }
 
 /// `make -C <job>/current <target>`.

@@ -651,6 +651,107 @@ fn workers_carry_the_fleet_view_and_templates_see_it() {
     assert!(!out.stdout.contains("wrote worker.json"), "{out:?}");
 }
 
+/// A deploy that starts no new allocation (a new version, say) writes a
+/// worker's view in the activation of its allocation there, once that is
+/// healthy: a later batch already sees it. A deploy that starts one writes
+/// views at its end, so that no view lists a worker before it runs the
+/// job. Views too large for a command line still arrive whole.
+#[test]
+fn views_are_written_with_a_healthy_allocation_unless_the_deploy_starts_one() {
+    use std::os::unix::fs::PermissionsExt;
+    let (fleet, p) = web_fleet(3);
+    let labels = |w3: &[&'static str], extra: &[String]| {
+        let mut w1: Vec<&str> = vec!["web", "api"];
+        w1.extend(extra.iter().map(String::as_str));
+        p.write(
+            "workers.toml",
+            &fleet.workers_toml(&[("w1", &w1[..]), ("w2", &["web", "api"][..]), ("w3", w3)]),
+        );
+    };
+    labels(&["web"], &[]);
+    // At its restart, an allocation keeps a copy of w1's jobs.json as it
+    // stands then (the workers share this machine).
+    let w1_jobs = fleet.worker("w1").path("jobs.json");
+    let makefile = MAKEFILE.replacen(
+        "restart:\n",
+        &format!(
+            "restart:\n\t@cp {:?} \"$(CUTOVER_SHARED)/w1-jobs-seen.json\"\n",
+            w1_jobs.display().to_string()
+        ),
+        1,
+    );
+    let api = |v: u32| {
+        p.job(
+            "api",
+            &format!(
+                "version = \"{v}\"\nselectors = [\"api\"]\nrestart_policy = \"always\"\n\
+                 max_concurrent_starts = 1\nmax_concurrent_upgrades = 1\n"
+            ),
+        );
+        p.write("jobs/api/Makefile", &makefile);
+    };
+    api(1);
+    p.expect(&["deploy"], 0);
+    let version = |json: &str| -> (String, usize) {
+        let v: serde_json::Value = serde_json::from_str(json).expect("jobs.json");
+        (
+            v["api"]["version"].as_str().unwrap_or_default().to_string(),
+            v["api"]["workers"].as_array().map_or(0, Vec::len),
+        )
+    };
+    let seen_by_w2 = || version(&fleet.worker("w2").read("jobs/api/shared/w1-jobs-seen.json"));
+
+    // A new version: w1 (batch 1) has it in its view before w2 (batch 2)
+    // restarts.
+    api(2);
+    p.expect(&["deploy"], 0);
+    assert_eq!(seen_by_w2(), ("2".to_string(), 2));
+    for w in ["w1", "w2"] {
+        let w = fleet.worker(w);
+        assert_eq!(version(&w.read("jobs.json")), ("2".to_string(), 2));
+        for f in ["worker.json", "jobs.json"] {
+            let mode = std::fs::metadata(w.path(f))
+                .expect("view")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o644, "{f}");
+        }
+        let left: Vec<_> = std::fs::read_dir(w.path(".view")).expect(".view").collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    // w3 joins: it starts (batch 1), then w1 and w2 upgrade. No view lists
+    // w3 before the deploy ends: w2 still saw w1's old one.
+    labels(&["web", "api"], &[]);
+    api(3);
+    p.expect(&["deploy"], 0);
+    assert_eq!(seen_by_w2(), ("2".to_string(), 2));
+    for w in ["w1", "w2", "w3"] {
+        assert_eq!(
+            version(&fleet.worker(w).read("jobs.json")),
+            ("3".to_string(), 3),
+            "{w}"
+        );
+    }
+
+    // Views over 64 KiB (many labels) are not arguments: they come on
+    // stdin, at the end of the deploy, whole.
+    let many: Vec<String> = (0..3000).map(|i| format!("label-{i:05}-of-w1")).collect();
+    labels(&["web", "api"], &many);
+    api(4);
+    p.expect(&["deploy"], 0);
+    assert_eq!(seen_by_w2(), ("3".to_string(), 3));
+    let me: serde_json::Value =
+        serde_json::from_str(&fleet.worker("w1").read("worker.json")).expect("worker.json");
+    assert_eq!(me["labels"].as_array().map(Vec::len), Some(3002));
+    assert_eq!(me["labels"][3001], "label-02999-of-w1");
+    for w in ["w1", "w2", "w3"] {
+        let jobs = fleet.worker(w).read("jobs.json");
+        assert!(jobs.len() > 64 * 1024, "{}", jobs.len());
+        assert_eq!(version(&jobs), ("4".to_string(), 3), "{w}");
+    }
+}
+
 /// `[certs]`: each allocation gets a CA certificate, its own certificate
 /// (SANs: the worker's host and name, and `names`) and key (0600), kept
 /// while valid (no rollout) and renewed, with a rollout, when under a

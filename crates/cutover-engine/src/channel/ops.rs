@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::index;
 use crate::deploy::{self, DeployOptions, DeployReport};
+use crate::fleet::Fleet;
 use crate::keys::Trust;
 use crate::relstore::{ReleaseStore, Store};
 use crate::{Context, EngineError};
@@ -125,6 +126,33 @@ fn soak_length(ctx: &Context, job: &str) -> std::time::Duration {
         .map_or(std::time::Duration::from_secs(600), |c| c.soak)
 }
 
+/// The workers the rollout of `op` upgrades first, in plan order, as many
+/// as a batch takes (at most 8): a canary's canary workers; a promote's
+/// other workers (the canaries run the version already); any of a
+/// rollback's.
+fn first_batch<'a>(
+    ctx: &'a Context,
+    job: &'a cutover_model::Job,
+    op: ChannelOp,
+) -> impl Iterator<Item = &'a cutover_model::Worker> {
+    let canaries = super::artifact::canary_workers(ctx, job);
+    let size = match job.manifest.max_concurrent_upgrades {
+        0 => usize::MAX,
+        n => n,
+    };
+    ctx.project
+        .workers_for(job)
+        .filter(move |w| {
+            let canary = canaries.iter().any(|c| c.name == w.name);
+            match op {
+                ChannelOp::Canary => canary,
+                ChannelOp::Promote => !canary,
+                ChannelOp::Rollback | ChannelOp::Resign => true,
+            }
+        })
+        .take(size.min(8))
+}
+
 /// The trust items `doctor` checks, which promote and rollback need under
 /// CUTOVER_ENV=production: trusted keys configured, no insecure dev keys.
 pub fn production_trust_problems(ctx: &Context) -> Vec<String> {
@@ -140,10 +168,12 @@ pub fn production_trust_problems(ctx: &Context) -> Vec<String> {
 }
 
 /// The canary workers of `job` that do not run `version` promoted, or are
-/// not healthy now: (worker, why). Those in `checked` passed their health
-/// checks a moment ago, in this run's rollout, and are not asked again.
+/// not healthy now: (worker, why), asked over `fleet`'s connections. Those
+/// in `checked` passed their health checks a moment ago, in this run's
+/// rollout, and are not asked again.
 async fn canary_problems(
     ctx: &Context,
+    fleet: &Fleet,
     job: &cutover_model::Job,
     version: &str,
     checked: &BTreeSet<String>,
@@ -174,7 +204,6 @@ async fn canary_problems(
     if !out.is_empty() || workers.is_empty() {
         return Ok(out);
     }
-    let scope: BTreeSet<String> = [job.name.clone()].into();
     let only: BTreeSet<String> = workers
         .iter()
         .filter(|w| !checked.contains(*w))
@@ -183,11 +212,9 @@ async fn canary_problems(
     if only.is_empty() {
         return Ok(out);
     }
-    let live = crate::status::live_on(ctx, Some(&scope), Some(&only), true).await?;
+    let health = crate::status::health_now(ctx, fleet, &job.name, &only).await?;
     for w in &only {
-        let health = live
-            .get(&(job.name.clone(), w.clone()))
-            .map_or("not checked", |l| l.health.as_str());
+        let health = health.get(w).map_or("not checked", String::as_str);
         if health != "healthy" && health != "no checks" {
             out.push((w.clone(), health.to_string()));
         }
@@ -239,6 +266,9 @@ pub async fn run(
     }
     let version = version.unwrap_or_default();
     let lock = ctx.store.lock(&ctx.holder(&opts.command, None)).await?;
+    // The rollout's connections: a promote checks its canary workers over
+    // them first.
+    let connections = deploy::Connections::of(ctx).await?;
 
     let current = index::load(ctx, &store, &trust, &job.name, false)
         .await
@@ -317,17 +347,38 @@ pub async fn run(
     }
     // V's artifact is fetched, checked and unpacked before the index
     // points at it: a missing or damaged one would otherwise stop every
-    // later deploy. The rollout then uses the unpacked tree.
-    {
+    // later deploy. The rollout then uses the unpacked tree. A promote
+    // checks its canary workers too. Meanwhile the workers the rollout
+    // starts with are connected to (a handshake is mostly the ssh
+    // process's work, on the other core), so that it starts on open
+    // connections: only connected to, nothing runs on them before the
+    // index is updated.
+    let fleet = connections.fleet();
+    let checks = async {
         let v = current
             .version(&version)
             .cloned()
             .ok_or_else(|| EngineError::Internal(format!("{version} vanished from the index")))?;
         super::artifact::unpacked(ctx, &store, job, &v).await?;
+        if op == ChannelOp::Promote {
+            canary_problems(ctx, fleet, job, &version, &BTreeSet::new()).await
+        } else {
+            Ok(Vec::new())
+        }
+    };
+    let (problems, _) = tokio::join!(
+        checks,
+        crate::join::join_all(first_batch(ctx, job, op).map(|w| fleet.host(&w.name))),
+    );
+    let problems = problems?;
+    if ctx.interrupt.is_set() {
+        return Err(EngineError::Failed(format!(
+            "interrupted: the index of {} is unchanged and nothing was rolled out",
+            job.name
+        )));
     }
 
     if op == ChannelOp::Promote {
-        let problems = canary_problems(ctx, job, &version, &BTreeSet::new()).await?;
         if !problems.is_empty() {
             let list: Vec<String> = problems
                 .iter()
@@ -409,7 +460,7 @@ pub async fn run(
         ctx.store.meta_put(&soak_key(&job.name), "").await?;
     }
 
-    let report = deploy::deploy(
+    let report = deploy::deploy_over(
         ctx,
         &DeployOptions {
             jobs: Some([job.name.clone()].into()),
@@ -423,16 +474,30 @@ pub async fn run(
             verify: false,
             purge_data: false,
         },
+        Some(connections),
     )
     .await?;
     let mut soak = None;
-    if op == ChannelOp::Canary
-        && report.outcome.ok()
-        && !ctx.interrupt.is_set()
-        && canary_problems(ctx, job, &version, &health_checked(&report, &job.name))
-            .await?
-            .is_empty()
-    {
+    let soaking = op == ChannelOp::Canary && report.outcome.ok() && !ctx.interrupt.is_set() && {
+        let fleet = Fleet::lazy(
+            ctx,
+            super::artifact::canary_workers(ctx, job)
+                .into_iter()
+                .cloned()
+                .collect(),
+        )?;
+        let problems = canary_problems(
+            ctx,
+            &fleet,
+            job,
+            &version,
+            &health_checked(&report, &job.name),
+        )
+        .await;
+        fleet.close().await;
+        problems?.is_empty()
+    };
+    if soaking {
         let length = soak_length(ctx, &job.name);
         let started = match recorded_soak(ctx, &job.name).await? {
             Some((v, t)) if v == version => t,

@@ -53,6 +53,14 @@ pub(super) async fn activate_one(
         && health.tcp.is_none()
         && (folded.is_some() || health.command.is_none()))
     .then(|| run.carried(a, &up.release));
+    // The worker's fleet view rides along, if it changed and may be
+    // written before the deploy ends.
+    let view = carried.as_ref().and_then(|_| run.views.take(&a.worker));
+    let views = view.as_ref().map(|v| remote::Views {
+        root: &worker.root,
+        worker_json: &v.worker_json,
+        jobs_json: run.views.jobs_json(),
+    });
     let cmd = match make_target {
         Some(target) => {
             run.step(&job.name, &a.worker, target);
@@ -63,6 +71,7 @@ pub(super) async fn activate_one(
                 folded.as_ref(),
                 &prune,
                 carried.as_deref(),
+                views.as_ref(),
                 run.timeout,
             )
         }
@@ -106,6 +115,11 @@ pub(super) async fn activate_one(
         health: None,
         carried: carried.is_some() && out.success() && !out.stderr.contains(remote::CARRY_FAILED),
     };
+    if let Some(view) =
+        view.filter(|_| switched.carried && !out.stderr.contains(remote::VIEWS_FAILED))
+    {
+        view::Carried::written(&run.store, &view).await;
+    }
     if let Some(h) = &folded {
         switched.health = remote::folded_health(h.command, &out);
     }

@@ -165,8 +165,55 @@ pub struct DeployReport {
     pub took_over_lock: Option<String>,
 }
 
+/// The connections of a deploy, none opened yet: to every worker of the
+/// project, and to those the store still knows that the project dropped
+/// (asked what they run over the same connections the rollout uses).
+pub(crate) struct Connections {
+    known: BTreeMap<String, Worker>,
+    fleet: Fleet,
+}
+
+impl Connections {
+    pub(crate) async fn of(ctx: &Context) -> Result<Connections, EngineError> {
+        let known: BTreeMap<String, Worker> = ctx
+            .store
+            .known_workers()
+            .await?
+            .into_iter()
+            .filter_map(|(name, json)| Some((name, serde_json::from_str::<Worker>(&json).ok()?)))
+            .filter(|(name, _)| ctx.project.worker(name).is_none())
+            .collect();
+        let fleet = Fleet::lazy(
+            ctx,
+            ctx.project
+                .workers
+                .iter()
+                .chain(known.values())
+                .cloned()
+                .collect(),
+        )?;
+        Ok(Connections { known, fleet })
+    }
+
+    /// The fleet, to use before the deploy ([`deploy_over`]) takes it.
+    pub(crate) fn fleet(&self) -> &Fleet {
+        &self.fleet
+    }
+}
+
 /// Plans (and unless `dry_run`, executes) a deploy of the working tree.
 pub async fn deploy(ctx: &Context, opts: &DeployOptions) -> Result<DeployReport, EngineError> {
+    deploy_over(ctx, opts, None).await
+}
+
+/// [`deploy`], over connections the caller may have used already (a
+/// promote's check of its canary workers): one handshake per worker and
+/// command. They are closed when it returns.
+pub(crate) async fn deploy_over(
+    ctx: &Context,
+    opts: &DeployOptions,
+    connections: Option<Connections>,
+) -> Result<DeployReport, EngineError> {
     let (recorded, records) = render::recorded(ctx).await?;
     if let Some(jobs) = &opts.jobs {
         for j in jobs {
@@ -185,25 +232,11 @@ pub async fn deploy(ctx: &Context, opts: &DeployOptions) -> Result<DeployReport,
         Some(ctx.store.lock(&ctx.holder(&opts.command, None)).await?)
     };
     // One set of connections for the whole run, opened lazily: a run with
-    // nothing to do opens none; workers the store forgot are asked what
-    // they run over the same connections the rollout then uses.
-    let known: BTreeMap<String, Worker> = ctx
-        .store
-        .known_workers()
-        .await?
-        .into_iter()
-        .filter_map(|(name, json)| Some((name, serde_json::from_str::<Worker>(&json).ok()?)))
-        .filter(|(name, _)| ctx.project.worker(name).is_none())
-        .collect();
-    let fleet = Fleet::lazy(
-        ctx,
-        ctx.project
-            .workers
-            .iter()
-            .chain(known.values())
-            .cloned()
-            .collect(),
-    )?;
+    // nothing to do opens none.
+    let Connections { known, fleet } = match connections {
+        Some(c) => c,
+        None => Connections::of(ctx).await?,
+    };
     if !opts.dry_run {
         if let Some(failed) = pre_deploy(ctx, opts, &records).await? {
             fleet.close().await;
@@ -780,6 +813,7 @@ async fn stage_run(
         env: ctx.template_env(),
         purge_data: opts.purge_data,
         interrupt: ctx.interrupt.clone(),
+        views: view::Carried::of(ctx, plan, &published.view_versions()).await,
         outputs: Default::default(),
     });
     Ok((run, stage_root))

@@ -53,6 +53,8 @@ pub(super) struct Run {
     pub(super) env: BTreeMap<String, String>,
     pub(super) purge_data: bool,
     pub(super) interrupt: Arc<crate::interrupt::Interrupt>,
+    /// The fleet views the activation commands write.
+    pub(super) views: super::view::Carried,
     /// The whole output (its last lines) of each allocation's failed
     /// lifecycle target, for the allocation's result (playbooks match it).
     pub(super) outputs: std::sync::Mutex<BTreeMap<Key, String>>,

@@ -1,7 +1,9 @@
-//! The fleet view on each worker, refreshed at the end of a deploy:
-//! `<root>/worker.json` and `<root>/jobs.json` (see `cutover_model::view`),
-//! written atomically, only where they changed since they were last
-//! written (the store keeps a hash of each worker's pair).
+//! The fleet view on each worker, `<root>/worker.json` and
+//! `<root>/jobs.json` (see `cutover_model::view`), written atomically, only
+//! where they changed since they were last written (the store keeps a hash
+//! of each worker's pair): at the end of a deploy, or, when the deploy
+//! starts no new allocation, by the activation of an allocation on the
+//! worker once it is healthy ([`Carried`]).
 
 use super::*;
 
@@ -43,6 +45,78 @@ async fn stale<'a>(
         }
     }
     out
+}
+
+/// The views the activation commands write. Only when the deploy starts
+/// no new allocation: then every worker a view lists runs its job already,
+/// and a view that changed (a new version, a label) can be written as soon
+/// as an allocation on the worker is healthy, in its activation command,
+/// instead of by a command of its own at the end. When a new allocation
+/// would be listed before it runs, views wait for the end of the deploy.
+#[derive(Default)]
+pub(super) struct Carried {
+    jobs_json: String,
+    /// Worker name -> its view, while no activation has taken it.
+    workers: std::sync::Mutex<BTreeMap<String, View>>,
+}
+
+/// One worker's view to write: its worker.json, and the store key and
+/// hash that say it is there.
+pub(super) struct View {
+    pub(super) worker_json: String,
+    key: String,
+    hash: String,
+}
+
+impl Carried {
+    pub(super) async fn of(
+        ctx: &Context,
+        plan: &Plan,
+        versions: &BTreeMap<String, String>,
+    ) -> Carried {
+        let starts = plan
+            .jobs()
+            .flat_map(|j| &j.allocations)
+            .any(|a| a.action != Action::Skip && a.current_version.is_none());
+        if starts {
+            return Carried::default();
+        }
+        let view = cutover_model::view::FleetView::of(&ctx.project).with_versions(versions);
+        let jobs_json = view.jobs_json();
+        let workers = stale(ctx, &jobs_json, &view, &BTreeSet::new())
+            .await
+            .into_iter()
+            .filter(|t| t.worker_json.len() + jobs_json.len() <= remote::VIEWS_INLINE_MAX)
+            .map(|t| {
+                let view = View {
+                    worker_json: t.worker_json,
+                    key: t.key,
+                    hash: t.hash,
+                };
+                (t.worker.name.clone(), view)
+            })
+            .collect();
+        Carried {
+            jobs_json,
+            workers: std::sync::Mutex::new(workers),
+        }
+    }
+
+    /// The view an activation on `worker` writes: the first to ask takes
+    /// it, so that two never write the same files at once.
+    pub(super) fn take(&self, worker: &str) -> Option<View> {
+        self.workers.lock().ok()?.remove(worker)
+    }
+
+    pub(super) fn jobs_json(&self) -> &str {
+        &self.jobs_json
+    }
+
+    /// Records a view an activation wrote: the end of the deploy leaves it.
+    /// If that fails, it is written again then.
+    pub(super) async fn written(store: &Store, view: &View) {
+        let _ = store.meta_put(&view.key, &view.hash).await;
+    }
 }
 
 /// Opens the connections [`refresh_views`] will use to the workers not in
@@ -91,12 +165,12 @@ pub(super) async fn refresh_views(
             } = t;
             let written = async {
                 let host = fleet.host(&w.name).await?;
-                let input = format!("{worker_json}{jobs_json}");
-                let cmd = remote::write_views(&w.root, worker_json.len(), timeout);
-                let out = host
-                    .run_with_input(&cmd, input.as_bytes())
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let (cmd, input) = remote::write_views(&w.root, &worker_json, jobs_json, timeout);
+                let out = match input {
+                    Some(input) => host.run_with_input(&cmd, input.as_bytes()).await,
+                    None => host.run(&cmd).await,
+                }
+                .map_err(|e| e.to_string())?;
                 if !out.success() {
                     return Err(out.tail(3));
                 }
