@@ -299,10 +299,18 @@ impl LifecycleEnv<'_> {
     }
 }
 
-/// Views up to this size (both files) travel as arguments, which the
-/// script writes with shell builtins; larger ones come on stdin. A
-/// command line must stay under Linux's 128 KiB per argument.
-pub(crate) const VIEWS_INLINE_MAX: usize = 64 * 1024;
+/// Views whose two files, shell-quoted, take up to this many bytes travel
+/// as arguments, which the script writes with shell builtins; larger ones
+/// come on stdin. The whole command line is one argument of the worker's
+/// shell (Linux: at most 128 KiB), and a command with a timeout holds its
+/// body twice (see `cutover_transport::command_line`).
+const VIEWS_INLINE_MAX: usize = 48 * 1024;
+
+/// Whether a view is small enough for the arguments of a command.
+pub(crate) fn views_fit(worker_json: &str, jobs_json: &str) -> bool {
+    use cutover_transport::shell_quote;
+    shell_quote(worker_json).len() + shell_quote(jobs_json).len() <= VIEWS_INLINE_MAX
+}
 
 /// A worker's fleet view, for a command that writes it from its arguments.
 pub(crate) struct Views<'a> {
@@ -338,7 +346,7 @@ pub(crate) fn write_views(
     jobs_json: &str,
     timeout: Duration,
 ) -> (Command, Option<String>) {
-    let (cmd, input) = if worker_json.len() + jobs_json.len() <= VIEWS_INLINE_MAX {
+    let (cmd, input) = if views_fit(worker_json, jobs_json) {
         (
             script(
                 &views_text("$1", "$2", "$3"),

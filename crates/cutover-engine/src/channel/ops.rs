@@ -347,29 +347,34 @@ pub async fn run(
     }
     // V's artifact is fetched, checked and unpacked before the index
     // points at it: a missing or damaged one would otherwise stop every
-    // later deploy. The rollout then uses the unpacked tree. A promote
-    // checks its canary workers too. Meanwhile the workers the rollout
-    // starts with are connected to (a handshake is mostly the ssh
-    // process's work, on the other core), so that it starts on open
-    // connections: only connected to, nothing runs on them before the
-    // index is updated.
-    let fleet = connections.fleet();
-    let checks = async {
+    // later deploy. The rollout then uses the unpacked tree.
+    {
         let v = current
             .version(&version)
             .cloned()
             .ok_or_else(|| EngineError::Internal(format!("{version} vanished from the index")))?;
         super::artifact::unpacked(ctx, &store, job, &v).await?;
+    }
+    // A promote checks its canary workers. Meanwhile the workers the
+    // rollout starts with are connected to (a handshake is mostly the ssh
+    // process's work, on the other core), so that it starts on open
+    // connections: only connected to, nothing runs on them before the
+    // index is updated. Not when a `pre_deploy` hook runs first: a
+    // connection left idle for a minute closes.
+    let fleet = connections.fleet();
+    let checks = async {
         if op == ChannelOp::Promote {
             canary_problems(ctx, fleet, job, &version, &BTreeSet::new()).await
         } else {
             Ok(Vec::new())
         }
     };
-    let (problems, _) = tokio::join!(
-        checks,
-        crate::join::join_all(first_batch(ctx, job, op).map(|w| fleet.host(&w.name))),
-    );
+    let warm = async {
+        if job.manifest.hooks.pre_deploy.is_none() {
+            crate::join::join_all(first_batch(ctx, job, op).map(|w| fleet.host(&w.name))).await;
+        }
+    };
+    let (problems, ()) = tokio::join!(checks, warm);
     let problems = problems?;
     if ctx.interrupt.is_set() {
         return Err(EngineError::Failed(format!(

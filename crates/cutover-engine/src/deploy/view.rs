@@ -86,7 +86,7 @@ impl Carried {
         let workers = stale(ctx, &jobs_json, &view, &BTreeSet::new())
             .await
             .into_iter()
-            .filter(|t| t.worker_json.len() + jobs_json.len() <= remote::VIEWS_INLINE_MAX)
+            .filter(|t| remote::views_fit(&t.worker_json, &jobs_json))
             .map(|t| {
                 let view = View {
                     worker_json: t.worker_json,
