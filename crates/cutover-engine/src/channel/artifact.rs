@@ -86,6 +86,53 @@ pub async fn unpacked(
     job: &Job,
     version: &Version,
 ) -> Result<Unpacked, EngineError> {
+    Ok(unpacked_alongside(ctx, store, job, version, async {})
+        .await?
+        .0)
+}
+
+/// The largest artifact whose unpacking runs alongside other work (a few
+/// seconds of it): what runs alongside may open connections that must not
+/// idle long before they are used.
+const ALONGSIDE_MAX: u64 = 1 << 30;
+
+/// [`unpacked`], with `meanwhile` run alongside the local work: the
+/// checks, the unpack and the read of the tree, which run off this thread.
+/// It starts once the artifact is at hand (cached, or fetched and no
+/// larger than [`ALONGSIDE_MAX`]), never while the fetch waits on the
+/// network; otherwise after the unpack.
+pub(crate) async fn unpacked_alongside<T>(
+    ctx: &Context,
+    store: &Store,
+    job: &Job,
+    version: &Version,
+    meanwhile: impl std::future::Future<Output = T>,
+) -> Result<(Unpacked, T), EngineError> {
+    let (start, started) = tokio::sync::oneshot::channel::<()>();
+    let meanwhile = async {
+        started.await.ok()?;
+        Some(meanwhile.await)
+    };
+    let (unpacked, out) = tokio::join!(unpack_cached(ctx, store, job, version, start), meanwhile);
+    let unpacked = unpacked?;
+    let out =
+        out.ok_or_else(|| EngineError::Internal("the unpack never let its work start".into()))?;
+    Ok((unpacked, out))
+}
+
+async fn unpack_cached(
+    ctx: &Context,
+    store: &Store,
+    job: &Job,
+    version: &Version,
+    start: tokio::sync::oneshot::Sender<()>,
+) -> Result<Unpacked, EngineError> {
+    let mut start = Some(start);
+    let mut go = || {
+        if let Some(s) = start.take() {
+            let _ = s.send(());
+        }
+    };
     let root = cache_root(ctx);
     let cache = root.parent().unwrap_or(&ctx.workspace);
     let parent = root.join(&job.name);
@@ -109,7 +156,12 @@ pub async fn unpacked(
 
     let cached = std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir());
     if cached {
-        let read = tokio::task::block_in_place(|| JobSource::scan_artifact(job, &dir));
+        go();
+        let read = blocking({
+            let (job, dir) = (job.clone(), dir.clone());
+            move || Ok(JobSource::scan_artifact(&job, &dir))
+        })
+        .await?;
         let sealed = std::fs::read_to_string(&seal_file).unwrap_or_default();
         match read {
             Ok(source) if sealed.trim() == seal(&key, version, &source) => {
@@ -132,32 +184,50 @@ pub async fn unpacked(
         }
     }
     let bytes = store.read_artifact(&job.name, version).await?;
-    cutover_index::check_artifact(version, &bytes).map_err(|e| {
-        EngineError::Refused(format!(
-            "{}/{}/{}: {e}",
-            store.url(),
-            job.name,
-            artifact_name(version)
-        ))
-    })?;
-    let io = |what: &'static str| EngineError::io(format!("{what} in {}", parent.display()));
-    sweep_unfinished(&parent);
-    let scratch = tempfile::Builder::new()
-        .prefix(&format!("{UNFINISHED}{}-", std::process::id()))
-        .tempdir_in(&parent)
-        .map_err(io("unpacking"))?;
-    let at = scratch.path().join("tree");
-    tokio::task::block_in_place(|| unpack(&bytes, &at))?;
-    if std::fs::symlink_metadata(&dir).is_ok() {
-        set_aside(&parent, &dir)?;
+    if version.size <= ALONGSIDE_MAX {
+        go();
     }
-    std::fs::rename(&at, &dir).map_err(io("caching an unpacked artifact"))?;
-    let source = tokio::task::block_in_place(|| JobSource::scan_artifact(job, &dir))?;
-    crate::relstore::write_atomic(&seal_file, seal(&key, version, &source).as_bytes())?;
+    let at = format!("{}/{}/{}", store.url(), job.name, artifact_name(version));
+    let source = blocking({
+        let (job, version) = (job.clone(), version.clone());
+        let (parent, dir) = (parent.clone(), dir.clone());
+        move || {
+            cutover_index::check_artifact(&version, &bytes)
+                .map_err(|e| EngineError::Refused(format!("{at}: {e}")))?;
+            let io =
+                |what: &'static str| EngineError::io(format!("{what} in {}", parent.display()));
+            sweep_unfinished(&parent);
+            let scratch = tempfile::Builder::new()
+                .prefix(&format!("{UNFINISHED}{}-", std::process::id()))
+                .tempdir_in(&parent)
+                .map_err(io("unpacking"))?;
+            let at = scratch.path().join("tree");
+            unpack(&bytes, &at)?;
+            if std::fs::symlink_metadata(&dir).is_ok() {
+                set_aside(&parent, &dir)?;
+            }
+            std::fs::rename(&at, &dir).map_err(io("caching an unpacked artifact"))?;
+            let source = JobSource::scan_artifact(&job, &dir)?;
+            crate::relstore::write_atomic(&seal_file, seal(&key, &version, &source).as_bytes())?;
+            Ok(source)
+        }
+    })
+    .await?;
+    go();
     Ok(Unpacked {
         dir,
         source: std::sync::Arc::new(source),
     })
+}
+
+/// Runs `f` on the blocking pool, leaving this task free to run what was
+/// joined with it.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, EngineError> + Send + 'static,
+) -> Result<T, EngineError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| EngineError::Internal(format!("a blocking task failed: {e}")))?
 }
 
 /// Moves a tree out of the way (then removes it): it is never used again.

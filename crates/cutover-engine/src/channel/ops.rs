@@ -348,19 +348,17 @@ pub async fn run(
     // V's artifact is fetched, checked and unpacked before the index
     // points at it: a missing or damaged one would otherwise stop every
     // later deploy. The rollout then uses the unpacked tree.
-    {
-        let v = current
-            .version(&version)
-            .cloned()
-            .ok_or_else(|| EngineError::Internal(format!("{version} vanished from the index")))?;
-        super::artifact::unpacked(ctx, &store, job, &v).await?;
-    }
-    // A promote checks its canary workers. Meanwhile the workers the
-    // rollout starts with are connected to (a handshake is mostly the ssh
-    // process's work, on the other core), so that it starts on open
-    // connections: only connected to, nothing runs on them before the
-    // index is updated. Not when a `pre_deploy` hook runs first: a
-    // connection left idle for a minute closes.
+    //
+    // Meanwhile (once the artifact is at hand) a promote checks its canary
+    // workers, and the workers the rollout starts with are connected to (a
+    // handshake is mostly the ssh process's work, on the other core), so
+    // that it starts on open connections: only connected to, nothing runs
+    // on them before the index is updated. Not when a `pre_deploy` hook
+    // runs first: a connection left idle for a minute closes.
+    let v = current
+        .version(&version)
+        .cloned()
+        .ok_or_else(|| EngineError::Internal(format!("{version} vanished from the index")))?;
     let fleet = connections.fleet();
     let checks = async {
         if op == ChannelOp::Promote {
@@ -374,7 +372,10 @@ pub async fn run(
             crate::join::join_all(first_batch(ctx, job, op).map(|w| fleet.host(&w.name))).await;
         }
     };
-    let (problems, ()) = tokio::join!(checks, warm);
+    let (_, (problems, ())) = super::artifact::unpacked_alongside(ctx, &store, job, &v, async {
+        tokio::join!(checks, warm)
+    })
+    .await?;
     let problems = problems?;
     if ctx.interrupt.is_set() {
         return Err(EngineError::Failed(format!(
