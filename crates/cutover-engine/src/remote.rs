@@ -205,7 +205,7 @@ rc=$?
         if views.is_some() {
             text.push_str(&format!(
                 "\n( {} ) || echo \"{VIEWS_FAILED}\" >&2",
-                views_text("$9", "${10}", "${11}")
+                views_inline("$9", "${10}", "${11}")
             ));
         }
     }
@@ -319,15 +319,25 @@ pub(crate) struct Views<'a> {
     pub jobs_json: &'a str,
 }
 
-/// Shell text that writes a view given as positional parameters (`root`,
-/// `worker`, `jobs` name them: `$1`, `${10}`): each file into
-/// `<root>/.view/`, mode 0644, then both renamed into place by one `mv`, so
-/// that a reader sees each file whole, old or new. With nothing else to do
-/// it costs the shell's builtins and one `mv`. Ends the shell it runs in.
-fn views_text(root: &str, worker: &str, jobs: &str) -> String {
+/// Shell text that writes a view: each file into `<root>/.view/` (`$t`),
+/// mode 0644, by `write_worker` and `write_jobs`, then both renamed into
+/// place by one `mv`, so that a reader sees each file whole, old or new.
+/// Ends the shell it runs in.
+fn views_text(root: &str, write_worker: &str, write_jobs: &str) -> String {
     format!(
         r#"umask 022; t="{root}/.view"
-{{ [ -d "$t" ] || mkdir -p "$t"; }} && printf '%s' "{worker}" > "$t/worker.json" && printf '%s' "{jobs}" > "$t/jobs.json" && exec mv -f "$t/worker.json" "$t/jobs.json" "{root}/""#
+{{ [ -d "$t" ] || mkdir -p "$t"; }} && {write_worker} && {write_jobs} && exec mv -f "$t/worker.json" "$t/jobs.json" "{root}/""#
+    )
+}
+
+/// [`views_text`] for a view given as positional parameters (`root`,
+/// `worker`, `jobs` name them: `$1`, `${10}`): with nothing else to do it
+/// costs the shell's builtins and one `mv`.
+fn views_inline(root: &str, worker: &str, jobs: &str) -> String {
+    views_text(
+        root,
+        &format!(r#"printf '%s' "{worker}" > "$t/worker.json""#),
+        &format!(r#"printf '%s' "{jobs}" > "$t/jobs.json""#),
     )
 }
 
@@ -349,20 +359,18 @@ pub(crate) fn write_views(
     let (cmd, input) = if views_fit(worker_json, jobs_json) {
         (
             script(
-                &views_text("$1", "$2", "$3"),
+                &views_inline("$1", "$2", "$3"),
                 &[root, worker_json, jobs_json],
             ),
             None,
         )
     } else {
-        let cmd = script(
-            r#"r=$1 t=$1/.view
-{ [ -d "$t" ] || mkdir -p "$t"; } || exit
-umask 022
-dd bs=1 count="$2" of="$t/worker.json" 2>/dev/null && cat > "$t/jobs.json" || exit
-exec mv -f "$t/worker.json" "$t/jobs.json" "$r/""#,
-            &[root, &worker_json.len().to_string()],
+        let text = views_text(
+            "$1",
+            r#"dd bs=1 count="$2" of="$t/worker.json" 2>/dev/null"#,
+            r#"cat > "$t/jobs.json""#,
         );
+        let cmd = script(&text, &[root, &worker_json.len().to_string()]);
         (cmd, Some(format!("{worker_json}{jobs_json}")))
     };
     let cmd = cmd

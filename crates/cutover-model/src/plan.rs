@@ -96,6 +96,13 @@ pub struct PlanInput<'a> {
     pub options: &'a PlanOptions,
 }
 
+/// Sorts a job's workers by its `rollout_order`: those it names first, in
+/// its order; the others after them, in the order they came (workers.toml's).
+pub fn in_rollout_order(workers: &mut [&crate::config::Worker], order: &[String]) {
+    let rank = |name: &str| order.iter().position(|o| o == name).unwrap_or(usize::MAX);
+    workers.sort_by_key(|w| rank(&w.name));
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct AllocPlan {
     pub worker: String,
@@ -251,8 +258,7 @@ fn plan_job(input: &PlanInput<'_>, job: &crate::config::Job, wave: usize) -> Job
 
     let mut workers: Vec<&crate::config::Worker> = input.project.workers_for(job).collect();
     if let Some(order) = input.rollout_order.get(&job.name) {
-        let rank = |name: &str| order.iter().position(|o| o == name).unwrap_or(usize::MAX);
-        workers.sort_by_key(|w| rank(&w.name)); // stable: unnamed keep workers.toml order
+        in_rollout_order(&mut workers, order);
     }
 
     let mut allocations = Vec::new();

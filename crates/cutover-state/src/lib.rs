@@ -222,6 +222,10 @@ impl Store {
     pub async fn meta_get(&self, key: &str) -> Result<Option<String>> {
         each!(self.meta_get(key))
     }
+    /// Every meta entry whose key starts with `prefix`: (key, value).
+    pub async fn meta_prefixed(&self, prefix: &str) -> Result<Vec<(String, String)>> {
+        each!(self.meta_prefixed(prefix))
+    }
     pub async fn meta_put(&self, key: &str, value: &str) -> Result<()> {
         each!(self.meta_put(key, value))
     }

@@ -355,6 +355,15 @@ macro_rules! store_queries {
                     .map_err(self.err())
             }
 
+            /// Every meta entry whose key starts with `prefix`.
+            pub async fn meta_prefixed(&self, prefix: &str) -> $crate::Result<Vec<(String, String)>> {
+                sqlx::query_as("SELECT key, value FROM meta WHERE substr(key, 1, length($1)) = $1")
+                    .bind(prefix)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(self.err())
+            }
+
             pub async fn meta_put(&self, key: &str, value: &str) -> $crate::Result<()> {
                 let mut tx = self.begin_write().await?;
                 put_meta(&mut *tx, key, value).await.map_err(self.err())?;

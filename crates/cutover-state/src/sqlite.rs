@@ -176,6 +176,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_prefix_reads_exactly_the_keys_it_starts() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = SqliteStore::open(dir.path()).await.expect("new");
+        for (k, v) in [
+            ("fleet_view/w1", "a"),
+            ("fleet_view/w_2", "b"),
+            ("fleet_viewXw3", "c"),
+            ("fleet_view", "d"),
+            ("worker:w1", "e"),
+        ] {
+            store.meta_put(k, v).await.expect("put");
+        }
+        let mut got = store.meta_prefixed("fleet_view/").await.expect("read");
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                ("fleet_view/w1".to_string(), "a".to_string()),
+                ("fleet_view/w_2".to_string(), "b".to_string())
+            ]
+        );
+    }
+
+    #[tokio::test]
     async fn an_older_store_is_migrated_and_keeps_its_data() {
         let dir = tempfile::tempdir().expect("dir");
         made_by_the_first_release(dir.path()).await;

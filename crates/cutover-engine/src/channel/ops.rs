@@ -126,23 +126,24 @@ fn soak_length(ctx: &Context, job: &str) -> std::time::Duration {
         .map_or(std::time::Duration::from_secs(600), |c| c.soak)
 }
 
-/// The workers the rollout of `op` upgrades first, in plan order, as many
-/// as a batch takes (at most 8): a canary's canary workers; a promote's
-/// other workers (the canaries run the version already); any of a
-/// rollback's.
-fn first_batch<'a>(
+/// The workers the rollout of `op` upgrades first, in plan order (the
+/// job's `rollout_order`, then workers.toml's), as many as a batch takes
+/// (at most 8): a canary's canary workers; a promote's other workers (the
+/// canaries run the version already); any of a rollback's.
+async fn first_batch<'a>(
     ctx: &'a Context,
     job: &'a cutover_model::Job,
     op: ChannelOp,
-) -> impl Iterator<Item = &'a cutover_model::Worker> {
+) -> Vec<&'a cutover_model::Worker> {
     let canaries = super::artifact::canary_workers(ctx, job);
     let size = match job.manifest.max_concurrent_upgrades {
         0 => usize::MAX,
         n => n,
     };
-    ctx.project
+    let mut workers: Vec<&cutover_model::Worker> = ctx
+        .project
         .workers_for(job)
-        .filter(move |w| {
+        .filter(|w| {
             let canary = canaries.iter().any(|c| c.name == w.name);
             match op {
                 ChannelOp::Canary => canary,
@@ -150,7 +151,16 @@ fn first_batch<'a>(
                 ChannelOp::Rollback | ChannelOp::Resign => true,
             }
         })
-        .take(size.min(8))
+        .collect();
+    let orders = crate::kv::for_templates(ctx)
+        .await
+        .map(|kv| crate::kv::rollout_order(&kv))
+        .unwrap_or_default();
+    if let Some(order) = orders.get(&job.name) {
+        cutover_model::plan::in_rollout_order(&mut workers, order);
+    }
+    workers.truncate(size.min(8));
+    workers
 }
 
 /// The trust items `doctor` checks, which promote and rollback need under
@@ -369,7 +379,8 @@ pub async fn run(
     };
     let warm = async {
         if job.manifest.hooks.pre_deploy.is_none() {
-            crate::join::join_all(first_batch(ctx, job, op).map(|w| fleet.host(&w.name))).await;
+            let first = first_batch(ctx, job, op).await;
+            crate::join::join_all(first.iter().map(|w| fleet.host(&w.name))).await;
         }
     };
     let (_, (problems, ())) = super::artifact::unpacked_alongside(ctx, &store, job, &v, async {

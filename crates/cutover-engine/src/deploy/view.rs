@@ -7,6 +7,9 @@
 
 use super::*;
 
+/// The store key of a worker's view hash, before its name.
+const VIEW_KEY: &str = "fleet_view/";
+
 /// One worker's view to write: its worker.json, and the store key and
 /// hash that say whether it is already there.
 struct Stale<'a> {
@@ -26,16 +29,23 @@ async fn stale<'a>(
     view: &cutover_model::view::FleetView,
     ran: &BTreeSet<String>,
 ) -> Vec<Stale<'a>> {
+    let written: BTreeMap<String, String> = ctx
+        .store
+        .meta_prefixed(VIEW_KEY)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
     let mut out = Vec::new();
     for w in ctx.project.workers.iter().filter(|w| {
         !w.disabled && (view.workers.iter().any(|v| v.name == w.name) || ran.contains(&w.name))
     }) {
         let worker_json = cutover_model::view::worker_json(w);
-        let key = format!("fleet_view/{}", w.name);
+        let key = format!("{VIEW_KEY}{}", w.name);
         let hash = blake3::hash(format!("{}\0{worker_json}\0{jobs_json}", w.root).as_bytes())
             .to_hex()
             .to_string();
-        if ctx.store.meta_get(&key).await.ok().flatten().as_deref() != Some(hash.as_str()) {
+        if written.get(&key) != Some(&hash) {
             out.push(Stale {
                 worker: w,
                 worker_json,
