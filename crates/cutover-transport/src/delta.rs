@@ -67,20 +67,34 @@ macro_rules! find_listing {
 }
 
 /// The delta script. `$1` the new release dir, `$2` the previous release
-/// dir, `$3` 1 if paths were removed; then the relative paths to replace
-/// or remove. The tar stream is on stdin; the listing of the result goes
-/// to stdout.
+/// dir, `$3` 1 if paths were removed, `$4` and `$5` where a kept release
+/// of the same tree may be (the newest `$4/*$5` other than `$2`; `$5`
+/// empty: none is looked for); then the relative paths to replace or
+/// remove. The tar stream is on stdin, unread when a kept release is
+/// hard-linked whole instead (its name goes to stderr, after
+/// [`REUSED`]); the listing of the result goes to stdout.
 pub(crate) const SCRIPT: &str = concat!(
-    r#"test -d "$2" || { echo "cutover: no previous release $2" >&2; exit 90; }
+    r#"k=
+if [ -n "$5" ]; then for r in "$4"/*"$5"; do [ -d "$r" ] && [ "$r" != "$2" ] && [ "$r" != "$1" ] && k=$r; done; fi
+if [ -n "$k" ]; then
+echo "cutover-reused=${k##*/}" >&2
+rm -rf -- "$1" && cp -al -- "$k" "$1" && cd "$1" || exit 90
+else
+test -d "$2" || { echo "cutover: no previous release $2" >&2; exit 90; }
 rm -rf -- "$1" && cp -al -- "$2" "$1" && cd "$1" || exit 90
 pruned=$3
-shift 3
+shift 5
 if [ $# -gt 0 ]; then rm -rf -- "$@" || exit 90; fi
 tar -x -f - || exit 90
 if [ "$pruned" = 1 ]; then find . -mindepth 1 -type d -empty -delete || exit 90; fi
+fi
 exec "#,
     find_listing!(".")
 );
+
+/// The line on the delta script's stderr that names the kept release it
+/// hard-linked.
+pub(crate) const REUSED: &str = "cutover-reused=";
 
 /// Lists the dir `$1` (given with a trailing slash, so a symlink to a dir
 /// is followed).

@@ -77,6 +77,26 @@ printf '%s %s\\n' {id} {t} > {f}.$$ 2>/dev/null && mv -f {f}.$$ {f} 2>/dev/null;
     }
 }
 
+/// Where a host may have kept a release dir of the tree a delta push
+/// makes: the newest `<dir>/*<suffix>` (release dirs end with their tree's
+/// digest).
+#[derive(Debug, Clone, Copy)]
+pub struct Kept<'a> {
+    pub dir: &'a str,
+    pub suffix: &'a str,
+}
+
+/// What a delta push made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delta {
+    /// The new dir, from the base and the changed files, checked.
+    Made,
+    /// The new dir, hard-linked whole from the kept release named, checked.
+    Reused(String),
+    /// The new dir is not as it should be: a full push completes it.
+    Differs,
+}
+
 pub enum Host {
     Local {
         name: String,
@@ -361,10 +381,13 @@ impl Host {
     /// host already has whose files differ from `local` only in `changed`
     /// (relative paths, to send or to remove): `base` is hard-linked, the
     /// changed files travel as a tar stream, all in one remote command after
-    /// `setup`. Returns whether `remote_dir` now passes rsync's quick check
-    /// against `local` (see `delta`); when it does not (the host's `base`
-    /// was edited or is gone, the host lacks GNU tar or find), a `push` into
-    /// the same dir completes it.
+    /// `setup`. With `kept`, a release dir of `local`'s tree that the host
+    /// kept is looked for first, in the same command, and hard-linked whole
+    /// (the stream is not read). Says whether `remote_dir` now passes
+    /// rsync's quick check against `local` (see `delta`); when it does not
+    /// (the host's `base` was edited or is gone, the host lacks GNU tar or
+    /// find), a `push` into the same dir completes it.
+    #[allow(clippy::too_many_arguments)]
     pub async fn push_delta(
         &self,
         local: &LocalTree,
@@ -372,8 +395,9 @@ impl Host {
         base: &str,
         changed: &[String],
         setup: Option<&Command>,
+        kept: Option<Kept<'_>>,
         timeout: Duration,
-    ) -> Result<bool, TransportError> {
+    ) -> Result<Delta, TransportError> {
         if let Host::Local { .. } = self {
             self.push(local, remote_dir, Some(base), setup, timeout)
                 .await?;
@@ -381,7 +405,11 @@ impl Host {
                 let dir = PathBuf::from(remote_dir);
                 move || crate::local::read_listing(&dir)
             });
-            return Ok(found.await? == *local.listing());
+            return Ok(if found.await? == *local.listing() {
+                Delta::Made
+            } else {
+                Delta::Differs
+            });
         }
         let input = delta::archive(local.root(), changed).map_err(|e| TransportError::Spawn {
             host: self.name().to_string(),
@@ -397,6 +425,8 @@ impl Host {
             remote_dir.into(),
             base.into(),
             if removed { "1" } else { "0" }.into(),
+            kept.map(|k| k.dir).unwrap_or_default().into(),
+            kept.map(|k| k.suffix).unwrap_or_default().into(),
         ];
         argv.extend(changed.iter().cloned());
         let mut line = command_line(&Command::new(argv));
@@ -407,7 +437,21 @@ impl Host {
         let out = self
             .run_line(&line, Some(&input), timeout, || "delta upload".into())
             .await?;
-        Ok(out.success() && delta::parse_listing(&out.stdout).as_ref() == Some(local.listing()))
+        if !out.success() || delta::parse_listing(&out.stdout).as_ref() != Some(local.listing()) {
+            return Ok(Delta::Differs);
+        }
+        // The name as the host told it, shown only if it is one a release
+        // dir can have.
+        let reused = out
+            .stderr
+            .lines()
+            .find_map(|l| l.strip_prefix(delta::REUSED))
+            .map(str::trim)
+            .filter(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+        Ok(match reused {
+            Some(name) => Delta::Reused(name.to_string()),
+            None => Delta::Made,
+        })
     }
 
     /// Sends `local` into `remote_dir` (created if missing), hard-linking

@@ -15,5 +15,5 @@ mod rsync;
 pub use command::{command_line, shell_quote, Command, Output};
 pub use delta::{Expected, LocalTree};
 pub use error::TransportError;
-pub use host::{Fence, Host, HostSpec, KnownHosts, SshOptions, FENCED};
+pub use host::{Delta, Fence, Host, HostSpec, Kept, KnownHosts, SshOptions, FENCED};
 pub use rsync::{Drift, DriftKind};

@@ -199,6 +199,16 @@ fn canary_promote_and_rollback_roll_published_versions_out() {
         2,
     );
     assert!(out.stderr.contains("not earlier than stable"), "{out:?}");
+    // w3's kept 1.0.0 release was edited there: it is not reused as is.
+    let releases = c.fleet.worker("w3").path("jobs/api/releases");
+    let kept = std::fs::read_dir(&releases)
+        .expect("releases")
+        .map(|e| e.expect("entry").path())
+        .find(|d| {
+            std::fs::read_to_string(d.join("build.txt")).ok().as_deref() == Some("build 1.0.0\n")
+        })
+        .expect("w3 kept 1.0.0");
+    std::fs::write(kept.join("build.txt"), "edited on the worker\n").expect("edit");
     p.expect(
         &[
             "channel",
@@ -211,6 +221,10 @@ fn canary_promote_and_rollback_roll_published_versions_out() {
         ],
         0,
     );
+    assert_eq!(
+        c.fleet.worker("w3").read("jobs/api/current/build.txt"),
+        "build 1.0.0\n"
+    );
     for w in ["w1", "w2", "w3"] {
         assert_eq!(c.conf(w), format!("worker={w} version=1.0.0\n"));
         assert!(c
@@ -220,17 +234,20 @@ fn canary_promote_and_rollback_roll_published_versions_out() {
             .iter()
             .any(|e| e.contains("1.1.0->1.0.0")));
         // The worker kept 1.0.0's release dir: the rollback made the new
-        // one from it by hard links, transferring nothing.
+        // one from it by hard links, transferring nothing (but where it
+        // was edited).
         use std::os::unix::fs::MetadataExt;
         let built = c.fleet.worker(w).path("jobs/api/current/build.txt");
         assert_eq!(
             std::fs::read_to_string(&built).expect("build"),
             "build 1.0.0\n"
         );
-        assert!(
-            std::fs::metadata(&built).expect("meta").nlink() >= 2,
-            "{w}: not linked"
-        );
+        let links = std::fs::metadata(&built).expect("meta").nlink();
+        if w == "w3" {
+            assert_eq!(links, 1, "{w}: linked to the edited release");
+        } else {
+            assert!(links >= 2, "{w}: not linked");
+        }
     }
 
     // Tampering with the index stops a deploy before any worker is touched.

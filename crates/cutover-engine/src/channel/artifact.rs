@@ -93,14 +93,16 @@ pub async fn unpacked(
 
 /// The largest artifact whose unpacking runs alongside other work (a few
 /// seconds of it): what runs alongside may open connections that must not
-/// idle long before they are used.
-const ALONGSIDE_MAX: u64 = 1 << 30;
+/// idle long (60 s) before they are used.
+const ALONGSIDE_MAX: u64 = 256 << 20;
 
 /// [`unpacked`], with `meanwhile` run alongside the local work: the
 /// checks, the unpack and the read of the tree, which run off this thread.
-/// It starts once the artifact is at hand (cached, or fetched and no
-/// larger than [`ALONGSIDE_MAX`]), never while the fetch waits on the
-/// network; otherwise after the unpack.
+/// It starts once the artifact is at hand (a cached tree whose seal
+/// checks, or an artifact fetched and no larger than [`ALONGSIDE_MAX`]),
+/// never while the fetch waits on the network; otherwise after the unpack.
+/// When the local work fails, `meanwhile` is dropped: the error comes at
+/// once.
 pub(crate) async fn unpacked_alongside<T>(
     ctx: &Context,
     store: &Store,
@@ -113,8 +115,19 @@ pub(crate) async fn unpacked_alongside<T>(
         started.await.ok()?;
         Some(meanwhile.await)
     };
-    let (unpacked, out) = tokio::join!(unpack_cached(ctx, store, job, version, start), meanwhile);
-    let unpacked = unpacked?;
+    let work = unpack_cached(ctx, store, job, version, start);
+    tokio::pin!(work, meanwhile);
+    let mut out = None;
+    let unpacked = loop {
+        tokio::select! {
+            r = &mut work => break r?,
+            o = &mut meanwhile, if out.is_none() => out = Some(o),
+        }
+    };
+    let out = match out {
+        Some(o) => o,
+        None => meanwhile.await,
+    };
     let out =
         out.ok_or_else(|| EngineError::Internal("the unpack never let its work start".into()))?;
     Ok((unpacked, out))
@@ -153,23 +166,30 @@ async fn unpack_cached(
         .map_err(EngineError::io(format!("opening {}", lock_path.display())))?;
     tokio::task::block_in_place(|| lock.lock())
         .map_err(EngineError::io(format!("locking {}", lock_path.display())))?;
+    // Held by the unpack too: a run dropped mid-unpack (a second signal)
+    // keeps the lock until the unpack it started has sealed its tree.
+    let lock = std::sync::Arc::new(lock);
 
     let cached = std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir());
     if cached {
-        go();
         let read = blocking({
             let (job, dir) = (job.clone(), dir.clone());
             move || Ok(JobSource::scan_artifact(&job, &dir))
         })
         .await?;
-        let sealed = std::fs::read_to_string(&seal_file).unwrap_or_default();
+        let sealed = std::fs::read_to_string(&seal_file).ok();
         match read {
-            Ok(source) if sealed.trim() == seal(&key, version, &source) => {
+            Ok(source)
+                if sealed.as_deref().map(str::trim) == Some(&seal(&key, version, &source)) =>
+            {
+                go();
                 return Ok(Unpacked {
                     dir,
                     source: std::sync::Arc::new(source),
                 });
             }
+            // No seal at all: a run that ended before it sealed the tree.
+            _ if sealed.is_none() => set_aside(&parent, &dir)?,
             _ => {
                 ctx.reporter.event(&crate::events::Event::Message {
                     text: format!(
@@ -190,8 +210,9 @@ async fn unpack_cached(
     let at = format!("{}/{}/{}", store.url(), job.name, artifact_name(version));
     let source = blocking({
         let (job, version) = (job.clone(), version.clone());
-        let (parent, dir) = (parent.clone(), dir.clone());
+        let (parent, dir, lock) = (parent.clone(), dir.clone(), lock.clone());
         move || {
+            let _lock = lock;
             cutover_index::check_artifact(&version, &bytes)
                 .map_err(|e| EngineError::Refused(format!("{at}: {e}")))?;
             let io =

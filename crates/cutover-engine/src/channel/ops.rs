@@ -377,11 +377,12 @@ pub async fn run(
             Ok(Vec::new())
         }
     };
+    let first = match job.manifest.hooks.pre_deploy {
+        None => first_batch(ctx, job, op).await,
+        Some(_) => Vec::new(),
+    };
     let warm = async {
-        if job.manifest.hooks.pre_deploy.is_none() {
-            let first = first_batch(ctx, job, op).await;
-            crate::join::join_all(first.iter().map(|w| fleet.host(&w.name))).await;
-        }
+        crate::join::join_all(first.iter().map(|w| fleet.host(&w.name))).await;
     };
     let (_, (problems, ())) = super::artifact::unpacked_alongside(ctx, &store, job, &v, async {
         tokio::join!(checks, warm)

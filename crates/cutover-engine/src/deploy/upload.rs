@@ -1,6 +1,7 @@
 //! Upload: a new release dir per allocation, complete before any switch.
 
 use super::*;
+use cutover_transport::{Delta, Kept};
 
 /// The uploads of one job, started in batch order; each batch takes its
 /// members' results. Dropped (the job ended), it aborts the uploads still
@@ -113,7 +114,9 @@ pub(super) struct Uploaded {
 /// When the store knows the release the worker runs, the new one is made
 /// from it by hard links plus the changed files (`Host::push_delta`), and
 /// checked file by file; otherwise, or if that check fails, rsync sends
-/// what differs, hard-linking the rest from that release.
+/// what differs, hard-linking the rest from that release. An allocation
+/// going back to a tree the worker may have kept reuses that release dir
+/// whole (checked the same way).
 pub(super) async fn upload_one(run: &Run, job: &Job, a: &AllocPlan) -> Result<Uploaded, String> {
     let _permit = run.limit.acquire().await;
     let worker = &run.workers[&a.worker];
@@ -133,18 +136,24 @@ pub(super) async fn upload_one(run: &Run, job: &Job, a: &AllocPlan) -> Result<Up
             .await
             .map(|()| Uploaded { release });
     }
-    if run
+    // Going back to a tree the worker may have kept: over ssh the delta
+    // upload looks for it first, in the same command; otherwise it is
+    // asked for on its own.
+    let returning = run
         .returning
-        .contains(&(job.name.clone(), a.worker.clone()))
-    {
+        .contains(&(job.name.clone(), a.worker.clone()));
+    let releases = format!("{job_dir}/releases");
+    let suffix = format!("-{}", a.hash.get(..12).unwrap_or(&a.hash));
+    let folded = returning && base.is_some() && !host.is_local();
+    if returning && !folded {
         if let Some(kept) = kept_release(&host, &job_dir, &a.hash, base.map(|b| &b.release)).await {
             run.step(&job.name, &a.worker, &format!("reuse {kept}: no transfer"));
             let from = format!("{job_dir}/releases/{kept}");
             let done = host
-                .push_delta(stage, &dest, &from, &[], Some(&setup), run.timeout)
+                .push_delta(stage, &dest, &from, &[], Some(&setup), None, run.timeout)
                 .await
                 .map_err(|e| e.to_string())?;
-            if done {
+            if done != Delta::Differs {
                 return Ok(Uploaded { release });
             }
         }
@@ -152,7 +161,13 @@ pub(super) async fn upload_one(run: &Run, job: &Job, a: &AllocPlan) -> Result<Up
     if let (Some(b), Some(base_dir)) = (base, &base_dir) {
         let n = b.changed.len();
         let step = format!("upload {n} changed file{}", if n == 1 { "" } else { "s" });
-        run.step(&job.name, &a.worker, &step);
+        if !folded {
+            run.step(&job.name, &a.worker, &step);
+        }
+        let kept = folded.then_some(Kept {
+            dir: &releases,
+            suffix: &suffix,
+        });
         let done = host
             .push_delta(
                 stage,
@@ -160,12 +175,23 @@ pub(super) async fn upload_one(run: &Run, job: &Job, a: &AllocPlan) -> Result<Up
                 base_dir,
                 &b.changed,
                 Some(&setup),
+                kept,
                 run.timeout,
             )
             .await
             .map_err(|e| e.to_string())?;
-        if done {
-            return Ok(Uploaded { release });
+        match done {
+            Delta::Reused(kept) => {
+                run.step(&job.name, &a.worker, &format!("reuse {kept}: no transfer"));
+                return Ok(Uploaded { release });
+            }
+            Delta::Made => {
+                if folded {
+                    run.step(&job.name, &a.worker, &step);
+                }
+                return Ok(Uploaded { release });
+            }
+            Delta::Differs => {}
         }
         let step = format!(
             "{}: the worker's {} is not as shipped",
@@ -247,8 +273,9 @@ async fn fetch_one(
         ),
     );
     let done = host
-        .push_delta(stage, dest, &base, &f.changed, None, run.timeout)
+        .push_delta(stage, dest, &base, &f.changed, None, None, run.timeout)
         .await
+        .map(|d| d != Delta::Differs)
         .map_err(|e| e.to_string());
     let parent = base.trim_end_matches("/t").to_string();
     let mut rm = cutover_transport::Command::new(["rm", "-rf", "--", parent.as_str()]);
