@@ -66,8 +66,15 @@ macro_rules! find_listing {
     };
 }
 
+/// What the delta script prints before the kept release it reused.
+macro_rules! reused_mark {
+    () => {
+        "cutover-reused="
+    };
+}
+
 /// The delta script. `$1` the new release dir, `$2` the previous release
-/// dir, `$3` 1 if paths were removed, `$4` and `$5` where a kept release
+/// dir (empty: none), `$3` 1 if paths were removed, `$4` and `$5` where a kept release
 /// of the same tree may be (the newest `$4/*$5` other than `$2`; `$5`
 /// empty: none is looked for); then the relative paths to replace or
 /// remove. The tar stream is on stdin, unread when a kept release is
@@ -77,7 +84,9 @@ pub(crate) const SCRIPT: &str = concat!(
     r#"k=
 if [ -n "$5" ]; then for r in "$4"/*"$5"; do [ -d "$r" ] && [ "$r" != "$2" ] && [ "$r" != "$1" ] && k=$r; done; fi
 if [ -n "$k" ]; then
-echo "cutover-reused=${k##*/}" >&2
+echo ""#,
+    reused_mark!(),
+    r#"${k##*/}" >&2
 rm -rf -- "$1" && cp -al -- "$k" "$1" && cd "$1" || exit 90
 else
 test -d "$2" || { echo "cutover: no previous release $2" >&2; exit 90; }
@@ -94,7 +103,7 @@ exec "#,
 
 /// The line on the delta script's stderr that names the kept release it
 /// hard-linked.
-pub(crate) const REUSED: &str = "cutover-reused=";
+pub(crate) const REUSED: &str = reused_mark!();
 
 /// Lists the dir `$1` (given with a trailing slash, so a symlink to a dir
 /// is followed).

@@ -86,6 +86,27 @@ pub struct Kept<'a> {
     pub suffix: &'a str,
 }
 
+impl Kept<'_> {
+    /// The newest kept release on this machine, other than `base` and
+    /// `new`: its path and name.
+    fn newest_local(&self, base: Option<&str>, new: &str) -> Option<(String, String)> {
+        std::fs::read_dir(self.dir)
+            .ok()?
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.ends_with(self.suffix) && release_name(n))
+            .map(|n| (format!("{}/{n}", self.dir), n))
+            .filter(|(path, _)| Some(path.as_str()) != base && path != new)
+            .max_by(|a, b| a.1.cmp(&b.1))
+    }
+}
+
+/// Whether a name a host gave can be a release dir's (and be shown).
+fn release_name(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
 /// What a delta push made.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delta {
@@ -383,7 +404,8 @@ impl Host {
     /// changed files travel as a tar stream, all in one remote command after
     /// `setup`. With `kept`, a release dir of `local`'s tree that the host
     /// kept is looked for first, in the same command, and hard-linked whole
-    /// (the stream is not read). Says whether `remote_dir` now passes
+    /// (the stream is not read); without a `base`, only such a release can
+    /// make the dir. Says whether `remote_dir` now passes
     /// rsync's quick check against `local` (see `delta`); when it does not
     /// (the host's `base` was edited or is gone, the host lacks GNU tar or
     /// find), a `push` into the same dir completes it.
@@ -392,23 +414,26 @@ impl Host {
         &self,
         local: &LocalTree,
         remote_dir: &str,
-        base: &str,
+        base: Option<&str>,
         changed: &[String],
         setup: Option<&Command>,
         kept: Option<Kept<'_>>,
         timeout: Duration,
     ) -> Result<Delta, TransportError> {
         if let Host::Local { .. } = self {
-            self.push(local, remote_dir, Some(base), setup, timeout)
-                .await?;
+            let reused = kept.and_then(|k| k.newest_local(base, remote_dir));
+            let from = reused.as_ref().map(|(dir, _)| dir.as_str()).or(base);
+            self.push(local, remote_dir, from, setup, timeout).await?;
             let found = self.native(timeout, {
                 let dir = PathBuf::from(remote_dir);
                 move || crate::local::read_listing(&dir)
             });
-            return Ok(if found.await? == *local.listing() {
-                Delta::Made
-            } else {
+            return Ok(if found.await? != *local.listing() {
                 Delta::Differs
+            } else if let Some((_, name)) = reused {
+                Delta::Reused(name)
+            } else {
+                Delta::Made
             });
         }
         let input = delta::archive(local.root(), changed).map_err(|e| TransportError::Spawn {
@@ -423,7 +448,7 @@ impl Host {
             delta::SCRIPT.into(),
             "sh".into(),
             remote_dir.into(),
-            base.into(),
+            base.unwrap_or_default().into(),
             if removed { "1" } else { "0" }.into(),
             kept.map(|k| k.dir).unwrap_or_default().into(),
             kept.map(|k| k.suffix).unwrap_or_default().into(),
@@ -447,7 +472,7 @@ impl Host {
             .lines()
             .find_map(|l| l.strip_prefix(delta::REUSED))
             .map(str::trim)
-            .filter(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+            .filter(|n| release_name(n));
         Ok(match reused {
             Some(name) => Delta::Reused(name.to_string()),
             None => Delta::Made,

@@ -136,44 +136,32 @@ pub(super) async fn upload_one(run: &Run, job: &Job, a: &AllocPlan) -> Result<Up
             .await
             .map(|()| Uploaded { release });
     }
-    // Going back to a tree the worker may have kept: over ssh the delta
-    // upload looks for it first, in the same command; otherwise it is
-    // asked for on its own.
+    // Going back to a tree the worker may have kept: the delta upload
+    // looks for that release first, in the same command, and reuses it.
     let returning = run
         .returning
         .contains(&(job.name.clone(), a.worker.clone()));
     let releases = format!("{job_dir}/releases");
     let suffix = format!("-{}", a.hash.get(..12).unwrap_or(&a.hash));
-    let folded = returning && base.is_some() && !host.is_local();
-    if returning && !folded {
-        if let Some(kept) = kept_release(&host, &job_dir, &a.hash, base.map(|b| &b.release)).await {
-            run.step(&job.name, &a.worker, &format!("reuse {kept}: no transfer"));
-            let from = format!("{job_dir}/releases/{kept}");
-            let done = host
-                .push_delta(stage, &dest, &from, &[], Some(&setup), None, run.timeout)
-                .await
-                .map_err(|e| e.to_string())?;
-            if done != Delta::Differs {
-                return Ok(Uploaded { release });
-            }
-        }
-    }
-    if let (Some(b), Some(base_dir)) = (base, &base_dir) {
+    let kept = returning.then_some(Kept {
+        dir: &releases,
+        suffix: &suffix,
+    });
+    let delta_step = base.map(|b| {
         let n = b.changed.len();
-        let step = format!("upload {n} changed file{}", if n == 1 { "" } else { "s" });
-        if !folded {
-            run.step(&job.name, &a.worker, &step);
+        format!("upload {n} changed file{}", if n == 1 { "" } else { "s" })
+    });
+    if base.is_some() || kept.is_some() {
+        if let (Some(step), false) = (&delta_step, returning) {
+            run.step(&job.name, &a.worker, step);
         }
-        let kept = folded.then_some(Kept {
-            dir: &releases,
-            suffix: &suffix,
-        });
+        let changed = base.map_or(&[][..], |b| b.changed.as_slice());
         let done = host
             .push_delta(
                 stage,
                 &dest,
-                base_dir,
-                &b.changed,
+                base_dir.as_deref(),
+                changed,
                 Some(&setup),
                 kept,
                 run.timeout,
@@ -186,21 +174,25 @@ pub(super) async fn upload_one(run: &Run, job: &Job, a: &AllocPlan) -> Result<Up
                 return Ok(Uploaded { release });
             }
             Delta::Made => {
-                if folded {
-                    run.step(&job.name, &a.worker, &step);
+                if returning {
+                    let step = delta_step.as_deref().unwrap_or(full_upload(&host));
+                    run.step(&job.name, &a.worker, step);
                 }
                 return Ok(Uploaded { release });
             }
             Delta::Differs => {}
         }
-        let step = format!(
-            "{}: the worker's {} is not as shipped",
-            full_upload(&host),
-            b.release
-        );
-        run.step(&job.name, &a.worker, &step);
-    } else {
-        run.step(&job.name, &a.worker, full_upload(&host));
+    }
+    match base {
+        Some(b) => {
+            let step = format!(
+                "{}: the worker's {} is not as shipped",
+                full_upload(&host),
+                b.release
+            );
+            run.step(&job.name, &a.worker, &step);
+        }
+        None => run.step(&job.name, &a.worker, full_upload(&host)),
     }
     host.push(stage, &dest, base_dir.as_deref(), Some(&setup), run.timeout)
         .await
@@ -273,7 +265,15 @@ async fn fetch_one(
         ),
     );
     let done = host
-        .push_delta(stage, dest, &base, &f.changed, None, None, run.timeout)
+        .push_delta(
+            stage,
+            dest,
+            Some(&base),
+            &f.changed,
+            None,
+            None,
+            run.timeout,
+        )
         .await
         .map(|d| d != Delta::Differs)
         .map_err(|e| e.to_string());
@@ -292,28 +292,6 @@ async fn fetch_one(
     host.push(stage, dest, None, None, run.timeout)
         .await
         .map_err(|e| e.to_string())
-}
-
-/// A release dir of the tree `hash` that the worker kept (release dirs
-/// end with the tree's first 12 hex digits), other than `current`.
-async fn kept_release(
-    host: &cutover_transport::Host,
-    job_dir: &str,
-    hash: &str,
-    current: Option<&String>,
-) -> Option<String> {
-    let suffix = format!("-{}", hash.get(..12)?);
-    let releases = format!("{job_dir}/releases");
-    let mut cmd = cutover_transport::Command::new(["ls", "-1", "--", releases.as_str()]);
-    cmd.timeout = std::time::Duration::from_secs(30);
-    let out = host.run(&cmd).await.ok().filter(|o| o.success())?;
-    out.stdout
-        .lines()
-        .map(str::trim)
-        .filter(|name| name.ends_with(&suffix) && Some(&name.to_string()) != current)
-        .filter(|name| name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
-        .max()
-        .map(str::to_string)
 }
 
 fn full_upload(host: &cutover_transport::Host) -> &'static str {
